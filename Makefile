@@ -1,0 +1,52 @@
+# Kiln build entry points. Tool versions are pinned here and in .ci/run.
+GO        ?= go
+GOBIN     ?= $(shell $(GO) env GOPATH)/bin
+BUF_VERSION             := v1.75.0
+PROTOC_GEN_GO_VERSION   := v1.36.12
+PROTOC_GEN_GRPC_VERSION := v1.6.2
+STATICCHECK_VERSION     := v0.8.2
+# Packages that must pass the race detector.
+CORE_PKGS := ./coordinator/... ./agent/... ./internal/...
+
+.PHONY: build test test-race lint proto proto-check tools bench clean
+
+build:
+	@mkdir -p bin
+	$(GO) build -o bin/ ./cmd/kiln-coordinator ./cmd/kiln-agent ./cmd/kilnctl
+
+# The whole suite: unit tests, the in-process cluster tests, integration
+# tests with real processes, and the race detector on the core packages.
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -timeout 15m $(CORE_PKGS)
+
+test-race:
+	$(GO) test -race -count=1 -timeout 15m $(CORE_PKGS)
+
+tools:
+	GOBIN=$(GOBIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	GOBIN=$(GOBIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(GOBIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GRPC_VERSION)
+	GOBIN=$(GOBIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+# Regenerate the Go code of proto/ (committed).
+proto:
+	PATH=$(GOBIN):$$PATH buf lint
+	PATH=$(GOBIN):$$PATH buf generate
+
+# Fail when the committed generated code is not what `make proto` makes.
+proto-check: proto
+	git diff --exit-code -- proto/ || (echo "generated proto code is stale: run 'make proto' and commit" >&2; exit 1)
+	@test -z "$$(git status --porcelain -- proto/)" || (git status --porcelain -- proto/; echo "untracked generated files: run 'make proto' and commit" >&2; exit 1)
+
+lint:
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+	PATH=$(GOBIN):$$PATH buf lint
+
+bench: build
+	$(GO) run ./bench/loadgen -agents 50 -jobs 5000
+
+clean:
+	rm -rf bin
