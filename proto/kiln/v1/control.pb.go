@@ -454,7 +454,10 @@ type StreamLogsRequest struct {
 	// Only this job (by key); empty means every job in build order.
 	JobKey string `protobuf:"bytes,2,opt,name=job_key,json=jobKey,proto3" json:"job_key,omitempty"`
 	// Keep streaming until the jobs are finished.
-	Follow        bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Resume points: chunks at or below these positions are not sent again.
+	// A client that reconnects during a follow passes what it has printed.
+	After         []*LogPosition `protobuf:"bytes,4,rep,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -510,6 +513,74 @@ func (x *StreamLogsRequest) GetFollow() bool {
 	return false
 }
 
+func (x *StreamLogsRequest) GetAfter() []*LogPosition {
+	if x != nil {
+		return x.After
+	}
+	return nil
+}
+
+// LogPosition is the last chunk a client has of one job attempt.
+type LogPosition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobKey        string                 `protobuf:"bytes,1,opt,name=job_key,json=jobKey,proto3" json:"job_key,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogPosition) Reset() {
+	*x = LogPosition{}
+	mi := &file_kiln_v1_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogPosition) ProtoMessage() {}
+
+func (x *LogPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogPosition.ProtoReflect.Descriptor instead.
+func (*LogPosition) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LogPosition) GetJobKey() string {
+	if x != nil {
+		return x.JobKey
+	}
+	return ""
+}
+
+func (x *LogPosition) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *LogPosition) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type StreamLogsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -523,7 +594,7 @@ type StreamLogsResponse struct {
 
 func (x *StreamLogsResponse) Reset() {
 	*x = StreamLogsResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[9]
+	mi := &file_kiln_v1_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +606,7 @@ func (x *StreamLogsResponse) String() string {
 func (*StreamLogsResponse) ProtoMessage() {}
 
 func (x *StreamLogsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[9]
+	mi := &file_kiln_v1_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +619,7 @@ func (x *StreamLogsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamLogsResponse.ProtoReflect.Descriptor instead.
 func (*StreamLogsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamLogsResponse) GetJobId() string {
@@ -597,7 +668,7 @@ type CancelBuildRequest struct {
 
 func (x *CancelBuildRequest) Reset() {
 	*x = CancelBuildRequest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[10]
+	mi := &file_kiln_v1_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -609,7 +680,7 @@ func (x *CancelBuildRequest) String() string {
 func (*CancelBuildRequest) ProtoMessage() {}
 
 func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[10]
+	mi := &file_kiln_v1_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -622,7 +693,7 @@ func (x *CancelBuildRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildRequest.ProtoReflect.Descriptor instead.
 func (*CancelBuildRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelBuildRequest) GetRequestId() string {
@@ -655,7 +726,7 @@ type CancelBuildResponse struct {
 
 func (x *CancelBuildResponse) Reset() {
 	*x = CancelBuildResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[11]
+	mi := &file_kiln_v1_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +738,7 @@ func (x *CancelBuildResponse) String() string {
 func (*CancelBuildResponse) ProtoMessage() {}
 
 func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[11]
+	mi := &file_kiln_v1_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +751,7 @@ func (x *CancelBuildResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuildResponse.ProtoReflect.Descriptor instead.
 func (*CancelBuildResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CancelBuildResponse) GetBuild() *Build {
@@ -698,7 +769,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[12]
+	mi := &file_kiln_v1_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -710,7 +781,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[12]
+	mi := &file_kiln_v1_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -723,7 +794,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{13}
 }
 
 type ListAgentsResponse struct {
@@ -735,7 +806,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[13]
+	mi := &file_kiln_v1_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +818,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[13]
+	mi := &file_kiln_v1_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +831,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -806,11 +877,16 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x11WatchBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\":\n" +
 	"\x12WatchBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"_\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x8b\x01\n" +
 	"\x11StreamLogsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x17\n" +
 	"\ajob_key\x18\x02 \x01(\tR\x06jobKey\x12\x16\n" +
-	"\x06follow\x18\x03 \x01(\bR\x06follow\"\x84\x01\n" +
+	"\x06follow\x18\x03 \x01(\bR\x06follow\x12*\n" +
+	"\x05after\x18\x04 \x03(\v2\x14.kiln.v1.LogPositionR\x05after\"R\n" +
+	"\vLogPosition\x12\x17\n" +
+	"\ajob_key\x18\x01 \x01(\tR\x06jobKey\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\"\x84\x01\n" +
 	"\x12StreamLogsResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
 	"\ajob_key\x18\x02 \x01(\tR\x06jobKey\x12\x18\n" +
@@ -852,7 +928,7 @@ func file_kiln_v1_control_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_control_proto_rawDescData
 }
 
-var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kiln_v1_control_proto_goTypes = []any{
 	(*SubmitBuildRequest)(nil),  // 0: kiln.v1.SubmitBuildRequest
 	(*SubmitBuildResponse)(nil), // 1: kiln.v1.SubmitBuildResponse
@@ -863,44 +939,46 @@ var file_kiln_v1_control_proto_goTypes = []any{
 	(*WatchBuildRequest)(nil),   // 6: kiln.v1.WatchBuildRequest
 	(*WatchBuildResponse)(nil),  // 7: kiln.v1.WatchBuildResponse
 	(*StreamLogsRequest)(nil),   // 8: kiln.v1.StreamLogsRequest
-	(*StreamLogsResponse)(nil),  // 9: kiln.v1.StreamLogsResponse
-	(*CancelBuildRequest)(nil),  // 10: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil), // 11: kiln.v1.CancelBuildResponse
-	(*ListAgentsRequest)(nil),   // 12: kiln.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),  // 13: kiln.v1.ListAgentsResponse
-	nil,                         // 14: kiln.v1.SubmitBuildRequest.LabelsEntry
-	nil,                         // 15: kiln.v1.SubmitBuildRequest.EnvEntry
-	(*Build)(nil),               // 16: kiln.v1.Build
-	(*Agent)(nil),               // 17: kiln.v1.Agent
+	(*LogPosition)(nil),         // 9: kiln.v1.LogPosition
+	(*StreamLogsResponse)(nil),  // 10: kiln.v1.StreamLogsResponse
+	(*CancelBuildRequest)(nil),  // 11: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil), // 12: kiln.v1.CancelBuildResponse
+	(*ListAgentsRequest)(nil),   // 13: kiln.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),  // 14: kiln.v1.ListAgentsResponse
+	nil,                         // 15: kiln.v1.SubmitBuildRequest.LabelsEntry
+	nil,                         // 16: kiln.v1.SubmitBuildRequest.EnvEntry
+	(*Build)(nil),               // 17: kiln.v1.Build
+	(*Agent)(nil),               // 18: kiln.v1.Agent
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
-	14, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
-	15, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
-	16, // 2: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	16, // 3: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	16, // 4: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	16, // 5: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
-	16, // 6: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	17, // 7: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	0,  // 8: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 9: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 10: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 11: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 12: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	10, // 13: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	12, // 14: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	1,  // 15: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 16: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 17: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 18: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	9,  // 19: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	11, // 20: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	13, // 21: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	15, // [15:22] is the sub-list for method output_type
-	8,  // [8:15] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	15, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
+	16, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
+	17, // 2: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
+	17, // 3: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	17, // 4: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	17, // 5: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	9,  // 6: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
+	17, // 7: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	18, // 8: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	0,  // 9: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 10: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 11: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 12: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 13: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 14: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 15: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	1,  // 16: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 17: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 18: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 19: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 20: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 21: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 22: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }
@@ -915,7 +993,7 @@ func file_kiln_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_control_proto_rawDesc), len(file_kiln_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
