@@ -1,0 +1,397 @@
+// Package executor runs one attempt of a job on the agent's host.
+//
+// Each attempt runs in its own fresh workspace, <work dir>/<sanitized job
+// id>-a<attempt>. The directory is removed and recreated when the attempt
+// starts and is left in place afterwards so that people can inspect what a
+// job left behind; the next attempt of the same job (or a rerun of the same
+// attempt number) starts from an empty directory again.
+//
+// The commands are joined with newlines and run as one script by
+// `bash -e -c` (or `/bin/sh -e -c` when bash is missing), so the script stops
+// at the first failing command. The script runs in its own process group;
+// timeouts and cancellation signal the whole group (SIGTERM, then SIGKILL
+// after the kill grace). When the script's shell exits, whatever is left of
+// its process group (background children) is killed too.
+//
+// Standard output and standard error share one pipe, so the output keeps the
+// order in which the processes wrote it.
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// Defaults used when the matching Executor field is zero.
+const (
+	DefaultTimeout   = time.Hour
+	DefaultKillGrace = 5 * time.Second
+	DefaultPipeIdle  = 2 * time.Second
+	readBufferSize   = 32 << 10
+)
+
+// Executor starts job attempts. The zero value is not usable: WorkDir must
+// be set. An Executor may start many attempts concurrently.
+type Executor struct {
+	// WorkDir is the parent directory of every attempt's workspace.
+	WorkDir string
+	// DefaultTimeout applies when a Spec has no timeout (DefaultTimeout when zero).
+	DefaultTimeout time.Duration
+	// KillGrace is the time between SIGTERM and SIGKILL to the process group
+	// on timeout or cancellation (DefaultKillGrace when zero).
+	KillGrace time.Duration
+	// PipeIdle bounds how long the executor keeps waiting for the output pipe
+	// to close once the process group has been killed and the pipe has gone
+	// quiet: a process that left the group (setsid) could otherwise hold the
+	// pipe open forever (DefaultPipeIdle when zero).
+	PipeIdle time.Duration
+	// Env is the base environment of the commands; nil means os.Environ().
+	Env []string
+	// Shell overrides the interpreter (argv before the script); nil picks
+	// bash -e -c, or /bin/sh -e -c when bash is not installed.
+	Shell []string
+}
+
+// Spec describes one attempt to run.
+type Spec struct {
+	JobID    string
+	BuildID  string
+	Attempt  uint32
+	Commands []string
+	// Env is added to the executor's base environment.
+	Env map[string]string
+	// Timeout for the whole script; zero means the executor's default.
+	Timeout time.Duration
+}
+
+// Outcome is how an attempt ended.
+type Outcome struct {
+	Result   kilnv1.JobResult
+	ExitCode int32
+	// Reason explains results other than PASSED.
+	Reason string
+}
+
+// Process is a running attempt.
+type Process struct {
+	cmd       *exec.Cmd
+	workspace string
+	grace     time.Duration
+	pipeIdle  time.Duration
+
+	cancelOnce sync.Once
+	cancelCh   chan struct{}
+	mu         sync.Mutex
+	cancelWhy  string
+	hardKill   chan struct{}
+	hardOnce   sync.Once
+
+	done    chan struct{}
+	outcome Outcome
+}
+
+// Workspace returns the sanitized directory name of an attempt's workspace
+// below the work dir: <job id with unsafe characters replaced>-a<attempt>.
+func Workspace(jobID string, attempt uint32) string {
+	var b strings.Builder
+	for _, r := range jobID {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	name := b.String()
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	if name == "" || strings.HasPrefix(name, ".") {
+		name = "_" + name
+	}
+	return name + "-a" + strconv.FormatUint(uint64(attempt), 10)
+}
+
+// Start prepares the attempt's workspace and starts its commands. Output
+// (stdout and stderr merged, in order) is written to out by a single
+// goroutine; out may block to apply backpressure. If out returns an error,
+// the remaining output is read and discarded. The caller must call Wait.
+func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
+	if e.WorkDir == "" {
+		return nil, errors.New("executor: WorkDir is empty")
+	}
+	ws, err := filepath.Abs(filepath.Join(e.WorkDir, Workspace(spec.JobID, spec.Attempt)))
+	if err != nil {
+		return nil, fmt.Errorf("executor: workspace path: %w", err)
+	}
+	if err := os.RemoveAll(ws); err != nil {
+		return nil, fmt.Errorf("executor: clean workspace %s: %w", ws, err)
+	}
+	if err := os.MkdirAll(ws, 0o755); err != nil {
+		return nil, fmt.Errorf("executor: create workspace %s: %w", ws, err)
+	}
+
+	shell := e.Shell
+	if shell == nil {
+		if p, err := exec.LookPath("bash"); err == nil {
+			shell = []string{p, "-e", "-c"}
+		} else {
+			shell = []string{"/bin/sh", "-e", "-c"}
+		}
+	}
+	args := append(append([]string(nil), shell[1:]...), strings.Join(spec.Commands, "\n"))
+	cmd := exec.Command(shell[0], args...)
+	cmd.Dir = ws
+	env := e.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	env = append([]string(nil), env...)
+	for k, v := range spec.Env {
+		env = append(env, k+"="+v)
+	}
+	env = append(env,
+		"KILN_BUILD_ID="+spec.BuildID,
+		"KILN_JOB_ID="+spec.JobID,
+		"KILN_ATTEMPT="+strconv.FormatUint(uint64(spec.Attempt), 10),
+		"KILN_WORKSPACE="+ws,
+	)
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("executor: output pipe: %w", err)
+	}
+	cmd.Stdout = w
+	cmd.Stderr = w
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		r.Close()
+		w.Close()
+		return nil, fmt.Errorf("executor: open %s: %w", os.DevNull, err)
+	}
+	cmd.Stdin = devnull
+	startErr := cmd.Start()
+	w.Close()
+	devnull.Close()
+	if startErr != nil {
+		r.Close()
+		return nil, fmt.Errorf("executor: start %s: %w", shell[0], startErr)
+	}
+
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = e.DefaultTimeout
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	p := &Process{
+		cmd:       cmd,
+		workspace: ws,
+		grace:     orDefault(e.KillGrace, DefaultKillGrace),
+		pipeIdle:  orDefault(e.PipeIdle, DefaultPipeIdle),
+		cancelCh:  make(chan struct{}),
+		hardKill:  make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	go p.run(r, out, timeout)
+	return p, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+// Pid returns the process id of the script's shell (also its process group id).
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// WorkspacePath returns the absolute path of the attempt's workspace.
+func (p *Process) WorkspacePath() string { return p.workspace }
+
+// Cancel stops the attempt: SIGTERM to its process group, SIGKILL after the
+// kill grace. The attempt ends with JOB_RESULT_CANCELED unless it had ended
+// already. Cancel may be called more than once and from any goroutine.
+func (p *Process) Cancel(reason string) {
+	p.cancelOnce.Do(func() {
+		p.mu.Lock()
+		p.cancelWhy = reason
+		p.mu.Unlock()
+		close(p.cancelCh)
+	})
+}
+
+// Kill stops the attempt at once with SIGKILL to its process group (hard
+// stop of the agent). The attempt ends with JOB_RESULT_CANCELED.
+func (p *Process) Kill() {
+	p.Cancel("agent stopped")
+	p.hardOnce.Do(func() { close(p.hardKill) })
+}
+
+// Done is closed when the attempt has ended and all its output was written.
+func (p *Process) Done() <-chan struct{} { return p.done }
+
+// Wait blocks until the attempt has ended and every byte of its output was
+// written to the writer given to Start, and returns the outcome.
+func (p *Process) Wait() Outcome {
+	<-p.done
+	return p.outcome
+}
+
+func (p *Process) signalGroup(sig syscall.Signal) {
+	// The negative pid addresses the process group. ESRCH (group gone) is fine.
+	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+}
+
+// run supervises the attempt: timeout, cancellation, reaping, and the
+// output copy.
+func (p *Process) run(r *os.File, out io.Writer, timeout time.Duration) {
+	defer close(p.done)
+
+	var progress atomic.Int64 // bumped on every read or write of output
+	var inRead atomic.Bool
+	copyDone := make(chan struct{})
+	go func() {
+		defer close(copyDone)
+		copyOutput(r, out, &progress, &inRead)
+	}()
+
+	waitDone := make(chan error, 1)
+	go func() { waitDone <- p.cmd.Wait() }()
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+
+	var (
+		stopResult kilnv1.JobResult // set when we stopped the group
+		stopReason string
+		killTimer  <-chan time.Time
+		waitErr    error
+	)
+	beginStop := func(res kilnv1.JobResult, reason string) {
+		if stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED {
+			return
+		}
+		stopResult, stopReason = res, reason
+		p.signalGroup(syscall.SIGTERM)
+		killTimer = time.After(p.grace)
+	}
+	cancelCh, hardKill := p.cancelCh, p.hardKill
+loop:
+	for {
+		select {
+		case waitErr = <-waitDone:
+			break loop
+		case <-timer.C:
+			beginStop(kilnv1.JobResult_JOB_RESULT_TIMED_OUT, "timed out after "+timeout.String())
+		case <-cancelCh:
+			cancelCh = nil
+			p.mu.Lock()
+			why := p.cancelWhy
+			p.mu.Unlock()
+			if why == "" {
+				why = "canceled"
+			}
+			beginStop(kilnv1.JobResult_JOB_RESULT_CANCELED, why)
+		case <-hardKill:
+			hardKill = nil
+			p.signalGroup(syscall.SIGKILL)
+		case <-killTimer:
+			killTimer = nil
+			p.signalGroup(syscall.SIGKILL)
+		}
+	}
+	// The shell is gone; kill what is left of its group (background
+	// children) so they neither outlive the job nor hold the pipe open.
+	p.signalGroup(syscall.SIGKILL)
+
+	// Wait for the pipe to reach EOF, giving up only once it has been idle
+	// (no reads, and the reader is not blocked handing data to out) for
+	// pipeIdle: a process outside the group may hold it open.
+	idle := time.NewTicker(p.pipeIdle)
+	last := progress.Load()
+wait:
+	for {
+		select {
+		case <-copyDone:
+			break wait
+		case <-idle.C:
+			now := progress.Load()
+			if now == last && inRead.Load() {
+				_ = r.SetReadDeadline(time.Now())
+			}
+			last = now
+		}
+	}
+	idle.Stop()
+	r.Close()
+
+	switch {
+	case stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED:
+		p.outcome = Outcome{Result: stopResult, ExitCode: exitCode(waitErr), Reason: stopReason}
+	case waitErr == nil:
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_PASSED}
+	default:
+		code := exitCode(waitErr)
+		reason := "exit code " + strconv.Itoa(int(code))
+		var ee *exec.ExitError
+		if errors.As(waitErr, &ee) {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				reason = "killed by signal " + ws.Signal().String()
+			}
+		} else {
+			reason = waitErr.Error()
+		}
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: code, Reason: reason}
+	}
+}
+
+// exitCode maps a Wait error to an exit code; -1 when the shell was killed
+// by a signal or could not be waited for, 0 on success.
+func exitCode(err error) int32 {
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return int32(ee.ExitCode())
+	}
+	return -1
+}
+
+// copyOutput copies r to out until EOF (or a read error such as an expired
+// deadline). After out fails, output is still read and discarded so that the
+// job never blocks on a full pipe.
+func copyOutput(r *os.File, out io.Writer, progress *atomic.Int64, inRead *atomic.Bool) {
+	buf := make([]byte, readBufferSize)
+	var outErr error
+	for {
+		inRead.Store(true)
+		n, err := r.Read(buf)
+		inRead.Store(false)
+		progress.Add(1)
+		if n > 0 && outErr == nil {
+			_, outErr = out.Write(buf[:n])
+			progress.Add(1)
+		}
+		if err != nil {
+			return
+		}
+	}
+}

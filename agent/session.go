@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/kiln-ci/kiln/internal/leader"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// Keepalive parameters of the agent's connection. The coordinators enforce a
+// minimum ping interval of 5s; Time must not go below it.
+var keepaliveParams = keepalive.ClientParameters{
+	Time:                10 * time.Second,
+	Timeout:             5 * time.Second,
+	PermitWithoutStream: true,
+}
+
+// errDrained ends the session loop after a completed drain.
+var errDrained = errors.New("drained")
+
+// session is one live Connect stream after Registered. Its queue is guarded
+// by Agent.mu; only its send loop writes to the stream.
+type session struct {
+	queue  []*kilnv1.ConnectRequest
+	notify chan struct{}
+}
+
+func newSession() *session { return &session{notify: make(chan struct{}, 1)} }
+
+// push queues msg and wakes the send loop. Caller holds Agent.mu.
+func (s *session) push(msg *kilnv1.ConnectRequest) {
+	s.queue = append(s.queue, msg)
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// connectLoop keeps a session open until ctx ends (returns ctx.Err()) or a
+// drain completes (returns nil).
+func (a *Agent) connectLoop(ctx context.Context) error {
+	backoff := a.cfg.ReconnectMin
+	next := 0      // index into Coordinators
+	redirect := "" // leader address named by the last answer
+	redirects := 0 // consecutive immediate redirects
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.idle:
+			return nil
+		default:
+		}
+		addr := redirect
+		if addr == "" {
+			addr = a.cfg.Coordinators[next%len(a.cfg.Coordinators)]
+			next++
+		}
+		redirect = ""
+		began := time.Now()
+		err := a.runSession(ctx, addr)
+		switch {
+		case errors.Is(err, errDrained):
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		if time.Since(began) >= a.cfg.StableSession {
+			backoff = a.cfg.ReconnectMin
+		}
+		if hint, ok := leader.Hint(err); ok && hint != "" && hint != addr {
+			a.log.Info("coordinator is not the leader; redirecting", zap.String("addr", addr), zap.String("leader", hint))
+			redirect = hint
+			// Follow a redirect at once, but not forever (elections can
+			// bounce us between nodes that each name another).
+			if redirects < 2*len(a.cfg.Coordinators)+1 {
+				redirects++
+				continue
+			}
+		} else {
+			a.log.Warn("session ended", zap.String("addr", addr), zap.Error(err))
+		}
+		redirects = 0
+		wait := backoff/2 + rand.N(backoff/2+1)
+		backoff = min(2*backoff, a.cfg.ReconnectMax)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-a.idle:
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// runSession dials addr, registers and serves one session until the stream
+// breaks, ctx ends or a drain completes (errDrained).
+func (a *Agent) runSession(ctx context.Context, addr string) error {
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepaliveParams))
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := kilnv1.NewAgentServiceClient(conn).Connect(sctx)
+	if err != nil {
+		return fmt.Errorf("connect %s: %w", addr, err)
+	}
+
+	a.mu.Lock()
+	reg := &kilnv1.Register{
+		Name:     a.cfg.Name,
+		Labels:   a.cfg.Labels,
+		Slots:    int32(a.cfg.Slots),
+		Version:  Version,
+		Running:  a.heldRefsLocked(),
+		Draining: a.draining,
+	}
+	a.mu.Unlock()
+	if err := stream.Send(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Register{Register: reg}}); err != nil {
+		// A failed Send hides the stream's status; Recv reports it.
+		if _, rerr := stream.Recv(); rerr != nil {
+			err = rerr
+		}
+		return fmt.Errorf("register at %s: %w", addr, err)
+	}
+	timedOut := make(chan struct{})
+	timer := time.AfterFunc(a.cfg.RegisterTimeout, func() { close(timedOut); cancel() })
+	resp, err := stream.Recv()
+	if !timer.Stop() {
+		<-timedOut
+		return fmt.Errorf("register at %s: no answer within %v", addr, a.cfg.RegisterTimeout)
+	}
+	if err != nil {
+		return fmt.Errorf("register at %s: %w", addr, err)
+	}
+	registered := resp.GetRegistered()
+	if registered == nil {
+		return fmt.Errorf("register at %s: expected Registered, got %T", addr, resp.GetMsg())
+	}
+	hb := time.Duration(registered.GetHeartbeatIntervalMs()) * time.Millisecond
+	if hb <= 0 {
+		hb = a.cfg.HeartbeatInterval
+	}
+	log := a.log.With(zap.String("addr", addr), zap.String("session", registered.GetSessionId()))
+	log.Info("session registered", zap.String("node", registered.GetNodeId()),
+		zap.Duration("heartbeat", hb), zap.Int64("lease_ttl_ms", registered.GetLeaseTtlMs()), zap.Int("held", len(reg.GetRunning())))
+
+	sess := newSession()
+	a.mu.Lock()
+	a.sess = sess
+	a.resendLocked()
+	a.mu.Unlock()
+
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		a.sendLoop(sctx, stream, sess, hb, log)
+	}()
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- a.recvLoop(stream) }()
+
+	var result error
+	recvDone := false
+	select {
+	case err := <-recvErr:
+		recvDone = true
+		result = fmt.Errorf("session at %s: %w", addr, err)
+	case <-a.idle:
+		result = errDrained
+	case <-ctx.Done():
+		result = ctx.Err()
+	}
+	a.mu.Lock()
+	if a.sess == sess {
+		a.sess = nil
+	}
+	a.mu.Unlock()
+	cancel()
+	<-sendDone
+	if !recvDone {
+		<-recvErr
+	}
+	return result
+}
+
+// sendLoop is the only writer of the stream: queued messages and heartbeats.
+func (a *Agent) sendLoop(ctx context.Context, stream grpc.BidiStreamingClient[kilnv1.ConnectRequest, kilnv1.ConnectResponse], sess *session, hb time.Duration, log *zap.Logger) {
+	ticker := time.NewTicker(hb)
+	defer ticker.Stop()
+	for {
+		var batch []*kilnv1.ConnectRequest
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			a.mu.Lock()
+			draining := a.draining
+			a.mu.Unlock()
+			batch = []*kilnv1.ConnectRequest{{Msg: &kilnv1.ConnectRequest_Heartbeat{Heartbeat: &kilnv1.Heartbeat{Draining: draining}}}}
+		case <-sess.notify:
+			a.mu.Lock()
+			batch, sess.queue = sess.queue, nil
+			a.mu.Unlock()
+		}
+		for _, msg := range batch {
+			if err := stream.Send(msg); err != nil {
+				// The receive loop reports the stream's status.
+				log.Debug("send failed", zap.Error(err))
+				return
+			}
+		}
+	}
+}
+
+// recvLoop handles the leader's messages until the stream fails.
+func (a *Agent) recvLoop(stream grpc.BidiStreamingClient[kilnv1.ConnectRequest, kilnv1.ConnectResponse]) error {
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch m := resp.GetMsg().(type) {
+		case *kilnv1.ConnectResponse_Assignment:
+			a.onAssignment(m.Assignment)
+		case *kilnv1.ConnectResponse_Cancel:
+			a.onCancel(m.Cancel)
+		case *kilnv1.ConnectResponse_Ack:
+			a.onAck(m.Ack)
+		case *kilnv1.ConnectResponse_Registered:
+			a.log.Debug("duplicate Registered ignored")
+		default:
+			a.log.Warn("unknown message from coordinator", zap.String("type", fmt.Sprintf("%T", m)))
+		}
+	}
+}

@@ -1,0 +1,376 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/kiln-ci/kiln/internal/client"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+const buildNotFoundHint = "list builds with 'kilnctl builds'"
+
+// BuildJSON is a build as `kilnctl status -o json` and `kilnctl builds -o
+// json` print it. Times are RFC 3339 (UTC) or empty.
+type BuildJSON struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	State     string    `json:"state"`
+	Submitter string    `json:"submitter"`
+	Created   string    `json:"created"`
+	Started   string    `json:"started"`
+	Finished  string    `json:"finished"`
+	Reason    string    `json:"reason"`
+	Jobs      []JobJSON `json:"jobs"`
+}
+
+// JobJSON is one job of a BuildJSON.
+type JobJSON struct {
+	ID       string `json:"id"`
+	Key      string `json:"key"`
+	State    string `json:"state"`
+	Attempt  uint32 `json:"attempt"`
+	Agent    string `json:"agent"`
+	ExitCode int32  `json:"exit_code"`
+	Reason   string `json:"reason"`
+}
+
+func toBuildJSON(b *kilnv1.Build) BuildJSON {
+	out := BuildJSON{
+		ID:        b.GetId(),
+		Name:      b.GetName(),
+		State:     buildState(b.GetState()),
+		Submitter: b.GetSubmitter(),
+		Created:   rfc3339(b.GetCreatedUnixMs()),
+		Started:   rfc3339(b.GetStartedUnixMs()),
+		Finished:  rfc3339(b.GetFinishedUnixMs()),
+		Reason:    b.GetReason(),
+		Jobs:      []JobJSON{},
+	}
+	for _, j := range b.GetJobs() {
+		out.Jobs = append(out.Jobs, JobJSON{
+			ID:       j.GetId(),
+			Key:      j.GetKey(),
+			State:    jobState(j.GetState()),
+			Attempt:  j.GetAttempt(),
+			Agent:    j.GetAgent(),
+			ExitCode: j.GetExitCode(),
+			Reason:   j.GetReason(),
+		})
+	}
+	return out
+}
+
+// buildState is the lower-case state word: queued, running, passed...
+func buildState(s kilnv1.BuildState) string {
+	return enumWord(s.String(), "BUILD_STATE_")
+}
+
+// jobState is the lower-case state word: waiting, queued, timed_out...
+func jobState(s kilnv1.JobState) string {
+	return enumWord(s.String(), "JOB_STATE_")
+}
+
+func agentState(s kilnv1.AgentState) string {
+	return enumWord(s.String(), "AGENT_STATE_")
+}
+
+func enumWord(name, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(name, prefix))
+}
+
+func rfc3339(ms int64) string {
+	if ms == 0 {
+		return ""
+	}
+	return time.UnixMilli(ms).UTC().Format(time.RFC3339)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// buildDuration is the run time of a build: start to finish, or to now
+// while it runs.
+func buildDuration(b *kilnv1.Build) string {
+	start, end := b.GetStartedUnixMs(), b.GetFinishedUnixMs()
+	if start == 0 {
+		return "-"
+	}
+	if end == 0 {
+		end = time.Now().UnixMilli()
+	}
+	if end < start {
+		return "-"
+	}
+	return (time.Duration(end-start) * time.Millisecond).Round(time.Second).String()
+}
+
+func writeJSON(w io.Writer, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode json: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "%s\n", data)
+	return err
+}
+
+func newTable(w io.Writer) *tabwriter.Writer {
+	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+}
+
+func (a *app) getBuild(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
+	var b *kilnv1.Build
+	err := a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		resp, err := kilnv1.NewControlServiceClient(conn).GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+		if err != nil {
+			return err
+		}
+		b = resp.GetBuild()
+		return nil
+	})
+	if err != nil {
+		return nil, rpcError("get build "+id, err, buildNotFoundHint)
+	}
+	return b, nil
+}
+
+func (a *app) statusCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status BUILD",
+		Short: "Show a build and its jobs",
+		Args:  exactArgs(1, "one build id"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			b, err := a.getBuild(cmd.Context(), c, args[0])
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, toBuildJSON(b))
+			}
+			return printBuild(a.stdout, b)
+		}),
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+func printBuild(w io.Writer, b *kilnv1.Build) error {
+	bj := toBuildJSON(b)
+	t := newTable(w)
+	fmt.Fprintf(t, "BUILD\t%s\n", bj.ID)
+	fmt.Fprintf(t, "NAME\t%s\n", orDash(bj.Name))
+	fmt.Fprintf(t, "STATE\t%s\n", bj.State)
+	fmt.Fprintf(t, "SUBMITTER\t%s\n", orDash(bj.Submitter))
+	fmt.Fprintf(t, "CREATED\t%s\n", orDash(bj.Created))
+	fmt.Fprintf(t, "STARTED\t%s\n", orDash(bj.Started))
+	fmt.Fprintf(t, "FINISHED\t%s\n", orDash(bj.Finished))
+	fmt.Fprintf(t, "DURATION\t%s\n", buildDuration(b))
+	if bj.Reason != "" {
+		fmt.Fprintf(t, "REASON\t%s\n", bj.Reason)
+	}
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w)
+	fmt.Fprintln(t, "JOB\tSTATE\tATTEMPT\tAGENT\tEXIT\tREASON")
+	for i, j := range bj.Jobs {
+		exit := "-"
+		switch b.GetJobs()[i].GetState() {
+		case kilnv1.JobState_JOB_STATE_PASSED, kilnv1.JobState_JOB_STATE_FAILED:
+			exit = fmt.Sprint(j.ExitCode)
+		}
+		fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Key, j.State, j.Attempt, orDash(j.Agent), exit, orDash(j.Reason))
+	}
+	return t.Flush()
+}
+
+func (a *app) buildsCommand() *cobra.Command {
+	var (
+		output string
+		limit  int32
+	)
+	cmd := &cobra.Command{
+		Use:   "builds",
+		Short: "List builds, newest first",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			if limit < 0 || limit > 1000 {
+				return usageErrorf("--limit must be between 0 and 1000")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var builds []*kilnv1.Build
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit})
+				if err != nil {
+					return err
+				}
+				builds = resp.GetBuilds()
+				return nil
+			})
+			if err != nil {
+				return rpcError("list builds", err, "")
+			}
+			if output == "json" {
+				out := make([]BuildJSON, 0, len(builds))
+				for _, b := range builds {
+					out = append(out, toBuildJSON(b))
+				}
+				return writeJSON(a.stdout, out)
+			}
+			t := newTable(a.stdout)
+			fmt.Fprintln(t, "ID\tNAME\tSUBMITTER\tSTATE\tDURATION\tFINISHED")
+			for _, b := range builds {
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", b.GetId(), orDash(oneLine(b.GetName(), 40)),
+					orDash(b.GetSubmitter()), buildState(b.GetState()), buildDuration(b), orDash(rfc3339(b.GetFinishedUnixMs())))
+			}
+			return t.Flush()
+		}),
+	}
+	cmd.Flags().Int32Var(&limit, "limit", 0, "at most this many builds (default: the cluster's, 50)")
+	addOutputFlag(cmd, &output)
+	return cmd
+}
+
+// oneLine shortens s to one line of at most n runes for tables.
+func oneLine(s string, n int) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+func (a *app) cancelCommand() *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "cancel BUILD",
+		Short: "Cancel a build (queued jobs are skipped, running jobs stopped)",
+		Args:  exactArgs(1, "one build id"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := &kilnv1.CancelBuildRequest{RequestId: newRequestID(), BuildId: id, Reason: reason}
+			var b *kilnv1.Build
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).CancelBuild(ctx, req)
+				if err != nil {
+					return err
+				}
+				b = resp.GetBuild()
+				return nil
+			})
+			if err != nil {
+				return rpcError("cancel build "+id, err, buildNotFoundHint)
+			}
+			switch s := b.GetState(); s {
+			case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED:
+				return &ExitError{Code: ExitFailed, Err: fmt.Errorf("cancel build %s: the build already %s", id, buildState(s))}
+			}
+			fmt.Fprintf(a.stdout, "build %s canceled\n", id)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why the build is canceled")
+	return cmd
+}
+
+// AgentJSON is an agent as `kilnctl agents -o json` prints it.
+type AgentJSON struct {
+	Name    string            `json:"name"`
+	Labels  map[string]string `json:"labels"`
+	Slots   int32             `json:"slots"`
+	Running int32             `json:"running"`
+	State   string            `json:"state"`
+	Version string            `json:"version"`
+}
+
+func (a *app) agentsCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "agents",
+		Short: "List the agents the cluster has seen",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var agents []*kilnv1.Agent
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).ListAgents(ctx, &kilnv1.ListAgentsRequest{})
+				if err != nil {
+					return err
+				}
+				agents = resp.GetAgents()
+				return nil
+			})
+			if err != nil {
+				return rpcError("list agents", err, "")
+			}
+			out := make([]AgentJSON, 0, len(agents))
+			for _, ag := range agents {
+				labels := ag.GetLabels()
+				if labels == nil {
+					labels = map[string]string{}
+				}
+				out = append(out, AgentJSON{Name: ag.GetName(), Labels: labels, Slots: ag.GetSlots(),
+					Running: ag.GetRunning(), State: agentState(ag.GetState()), Version: ag.GetVersion()})
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, out)
+			}
+			t := newTable(a.stdout)
+			fmt.Fprintln(t, "NAME\tSTATE\tSLOTS\tRUNNING\tVERSION\tLABELS")
+			for _, ag := range out {
+				var pairs []string
+				for _, k := range slices.Sorted(maps.Keys(ag.Labels)) {
+					pairs = append(pairs, k+"="+ag.Labels[k])
+				}
+				fmt.Fprintf(t, "%s\t%s\t%d\t%d\t%s\t%s\n", ag.Name, ag.State, ag.Slots, ag.Running,
+					orDash(ag.Version), orDash(strings.Join(pairs, ",")))
+			}
+			return t.Flush()
+		}),
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}

@@ -1,0 +1,130 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/kiln-ci/kiln/internal/pipeline"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// ClusterJSON is the answer of `kilnctl cluster status -o json`.
+type ClusterJSON struct {
+	Leader         string     `json:"leader"`
+	LeaderGRPCAddr string     `json:"leader_grpc_addr"`
+	Nodes          []NodeJSON `json:"nodes"`
+}
+
+// NodeJSON is one coordinator of a ClusterJSON.
+type NodeJSON struct {
+	ID       string `json:"id"`
+	GRPCAddr string `json:"grpc_addr"`
+	RaftAddr string `json:"raft_addr"`
+	State    string `json:"state"`
+}
+
+func (a *app) clusterCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cluster",
+		Short: "Inspect and change the coordinator cluster",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q for %q (see '%s --help')", args[0], cmd.CommandPath(), cmd.CommandPath())
+			}
+			return cmd.Help()
+		},
+	}
+	var output string
+	status := &cobra.Command{
+		Use:   "status",
+		Short: "Show the leader and the coordinators",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var resp *kilnv1.StatusResponse
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				r, err := kilnv1.NewClusterServiceClient(conn).Status(ctx, &kilnv1.StatusRequest{})
+				resp = r
+				return err
+			})
+			if err != nil {
+				return rpcError("cluster status", err, "")
+			}
+			out := ClusterJSON{Leader: resp.GetLeader(), LeaderGRPCAddr: resp.GetLeaderGrpcAddr(), Nodes: []NodeJSON{}}
+			for _, n := range resp.GetNodes() {
+				out.Nodes = append(out.Nodes, NodeJSON{ID: n.GetId(), GRPCAddr: n.GetGrpcAddr(), RaftAddr: n.GetRaftAddr(), State: n.GetState()})
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, out)
+			}
+			leader := "none known"
+			if out.Leader != "" {
+				leader = out.Leader + " (" + orDash(out.LeaderGRPCAddr) + ")"
+			}
+			fmt.Fprintf(a.stdout, "leader: %s\n\n", leader)
+			t := newTable(a.stdout)
+			fmt.Fprintln(t, "ID\tSTATE\tGRPC\tRAFT")
+			for _, n := range out.Nodes {
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", n.ID, orDash(n.State), orDash(n.GRPCAddr), orDash(n.RaftAddr))
+			}
+			return t.Flush()
+		}),
+	}
+	addOutputFlag(status, &output)
+	leave := &cobra.Command{
+		Use:   "leave NODE_ID",
+		Short: "Remove a coordinator from the cluster",
+		Args:  exactArgs(1, "one node id"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				_, err := kilnv1.NewClusterServiceClient(conn).Leave(ctx, &kilnv1.LeaveRequest{NodeId: args[0]})
+				return err
+			})
+			if err != nil {
+				return rpcError("remove node "+args[0], err, "list the nodes with 'kilnctl cluster status'")
+			}
+			fmt.Fprintf(a.stdout, "node %s removed from the cluster\n", args[0])
+			return nil
+		}),
+	}
+	cmd.AddCommand(status, leave)
+	return cmd
+}
+
+func (a *app) validateCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "validate FILE",
+		Short: "Check a pipeline file offline",
+		Args:  exactArgs(1, "one pipeline file"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			file := args[0]
+			data, err := os.ReadFile(file)
+			if err != nil {
+				return usageErrorf("read pipeline file: %w", err)
+			}
+			p, err := pipeline.Parse(file, data)
+			if err != nil {
+				fmt.Fprintln(a.stderr, err)
+				return &ExitError{Code: ExitUsage}
+			}
+			fmt.Fprintf(a.stdout, "%s: ok (%d steps in %d stages)\n", file, p.NumSteps(), len(p.Stages))
+			return nil
+		}),
+	}
+}

@@ -1,0 +1,192 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-ci/kiln/internal/leader"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// fake is an in-process coordinator: a ControlService and ClusterService
+// over an in-memory build list, with knobs to inject failures.
+type fake struct {
+	kilnv1.UnimplementedControlServiceServer
+	kilnv1.UnimplementedClusterServiceServer
+	addr string
+
+	mu sync.Mutex
+	// followerOf makes the node a follower answering NotLeader for writes.
+	followerOf string
+	// failFirstSubmit commits the first submit and then answers
+	// Unavailable, as a leader losing leadership mid-request does.
+	failFirstSubmit bool
+	// newBuild shapes a submitted build (state, jobs).
+	newBuild func(b *kilnv1.Build)
+	builds   map[string]*kilnv1.Build
+	order    []string
+	byReq    map[string]string
+	submits  []*kilnv1.SubmitBuildRequest
+	cancels  []*kilnv1.CancelBuildRequest
+	// logs per build id, in build order.
+	logs map[string][]*kilnv1.StreamLogsResponse
+	// breakAfter > 0 breaks the first follow stream after that many chunks.
+	breakAfter int
+	streamReqs []*kilnv1.StreamLogsRequest
+	agents     []*kilnv1.Agent
+	status     *kilnv1.StatusResponse
+	left       []string
+}
+
+func newFake() *fake {
+	return &fake{builds: map[string]*kilnv1.Build{}, byReq: map[string]string{}, logs: map[string][]*kilnv1.StreamLogsResponse{}}
+}
+
+func (f *fake) serve(t *testing.T) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	kilnv1.RegisterControlServiceServer(srv, f)
+	kilnv1.RegisterClusterServiceServer(srv, f)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+	f.addr = lis.Addr().String()
+	return f.addr
+}
+
+func (f *fake) addBuild(b *kilnv1.Build) {
+	f.builds[b.Id] = b
+	f.order = append(f.order, b.Id)
+}
+
+func (f *fake) SubmitBuild(_ context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.SubmitBuildResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.submits = append(f.submits, req)
+	if f.followerOf != "" {
+		return nil, leader.NotLeaderError("leader", f.followerOf)
+	}
+	if id, ok := f.byReq[req.RequestId]; ok {
+		return &kilnv1.SubmitBuildResponse{Build: f.builds[id]}, nil
+	}
+	b := &kilnv1.Build{Id: fmt.Sprint(len(f.builds) + 1), Name: req.Name, Submitter: req.Submitter,
+		State: kilnv1.BuildState_BUILD_STATE_QUEUED, RequestId: req.RequestId,
+		Jobs: []*kilnv1.Job{{Key: "main", State: kilnv1.JobState_JOB_STATE_QUEUED}}}
+	if f.newBuild != nil {
+		f.newBuild(b)
+	}
+	f.addBuild(b)
+	f.byReq[req.RequestId] = b.Id
+	if f.failFirstSubmit {
+		f.failFirstSubmit = false
+		return nil, status.Error(codes.Unavailable, "leadership lost while committing")
+	}
+	return &kilnv1.SubmitBuildResponse{Build: b}, nil
+}
+
+func (f *fake) GetBuild(_ context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, ok := f.builds[req.BuildId]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "build %s not found", req.BuildId)
+	}
+	return &kilnv1.GetBuildResponse{Build: b}, nil
+}
+
+func (f *fake) ListBuilds(_ context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	resp := &kilnv1.ListBuildsResponse{}
+	for i := len(f.order) - 1; i >= 0; i-- {
+		if req.Limit > 0 && len(resp.Builds) == int(req.Limit) {
+			break
+		}
+		resp.Builds = append(resp.Builds, f.builds[f.order[i]])
+	}
+	return resp, nil
+}
+
+func (f *fake) CancelBuild(_ context.Context, req *kilnv1.CancelBuildRequest) (*kilnv1.CancelBuildResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cancels = append(f.cancels, req)
+	b, ok := f.builds[req.BuildId]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "build %s not found", req.BuildId)
+	}
+	if !isTerminal(b.State) {
+		b.State = kilnv1.BuildState_BUILD_STATE_CANCELED
+		b.Reason = req.Reason
+	}
+	return &kilnv1.CancelBuildResponse{Build: b}, nil
+}
+
+func (f *fake) StreamLogs(req *kilnv1.StreamLogsRequest, stream grpc.ServerStreamingServer[kilnv1.StreamLogsResponse]) error {
+	f.mu.Lock()
+	f.streamReqs = append(f.streamReqs, req)
+	first := len(f.streamReqs) == 1
+	chunks := f.logs[req.BuildId]
+	breakAfter := f.breakAfter
+	f.mu.Unlock()
+	after := map[string]uint64{}
+	for _, p := range req.After {
+		after[fmt.Sprint(p.JobKey, "/", p.Attempt)] = p.Seq
+	}
+	sent := 0
+	for _, c := range chunks {
+		if req.JobKey != "" && c.JobKey != req.JobKey {
+			continue
+		}
+		// Deliberately resend the last chunk the client has: the client
+		// must drop it.
+		if pos, ok := after[fmt.Sprint(c.JobKey, "/", c.Attempt)]; ok && c.Seq < pos {
+			continue
+		}
+		if first && req.Follow && breakAfter > 0 && sent == breakAfter {
+			return status.Error(codes.Unavailable, "stream broken")
+		}
+		if err := stream.Send(c); err != nil {
+			return err
+		}
+		sent++
+	}
+	return nil
+}
+
+func (f *fake) ListAgents(context.Context, *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return &kilnv1.ListAgentsResponse{Agents: f.agents}, nil
+}
+
+func (f *fake) Status(context.Context, *kilnv1.StatusRequest) (*kilnv1.StatusResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.status, nil
+}
+
+func (f *fake) Leave(_ context.Context, req *kilnv1.LeaveRequest) (*kilnv1.LeaveResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.followerOf != "" {
+		return nil, leader.NotLeaderError("leader", f.followerOf)
+	}
+	f.left = append(f.left, req.NodeId)
+	return &kilnv1.LeaveResponse{}, nil
+}
+
+// chunk is a log chunk for the fake.
+func chunk(key string, attempt uint32, seq uint64, data string) *kilnv1.StreamLogsResponse {
+	return &kilnv1.StreamLogsResponse{JobId: "1." + key, JobKey: key, Attempt: attempt, Seq: seq, Data: []byte(data)}
+}

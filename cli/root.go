@@ -1,0 +1,280 @@
+// Package cli implements kilnctl, the Kiln command-line client, as a
+// library: NewRootCommand builds the cobra command tree and ExitCode maps
+// the error it returns to the process exit status (0 ok, 1 the build did
+// not pass or the operation failed, 2 usage or invalid input).
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-ci/kiln/internal/client"
+)
+
+// Exit codes of kilnctl.
+const (
+	ExitOK     = 0
+	ExitFailed = 1 // the build did not pass, or the operation failed
+	ExitUsage  = 2 // bad usage or invalid input
+)
+
+// EnvCoordinators names the environment variable holding the default
+// coordinator addresses (comma-separated).
+const EnvCoordinators = "KILN_COORDINATORS"
+
+// DefaultCoordinator is the coordinator address used when neither
+// --coordinators nor KILN_COORDINATORS is set.
+const DefaultCoordinator = "127.0.0.1:7070"
+
+const unavailableHint = "is the cluster running? set --coordinators or " + EnvCoordinators
+
+// ExitError carries a command's exit code. A nil Err means the command has
+// already told the user everything (nothing more is printed).
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+// Error returns the underlying message.
+func (e *ExitError) Error() string {
+	if e.Err == nil {
+		return fmt.Sprintf("exit status %d", e.Code)
+	}
+	return e.Err.Error()
+}
+
+// Unwrap returns the underlying error.
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// ExitCode maps an error returned by the root command to an exit status:
+// 0 for nil, the code of an *ExitError, else 2 (cobra's own errors are
+// usage errors: unknown command or flag, wrong arguments).
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	return ExitUsage
+}
+
+// Main runs kilnctl with args (without the program name) and returns the
+// exit status. SIGINT and SIGTERM cancel the running command.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := NewRootCommand(stdout, stderr)
+	root.SetArgs(args)
+	return ExitCode(root.ExecuteContext(ctx))
+}
+
+// app holds the global flags and the output streams.
+type app struct {
+	stdout, stderr io.Writer
+	coordinators   []string
+	timeout        time.Duration
+	verbose        bool
+}
+
+// NewRootCommand returns the kilnctl command tree writing to stdout and
+// stderr. Errors are printed to stderr as "kilnctl: ..."; pass the error
+// returned by Execute to ExitCode for the exit status.
+func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	a := &app{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "kilnctl",
+		Short: "kilnctl drives a Kiln build farm",
+		Long: "kilnctl submits builds to a Kiln cluster, follows their logs, and inspects\n" +
+			"builds, agents and coordinators.",
+		SilenceUsage:  true,
+		SilenceErrors: false,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetErrPrefix("kilnctl:")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
+	})
+	pf := root.PersistentFlags()
+	pf.StringSliceVar(&a.coordinators, "coordinators", nil,
+		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
+	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
+
+	root.AddCommand(
+		a.runCommand(),
+		a.statusCommand(),
+		a.logsCommand(),
+		a.buildsCommand(),
+		a.cancelCommand(),
+		a.agentsCommand(),
+		a.clusterCommand(),
+		a.validateCommand(),
+	)
+	return root
+}
+
+// action wraps a command body: errors that are not *ExitError become
+// failures (exit 1), and a silent *ExitError suppresses cobra's message.
+func action(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := fn(cmd, args)
+		if err == nil {
+			return nil
+		}
+		var ee *ExitError
+		if !errors.As(err, &ee) {
+			return &ExitError{Code: ExitFailed, Err: err}
+		}
+		if ee.Err == nil {
+			cmd.SilenceErrors = true
+		}
+		return err
+	}
+}
+
+// usageErrorf returns an exit-2 error.
+func usageErrorf(format string, args ...any) error {
+	return &ExitError{Code: ExitUsage, Err: fmt.Errorf(format, args...)}
+}
+
+// exactArgs is cobra.ExactArgs with a usage exit code and a clearer message.
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageErrorf("%s takes %s (see '%s --help')", cmd.CommandPath(), names, cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
+// addrs returns the coordinator addresses: --coordinators, else
+// $KILN_COORDINATORS, else the default.
+func (a *app) addrs() []string {
+	list := a.coordinators
+	if len(list) == 0 {
+		if env := os.Getenv(EnvCoordinators); strings.TrimSpace(env) != "" {
+			list = strings.Split(env, ",")
+		}
+	}
+	var out []string
+	for _, s := range list {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{DefaultCoordinator}
+	}
+	return out
+}
+
+func (a *app) logger() *zap.Logger {
+	if !a.verbose {
+		return zap.NewNop()
+	}
+	enc := zap.NewDevelopmentEncoderConfig()
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(a.stderr), zapcore.DebugLevel)
+	return zap.New(core)
+}
+
+// client returns a cluster client; the caller closes it.
+func (a *app) client() (*client.Client, error) {
+	c, err := client.New(a.addrs(), a.logger())
+	if err != nil {
+		return nil, usageErrorf("%w", err)
+	}
+	return c, nil
+}
+
+// unary runs one request through c.Do with the --timeout deadline.
+func (a *app) unary(ctx context.Context, c *client.Client, fn func(ctx context.Context, conn grpc.ClientConnInterface) error) error {
+	ctx, cancel := context.WithTimeout(ctx, a.timeout)
+	defer cancel()
+	return c.Do(ctx, fn)
+}
+
+// rpcError turns a failed call into the error kilnctl prints:
+// "<what>: <status message> (hint: ...)". notFoundHint is shown for
+// codes.NotFound. Invalid arguments exit 2, everything else 1.
+func rpcError(what string, err error, notFoundHint string) error {
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	code := ExitFailed
+	msg := err.Error()
+	var hint string
+	if st, ok := statusOf(err); ok {
+		msg = st.Message()
+		switch st.Code() {
+		case codes.NotFound:
+			hint = notFoundHint
+		case codes.InvalidArgument:
+			code = ExitUsage
+			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
+		case codes.Unavailable:
+			hint = unavailableHint
+		case codes.DeadlineExceeded:
+			hint = "no answer within --timeout; is the cluster overloaded or partitioned?"
+		case codes.Canceled:
+			msg = "interrupted"
+		}
+	} else if errors.Is(err, context.Canceled) {
+		msg = "interrupted"
+	} else if errors.Is(err, context.DeadlineExceeded) {
+		msg = "timed out"
+		hint = "no answer within --timeout"
+	}
+	text := what + ": " + msg
+	if hint != "" {
+		if strings.Contains(msg, "\n") {
+			text += "\nhint: " + hint
+		} else {
+			text += " (hint: " + hint + ")"
+		}
+	}
+	return &ExitError{Code: code, Err: errors.New(text)}
+}
+
+// statusOf finds the gRPC status in err's chain, keeping its own message
+// (status.FromError would replace it with the whole chain's text).
+func statusOf(err error) (*status.Status, bool) {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		return se.GRPCStatus(), true
+	}
+	if st, ok := status.FromError(err); ok && st.Code() != codes.Unknown {
+		return st, true
+	}
+	return nil, false
+}
+
+// outputFormat validates the -o flag.
+func outputFormat(o string) error {
+	switch o {
+	case "table", "json":
+		return nil
+	}
+	return usageErrorf("unknown output format %q: use table or json", o)
+}
+
+func addOutputFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVarP(p, "output", "o", "table", "output format: table or json")
+}

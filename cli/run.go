@@ -1,0 +1,222 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/pipeline"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+func (a *app) runCommand() *cobra.Command {
+	var (
+		labels, env []string
+		jobTimeout  time.Duration
+		name, file  string
+		wait        bool
+	)
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- COMMAND... | run -f FILE [flags]",
+		Short: "Submit a build: one shell command, or a pipeline file",
+		Long: "Submit a build. With COMMAND, a one-job build runs the words joined with\n" +
+			"spaces as one shell line. With -f FILE, the pipeline file is checked\n" +
+			"locally and then submitted. Without --wait the build id is printed;\n" +
+			"with --wait the log is streamed and the exit status is 0 only if the\n" +
+			"build passed.",
+		Example: "  kilnctl run --label os=linux -- make test\n" +
+			"  kilnctl run -f .kiln.yaml --wait",
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			req := &kilnv1.SubmitBuildRequest{
+				RequestId: newRequestID(),
+				Submitter: submitter(),
+				Name:      name,
+			}
+			var err error
+			if req.Env, err = parsePairs("--env", env); err != nil {
+				return err
+			}
+			jobs := 1
+			switch {
+			case file != "" && len(args) > 0:
+				return usageErrorf("give either -f FILE or a COMMAND, not both")
+			case file != "":
+				if len(labels) > 0 || jobTimeout != 0 {
+					return usageErrorf("--label and --timeout apply to a single COMMAND; set agents: and timeout: in the pipeline file")
+				}
+				data, err := os.ReadFile(file)
+				if err != nil {
+					return usageErrorf("read pipeline file: %w", err)
+				}
+				p, err := pipeline.Parse(file, data)
+				if err != nil {
+					fmt.Fprintln(a.stderr, err)
+					return &ExitError{Code: ExitUsage}
+				}
+				jobs = p.NumSteps()
+				req.SpecYaml, req.SpecFilename = string(data), file
+			case len(args) > 0:
+				if req.Labels, err = parsePairs("--label", labels); err != nil {
+					return err
+				}
+				if jobTimeout < 0 {
+					return usageErrorf("--timeout must not be negative")
+				}
+				req.Command = strings.Join(args, " ")
+				req.TimeoutMs = jobTimeout.Milliseconds()
+			default:
+				return usageErrorf("nothing to run: give -f FILE or -- COMMAND (see 'kilnctl run --help')")
+			}
+
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx := cmd.Context()
+			var build *kilnv1.Build
+			// req (and its request_id) is the same on every retry, so a
+			// retry after a failover never creates a second build.
+			err = a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).SubmitBuild(ctx, req)
+				if err != nil {
+					return err
+				}
+				build = resp.GetBuild()
+				return nil
+			})
+			if err != nil {
+				return rpcError("submit build", err, "")
+			}
+			if !wait {
+				fmt.Fprintln(a.stdout, build.GetId())
+				return nil
+			}
+			fmt.Fprintf(a.stderr, "build %s submitted\n", build.GetId())
+			if n := len(build.GetJobs()); n > 0 {
+				jobs = n
+			}
+			return a.waitForBuild(ctx, c, build.GetId(), jobs)
+		}),
+	}
+	f := cmd.Flags()
+	// Flags end at the first COMMAND word: `kilnctl run ls -la` runs ls -la.
+	f.SetInterspersed(false)
+	f.StringArrayVar(&labels, "label", nil, "agent label the job needs, `k=v` (repeatable)")
+	f.StringArrayVar(&env, "env", nil, "environment variable of the build, `K=V` (repeatable)")
+	f.DurationVar(&jobTimeout, "timeout", 0, "timeout of the job (default: the cluster's)")
+	f.StringVar(&name, "name", "", "build name (default: the pipeline's name or the command)")
+	f.StringVarP(&file, "file", "f", "", "pipeline file to submit")
+	f.BoolVar(&wait, "wait", false, "stream the log and wait for the build; exit 0 only if it passed")
+	return cmd
+}
+
+// waitForBuild follows the build's log, waits until the build is finished
+// and reports its state: exit 0 only when it passed.
+func (a *app) waitForBuild(ctx context.Context, c *client.Client, id string, jobs int) error {
+	p := newLogPrinter(a.stdout, a.stderr, jobs > 1)
+	if err := a.streamLogs(ctx, c, id, "", true, p); err != nil {
+		if ctx.Err() != nil {
+			return rpcError("follow build "+id, err, "")
+		}
+		// The log is a convenience; the outcome still counts.
+		fmt.Fprintf(a.stderr, "kilnctl: %v\n", rpcError("follow log of build "+id, err, ""))
+	}
+	b, err := a.waitTerminal(ctx, c, id)
+	if err != nil {
+		return rpcError("wait for build "+id, err, "")
+	}
+	state := buildState(b.GetState())
+	fmt.Fprintf(a.stderr, "build %s %s\n", id, state)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		return &ExitError{Code: ExitFailed}
+	}
+	return nil
+}
+
+// waitTerminal polls the build until it is passed, failed or canceled.
+func (a *app) waitTerminal(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
+	delay := 100 * time.Millisecond
+	for {
+		var b *kilnv1.Build
+		err := a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+			resp, err := kilnv1.NewControlServiceClient(conn).GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+			if err != nil {
+				return err
+			}
+			b = resp.GetBuild()
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		if isTerminal(b.GetState()) {
+			return b, nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(delay*2, time.Second)
+	}
+}
+
+func isTerminal(s kilnv1.BuildState) bool {
+	switch s {
+	case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED, kilnv1.BuildState_BUILD_STATE_CANCELED:
+		return true
+	}
+	return false
+}
+
+// parsePairs parses repeated k=v flag values.
+func parsePairs(flag string, vals []string) (map[string]string, error) {
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]string, len(vals))
+	for _, v := range vals {
+		k, val, ok := strings.Cut(v, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, usageErrorf("%s %q: want key=value", flag, v)
+		}
+		out[k] = val
+	}
+	return out, nil
+}
+
+// newRequestID returns a random 128-bit hex id for a mutating request.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b[:])
+}
+
+// submitter returns $USER@hostname.
+func submitter() string {
+	name := os.Getenv("USER")
+	if name == "" {
+		if u, err := user.Current(); err == nil {
+			name = u.Username
+		} else {
+			name = "unknown"
+		}
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	return name + "@" + host
+}

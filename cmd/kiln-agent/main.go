@@ -1,0 +1,147 @@
+// Command kiln-agent runs a Kiln build agent on this host.
+//
+//	kiln-agent --coordinators 127.0.0.1:7001,127.0.0.1:7002 --name a1 \
+//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--log-level info]
+//
+// The first SIGTERM or SIGINT drains the agent: it tells the leader at once,
+// takes no new jobs, and exits 0 once every job it holds has finished and
+// been acknowledged. A second signal aborts: every job's process group is
+// killed and the agent exits non-zero.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/kiln-ci/kiln/agent"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+// run parses args, runs the agent and returns the exit code.
+func run(args []string, stderr io.Writer) int {
+	cfg, level, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "kiln-agent:", err)
+		return 2
+	}
+	zcfg := zap.NewProductionConfig()
+	zcfg.Level = zap.NewAtomicLevelAt(level)
+	zcfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	log, err := zcfg.Build()
+	if err != nil {
+		fmt.Fprintln(stderr, "kiln-agent: logger:", err)
+		return 2
+	}
+	defer func() { _ = log.Sync() }()
+
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		log.Error("invalid configuration", zap.Error(err))
+		return 2
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			log.Info("signal received: draining (send again to abort)", zap.String("signal", s.String()))
+			a.Drain()
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case s := <-sigs:
+			log.Warn("second signal: aborting, killing all jobs", zap.String("signal", s.String()))
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent aborted", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+// parseFlags turns the command line into an agent.Config and a log level.
+func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, error) {
+	cfg := agent.NewConfig()
+	fs := flag.NewFlagSet("kiln-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port)")
+	fs.StringVar(&cfg.Name, "name", cfg.Name, "unique agent name")
+	labels := fs.String("labels", "", "comma-separated key=value labels; os and arch are added unless given")
+	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
+	fs.StringVar(&cfg.WorkDir, "work-dir", cfg.WorkDir, "directory holding one workspace per job attempt")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval when the leader names none")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return cfg, 0, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	var level zapcore.Level
+	if err := level.Set(*logLevel); err != nil {
+		return cfg, 0, fmt.Errorf("--log-level: %w", err)
+	}
+	cfg.Coordinators = nil
+	for _, c := range strings.Split(*coordinators, ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			cfg.Coordinators = append(cfg.Coordinators, c)
+		}
+	}
+	if len(cfg.Coordinators) == 0 {
+		return cfg, 0, errors.New("--coordinators is required")
+	}
+	parsed, err := parseLabels(*labels)
+	if err != nil {
+		return cfg, 0, err
+	}
+	for k, v := range parsed {
+		cfg.Labels[k] = v
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, 0, err
+	}
+	return cfg, level, nil
+}
+
+// parseLabels parses "k=v,k2=v2".
+func parseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		kv = strings.TrimSpace(kv)
+		if kv == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		k = strings.TrimSpace(k)
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--labels: %q is not key=value", kv)
+		}
+		out[k] = strings.TrimSpace(v)
+	}
+	return out, nil
+}

@@ -1,0 +1,130 @@
+// Command kiln-coordinator runs one Kiln coordinator: a Raft member that
+// serves the gRPC API to agents, kilnctl and integrations. With --dev it
+// runs a single-node cluster with a built-in agent on this machine.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/coordinator"
+	"github.com/kiln-ci/kiln/internal/logging"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "kiln-coordinator:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cfg := coordinator.NewConfig()
+	fs := flag.NewFlagSet("kiln-coordinator", flag.ContinueOnError)
+	var (
+		initialCluster, join, logLevel, logFormat string
+		dev                                       bool
+		devSlots                                  int
+	)
+	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "unique id of this coordinator")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the raft log and snapshots")
+	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC API listen address")
+	fs.StringVar(&cfg.AdvertiseGRPCAddr, "advertise-grpc-addr", "", "gRPC address given to clients and peers (default: the listen address)")
+	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "raft listen and advertise address")
+	fs.StringVar(&initialCluster, "initial-cluster", "", "first-start members: id=raft-host:port,... (every member gets the same list)")
+	fs.StringVar(&join, "join", "", "gRPC addresses of a running cluster to join: host:port,...")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "how long an agent may be silent before its jobs are declared lost")
+	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "how often agents send heartbeats")
+	fs.DurationVar(&cfg.DefaultJobTimeout, "default-job-timeout", cfg.DefaultJobTimeout, "timeout of steps that set none")
+	fs.DurationVar(&cfg.RaftHeartbeatTimeout, "raft-heartbeat-timeout", cfg.RaftHeartbeatTimeout, "raft heartbeat timeout")
+	fs.DurationVar(&cfg.RaftElectionTimeout, "raft-election-timeout", cfg.RaftElectionTimeout, "raft election timeout")
+	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
+	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
+	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
+	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&logFormat, "log-format", "console", "console or json")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var err error
+	if cfg.InitialCluster, err = coordinator.ParseInitialCluster(initialCluster); err != nil {
+		return err
+	}
+	if join != "" {
+		cfg.Join = strings.Split(join, ",")
+	}
+	if dev {
+		if !set["node-id"] {
+			cfg.NodeID = "dev"
+		}
+		if !set["raft-addr"] {
+			cfg.RaftAddr = "127.0.0.1:0"
+		}
+		if len(cfg.InitialCluster) == 0 {
+			cfg.InitialCluster = map[string]string{cfg.NodeID: cfg.RaftAddr}
+		}
+	}
+	log, err := logging.New(logLevel, logFormat)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	c, err := coordinator.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.Run(gctx) })
+	if dev {
+		acfg := agent.NewConfig()
+		acfg.Coordinators = []string{c.GRPCAddr()}
+		acfg.Name = "local"
+		acfg.Slots = devSlots
+		acfg.WorkDir = filepath.Join(cfg.DataDir, "work")
+		acfg.Labels = map[string]string{"dev": "true"}
+		a, err := agent.New(acfg, log.Named("agent").With(zap.String("agent", acfg.Name)))
+		if err != nil {
+			stop()
+			_ = g.Wait()
+			return fmt.Errorf("built-in agent: %w", err)
+		}
+		g.Go(func() error {
+			err := a.Run(gctx)
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		})
+		log.Info("dev mode: single-node cluster with a built-in agent",
+			zap.String("grpc_addr", c.GRPCAddr()), zap.String("data_dir", cfg.DataDir), zap.Int("slots", devSlots))
+	}
+	if err := g.Wait(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+// Package api holds the coordinator's gRPC services. Each service is a thin
+// adapter: it validates the request, checks leadership for writes, commits a
+// command through Raft or reads the local state store, and maps errors to
+// status codes in one place (toStatus). No business rules live here; those
+// are in the FSM (coordinator/fsm) and the scheduler.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/leader"
+)
+
+// Deps is what the services need from the coordinator.
+type Deps struct {
+	// NodeID is this coordinator's id.
+	NodeID string
+	// GRPCAddr is the address clients reach this coordinator at.
+	GRPCAddr string
+	// RaftAddr is this coordinator's Raft address.
+	RaftAddr  string
+	Store     *state.Store
+	Raft      *raftnode.Node
+	Scheduler *scheduler.Scheduler
+	Log       *zap.Logger
+	// Now is the clock used for command timestamps.
+	Now func() time.Time
+}
+
+// Limits on what clients may send. They are part of the API contract and
+// documented in the README.
+const (
+	MaxSpecBytes    = 1 << 20
+	MaxCommandBytes = 64 << 10
+	MaxEnvEntries   = 256
+	MaxEnvBytes     = 64 << 10
+	MaxRequestID    = 128
+	MaxNameBytes    = 256
+	MaxLabelEntries = 64
+	MaxAgentSlots   = 1024
+	MaxListBuilds   = 1000
+)
+
+func (d *Deps) now() time.Time {
+	if d.Now != nil {
+		return d.Now()
+	}
+	return time.Now()
+}
+
+// notLeader returns the status a follower answers writes with.
+func (d *Deps) notLeader() error {
+	id, _ := d.Raft.Leader()
+	addr := ""
+	if id != "" {
+		for _, n := range d.Store.Nodes() {
+			if n.GetId() == id {
+				addr = n.GetGrpcAddr()
+			}
+		}
+	}
+	if id == d.NodeID {
+		// We are the leader by Raft but not yet serving (before the barrier).
+		return status.Error(codes.Unavailable, "this coordinator just became leader and is not ready yet; retry shortly")
+	}
+	return leader.NotLeaderError(id, addr)
+}
+
+// requireLeader fails unless this node leads and its leader work started.
+func (d *Deps) requireLeader() error {
+	if !d.Raft.IsLeader() || !d.Scheduler.Active() {
+		return d.notLeader()
+	}
+	return nil
+}
+
+// toStatus maps internal errors to gRPC status codes.
+func (d *Deps) toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, raftnode.ErrNotLeader), errors.Is(err, raftnode.ErrOutcomeUnknown):
+		return d.notLeader()
+	case errors.Is(err, fsm.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, fsm.ErrInvalidCommand):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, fsm.ErrStaleAttempt), errors.Is(err, fsm.ErrInvalidState), errors.Is(err, fsm.ErrLogsIncomplete):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	d.Log.Error("internal error", zap.Error(err))
+	return status.Error(codes.Internal, err.Error())
+}
+
+func invalid(format string, args ...any) error {
+	return status.Error(codes.InvalidArgument, fmt.Sprintf(format, args...))
+}

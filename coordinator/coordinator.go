@@ -1,0 +1,417 @@
+// Package coordinator assembles one Kiln coordinator: a Raft member
+// (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
+// store (coordinator/state), the leader-only scheduler
+// (coordinator/scheduler), and the gRPC services (coordinator/api) with
+// health checking and reflection.
+//
+// Leadership is a symmetric pair: when Raft reports leadership, the
+// coordinator waits for a barrier (every earlier entry applied), records its
+// own addresses, and runs the scheduler; when leadership is lost, the
+// scheduler's context is canceled, which closes every agent session so the
+// agents move to the new leader.
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/kiln-ci/kiln/coordinator/api"
+	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/leader"
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// Config is a coordinator's configuration. Flags fill it; Validate names
+// the first bad field.
+type Config struct {
+	// NodeID is this member's stable, unique id.
+	NodeID string
+	// DataDir holds the Raft log and snapshots.
+	DataDir string
+	// GRPCAddr is the API listen address; port 0 picks a free port.
+	GRPCAddr string
+	// AdvertiseGRPCAddr is the API address given to clients and peers;
+	// defaults to the listen address.
+	AdvertiseGRPCAddr string
+	// RaftAddr is the Raft listen and advertise address; port 0 picks a free
+	// port (only usable with Join or a single-node InitialCluster).
+	RaftAddr string
+	// InitialCluster maps member ids to Raft addresses for a first start.
+	InitialCluster map[string]string
+	// Join lists gRPC addresses of a running cluster to join (when this
+	// node is not in InitialCluster).
+	Join []string
+	// LeaseTTL is how long an agent may be silent before its jobs are lost.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is how often agents send heartbeats.
+	HeartbeatInterval time.Duration
+	// DefaultJobTimeout is the timeout of steps that set none.
+	DefaultJobTimeout time.Duration
+	// RaftHeartbeatTimeout and RaftElectionTimeout tune failure detection.
+	RaftHeartbeatTimeout time.Duration
+	RaftElectionTimeout  time.Duration
+	// SnapshotThreshold is how many log entries trigger a snapshot.
+	SnapshotThreshold uint64
+	// SnapshotInterval is how often the snapshot threshold is checked.
+	SnapshotInterval time.Duration
+}
+
+// NewConfig returns the defaults.
+func NewConfig() Config {
+	return Config{
+		NodeID:               "n1",
+		DataDir:              "kiln-data",
+		GRPCAddr:             "127.0.0.1:7070",
+		RaftAddr:             "127.0.0.1:7071",
+		LeaseTTL:             5 * time.Second,
+		HeartbeatInterval:    time.Second,
+		DefaultJobTimeout:    time.Hour,
+		RaftHeartbeatTimeout: 500 * time.Millisecond,
+		RaftElectionTimeout:  500 * time.Millisecond,
+		SnapshotThreshold:    8192,
+		SnapshotInterval:     30 * time.Second,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c *Config) Validate() error {
+	switch {
+	case c.NodeID == "":
+		return errors.New("node-id: must not be empty")
+	case c.DataDir == "":
+		return errors.New("data-dir: must not be empty")
+	case c.GRPCAddr == "":
+		return errors.New("grpc-addr: must not be empty")
+	case c.RaftAddr == "":
+		return errors.New("raft-addr: must not be empty")
+	case c.LeaseTTL < 100*time.Millisecond:
+		return fmt.Errorf("lease-ttl: %s is below the 100ms minimum", c.LeaseTTL)
+	case c.HeartbeatInterval <= 0 || c.HeartbeatInterval*2 > c.LeaseTTL:
+		return fmt.Errorf("heartbeat-interval: %s must be positive and at most half the lease TTL (%s)", c.HeartbeatInterval, c.LeaseTTL)
+	case c.DefaultJobTimeout <= 0:
+		return errors.New("default-job-timeout: must be positive")
+	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
+		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
+	}
+	if len(c.InitialCluster) > 0 {
+		if _, ok := c.InitialCluster[c.NodeID]; !ok && len(c.Join) == 0 {
+			return fmt.Errorf("initial-cluster: does not name this node %q", c.NodeID)
+		}
+	}
+	return nil
+}
+
+// ParseInitialCluster parses "n1=host:port,n2=host:port".
+func ParseInitialCluster(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("initial-cluster: %q is not id=host:port", part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("initial-cluster: %s: %w", id, err)
+		}
+		if _, dup := out[id]; dup {
+			return nil, fmt.Errorf("initial-cluster: node %q listed twice", id)
+		}
+		out[id] = addr
+	}
+	return out, nil
+}
+
+// Coordinator is one running coordinator.
+type Coordinator struct {
+	cfg     Config
+	log     *zap.Logger
+	store   *state.Store
+	node    *raftnode.Node
+	sched   *scheduler.Scheduler
+	grpc    *grpc.Server
+	health  *health.Server
+	lis     net.Listener
+	addr    string
+	raftAdr string
+	crash   chan struct{}
+	once    sync.Once
+}
+
+// New opens the Raft member and binds the API port; Run serves.
+func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	log = log.With(zap.String("node", cfg.NodeID))
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on grpc-addr %s: %w", cfg.GRPCAddr, err)
+	}
+	advertise := cfg.AdvertiseGRPCAddr
+	if advertise == "" {
+		advertise = lis.Addr().String()
+	}
+	store := state.New()
+	f := fsm.New(store, log.Named("fsm"))
+	node, err := raftnode.Open(raftnode.Config{
+		NodeID:            cfg.NodeID,
+		DataDir:           cfg.DataDir,
+		RaftAddr:          cfg.RaftAddr,
+		InitialCluster:    cfg.InitialCluster,
+		HeartbeatTimeout:  cfg.RaftHeartbeatTimeout,
+		ElectionTimeout:   cfg.RaftElectionTimeout,
+		SnapshotThreshold: cfg.SnapshotThreshold,
+		SnapshotInterval:  cfg.SnapshotInterval,
+	}, f, log)
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	sched := scheduler.New(scheduler.Config{
+		LeaseTTL:          cfg.LeaseTTL,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		DefaultJobTimeout: cfg.DefaultJobTimeout,
+	}, store, node, log.Named("scheduler"))
+
+	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, lis: lis, addr: advertise,
+		raftAdr: node.RaftAddr(), crash: make(chan struct{})}
+	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Log: log.Named("api")}
+	c.grpc = grpc.NewServer(
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		grpc.MaxRecvMsgSize(4<<20),
+	)
+	kilnv1.RegisterControlServiceServer(c.grpc, api.NewControlServer(deps))
+	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
+	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
+	c.health = health.NewServer()
+	healthpb.RegisterHealthServer(c.grpc, c.health)
+	reflection.Register(c.grpc)
+	return c, nil
+}
+
+// GRPCAddr is the address clients use to reach this coordinator.
+func (c *Coordinator) GRPCAddr() string { return c.addr }
+
+// RaftAddr is this member's Raft address.
+func (c *Coordinator) RaftAddr() string { return c.raftAdr }
+
+// NodeID is this member's id.
+func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
+
+// Store is the local replicated state (read-only use).
+func (c *Coordinator) Store() *state.Store { return c.store }
+
+// IsLeader reports whether this member leads and its scheduler runs.
+func (c *Coordinator) IsLeader() bool { return c.node.IsLeader() && c.sched.Active() }
+
+// Snapshot forces a Raft snapshot (tests, operators).
+func (c *Coordinator) Snapshot() error { return c.node.Raft.Snapshot().Error() }
+
+// Run serves until ctx is canceled, then stops everything it started.
+func (c *Coordinator) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Add(3)
+	go func() { defer wg.Done(); serveErr <- c.grpc.Serve(c.lis) }()
+	go func() { defer wg.Done(); c.leadershipLoop(ctx) }()
+	go func() { defer wg.Done(); c.announceLoop(ctx) }()
+	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("grpc server: %w", err)
+	case <-c.crash:
+		// Simulated crash: drop Raft and every connection at once, with no
+		// leadership transfer, the way kill -9 would.
+		cancel()
+		_ = c.node.Close()
+		c.grpc.Stop()
+		wg.Wait()
+		c.log.Info("coordinator crashed on purpose")
+		return nil
+	}
+	cancel()
+	c.health.Shutdown()
+	if c.node.IsLeader() {
+		// Hand leadership over so the cluster does not wait an election timeout.
+		if terr := c.node.Raft.LeadershipTransfer().Error(); terr != nil {
+			c.log.Debug("leadership transfer", zap.Error(terr))
+		}
+	}
+	// Agent streams never end by themselves: give unary calls a moment,
+	// then close everything.
+	stopped := make(chan struct{})
+	go func() { c.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(2 * time.Second):
+		c.grpc.Stop()
+		<-stopped
+	}
+	wg.Wait()
+	if cerr := c.node.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close raft: %w", cerr)
+	}
+	c.log.Info("coordinator stopped")
+	return err
+}
+
+// Crash stops the coordinator abruptly (tests and benchmarks): Run returns
+// without a graceful shutdown or leadership transfer.
+func (c *Coordinator) Crash() { c.once.Do(func() { close(c.crash) }) }
+
+// leadershipLoop runs the leader-only work while this member leads.
+func (c *Coordinator) leadershipLoop(ctx context.Context) {
+	var (
+		stop func()
+		done chan struct{}
+	)
+	revoke := func() {
+		if stop != nil {
+			stop()
+			<-done
+			stop, done = nil, nil
+		}
+	}
+	defer revoke()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case leading := <-c.node.Raft.LeaderCh():
+			revoke()
+			if !leading {
+				c.log.Info("leadership lost")
+				continue
+			}
+			lctx, lcancel := context.WithCancel(ctx)
+			stop, done = lcancel, make(chan struct{})
+			go func(done chan struct{}) {
+				defer close(done)
+				c.establishLeadership(lctx)
+			}(done)
+		}
+	}
+}
+
+// establishLeadership waits for a barrier, records this node's addresses,
+// and runs the scheduler until leadership ends.
+func (c *Coordinator) establishLeadership(ctx context.Context) {
+	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := c.node.Barrier(bctx)
+	cancel()
+	if err != nil {
+		c.log.Warn("leadership barrier failed", zap.Error(err))
+		return
+	}
+	if _, err := c.node.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_SET_NODE, &fsmv1.SetNode{
+		Id: c.cfg.NodeID, GrpcAddr: c.addr, RaftAddr: c.raftAdr,
+	}); err != nil {
+		c.log.Warn("could not record own addresses", zap.Error(err))
+		return
+	}
+	c.log.Info("leadership established")
+	c.sched.Run(ctx)
+}
+
+// announceLoop makes sure the cluster knows this node's gRPC address (and,
+// for a node started with Join, that it is a member at all).
+func (c *Coordinator) announceLoop(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if c.announced() {
+			return
+		}
+		if !c.node.IsLeader() {
+			c.tryJoin(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Coordinator) announced() bool {
+	for _, n := range c.store.Nodes() {
+		if n.GetId() == c.cfg.NodeID {
+			return n.GetGrpcAddr() == c.addr && n.GetRaftAddr() == c.raftAdr
+		}
+	}
+	return false
+}
+
+// tryJoin asks the leader (or the configured join addresses) to record us.
+func (c *Coordinator) tryJoin(ctx context.Context) {
+	var targets []string
+	leaderID, _ := c.node.Leader()
+	for _, n := range c.store.Nodes() {
+		if n.GetId() == leaderID && n.GetGrpcAddr() != "" {
+			targets = append(targets, n.GetGrpcAddr())
+		}
+	}
+	targets = append(targets, c.cfg.Join...)
+	req := &kilnv1.JoinRequest{NodeId: c.cfg.NodeID, RaftAddr: c.raftAdr, GrpcAddr: c.addr}
+	for _, addr := range targets {
+		if addr == c.addr {
+			continue
+		}
+		if err := joinAt(ctx, addr, req); err == nil {
+			c.log.Info("announced to the cluster", zap.String("via", addr))
+			return
+		} else {
+			c.log.Debug("join attempt failed", zap.String("via", addr), zap.Error(err))
+		}
+	}
+}
+
+func joinAt(ctx context.Context, addr string, req *kilnv1.JoinRequest) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = kilnv1.NewClusterServiceClient(conn).Join(ctx, req)
+	if hint := leaderHint(err); hint != "" && hint != addr {
+		return joinAt(ctx, hint, req)
+	}
+	return err
+}
+
+func leaderHint(err error) string {
+	addr, _ := leader.Hint(err)
+	return addr
+}

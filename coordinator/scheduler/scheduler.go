@@ -1,0 +1,398 @@
+// Package scheduler is the leader-only part of the coordinator: it keeps
+// the open agent sessions, hands queued jobs to agents with free slots and
+// matching labels, and declares agents lost when their lease lapses.
+//
+// Everything here lives in the leader's memory and is rebuilt from the
+// replicated state each time leadership is gained (after a Raft barrier):
+// the dispatch order comes from the queue index of the jobs, and every agent
+// known to the state gets one full lease TTL to reconnect before its jobs
+// are declared lost. Every decision is committed through Raft before it is
+// acted on, so a new leader never contradicts an old one.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// Applier commits FSM commands; *raftnode.Node implements it.
+type Applier interface {
+	Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message) (*fsm.Result, error)
+	ApplyAsync(t fsmv1.CommandType, msg proto.Message) (raftnode.Pending, error)
+}
+
+// Config holds the scheduler's timing settings.
+type Config struct {
+	// LeaseTTL is how long an agent may stay silent before its jobs are
+	// declared lost. A new leader gives every agent one full TTL.
+	LeaseTTL time.Duration
+	// HeartbeatInterval is how often agents are told to send heartbeats.
+	HeartbeatInterval time.Duration
+	// DefaultJobTimeout applies to steps without a timeout.
+	DefaultJobTimeout time.Duration
+	// Now is the clock (tests may replace it).
+	Now func() time.Time
+}
+
+// Defaults fills zero fields.
+func (c *Config) Defaults() {
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.DefaultJobTimeout == 0 {
+		c.DefaultJobTimeout = time.Hour
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// ErrNotActive is returned when a session is attached to a scheduler that
+// is not running, i.e. on a node that is not (or not yet) the leader.
+var ErrNotActive = errors.New("scheduler is not active on this node")
+
+// Scheduler dispatches jobs to agent sessions. Create it once per node;
+// Run it while the node is the leader.
+type Scheduler struct {
+	cfg   Config
+	store *state.Store
+	raft  Applier
+	log   *zap.Logger
+	kick  chan struct{}
+
+	mu       sync.Mutex
+	active   bool
+	sessions map[string]*Session // by agent name
+	leases   map[string]lease    // by agent name
+}
+
+type lease struct {
+	sessionID string
+	deadline  time.Time
+}
+
+// New returns an inactive scheduler.
+func New(cfg Config, store *state.Store, raft Applier, log *zap.Logger) *Scheduler {
+	cfg.Defaults()
+	return &Scheduler{
+		cfg:      cfg,
+		store:    store,
+		raft:     raft,
+		log:      log,
+		kick:     make(chan struct{}, 1),
+		sessions: map[string]*Session{},
+		leases:   map[string]lease{},
+	}
+}
+
+// Config returns the effective settings.
+func (s *Scheduler) Config() Config { return s.cfg }
+
+// Active reports whether the scheduler is running (this node leads).
+func (s *Scheduler) Active() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active
+}
+
+// Run is the leader loop. Call it after a Raft barrier once leadership is
+// gained; it returns when ctx is canceled (leadership lost or shutdown),
+// closing every session so agents reconnect to the next leader.
+func (s *Scheduler) Run(ctx context.Context) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	s.active = true
+	for _, a := range s.store.Agents() {
+		if a.GetState() == kilnv1.AgentState_AGENT_STATE_LOST {
+			continue
+		}
+		// Failover TTL: later than the old leader would have expired it is
+		// allowed, earlier is not.
+		s.leases[a.GetName()] = lease{sessionID: a.GetSessionId(), deadline: now.Add(s.cfg.LeaseTTL)}
+	}
+	s.mu.Unlock()
+	s.log.Info("scheduler started", zap.Int("agents", len(s.leases)))
+
+	defer func() {
+		s.mu.Lock()
+		s.active = false
+		for name, sess := range s.sessions {
+			sess.close()
+			delete(s.sessions, name)
+		}
+		s.leases = map[string]lease{}
+		s.mu.Unlock()
+		s.log.Info("scheduler stopped")
+	}()
+
+	tick := s.cfg.LeaseTTL / 10
+	if tick < 20*time.Millisecond {
+		tick = 20 * time.Millisecond
+	}
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	for {
+		changed := s.store.Changed()
+		if err := s.dispatch(ctx); err != nil {
+			if errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raftnode.ErrOutcomeUnknown) {
+				s.log.Warn("dispatch stopped: leadership lost", zap.Error(err))
+				<-ctx.Done()
+				return
+			}
+			s.log.Error("dispatch failed", zap.Error(err))
+		}
+		s.expireLeases(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-s.kick:
+		case <-ticker.C:
+		}
+	}
+}
+
+// Kick asks the loop to look at the queue now.
+func (s *Scheduler) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Attach makes sess the agent's current session, closing an older one.
+func (s *Scheduler) Attach(sess *Session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.active {
+		return ErrNotActive
+	}
+	if old, ok := s.sessions[sess.Agent]; ok && old != sess {
+		old.close()
+	}
+	s.sessions[sess.Agent] = sess
+	s.leases[sess.Agent] = lease{sessionID: sess.ID, deadline: s.cfg.Now().Add(s.cfg.LeaseTTL)}
+	s.Kick()
+	return nil
+}
+
+// Detach forgets sess if it is still the agent's current session. Its lease
+// keeps running: the agent has until the deadline to come back.
+func (s *Scheduler) Detach(sess *Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.sessions[sess.Agent]; ok && cur == sess {
+		delete(s.sessions, sess.Agent)
+	}
+	sess.close()
+}
+
+// Touch renews the lease of sess (any message from the agent counts).
+func (s *Scheduler) Touch(sess *Session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.sessions[sess.Agent]; ok && cur == sess {
+		s.leases[sess.Agent] = lease{sessionID: sess.ID, deadline: s.cfg.Now().Add(s.cfg.LeaseTTL)}
+	}
+}
+
+// SendCancel tells the agent holding an attempt to stop it. It is best
+// effort: an agent that misses it learns on its next report that the
+// attempt is stale.
+func (s *Scheduler) SendCancel(agent string, ref *kilnv1.AttemptRef, reason string) {
+	s.mu.Lock()
+	sess := s.sessions[agent]
+	s.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	sess.Send(&kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Cancel{Cancel: &kilnv1.CancelJob{
+		JobId: ref.GetJobId(), Attempt: ref.GetAttempt(), Reason: reason,
+	}}})
+}
+
+type candidate struct {
+	sess *Session
+	free int
+}
+
+// dispatch assigns queued jobs to sessions with free slots. All the
+// assignments of one pass are committed together (one disk write) and sent
+// once committed.
+func (s *Scheduler) dispatch(ctx context.Context) error {
+	queued := s.store.QueuedJobs()
+	if len(queued) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	cands := make([]*candidate, 0, len(s.sessions))
+	for name, sess := range s.sessions {
+		if sess.Draining() {
+			continue
+		}
+		free := sess.Slots - len(s.store.AgentJobs(name))
+		if free > 0 {
+			cands = append(cands, &candidate{sess: sess, free: free})
+		}
+	}
+	s.mu.Unlock()
+	if len(cands) == 0 {
+		return nil
+	}
+	// Deterministic tie-break keeps tests and logs readable.
+	sort.Slice(cands, func(i, j int) bool { return cands[i].sess.Agent < cands[j].sess.Agent })
+
+	type sent struct {
+		job     *kilnv1.Job
+		attempt uint32
+		sess    *Session
+		p       raftnode.Pending
+	}
+	var pending []sent
+	now := s.cfg.Now().UnixMilli()
+	for _, job := range queued {
+		var best *candidate
+		for _, c := range cands {
+			if c.free > 0 && Matches(job.GetSpec().GetAgents(), c.sess.Labels) && (best == nil || c.free > best.free) {
+				best = c
+			}
+		}
+		if best == nil {
+			continue
+		}
+		best.free--
+		attempt := job.GetAttempt() + 1
+		p, err := s.raft.ApplyAsync(fsmv1.CommandType_COMMAND_TYPE_ASSIGN_JOB, &fsmv1.AssignJob{
+			JobId: job.GetId(), Attempt: attempt, Agent: best.sess.Agent, TimeUnixMs: now,
+		})
+		if err != nil {
+			return err
+		}
+		pending = append(pending, sent{job: job, attempt: attempt, sess: best.sess, p: p})
+	}
+	var firstErr error
+	for _, p := range pending {
+		if _, err := p.p.Wait(); err != nil {
+			if firstErr == nil && (errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raftnode.ErrOutcomeUnknown)) {
+				firstErr = err
+			}
+			s.log.Debug("assignment rejected", zap.String("job", p.job.GetId()), zap.Error(err))
+			continue
+		}
+		s.log.Debug("job assigned", zap.String("job", p.job.GetId()), zap.Uint32("attempt", p.attempt), zap.String("agent", p.sess.Agent))
+		p.sess.Send(&kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Assignment{Assignment: s.assignment(p.job, p.attempt)}})
+	}
+	return firstErr
+}
+
+// assignment builds what the agent needs to run an attempt.
+func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssignment {
+	env := map[string]string{}
+	if b, ok := s.store.Build(job.GetBuildId()); ok {
+		for k, v := range b.GetEnv() {
+			env[k] = v
+		}
+		env["KILN_BUILD_NAME"] = b.GetName()
+	}
+	for k, v := range job.GetSpec().GetEnv() {
+		env[k] = v
+	}
+	env["KILN_BUILD_ID"] = job.GetBuildId()
+	env["KILN_JOB_ID"] = job.GetId()
+	env["KILN_JOB_KEY"] = job.GetKey()
+	env["KILN_ATTEMPT"] = strconv.FormatUint(uint64(attempt), 10)
+	timeout := job.GetSpec().GetTimeoutMs()
+	if timeout <= 0 {
+		timeout = s.cfg.DefaultJobTimeout.Milliseconds()
+	}
+	return &kilnv1.JobAssignment{
+		JobId:     job.GetId(),
+		BuildId:   job.GetBuildId(),
+		Key:       job.GetKey(),
+		Attempt:   attempt,
+		Commands:  job.GetSpec().GetCommands(),
+		Env:       env,
+		TimeoutMs: timeout,
+	}
+}
+
+// expireLeases commits the loss of agents whose lease lapsed.
+func (s *Scheduler) expireLeases(ctx context.Context) {
+	now := s.cfg.Now()
+	type expired struct {
+		agent string
+		l     lease
+		sess  *Session
+	}
+	var due []expired
+	s.mu.Lock()
+	for name, l := range s.leases {
+		if now.Before(l.deadline) {
+			continue
+		}
+		sess := s.sessions[name]
+		if sess != nil && sess.ID != l.sessionID {
+			continue
+		}
+		due = append(due, expired{agent: name, l: l, sess: sess})
+		delete(s.leases, name)
+		if sess != nil {
+			delete(s.sessions, name)
+			sess.close()
+		}
+	}
+	s.mu.Unlock()
+
+	for _, e := range due {
+		log := s.log.With(zap.String("agent", e.agent))
+		a, ok := s.store.Agent(e.agent)
+		if !ok {
+			continue
+		}
+		hasJobs := len(s.store.AgentJobs(e.agent)) > 0
+		switch {
+		case e.sess != nil || hasJobs:
+			log.Warn("agent lease expired; its jobs are lost", zap.Duration("ttl", s.cfg.LeaseTTL), zap.Bool("had_jobs", hasJobs))
+			_, err := s.raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_EXPIRE_AGENT, &fsmv1.ExpireAgent{
+				Name: e.agent, SessionId: e.l.sessionID, TimeUnixMs: now.UnixMilli(),
+				Reason: "agent " + e.agent + " sent no heartbeat for " + s.cfg.LeaseTTL.String(),
+			})
+			if err != nil {
+				log.Warn("could not commit agent expiry", zap.Error(err))
+			}
+		case a.GetState() == kilnv1.AgentState_AGENT_STATE_CONNECTED || a.GetState() == kilnv1.AgentState_AGENT_STATE_DRAINING:
+			_, err := s.raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_DISCONNECT_AGENT, &fsmv1.DisconnectAgent{
+				Name: e.agent, SessionId: e.l.sessionID, TimeUnixMs: now.UnixMilli(),
+			})
+			if err != nil {
+				log.Warn("could not commit agent disconnect", zap.Error(err))
+			}
+		}
+	}
+}
+
+// Matches reports whether labels satisfy every pair of the selector.
+func Matches(selector, labels map[string]string) bool {
+	for k, v := range selector {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}

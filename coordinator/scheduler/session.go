@@ -1,0 +1,70 @@
+package scheduler
+
+import (
+	"sync"
+	"sync/atomic"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// sendBuffer bounds the messages queued for one agent. An agent that falls
+// this far behind is disconnected rather than let the leader's memory grow.
+const sendBuffer = 4096
+
+// Session is one open agent stream as the scheduler sees it. The stream's
+// handler owns the gRPC stream; the scheduler only queues messages for it.
+type Session struct {
+	// Agent is the agent's unique name.
+	Agent string
+	// ID identifies this session; a reconnect gets a new one.
+	ID string
+	// Labels are the agent's labels, matched against step selectors.
+	Labels map[string]string
+	// Slots is how many jobs the agent runs at once.
+	Slots int
+
+	draining atomic.Bool
+	out      chan *kilnv1.ConnectResponse
+	done     chan struct{}
+	once     sync.Once
+}
+
+// NewSession returns a session ready to be attached.
+func NewSession(agent, id string, labels map[string]string, slots int, draining bool) *Session {
+	s := &Session{Agent: agent, ID: id, Labels: labels, Slots: slots,
+		out: make(chan *kilnv1.ConnectResponse, sendBuffer), done: make(chan struct{})}
+	s.draining.Store(draining)
+	return s
+}
+
+// Send queues a message for the agent. A session whose buffer is full is
+// closed (the agent reconnects and resyncs) and Send reports false.
+func (s *Session) Send(msg *kilnv1.ConnectResponse) bool {
+	select {
+	case <-s.done:
+		return false
+	default:
+	}
+	select {
+	case s.out <- msg:
+		return true
+	default:
+		s.close()
+		return false
+	}
+}
+
+// Out is the queue the stream handler sends from.
+func (s *Session) Out() <-chan *kilnv1.ConnectResponse { return s.out }
+
+// Done is closed when the scheduler ends the session (lease expired,
+// replaced by a newer session, leadership lost).
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// SetDraining records whether the agent takes new jobs.
+func (s *Session) SetDraining(d bool) { s.draining.Store(d) }
+
+// Draining reports whether the agent refuses new jobs.
+func (s *Session) Draining() bool { return s.draining.Load() }
+
+func (s *Session) close() { s.once.Do(func() { close(s.done) }) }

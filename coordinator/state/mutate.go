@@ -1,0 +1,622 @@
+package state
+
+import (
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	memdb "github.com/hashicorp/go-memdb"
+	"google.golang.org/protobuf/proto"
+
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+const (
+	jWaiting   = kilnv1.JobState_JOB_STATE_WAITING
+	jQueued    = kilnv1.JobState_JOB_STATE_QUEUED
+	jAssigned  = kilnv1.JobState_JOB_STATE_ASSIGNED
+	jRunning   = kilnv1.JobState_JOB_STATE_RUNNING
+	jPassed    = kilnv1.JobState_JOB_STATE_PASSED
+	jFailed    = kilnv1.JobState_JOB_STATE_FAILED
+	jCanceled  = kilnv1.JobState_JOB_STATE_CANCELED
+	jTimedOut  = kilnv1.JobState_JOB_STATE_TIMED_OUT
+	jLost      = kilnv1.JobState_JOB_STATE_LOST
+	jSkipped   = kilnv1.JobState_JOB_STATE_SKIPPED
+	bQueued    = kilnv1.BuildState_BUILD_STATE_QUEUED
+	bRunning   = kilnv1.BuildState_BUILD_STATE_RUNNING
+	bPassed    = kilnv1.BuildState_BUILD_STATE_PASSED
+	bFailed    = kilnv1.BuildState_BUILD_STATE_FAILED
+	bCanceled  = kilnv1.BuildState_BUILD_STATE_CANCELED
+	reasonSkip = "an earlier stage failed"
+)
+
+var keyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+
+// wtx is one write transaction of a mutation.
+type wtx struct {
+	tx    *memdb.Txn
+	index uint64
+}
+
+// write runs fn in one write transaction and records index as the last
+// applied index. When fn fails its changes are discarded, but the index is
+// still recorded (the command was applied, as a rejection).
+func (s *Store) write(index uint64, fn func(w *wtx) error) error {
+	db := s.db.Load()
+	tx := db.Txn(true)
+	err := fn(&wtx{tx: tx, index: index})
+	if err != nil {
+		tx.Abort()
+		tx = db.Txn(true)
+	}
+	m := *readMeta(tx)
+	m.LastIndex = index
+	mustInsert(tx, tableMeta, &m)
+	tx.Commit()
+	s.notify()
+	return err
+}
+
+func (w *wtx) job(id string) *kilnv1.Job { return getJob(w.tx, id) }
+
+func (w *wtx) putJob(j *kilnv1.Job) { mustInsert(w.tx, tableJobs, j) }
+
+func cloneJob(j *kilnv1.Job) *kilnv1.Job { return proto.Clone(j).(*kilnv1.Job) }
+
+func (w *wtx) putBuild(row *buildRow, b *kilnv1.Build) {
+	mustInsert(w.tx, tableBuilds, &buildRow{ID: row.ID, Build: b, JobIDs: row.JobIDs})
+}
+
+func (w *wtx) requeue(j *kilnv1.Job, now int64, reason string) {
+	j.State = jQueued
+	j.QueueIndex = w.index
+	j.QueuedUnixMs = now
+	j.Agent = ""
+	j.Reason = reason
+}
+
+// SubmitBuild creates a build (see the package doc). A request id seen
+// before returns the earlier build and changes nothing.
+func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build, error) {
+	var out *kilnv1.Build
+	err := s.write(index, func(w *wtx) error {
+		if rid := cmd.GetRequestId(); rid != "" {
+			if raw := mustFirst(w.tx, tableRequests, rid); raw != nil {
+				bid := raw.(*fsmv1.RequestRecord).GetBuildId()
+				row := getBuildRow(w.tx, bid)
+				if row == nil {
+					return fmt.Errorf("submit: request %q names missing build %q: %w", rid, bid, ErrNotFound)
+				}
+				out = assembleBuild(w.tx, row)
+				return nil
+			}
+		}
+		if err := validateSteps(cmd.GetSteps()); err != nil {
+			return fmt.Errorf("submit build: %w", err)
+		}
+		m := *readMeta(w.tx)
+		bid := strconv.FormatUint(m.NextBuild, 10)
+		m.NextBuild++
+		mustInsert(w.tx, tableMeta, &m)
+
+		now := cmd.GetTimeUnixMs()
+		order := make([]int, len(cmd.GetSteps()))
+		for i := range order {
+			order[i] = i
+		}
+		steps := cmd.GetSteps()
+		slices.SortStableFunc(order, func(a, b int) int {
+			return int(steps[a].GetStage()) - int(steps[b].GetStage())
+		})
+		lowest := steps[order[0]].GetStage()
+		b := &kilnv1.Build{
+			Id:            bid,
+			Name:          cmd.GetName(),
+			State:         bQueued,
+			Submitter:     cmd.GetSubmitter(),
+			CreatedUnixMs: now,
+			Env:           maps.Clone(cmd.GetEnv()),
+			RequestId:     cmd.GetRequestId(),
+		}
+		row := &buildRow{ID: bid, Build: b}
+		for _, i := range order {
+			sp := proto.Clone(steps[i]).(*kilnv1.StepSpec)
+			name := sp.GetName()
+			if name == "" {
+				name = sp.GetKey()
+			}
+			j := &kilnv1.Job{
+				Id:            bid + "." + sp.GetKey(),
+				BuildId:       bid,
+				Key:           sp.GetKey(),
+				Name:          name,
+				Stage:         sp.GetStage(),
+				State:         jWaiting,
+				CreatedUnixMs: now,
+				Spec:          sp,
+			}
+			if sp.GetStage() == lowest {
+				j.State = jQueued
+				j.QueueIndex = index
+				j.QueuedUnixMs = now
+			}
+			w.putJob(j)
+			row.JobIDs = append(row.JobIDs, j.Id)
+		}
+		mustInsert(w.tx, tableBuilds, row)
+		if rid := cmd.GetRequestId(); rid != "" {
+			mustInsert(w.tx, tableRequests, &fsmv1.RequestRecord{RequestId: rid, BuildId: bid})
+		}
+		out = assembleBuild(w.tx, row)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func validateSteps(steps []*kilnv1.StepSpec) error {
+	if len(steps) == 0 {
+		return fmt.Errorf("no steps: %w", ErrInvalidCommand)
+	}
+	seen := make(map[string]bool, len(steps))
+	for i, sp := range steps {
+		if !keyPattern.MatchString(sp.GetKey()) {
+			return fmt.Errorf("step %d: key %q does not match %s: %w", i, sp.GetKey(), keyPattern, ErrInvalidCommand)
+		}
+		if seen[sp.GetKey()] {
+			return fmt.Errorf("step %d: duplicate key %q: %w", i, sp.GetKey(), ErrInvalidCommand)
+		}
+		seen[sp.GetKey()] = true
+		if len(sp.GetCommands()) == 0 {
+			return fmt.Errorf("step %q: no commands: %w", sp.GetKey(), ErrInvalidCommand)
+		}
+		for _, c := range sp.GetCommands() {
+			if strings.TrimSpace(c) == "" {
+				return fmt.Errorf("step %q: empty command: %w", sp.GetKey(), ErrInvalidCommand)
+			}
+		}
+	}
+	return nil
+}
+
+// AssignJob gives attempt job.attempt+1 of a QUEUED job to an agent.
+func (s *Store) AssignJob(index uint64, cmd *fsmv1.AssignJob) error {
+	return s.write(index, func(w *wtx) error {
+		if cmd.GetAgent() == "" {
+			return fmt.Errorf("assign job %q: no agent: %w", cmd.GetJobId(), ErrInvalidCommand)
+		}
+		j := w.job(cmd.GetJobId())
+		if j == nil {
+			return fmt.Errorf("assign job %q: %w", cmd.GetJobId(), ErrNotFound)
+		}
+		if j.GetState() != jQueued {
+			return fmt.Errorf("assign job %q: job is %s: %w", j.Id, j.State, ErrInvalidState)
+		}
+		if cmd.GetAttempt() != j.GetAttempt()+1 {
+			return fmt.Errorf("assign job %q attempt %d: next attempt is %d: %w", j.Id, cmd.GetAttempt(), j.GetAttempt()+1, ErrStaleAttempt)
+		}
+		j = cloneJob(j)
+		j.State = jAssigned
+		j.Attempt = cmd.GetAttempt()
+		j.Agent = cmd.GetAgent()
+		j.LogSeq = 0
+		j.ExitCode = 0
+		j.Reason = ""
+		j.StartedUnixMs = 0
+		j.FinishedUnixMs = 0
+		w.putJob(j)
+		row := getBuildRow(w.tx, j.BuildId)
+		if row != nil && row.Build.GetState() == bQueued {
+			b := proto.Clone(row.Build).(*kilnv1.Build)
+			b.State = bRunning
+			b.StartedUnixMs = cmd.GetTimeUnixMs()
+			w.putBuild(row, b)
+		}
+		return nil
+	})
+}
+
+// fenced returns the job when it is ASSIGNED or RUNNING under this attempt
+// and agent.
+func (w *wtx) fenced(jobID string, attempt uint32, agent string) *kilnv1.Job {
+	j := w.job(jobID)
+	if j == nil || !isActive(j.GetState()) || j.GetAttempt() != attempt || agent == "" || j.GetAgent() != agent {
+		return nil
+	}
+	return j
+}
+
+// StartJob marks an ASSIGNED attempt RUNNING; a repeat is a no-op success.
+func (s *Store) StartJob(index uint64, cmd *fsmv1.StartJob) error {
+	return s.write(index, func(w *wtx) error {
+		j := w.fenced(cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent())
+		if j == nil {
+			return fmt.Errorf("start job %q attempt %d on %q: %w", cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+		}
+		if j.GetState() == jRunning {
+			return nil
+		}
+		j = cloneJob(j)
+		j.State = jRunning
+		j.StartedUnixMs = cmd.GetTimeUnixMs()
+		w.putJob(j)
+		return nil
+	})
+}
+
+// AppendLogs commits the chunks that continue their attempt's log and returns
+// one Ack per (job_id, attempt) in the batch, in order of first appearance.
+func (s *Store) AppendLogs(index uint64, cmd *fsmv1.AppendLogs) []*kilnv1.Ack {
+	type key struct {
+		job     string
+		attempt uint32
+	}
+	var acks []*kilnv1.Ack
+	_ = s.write(index, func(w *wtx) error {
+		pos := map[key]*kilnv1.Ack{}
+		for _, c := range cmd.GetChunks() {
+			k := key{c.GetJobId(), c.GetAttempt()}
+			ack, ok := pos[k]
+			if !ok {
+				ack = &kilnv1.Ack{JobId: k.job, Attempt: k.attempt}
+				pos[k] = ack
+				acks = append(acks, ack)
+			}
+			j := w.fenced(k.job, k.attempt, cmd.GetAgent())
+			if j == nil {
+				ack.Stale = true
+				ack.LogSeq = 0
+				continue
+			}
+			if c.GetSeq() == j.GetLogSeq()+1 {
+				j = cloneJob(j)
+				j.LogSeq++
+				if j.State == jAssigned {
+					j.State = jRunning
+					j.StartedUnixMs = c.GetTimeUnixMs()
+				}
+				w.putJob(j)
+				mustInsert(w.tx, tableLogs, proto.Clone(c))
+			}
+			ack.LogSeq = j.GetLogSeq()
+		}
+		return nil
+	})
+	return acks
+}
+
+// FinishJob ends an attempt. The returned Ack is nil only for a malformed
+// command; it is stale for a fenced-out attempt, carries the committed
+// log_seq on ErrLogsIncomplete, and is finished on success.
+func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (*kilnv1.Ack, error) {
+	var ack *kilnv1.Ack
+	err := s.write(index, func(w *wtx) error {
+		f := cmd.GetFinished()
+		if f == nil {
+			return fmt.Errorf("finish job: no report: %w", ErrInvalidCommand)
+		}
+		var st kilnv1.JobState
+		switch f.GetResult() {
+		case kilnv1.JobResult_JOB_RESULT_PASSED:
+			st = jPassed
+		case kilnv1.JobResult_JOB_RESULT_FAILED:
+			st = jFailed
+		case kilnv1.JobResult_JOB_RESULT_TIMED_OUT:
+			st = jTimedOut
+		case kilnv1.JobResult_JOB_RESULT_CANCELED:
+			st = jCanceled
+		default:
+			return fmt.Errorf("finish job %q: result %s: %w", f.GetJobId(), f.GetResult(), ErrInvalidCommand)
+		}
+		j := w.fenced(f.GetJobId(), f.GetAttempt(), cmd.GetAgent())
+		if j == nil {
+			ack = &kilnv1.Ack{JobId: f.GetJobId(), Attempt: f.GetAttempt(), Stale: true}
+			return fmt.Errorf("finish job %q attempt %d on %q: %w", f.GetJobId(), f.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+		}
+		if f.GetLastSeq() > j.GetLogSeq() {
+			ack = &kilnv1.Ack{JobId: j.Id, Attempt: j.Attempt, LogSeq: j.LogSeq}
+			return fmt.Errorf("finish job %q attempt %d: last seq %d, committed %d: %w", j.Id, j.Attempt, f.GetLastSeq(), j.LogSeq, ErrLogsIncomplete)
+		}
+		now := cmd.GetTimeUnixMs()
+		if now == 0 {
+			now = f.GetTimeUnixMs()
+		}
+		j = cloneJob(j)
+		j.State = st
+		j.ExitCode = f.GetExitCode()
+		j.Reason = f.GetReason()
+		j.FinishedUnixMs = now
+		ack = &kilnv1.Ack{JobId: j.Id, Attempt: j.Attempt, LogSeq: j.LogSeq, Finished: true}
+		if (st == jFailed || st == jTimedOut) && j.FailureRetries < j.GetSpec().GetRetry().GetOnFailure() {
+			j.FailureRetries++
+			w.requeue(j, now, fmt.Sprintf("retrying after failure (attempt %d)", j.Attempt+1))
+		}
+		w.putJob(j)
+		w.advance(j.BuildId, now)
+		return nil
+	})
+	return ack, err
+}
+
+// loseAttempt applies the agent-loss rule to an ASSIGNED or RUNNING job and
+// advances its build.
+func (w *wtx) loseAttempt(j *kilnv1.Job, reason string, now int64) {
+	j = cloneJob(j)
+	agent := j.Agent
+	if j.AgentLostRetries < j.GetSpec().GetRetry().GetOnAgentLost() {
+		j.AgentLostRetries++
+		w.requeue(j, now, fmt.Sprintf("agent %s lost; retrying", agent))
+	} else {
+		if reason == "" {
+			reason = fmt.Sprintf("agent %s lost", agent)
+		}
+		j.State = jLost
+		j.Reason = reason
+		j.FinishedUnixMs = now
+	}
+	w.putJob(j)
+	w.advance(j.BuildId, now)
+}
+
+func jobStateWord(s kilnv1.JobState) string {
+	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_")), "_", " ")
+}
+
+// advance moves a build forward after one of its jobs changed (see the
+// package doc).
+func (w *wtx) advance(buildID string, now int64) {
+	row := getBuildRow(w.tx, buildID)
+	if row == nil || IsTerminalBuild(row.Build.GetState()) {
+		return
+	}
+	jobs := make([]*kilnv1.Job, 0, len(row.JobIDs))
+	for _, id := range row.JobIDs {
+		if j := w.job(id); j != nil {
+			jobs = append(jobs, j)
+		}
+	}
+	var stages []int32
+	for _, j := range jobs {
+		if !slices.Contains(stages, j.Stage) {
+			stages = append(stages, j.Stage)
+		}
+	}
+	slices.Sort(stages)
+	failed := false
+	for _, st := range stages {
+		if failed {
+			for i, j := range jobs {
+				if j.Stage == st && j.State == jWaiting {
+					j = cloneJob(j)
+					j.State = jSkipped
+					j.Reason = reasonSkip
+					j.FinishedUnixMs = now
+					w.putJob(j)
+					jobs[i] = j
+				}
+			}
+			continue
+		}
+		done := true
+		for _, j := range jobs {
+			if j.Stage == st && !IsTerminalJob(j.State) {
+				done = false
+			}
+		}
+		if !done {
+			for i, j := range jobs {
+				if j.Stage == st && j.State == jWaiting {
+					j = cloneJob(j)
+					j.State = jQueued
+					j.QueueIndex = w.index
+					j.QueuedUnixMs = now
+					w.putJob(j)
+					jobs[i] = j
+				}
+			}
+			return
+		}
+		for _, j := range jobs {
+			if j.Stage == st && j.State != jPassed && j.State != jSkipped {
+				failed = true
+			}
+		}
+	}
+	b := proto.Clone(row.Build).(*kilnv1.Build)
+	b.State = bPassed
+	b.Reason = ""
+	for _, j := range jobs {
+		if j.State != jPassed && j.State != jSkipped {
+			b.State = bFailed
+			b.Reason = fmt.Sprintf("job %s %s", j.Key, jobStateWord(j.State))
+			break
+		}
+	}
+	b.FinishedUnixMs = now
+	w.putBuild(row, b)
+}
+
+// CancelOutcome is what CancelBuild did.
+type CancelOutcome struct {
+	// Build is the build after the command.
+	Build *kilnv1.Build
+	// Canceled lists the attempts that were ASSIGNED or RUNNING and are now
+	// CANCELED; Agents holds their agents, in the same order.
+	Canceled []*kilnv1.AttemptRef
+	Agents   []string
+}
+
+// CancelBuild cancels every unfinished job of a build. A finished build is
+// returned unchanged.
+func (s *Store) CancelBuild(index uint64, cmd *fsmv1.CancelBuild) (*CancelOutcome, error) {
+	out := &CancelOutcome{}
+	err := s.write(index, func(w *wtx) error {
+		row := getBuildRow(w.tx, cmd.GetBuildId())
+		if row == nil {
+			return fmt.Errorf("cancel build %q: %w", cmd.GetBuildId(), ErrNotFound)
+		}
+		if IsTerminalBuild(row.Build.GetState()) {
+			out.Build = assembleBuild(w.tx, row)
+			return nil
+		}
+		now := cmd.GetTimeUnixMs()
+		reason := cmd.GetReason()
+		if reason == "" {
+			reason = "build canceled"
+		}
+		for _, id := range row.JobIDs {
+			j := w.job(id)
+			if j == nil {
+				continue
+			}
+			switch j.State {
+			case jWaiting, jQueued:
+				j = cloneJob(j)
+				j.State = jSkipped
+				j.Reason = "build canceled"
+				j.FinishedUnixMs = now
+				w.putJob(j)
+			case jAssigned, jRunning:
+				out.Canceled = append(out.Canceled, &kilnv1.AttemptRef{JobId: j.Id, Attempt: j.Attempt})
+				out.Agents = append(out.Agents, j.Agent)
+				j = cloneJob(j)
+				j.State = jCanceled
+				j.Reason = reason
+				j.FinishedUnixMs = now
+				w.putJob(j)
+			}
+		}
+		b := proto.Clone(row.Build).(*kilnv1.Build)
+		b.State = bCanceled
+		b.Reason = reason
+		b.FinishedUnixMs = now
+		w.putBuild(row, b)
+		out.Build = assembleBuild(w.tx, getBuildRow(w.tx, row.ID))
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func getAgent(tx *memdb.Txn, name string) *kilnv1.Agent {
+	if raw := mustFirst(tx, tableAgents, name); raw != nil {
+		return raw.(*kilnv1.Agent)
+	}
+	return nil
+}
+
+// RegisterAgent records a new session of an agent (upsert).
+func (s *Store) RegisterAgent(index uint64, cmd *fsmv1.RegisterAgent) error {
+	return s.write(index, func(w *wtx) error {
+		if cmd.GetName() == "" {
+			return fmt.Errorf("register agent: no name: %w", ErrInvalidCommand)
+		}
+		a := &kilnv1.Agent{
+			Name:            cmd.GetName(),
+			Labels:          maps.Clone(cmd.GetLabels()),
+			Slots:           cmd.GetSlots(),
+			Version:         cmd.GetVersion(),
+			SessionId:       cmd.GetSessionId(),
+			State:           kilnv1.AgentState_AGENT_STATE_CONNECTED,
+			ConnectedUnixMs: cmd.GetTimeUnixMs(),
+		}
+		if cmd.GetDraining() {
+			a.State = kilnv1.AgentState_AGENT_STATE_DRAINING
+		}
+		if old := getAgent(w.tx, cmd.GetName()); old != nil {
+			a.DisconnectedUnixMs = old.DisconnectedUnixMs
+		}
+		mustInsert(w.tx, tableAgents, a)
+		return nil
+	})
+}
+
+func agentConnected(s kilnv1.AgentState) bool {
+	return s == kilnv1.AgentState_AGENT_STATE_CONNECTED || s == kilnv1.AgentState_AGENT_STATE_DRAINING
+}
+
+// DisconnectAgent marks the agent DISCONNECTED if session_id is its current
+// session and it is connected; otherwise it changes nothing.
+func (s *Store) DisconnectAgent(index uint64, cmd *fsmv1.DisconnectAgent) error {
+	return s.write(index, func(w *wtx) error {
+		a := getAgent(w.tx, cmd.GetName())
+		if a == nil || a.SessionId != cmd.GetSessionId() || !agentConnected(a.State) {
+			return nil
+		}
+		a = proto.Clone(a).(*kilnv1.Agent)
+		a.State = kilnv1.AgentState_AGENT_STATE_DISCONNECTED
+		a.DisconnectedUnixMs = cmd.GetTimeUnixMs()
+		mustInsert(w.tx, tableAgents, a)
+		return nil
+	})
+}
+
+// ExpireAgent marks the agent LOST and loses every attempt it holds, if
+// session_id is its current session; otherwise it changes nothing.
+func (s *Store) ExpireAgent(index uint64, cmd *fsmv1.ExpireAgent) error {
+	return s.write(index, func(w *wtx) error {
+		a := getAgent(w.tx, cmd.GetName())
+		if a == nil || a.SessionId != cmd.GetSessionId() {
+			return nil
+		}
+		now := cmd.GetTimeUnixMs()
+		a = proto.Clone(a).(*kilnv1.Agent)
+		if agentConnected(a.State) {
+			a.DisconnectedUnixMs = now
+		}
+		a.State = kilnv1.AgentState_AGENT_STATE_LOST
+		mustInsert(w.tx, tableAgents, a)
+		for _, j := range collectJobs(mustGet(w.tx, tableJobs, "active", a.Name)) {
+			w.loseAttempt(j, cmd.GetReason(), now)
+		}
+		return nil
+	})
+}
+
+// LoseAttempts loses each listed attempt that is current and ASSIGNED or
+// RUNNING, and ignores the others.
+func (s *Store) LoseAttempts(index uint64, cmd *fsmv1.LoseAttempts) error {
+	return s.write(index, func(w *wtx) error {
+		for _, ref := range cmd.GetAttempts() {
+			j := w.job(ref.GetJobId())
+			if j == nil || !isActive(j.State) || j.Attempt != ref.GetAttempt() {
+				continue
+			}
+			w.loseAttempt(j, cmd.GetReason(), cmd.GetTimeUnixMs())
+		}
+		return nil
+	})
+}
+
+// SetNode upserts a coordinator node (a voter).
+func (s *Store) SetNode(index uint64, cmd *fsmv1.SetNode) error {
+	return s.write(index, func(w *wtx) error {
+		if cmd.GetId() == "" {
+			return fmt.Errorf("set node: no id: %w", ErrInvalidCommand)
+		}
+		mustInsert(w.tx, tableNodes, &kilnv1.Node{
+			Id: cmd.GetId(), GrpcAddr: cmd.GetGrpcAddr(), RaftAddr: cmd.GetRaftAddr(), Voter: true,
+		})
+		return nil
+	})
+}
+
+// RemoveNode deletes a coordinator node; an unknown id changes nothing.
+func (s *Store) RemoveNode(index uint64, cmd *fsmv1.RemoveNode) error {
+	return s.write(index, func(w *wtx) error {
+		if raw := mustFirst(w.tx, tableNodes, cmd.GetId()); raw != nil {
+			if err := w.tx.Delete(tableNodes, raw); err != nil {
+				panic(fmt.Sprintf("state: delete node: %v", err))
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,588 @@
+package pipeline
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Keys known at each level of the file. Adding a key to the language means
+// adding it here and handling it in the matching function below.
+var (
+	pipelineKeys = []string{"name", "env", "agents", "timeout", "retry", "stages", "steps"}
+	stageKeys    = []string{"name", "steps"}
+	stepKeys     = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry"}
+	retryKeys    = []string{"on_agent_lost", "on_failure"}
+)
+
+var (
+	stepKeyRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+)
+
+// maxKeyLen bounds step keys (they become parts of job ids and paths).
+const maxKeyLen = 100
+
+// Parse parses a pipeline file. filename is used in error positions only.
+// When the file is invalid the error is an *Errors holding every problem
+// found, each with file:line:column.
+func Parse(filename string, data []byte) (*Pipeline, error) {
+	p := &parser{file: filename, keys: map[string]*yaml.Node{}}
+	if len(data) > MaxFileSize {
+		p.add(&Error{File: filename,
+			Msg:  fmt.Sprintf("file is %d bytes, larger than the limit of %d bytes (1 MiB)", len(data), MaxFileSize),
+			Hint: "split the pipeline or move data out of the file"})
+		return nil, p.result()
+	}
+	root := p.document(data)
+	if root == nil {
+		if len(p.errs) == 0 {
+			p.add(&Error{File: filename, Line: 1, Column: 1, Msg: "pipeline has no steps",
+				Hint: "add a steps: or stages: list"})
+		}
+		return nil, p.result()
+	}
+	pl := p.pipeline(root)
+	if err := p.result(); err != nil {
+		return nil, err
+	}
+	return pl, nil
+}
+
+// parser collects problems while walking the node tree.
+type parser struct {
+	file      string
+	errs      []*Error
+	truncated bool
+	steps     int
+	keys      map[string]*yaml.Node // step key -> its value node
+}
+
+func (p *parser) add(e *Error) {
+	if len(p.errs) >= maxErrors {
+		p.truncated = true
+		return
+	}
+	p.errs = append(p.errs, e)
+}
+
+// errorf records a problem at node n.
+func (p *parser) errorf(n *yaml.Node, hint, format string, args ...any) {
+	e := &Error{File: p.file, Msg: fmt.Sprintf(format, args...), Hint: hint}
+	if n != nil {
+		e.Line, e.Column = n.Line, n.Column
+	}
+	p.add(e)
+}
+
+func (p *parser) result() error {
+	if len(p.errs) == 0 {
+		return nil
+	}
+	errs := &Errors{List: p.errs}
+	errs.sort()
+	if p.truncated {
+		errs.List = append(errs.List, &Error{File: p.file,
+			Msg: fmt.Sprintf("too many errors; only the first %d are shown", maxErrors)})
+	}
+	return errs
+}
+
+// document decodes the YAML text and returns the root node, or nil after
+// recording a problem (or when the file holds no document).
+func (p *parser) document(data []byte) *yaml.Node {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := decode(dec, &doc); err != nil {
+		if !errors.Is(err, io.EOF) {
+			p.syntaxError(err)
+		}
+		return nil
+	}
+	var extra yaml.Node
+	switch err := decode(dec, &extra); {
+	case err == nil:
+		p.errorf(&extra, "remove the '---' separator or split the file",
+			"a pipeline file holds one YAML document; found another")
+	case !errors.Is(err, io.EOF):
+		p.syntaxError(err)
+	}
+	if len(doc.Content) == 0 {
+		return nil
+	}
+	root := doc.Content[0]
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil
+	}
+	return root
+}
+
+// decode runs dec.Decode, turning a panic inside the YAML library into an
+// error: a malformed file must never crash the caller.
+func decode(dec *yaml.Decoder, n *yaml.Node) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("yaml: %v", r)
+		}
+	}()
+	return dec.Decode(n)
+}
+
+// syntaxError records a YAML syntax error. The library reports a line but
+// no column, so the column is left out.
+func (p *parser) syntaxError(err error) {
+	msg := err.Error()
+	e := &Error{File: p.file}
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		e.Line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	e.Msg = "invalid YAML: " + msg
+	p.add(e)
+}
+
+// field is one key of a mapping with its value.
+type field struct {
+	key, val *yaml.Node
+}
+
+// fields checks that n is a mapping whose keys are unique and known, and
+// returns its known fields by name. what names the mapping in messages.
+// It returns nil (after recording the problem) when n is not a mapping.
+func (p *parser) fields(n *yaml.Node, what string, known []string) map[string]field {
+	if !p.isKind(n, yaml.MappingNode, what, false) {
+		return nil
+	}
+	out := make(map[string]field, len(n.Content)/2)
+	seen := make(map[string]*yaml.Node, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode {
+			p.errorf(k, "keys are plain words such as "+quoteList(known[:1]), "%s has a key that is %s", what, kindName(k))
+			continue
+		}
+		if k.Tag == "!!merge" {
+			p.errorf(k, "repeat the values instead", "merge keys (<<) are not supported")
+			continue
+		}
+		if first, dup := seen[k.Value]; dup {
+			p.errorf(k, "", "duplicate key %q in %s (first at line %d)", k.Value, what, first.Line)
+			continue
+		}
+		seen[k.Value] = k
+		if !contains(known, k.Value) {
+			hint := "known keys: " + strings.Join(known, ", ")
+			if c := closest(k.Value, known); c != "" {
+				hint = fmt.Sprintf("did you mean %q?", c)
+			}
+			p.errorf(k, hint, "unknown key %q in %s", k.Value, what)
+			continue
+		}
+		out[k.Value] = field{key: k, val: v}
+	}
+	return out
+}
+
+// isKind checks n's kind. With nullOK a null scalar is accepted as empty
+// (the caller then sees no content).
+func (p *parser) isKind(n *yaml.Node, kind yaml.Kind, what string, nullOK bool) bool {
+	if n.Kind == yaml.AliasNode {
+		p.errorf(n, "repeat the value instead", "YAML aliases (*%s) are not supported", n.Value)
+		return false
+	}
+	if nullOK && isNull(n) {
+		return true
+	}
+	if n.Kind != kind {
+		want := "a mapping"
+		if kind == yaml.SequenceNode {
+			want = "a list"
+		}
+		p.errorf(n, "", "%s must be %s, not %s", what, want, kindName(n))
+		return false
+	}
+	return true
+}
+
+func (p *parser) pipeline(root *yaml.Node) *Pipeline {
+	f := p.fields(root, "the pipeline", pipelineKeys)
+	if f == nil {
+		return nil
+	}
+	pl := &Pipeline{}
+	if x, ok := f["name"]; ok {
+		pl.Name, _ = p.str(x.val, "name")
+	}
+	if x, ok := f["env"]; ok {
+		pl.Env = p.env(x.val, "env")
+	}
+	if x, ok := f["agents"]; ok {
+		pl.Agents = p.labels(x.val, "agents")
+	}
+	if x, ok := f["timeout"]; ok {
+		pl.Timeout = p.duration(x.val, "timeout")
+	}
+	if x, ok := f["retry"]; ok {
+		pl.Retry = p.retry(x.val, "retry")
+	}
+	stages, hasStages := f["stages"]
+	steps, hasSteps := f["steps"]
+	switch {
+	case hasStages && hasSteps:
+		second := steps.key
+		if second.Line < stages.key.Line {
+			second = stages.key
+		}
+		p.errorf(second, "steps: is shorthand for a single stage; put the steps under a stage",
+			"use either stages or steps, not both")
+	case hasStages:
+		if p.isKind(stages.val, yaml.SequenceNode, "stages", true) {
+			for _, sn := range stages.val.Content {
+				if st := p.stage(sn, len(pl.Stages)); st != nil {
+					pl.Stages = append(pl.Stages, st)
+				}
+			}
+			if len(stages.val.Content) == 0 {
+				p.errorf(stages.key, "add at least one stage with steps", "stages is empty: the pipeline has no steps")
+			}
+		}
+	case hasSteps:
+		st := &Stage{}
+		st.Steps = p.stepList(steps.key, steps.val, "steps", "the pipeline")
+		pl.Stages = []*Stage{st}
+	default:
+		p.errorf(root, "add a steps: or stages: list", "pipeline has no steps")
+	}
+	return pl
+}
+
+func (p *parser) stage(n *yaml.Node, index int) *Stage {
+	what := fmt.Sprintf("stage %d", index+1)
+	f := p.fields(n, what, stageKeys)
+	if f == nil {
+		return nil
+	}
+	st := &Stage{}
+	if x, ok := f["name"]; ok {
+		st.Name, _ = p.str(x.val, "stage name")
+		if st.Name != "" {
+			what = fmt.Sprintf("stage %q", st.Name)
+		}
+	}
+	x, ok := f["steps"]
+	if !ok {
+		p.errorf(n, "add a steps: list to the stage", "%s has no steps", what)
+		return st
+	}
+	st.Steps = p.stepList(x.key, x.val, "steps", what)
+	return st
+}
+
+func (p *parser) stepList(key, n *yaml.Node, what, owner string) []*Step {
+	if !p.isKind(n, yaml.SequenceNode, what, true) {
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(key, "add at least one step with key: and commands:", "%s has no steps", owner)
+		return nil
+	}
+	var out []*Step
+	for _, sn := range n.Content {
+		p.steps++
+		if p.steps == MaxSteps+1 {
+			p.errorf(sn, "split the work into fewer, larger steps",
+				"too many steps: a pipeline has at most %d", MaxSteps)
+		}
+		if st := p.step(sn); st != nil {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+func (p *parser) step(n *yaml.Node) *Step {
+	f := p.fields(n, "step", stepKeys)
+	if f == nil {
+		return nil
+	}
+	st := &Step{Line: n.Line, Column: n.Column}
+	what := "step"
+	if x, ok := f["key"]; ok {
+		if key, ok := p.str(x.val, "step key"); ok {
+			switch {
+			case len(key) > maxKeyLen:
+				p.errorf(x.val, "", "step key is %d characters; the limit is %d", len(key), maxKeyLen)
+			case !stepKeyRE.MatchString(key):
+				p.errorf(x.val, "use lower-case letters, digits, '_', '.' and '-', starting with a letter or digit",
+					"invalid step key %q", key)
+			default:
+				if first, dup := p.keys[key]; dup {
+					p.errorf(x.val, "step keys must be unique in the file",
+						"duplicate step key %q (first at line %d)", key, first.Line)
+				} else {
+					p.keys[key] = x.val
+				}
+			}
+			st.Key = key
+			what = fmt.Sprintf("step %q", key)
+		}
+	} else {
+		p.errorf(n, "add key: <name>, e.g. key: build", "step has no key")
+	}
+	if x, ok := f["name"]; ok {
+		st.Name, _ = p.str(x.val, "step name")
+	}
+	cmd, hasCmd := f["command"]
+	cmds, hasCmds := f["commands"]
+	switch {
+	case hasCmd && hasCmds:
+		second := cmds.key
+		if second.Line < cmd.key.Line || (second.Line == cmd.key.Line && second.Column < cmd.key.Column) {
+			second = cmd.key
+		}
+		p.errorf(second, "command: is shorthand for a single-entry commands: list", "use either command or commands, not both")
+	case hasCmd:
+		if s, ok := p.str(cmd.val, "command"); ok {
+			if strings.TrimSpace(s) == "" {
+				p.errorf(cmd.val, "", "command is empty")
+			} else {
+				st.Commands = []string{s}
+			}
+		}
+	case hasCmds:
+		st.Commands = p.commands(cmds.key, cmds.val)
+	default:
+		p.errorf(n, `add commands: ["..."] or command: "..."`, "%s has no commands", what)
+	}
+	if x, ok := f["agents"]; ok {
+		st.Agents = p.labels(x.val, "agents")
+	}
+	if x, ok := f["env"]; ok {
+		st.Env = p.env(x.val, "env")
+	}
+	if x, ok := f["timeout"]; ok {
+		st.Timeout = p.duration(x.val, "timeout")
+	}
+	if x, ok := f["retry"]; ok {
+		st.Retry = p.retry(x.val, "retry")
+	}
+	return st
+}
+
+func (p *parser) commands(key, n *yaml.Node) []string {
+	if n.Kind == yaml.ScalarNode && !isNull(n) {
+		// A common slip: commands: make. Say how to write it.
+		p.errorf(n, `write commands: ["..."] or use command: for one line`, "commands must be a list, not %s", kindName(n))
+		return nil
+	}
+	if !p.isKind(n, yaml.SequenceNode, "commands", false) {
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(key, "add at least one command", "commands is empty")
+		return nil
+	}
+	out := make([]string, 0, len(n.Content))
+	for _, c := range n.Content {
+		if c.Kind == yaml.MappingNode {
+			p.errorf(c, `quote the command: "..." (it contains ": ")`, "command must be a string, not a mapping")
+			continue
+		}
+		s, ok := p.str(c, "command")
+		if !ok {
+			continue
+		}
+		if strings.TrimSpace(s) == "" {
+			p.errorf(c, "", "command is empty")
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// str returns the text of a scalar. Numbers and booleans are taken as
+// written; null and non-scalars are rejected.
+func (p *parser) str(n *yaml.Node, what string) (string, bool) {
+	if n.Kind == yaml.AliasNode {
+		p.isKind(n, yaml.ScalarNode, what, false)
+		return "", false
+	}
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		p.errorf(n, "", "%s must be a string, not %s", what, kindName(n))
+		return "", false
+	}
+	return n.Value, true
+}
+
+// stringMap reads a mapping of scalars; check validates each key and
+// returns a problem description or "".
+func (p *parser) stringMap(n *yaml.Node, what string, check func(string) (msg, hint string)) map[string]string {
+	if !p.isKind(n, yaml.MappingNode, what, true) {
+		return nil
+	}
+	out := make(map[string]string, len(n.Content)/2)
+	seen := make(map[string]*yaml.Node, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		name, ok := p.str(k, what+" key")
+		if !ok {
+			continue
+		}
+		if first, dup := seen[name]; dup {
+			p.errorf(k, "", "duplicate key %q in %s (first at line %d)", name, what, first.Line)
+			continue
+		}
+		seen[name] = k
+		if msg, hint := check(name); msg != "" {
+			p.errorf(k, hint, "%s", msg)
+			continue
+		}
+		val, ok := p.str(v, fmt.Sprintf("%s value of %s", what, name))
+		if !ok {
+			continue
+		}
+		out[name] = val
+	}
+	return out
+}
+
+func (p *parser) env(n *yaml.Node, what string) map[string]string {
+	return p.stringMap(n, what, func(k string) (string, string) {
+		if !envNameRE.MatchString(k) {
+			return fmt.Sprintf("invalid environment variable name %q", k),
+				"use letters, digits and '_', not starting with a digit"
+		}
+		return "", ""
+	})
+}
+
+func (p *parser) labels(n *yaml.Node, what string) map[string]string {
+	return p.stringMap(n, what, func(k string) (string, string) {
+		if strings.TrimSpace(k) == "" {
+			return "agent label name is empty", ""
+		}
+		return "", ""
+	})
+}
+
+func (p *parser) duration(n *yaml.Node, what string) time.Duration {
+	s, ok := p.str(n, what)
+	if !ok {
+		return 0
+	}
+	const hint = "use a Go duration such as 90s, 10m or 1h30m"
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		p.errorf(n, hint, "%s: invalid duration %q", what, s)
+		return 0
+	case d <= 0:
+		p.errorf(n, "leave it out to use the cluster default", "%s must be positive, not %q", what, s)
+		return 0
+	case d < time.Millisecond:
+		p.errorf(n, hint, "%s %q is shorter than a millisecond", what, s)
+		return 0
+	}
+	return d
+}
+
+func (p *parser) retry(n *yaml.Node, what string) Retry {
+	var r Retry
+	f := p.fields(n, what, retryKeys)
+	if f == nil {
+		return r
+	}
+	if x, ok := f["on_agent_lost"]; ok {
+		r.OnAgentLost = p.count(x.val, what+".on_agent_lost")
+	}
+	if x, ok := f["on_failure"]; ok {
+		r.OnFailure = p.count(x.val, what+".on_failure")
+	}
+	return r
+}
+
+func (p *parser) count(n *yaml.Node, what string) *int32 {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
+		if n.Kind == yaml.AliasNode {
+			p.isKind(n, yaml.ScalarNode, what, false)
+			return nil
+		}
+		p.errorf(n, "", "%s must be an integer, not %s", what, kindName(n))
+		return nil
+	}
+	v, err := strconv.ParseInt(n.Value, 0, 64)
+	switch {
+	case err != nil && !errors.Is(err, strconv.ErrRange):
+		p.errorf(n, "write a plain decimal number", "%s: invalid integer %q", what, n.Value)
+		return nil
+	case v < 0:
+		p.errorf(n, "use 0 for no retries", "%s must not be negative, got %s", what, n.Value)
+		return nil
+	case err != nil || v > MaxRetries:
+		p.errorf(n, "", "%s is %s; the limit is %d", what, n.Value, MaxRetries)
+		return nil
+	}
+	c := int32(v)
+	return &c
+}
+
+func isNull(n *yaml.Node) bool {
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
+}
+
+// kindName describes a node for messages: "a mapping", "an integer", ...
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	case yaml.DocumentNode:
+		return "a document"
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str":
+			return "a string"
+		case "!!int":
+			return "an integer"
+		case "!!float":
+			return "a number"
+		case "!!bool":
+			return "a boolean"
+		case "!!null":
+			return "null"
+		}
+		return "a scalar"
+	}
+	return "an unknown node"
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func quoteList(list []string) string {
+	q := make([]string, len(list))
+	for i, s := range list {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
+}
