@@ -8,11 +8,15 @@ STATICCHECK_VERSION     := v0.8.2
 # Packages that must pass the race detector.
 CORE_PKGS := ./coordinator/... ./agent/... ./internal/...
 
-.PHONY: build test test-race lint proto proto-check tools bench clean
+.PHONY: build demo test test-race lint proto proto-check tools bench clean
 
 build:
 	@mkdir -p bin
 	$(GO) build -o bin/ ./cmd/kiln-coordinator ./cmd/kiln-agent ./cmd/kilnctl
+
+# Quick start: a single-node cluster with its built-in agent runs a real build.
+demo:
+	./deployments/dev/demo.sh
 
 # The whole suite: unit tests, the in-process cluster tests, integration
 # tests with real processes, and the race detector on the core packages.
@@ -45,8 +49,10 @@ lint:
 	$(GOBIN)/staticcheck ./...
 	PATH=$(GOBIN):$$PATH buf lint
 
-bench: build
-	$(GO) run ./bench/loadgen -agents 50 -jobs 5000
+# Numbers, not pass/fail: dispatch latency, jobs/s, failover time.
+bench:
+	$(GO) test -run '^$$' -bench 'Dispatch' -benchtime 5000x -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x -timeout 20m ./bench/
 
 clean:
 	rm -rf bin

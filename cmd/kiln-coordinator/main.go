@@ -107,7 +107,7 @@ func run(args []string) error {
 		acfg.Slots = devSlots
 		acfg.WorkDir = filepath.Join(cfg.DataDir, "work")
 		acfg.Labels = map[string]string{"dev": "true"}
-		a, err := agent.New(acfg, log.Named("agent").With(zap.String("agent", acfg.Name)))
+		a, err := agent.New(acfg, log.Named("agent"))
 		if err != nil {
 			stop()
 			_ = g.Wait()
