@@ -51,7 +51,8 @@ lint:
 
 # Numbers, not pass/fail: dispatch latency, jobs/s, failover time.
 bench:
-	$(GO) test -run '^$$' -bench 'Dispatch' -benchtime 5000x -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench 'DispatchLatency' -benchtime 3000x -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench 'Throughput' -benchtime 10000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x -timeout 20m ./bench/
 
 clean:

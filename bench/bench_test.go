@@ -37,20 +37,31 @@ func startLoad(b *testing.B) (*clustertest.Cluster, chan Event) {
 	return c, events
 }
 
-// BenchmarkDispatch measures submit-to-assignment latency and throughput
-// with 3 coordinators and 50 light agents. Run with -benchtime=Nx to set
-// the number of jobs.
-func BenchmarkDispatch(b *testing.B) {
+// BenchmarkDispatchLatency measures submit-to-assignment latency with 3
+// coordinators and 50 light agents under a steady open-loop load of 200
+// builds/s. Run with -benchtime=Nx to set the number of jobs.
+func BenchmarkDispatchLatency(b *testing.B) {
+	runLoad(b, 32, 200)
+}
+
+// BenchmarkThroughput measures jobs completed per second with 3
+// coordinators and 50 light agents while 64 clients submit as fast as
+// they can.
+func BenchmarkThroughput(b *testing.B) {
+	runLoad(b, 64, 0)
+}
+
+func runLoad(b *testing.B, concurrency int, rate float64) {
 	c, events := startLoad(b)
 	cl := c.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// Warm up connections and the leader.
-	if _, err := Load(ctx, cl, events, 100, 16); err != nil {
+	if _, err := Load(ctx, cl, events, 100, 16, 0); err != nil {
 		b.Fatal(err)
 	}
 	b.ResetTimer()
-	r, err := Load(ctx, cl, events, b.N, 64)
+	r, err := Load(ctx, cl, events, b.N, concurrency, rate)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -70,7 +81,7 @@ func BenchmarkFailover(b *testing.B) {
 		c, events := startLoad(b)
 		cl := c.Client()
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if _, err := Load(ctx, cl, events, 50, 8); err != nil {
+		if _, err := Load(ctx, cl, events, 50, 8, 0); err != nil {
 			b.Fatal(err)
 		}
 		// Keep submitting through the crash.

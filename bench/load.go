@@ -30,10 +30,12 @@ func (r Result) String() string {
 }
 
 // Load submits jobs one-command builds with the given number of concurrent
-// submitters and waits until every job is acknowledged finished. Dispatch
+// submitters and waits until every job is acknowledged finished. With rate
+// > 0 submissions are paced at that many per second (open loop), so the
+// latency is not dominated by a queue the load itself built up. Dispatch
 // latency is measured from just before SubmitBuild is sent to the moment a
 // light agent receives the assignment.
-func Load(ctx context.Context, cl *client.Client, events <-chan Event, jobs, concurrency int) (Result, error) {
+func Load(ctx context.Context, cl *client.Client, events <-chan Event, jobs, concurrency int, rate float64) (Result, error) {
 	var (
 		mu       sync.Mutex
 		submitAt = map[string]time.Time{}
@@ -51,6 +53,12 @@ func Load(ctx context.Context, cl *client.Client, events <-chan Event, jobs, con
 				i := next.Add(1)
 				if i > int64(jobs) {
 					return
+				}
+				if rate > 0 {
+					due := start.Add(time.Duration(float64(i-1) / rate * float64(time.Second)))
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d) // pacing the open-loop load, not synchronisation
+					}
 				}
 				req := &kilnv1.SubmitBuildRequest{RequestId: fmt.Sprintf("bench-%d-%d", start.UnixNano(), i), Command: "true", Submitter: "bench"}
 				t0 := time.Now()

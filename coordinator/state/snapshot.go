@@ -6,7 +6,6 @@ import (
 	"io"
 
 	memdb "github.com/hashicorp/go-memdb"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -15,12 +14,6 @@ import (
 
 // SnapshotVersion is the SnapshotMeta.version this package writes and reads.
 const SnapshotVersion = 1
-
-// metaLastIndexField is the field number under which the last applied index
-// travels in SnapshotMeta. The proto has no such field yet, so it is written
-// as an unknown field; adding `uint64 last_index = 3;` to SnapshotMeta later
-// keeps old snapshots readable.
-const metaLastIndexField protowire.Number = 3
 
 // Snapshot is a consistent, point-in-time view of the store. It stays valid
 // while the store keeps changing and needs no release.
@@ -43,9 +36,7 @@ func (sn *Snapshot) LastIndex() uint64 { return readMeta(sn.tx).LastIndex }
 func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	tx := sn.tx
 	m := readMeta(tx)
-	meta := &fsmv1.SnapshotMeta{Version: SnapshotVersion, NextBuildNumber: m.NextBuild}
-	meta.ProtoReflect().SetUnknown(protowire.AppendVarint(
-		protowire.AppendTag(nil, metaLastIndexField, protowire.VarintType), m.LastIndex))
+	meta := &fsmv1.SnapshotMeta{Version: SnapshotVersion, NextBuildNumber: m.NextBuild, LastIndex: m.LastIndex}
 	if err := fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Meta{Meta: meta}}); err != nil {
 		return err
 	}
@@ -94,32 +85,6 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	})
 }
 
-func lastIndexOf(meta *fsmv1.SnapshotMeta) (uint64, error) {
-	var idx uint64
-	b := meta.ProtoReflect().GetUnknown()
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return 0, fmt.Errorf("snapshot meta: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if num == metaLastIndexField && typ == protowire.VarintType {
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return 0, fmt.Errorf("snapshot meta: %w", protowire.ParseError(m))
-			}
-			idx, b = v, b[m:]
-			continue
-		}
-		m := protowire.ConsumeFieldValue(num, typ, b)
-		if m < 0 {
-			return 0, fmt.Errorf("snapshot meta: %w", protowire.ParseError(m))
-		}
-		b = b[m:]
-	}
-	return idx, nil
-}
-
 // Restore replaces the whole store with the records returned by next, which
 // returns io.EOF after the last one. The first record must be the
 // SnapshotMeta; jobs must follow their build (their order becomes the
@@ -157,10 +122,7 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			if v := r.Meta.GetVersion(); v != SnapshotVersion {
 				return fmt.Errorf("restore: snapshot version %d, want %d", v, SnapshotVersion)
 			}
-			idx, err := lastIndexOf(r.Meta)
-			if err != nil {
-				return fmt.Errorf("restore: %w", err)
-			}
+			idx := r.Meta.GetLastIndex()
 			next := r.Meta.GetNextBuildNumber()
 			if next == 0 {
 				next = 1

@@ -232,9 +232,8 @@ func TestSnapshotIsPointInTime(t *testing.T) {
 	if len(recs) != 4 || recs[0].GetMeta().GetNextBuildNumber() != 2 || recs[2].GetBuild().GetId() != "1" || recs[3].GetJob().GetId() != "1.a" {
 		t.Fatalf("records %v", recs)
 	}
-	idx, err := lastIndexOf(recs[0].GetMeta())
-	if err != nil || idx != 1 {
-		t.Fatalf("last index in meta %d %v", idx, err)
+	if idx := recs[0].GetMeta().GetLastIndex(); idx != 1 {
+		t.Fatalf("last index in meta %d", idx)
 	}
 	// The meta round-trips its last index through the wire format.
 	b, err := proto.Marshal(recs[0])
@@ -245,7 +244,7 @@ func TestSnapshotIsPointInTime(t *testing.T) {
 	if err := proto.Unmarshal(b, back); err != nil {
 		t.Fatal(err)
 	}
-	if idx, _ := lastIndexOf(back.GetMeta()); idx != 1 {
+	if idx := back.GetMeta().GetLastIndex(); idx != 1 {
 		t.Fatalf("last index after wire %d", idx)
 	}
 	// A stop from the callback is returned.

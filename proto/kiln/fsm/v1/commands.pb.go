@@ -1082,8 +1082,10 @@ type SnapshotMeta struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NextBuildNumber uint64                 `protobuf:"varint,2,opt,name=next_build_number,json=nextBuildNumber,proto3" json:"next_build_number,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Raft index of the last command applied in the snapshot.
+	LastIndex     uint64 `protobuf:"varint,3,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotMeta) Reset() {
@@ -1126,6 +1128,13 @@ func (x *SnapshotMeta) GetVersion() uint32 {
 func (x *SnapshotMeta) GetNextBuildNumber() uint64 {
 	if x != nil {
 		return x.NextBuildNumber
+	}
+	return 0
+}
+
+func (x *SnapshotMeta) GetLastIndex() uint64 {
+	if x != nil {
+		return x.LastIndex
 	}
 	return 0
 }
@@ -1274,10 +1283,12 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x03log\x18\x05 \x01(\v2\x11.kiln.v1.LogChunkH\x00R\x03log\x12#\n" +
 	"\x04node\x18\x06 \x01(\v2\r.kiln.v1.NodeH\x00R\x04node\x126\n" +
 	"\arequest\x18\a \x01(\v2\x1a.kiln.fsm.v1.RequestRecordH\x00R\arequestB\b\n" +
-	"\x06record\"T\n" +
+	"\x06record\"s\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
-	"\x11next_build_number\x18\x02 \x01(\x04R\x0fnextBuildNumber\"I\n" +
+	"\x11next_build_number\x18\x02 \x01(\x04R\x0fnextBuildNumber\x12\x1d\n" +
+	"\n" +
+	"last_index\x18\x03 \x01(\x04R\tlastIndex\"I\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
