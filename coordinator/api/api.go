@@ -94,7 +94,14 @@ func (d *Deps) toStatus(err error) error {
 		return err
 	}
 	switch {
-	case errors.Is(err, raftnode.ErrNotLeader), errors.Is(err, raftnode.ErrOutcomeUnknown):
+	case errors.Is(err, raftnode.ErrNotLeader):
+		return d.notLeader()
+	case errors.Is(err, raftnode.ErrOutcomeUnknown):
+		if d.Raft.IsLeader() {
+			// Still leading (e.g. the commit was slow): the command may yet
+			// commit. A retry with the same request id is safe.
+			return status.Error(codes.Unavailable, "the outcome is unknown (the commit did not finish in time); retry with the same request id")
+		}
 		return d.notLeader()
 	case errors.Is(err, fsm.ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"regexp"
 	"strings"
 	"unicode/utf8"
 
@@ -91,52 +92,56 @@ func validateSubmit(req *kilnv1.SubmitBuildRequest) error {
 	case req.GetRequestId() == "":
 		return invalid("request_id is required (a client-generated unique id that makes retries safe)")
 	case len(req.GetRequestId()) > MaxRequestID:
-		return invalid("request_id is %d bytes; the limit is %d", len(req.GetRequestId()), MaxRequestID)
+		return invalid("request_id: %d bytes; the limit is %d", len(req.GetRequestId()), MaxRequestID)
 	case (req.GetSpecYaml() == "") == (req.GetCommand() == ""):
 		return invalid("give exactly one of spec_yaml (a build file) or command (one shell command line)")
 	case len(req.GetSpecYaml()) > MaxSpecBytes:
-		return invalid("build file is %d bytes; the limit is %d", len(req.GetSpecYaml()), MaxSpecBytes)
+		return invalid("spec_yaml: the build file is %d bytes; the limit is %d", len(req.GetSpecYaml()), MaxSpecBytes)
 	case len(req.GetCommand()) > MaxCommandBytes:
-		return invalid("command is %d bytes; the limit is %d", len(req.GetCommand()), MaxCommandBytes)
+		return invalid("command: %d bytes; the limit is %d", len(req.GetCommand()), MaxCommandBytes)
 	case strings.TrimSpace(req.GetSpecYaml()) == "" && strings.TrimSpace(req.GetCommand()) == "":
-		return invalid("command is blank")
+		return invalid("command: blank (give a shell command line or a build file in spec_yaml)")
 	case len(req.GetName()) > MaxNameBytes:
-		return invalid("name is %d bytes; the limit is %d", len(req.GetName()), MaxNameBytes)
+		return invalid("name: %d bytes; the limit is %d", len(req.GetName()), MaxNameBytes)
 	case req.GetTimeoutMs() < 0:
-		return invalid("timeout_ms is negative")
+		return invalid("timeout_ms: negative")
 	case len(req.GetLabels()) > MaxLabelEntries:
-		return invalid("%d labels; the limit is %d", len(req.GetLabels()), MaxLabelEntries)
+		return invalid("labels: %d entries; the limit is %d", len(req.GetLabels()), MaxLabelEntries)
 	}
 	if err := validateEnv(req.GetEnv()); err != nil {
 		return err
 	}
 	for k := range req.GetLabels() {
 		if k == "" {
-			return invalid("label with an empty key")
+			return invalid("labels: a label has an empty key")
 		}
 	}
 	if !utf8.ValidString(req.GetSpecYaml()) {
-		return invalid("build file is not valid UTF-8")
+		return invalid("spec_yaml: the build file is not valid UTF-8")
 	}
 	return nil
 }
 
+// envName is the shape of an environment variable name, as the pipeline
+// parser also requires.
+var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
 func validateEnv(env map[string]string) error {
 	if len(env) > MaxEnvEntries {
-		return invalid("%d environment variables; the limit is %d", len(env), MaxEnvEntries)
+		return invalid("env: %d variables; the limit is %d", len(env), MaxEnvEntries)
 	}
 	size := 0
 	for k, v := range env {
-		if k == "" || strings.ContainsAny(k, "=\x00") {
-			return invalid("environment variable name %q is not valid", k)
+		if !envName.MatchString(k) {
+			return invalid("env: variable name %q is not valid (letters, digits and _, not starting with a digit)", k)
 		}
 		if strings.ContainsRune(v, 0) {
-			return invalid("environment variable %s contains a NUL byte", k)
+			return invalid("env: variable %s contains a NUL byte", k)
 		}
 		size += len(k) + len(v)
 	}
 	if size > MaxEnvBytes {
-		return invalid("environment is %d bytes; the limit is %d", size, MaxEnvBytes)
+		return invalid("env: %d bytes; the limit is %d", size, MaxEnvBytes)
 	}
 	return nil
 }

@@ -73,7 +73,9 @@ func jobLog(n *Node, job *kilnv1.Job) string {
 	return buf.String()
 }
 
-func reqID(t *testing.T, i int) string { return fmt.Sprintf("%s-%d-%d", t.Name(), i, time.Now().UnixNano()) }
+func reqID(t *testing.T, i int) string {
+	return fmt.Sprintf("%s-%d-%d", t.Name(), i, time.Now().UnixNano())
+}
 
 func TestBuildsPassWithExactLogsOnThreeNodes(t *testing.T) {
 	c := Start(t, 3, Options{})

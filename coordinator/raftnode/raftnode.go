@@ -201,6 +201,10 @@ type Pending struct {
 	f raft.ApplyFuture
 }
 
+// NewPending wraps a Raft apply future. ApplyAsync uses it; tests use it to
+// build fake appliers whose futures they control.
+func NewPending(f raft.ApplyFuture) Pending { return Pending{f: f} }
+
 // Wait blocks until the command is applied (or failed) and returns the
 // FSM's result. The FSM's business rejection is returned as an error too.
 func (p Pending) Wait() (*fsm.Result, error) {
@@ -221,7 +225,7 @@ func (n *Node) ApplyAsync(t fsmv1.CommandType, msg proto.Message) (Pending, erro
 	if err != nil {
 		return Pending{}, fmt.Errorf("encode %s: %w", t, err)
 	}
-	return Pending{f: n.Raft.Apply(data, n.cfg.ApplyTimeout)}, nil
+	return NewPending(n.Raft.Apply(data, n.cfg.ApplyTimeout)), nil
 }
 
 // Apply commits a command and returns the FSM's result. The context bounds

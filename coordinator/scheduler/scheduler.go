@@ -80,6 +80,14 @@ type Scheduler struct {
 	active   bool
 	sessions map[string]*Session // by agent name
 	leases   map[string]lease    // by agent name
+	// unstarted tracks committed assignments until the agent reports the
+	// start; one that stays unstarted for a lease TTL was never delivered.
+	unstarted map[string]unstarted // by job id
+}
+
+type unstarted struct {
+	attempt  uint32
+	deadline time.Time
 }
 
 type lease struct {
@@ -91,13 +99,14 @@ type lease struct {
 func New(cfg Config, store *state.Store, raft Applier, log *zap.Logger) *Scheduler {
 	cfg.Defaults()
 	return &Scheduler{
-		cfg:      cfg,
-		store:    store,
-		raft:     raft,
-		log:      log,
-		kick:     make(chan struct{}, 1),
-		sessions: map[string]*Session{},
-		leases:   map[string]lease{},
+		cfg:       cfg,
+		store:     store,
+		raft:      raft,
+		log:       log,
+		kick:      make(chan struct{}, 1),
+		sessions:  map[string]*Session{},
+		leases:    map[string]lease{},
+		unstarted: map[string]unstarted{},
 	}
 }
 
@@ -126,6 +135,11 @@ func (s *Scheduler) Run(ctx context.Context) {
 		// allowed, earlier is not.
 		s.leases[a.GetName()] = lease{sessionID: a.GetSessionId(), deadline: now.Add(s.cfg.LeaseTTL)}
 	}
+	for _, j := range s.store.ActiveJobs() {
+		if j.GetState() == kilnv1.JobState_JOB_STATE_ASSIGNED {
+			s.unstarted[j.GetId()] = unstarted{attempt: j.GetAttempt(), deadline: now.Add(s.cfg.LeaseTTL)}
+		}
+	}
 	s.mu.Unlock()
 	s.log.Info("scheduler started", zap.Int("agents", len(s.leases)))
 
@@ -137,6 +151,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			delete(s.sessions, name)
 		}
 		s.leases = map[string]lease{}
+		s.unstarted = map[string]unstarted{}
 		s.mu.Unlock()
 		s.log.Info("scheduler stopped")
 	}()
@@ -158,6 +173,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			s.log.Error("dispatch failed", zap.Error(err))
 		}
 		s.expireLeases(ctx)
+		s.expireUnstarted(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -243,7 +259,7 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 	s.mu.Lock()
 	cands := make([]*candidate, 0, len(s.sessions))
 	for name, sess := range s.sessions {
-		if sess.Draining() {
+		if sess.Draining() || sess.closed() {
 			continue
 		}
 		free := sess.Slots - len(s.store.AgentJobs(name))
@@ -264,7 +280,10 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 		sess    *Session
 		p       raftnode.Pending
 	}
-	var pending []sent
+	var (
+		pending  []sent
+		firstErr error
+	)
 	now := s.cfg.Now().UnixMilli()
 	for _, job := range queued {
 		var best *candidate
@@ -282,11 +301,13 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 			JobId: job.GetId(), Attempt: attempt, Agent: best.sess.Agent, TimeUnixMs: now,
 		})
 		if err != nil {
-			return err
+			// Still wait for (and deliver) the assignments already handed
+			// to Raft: they may commit.
+			firstErr = err
+			break
 		}
 		pending = append(pending, sent{job: job, attempt: attempt, sess: best.sess, p: p})
 	}
-	var firstErr error
 	for _, p := range pending {
 		if _, err := p.p.Wait(); err != nil {
 			if firstErr == nil && (errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raftnode.ErrOutcomeUnknown)) {
@@ -296,7 +317,24 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 			continue
 		}
 		s.log.Debug("job assigned", zap.String("job", p.job.GetId()), zap.Uint32("attempt", p.attempt), zap.String("agent", p.sess.Agent))
-		p.sess.Send(&kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Assignment{Assignment: s.assignment(p.job, p.attempt)}})
+		s.mu.Lock()
+		s.unstarted[p.job.GetId()] = unstarted{attempt: p.attempt, deadline: s.cfg.Now().Add(s.cfg.LeaseTTL)}
+		s.mu.Unlock()
+		msg := &kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Assignment{Assignment: s.assignment(p.job, p.attempt)}}
+		if !p.sess.Send(msg) {
+			// The session ended while the assignment was being committed
+			// (typically replaced by a reconnect of the same agent, whose
+			// reconciliation ran before this commit). The attempt belongs
+			// to the agent, not the session: hand it to the current one.
+			// Without one, the lease expiry or the agent's next
+			// registration declares the attempt lost.
+			s.mu.Lock()
+			cur := s.sessions[p.sess.Agent]
+			s.mu.Unlock()
+			if cur != nil && cur != p.sess {
+				cur.Send(msg)
+			}
+		}
 	}
 	return firstErr
 }
@@ -387,10 +425,40 @@ func (s *Scheduler) expireLeases(ctx context.Context) {
 	}
 }
 
+// expireUnstarted declares lost the assignments an agent never confirmed
+// within a lease TTL: the assignment was lost on the way (the session it
+// went to died), and the agent, still alive and heart-beating, will never
+// run it.
+func (s *Scheduler) expireUnstarted(ctx context.Context) {
+	now := s.cfg.Now()
+	var lost []*kilnv1.AttemptRef
+	s.mu.Lock()
+	for id, u := range s.unstarted {
+		// Cheap check first: this runs on every pass of the loop.
+		if now.Before(u.deadline) {
+			continue
+		}
+		delete(s.unstarted, id)
+		if j, ok := s.store.Job(id); ok && j.GetAttempt() == u.attempt && j.GetState() == kilnv1.JobState_JOB_STATE_ASSIGNED {
+			lost = append(lost, &kilnv1.AttemptRef{JobId: id, Attempt: u.attempt})
+		}
+	}
+	s.mu.Unlock()
+	if len(lost) == 0 {
+		return
+	}
+	s.log.Warn("assignments never started; declaring them lost", zap.Int("attempts", len(lost)))
+	if _, err := s.raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_LOSE_ATTEMPTS, &fsmv1.LoseAttempts{
+		Attempts: lost, Reason: "the agent never confirmed the assignment within " + s.cfg.LeaseTTL.String(), TimeUnixMs: now.UnixMilli(),
+	}); err != nil {
+		s.log.Warn("could not commit lost assignments", zap.Error(err))
+	}
+}
+
 // Matches reports whether labels satisfy every pair of the selector.
 func Matches(selector, labels map[string]string) bool {
 	for k, v := range selector {
-		if labels[k] != v {
+		if got, ok := labels[k]; !ok || got != v {
 			return false
 		}
 	}

@@ -68,3 +68,13 @@ func (s *Session) SetDraining(d bool) { s.draining.Store(d) }
 func (s *Session) Draining() bool { return s.draining.Load() }
 
 func (s *Session) close() { s.once.Do(func() { close(s.done) }) }
+
+// closed reports whether the session has ended.
+func (s *Session) closed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
