@@ -11,6 +11,9 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -362,4 +365,134 @@ func TestMembershipAddAndRemove(t *testing.T) {
 	Eventually(t, 10*time.Second, func() bool {
 		return len(c.Leader().C.Store().Nodes()) == 3
 	}, "n4 removed")
+}
+
+func TestHealthAndReflectionAreServed(t *testing.T) {
+	c := Start(t, 1, Options{})
+	conn, err := grpc.NewClient(c.Nodes[0].GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health check: %v %v", resp, err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = stream.CloseSend()
+	var names []string
+	for _, s := range r.GetListServicesResponse().GetService() {
+		names = append(names, s.GetName())
+	}
+	for _, want := range []string{"kiln.v1.ControlService", "kiln.v1.AgentService", "kiln.v1.ClusterService", "grpc.health.v1.Health"} {
+		found := false
+		for _, n := range names {
+			found = found || n == want
+		}
+		if !found {
+			t.Fatalf("reflection lists %v, missing %s", names, want)
+		}
+	}
+}
+
+// zombie is a hand-driven agent session for fencing tests.
+type zombie struct {
+	t      *testing.T
+	stream kilnv1.AgentService_ConnectClient
+}
+
+func connectZombie(t *testing.T, ctx context.Context, addr string, running []*kilnv1.AttemptRef) *zombie {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	stream, err := kilnv1.NewAgentServiceClient(conn).Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &zombie{t: t, stream: stream}
+	z.send(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Register{Register: &kilnv1.Register{
+		Name: "zombie", Slots: 1, Running: running,
+	}}})
+	if m := z.recv(); m.GetRegistered() == nil {
+		t.Fatalf("first answer %v, want registered", m)
+	}
+	return z
+}
+
+func (z *zombie) send(m *kilnv1.ConnectRequest) {
+	z.t.Helper()
+	if err := z.stream.Send(m); err != nil {
+		z.t.Fatalf("zombie send: %v", err)
+	}
+}
+
+func (z *zombie) recv() *kilnv1.ConnectResponse {
+	z.t.Helper()
+	m, err := z.stream.Recv()
+	if err != nil {
+		z.t.Fatalf("zombie recv: %v", err)
+	}
+	return m
+}
+
+func TestZombieAgentCannotChangeReassignedJob(t *testing.T) {
+	c := Start(t, 1, Options{LeaseTTL: time.Second})
+	addr := c.Nodes[0].GRPCAddr
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// The zombie takes the job, starts it, then goes silent.
+	zctx, zcancel := context.WithCancel(ctx)
+	z := connectZombie(t, zctx, addr, nil)
+	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 0), Command: "echo real work"})
+	var as *kilnv1.JobAssignment
+	for as == nil {
+		as = z.recv().GetAssignment()
+	}
+	z.send(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Started{Started: &kilnv1.JobStarted{JobId: as.GetJobId(), Attempt: as.GetAttempt()}}})
+	// Its lease lapses; the job goes to a healthy agent as attempt 2.
+	c.StartAgent("good", nil, 1)
+	done := waitBuild(t, c, b.GetId(), 20*time.Second)
+	j := done.GetJobs()[0]
+	if done.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED || j.GetAttempt() != 2 || j.GetAgent() != "good" {
+		t.Fatalf("build %s, job attempt %d on %s; want passed, attempt 2 on good", done.GetState(), j.GetAttempt(), j.GetAgent())
+	}
+	zcancel()
+
+	// The zombie comes back claiming attempt 1 and reports on it.
+	ref := &kilnv1.AttemptRef{JobId: as.GetJobId(), Attempt: as.GetAttempt()}
+	z = connectZombie(t, ctx, addr, []*kilnv1.AttemptRef{ref})
+	if ack := z.recv().GetAck(); !ack.GetStale() || ack.GetJobId() != ref.GetJobId() {
+		t.Fatalf("re-registration answered %v, want a stale ack for attempt 1", ack)
+	}
+	z.send(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Log{Log: &kilnv1.LogChunk{JobId: ref.GetJobId(), Attempt: 1, Seq: 1, Data: []byte("zombie output\n")}}})
+	z.send(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Finished{Finished: &kilnv1.JobFinished{JobId: ref.GetJobId(), Attempt: 1,
+		Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: 9, LastSeq: 1}}})
+	for i := 0; i < 2; i++ {
+		if ack := z.recv().GetAck(); !ack.GetStale() {
+			t.Fatalf("zombie report %d answered %v, want stale", i, ack)
+		}
+	}
+	after, _ := c.Nodes[0].C.Store().Build(b.GetId())
+	if !proto.Equal(after, done) {
+		t.Fatalf("the zombie changed the build:\nbefore %v\nafter  %v", done, after)
+	}
+	if got := jobLog(c.Nodes[0], after.GetJobs()[0]); got != "real work\n" {
+		t.Fatalf("log %q", got)
+	}
 }
