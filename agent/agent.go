@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,6 +76,10 @@ type Agent struct {
 	stopped  bool
 	sess     *session
 	ran      bool
+
+	// leaseTTL is the lease TTL (a time.Duration) the last leader
+	// announced; it bounds the reconnect backoff.
+	leaseTTL atomic.Int64
 
 	idle     chan struct{} // closed once draining and nothing is held
 	idleOnce sync.Once

@@ -91,7 +91,7 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		}
 		redirects = 0
 		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, a.cfg.ReconnectMax)
+		backoff = min(2*backoff, a.reconnectCap())
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -103,6 +103,18 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// reconnectCap bounds the reconnect backoff. Once a leader has told us the
+// lease TTL, the cap is a quarter of it: after a failover the new leader
+// gives held jobs one TTL, and an agent still backing off from the dead
+// leader must not miss it.
+func (a *Agent) reconnectCap() time.Duration {
+	limit := a.cfg.ReconnectMax
+	if ttl := time.Duration(a.leaseTTL.Load()); ttl > 0 {
+		limit = min(limit, ttl/4)
+	}
+	return max(limit, a.cfg.ReconnectMin)
 }
 
 // runSession dials addr, registers and serves one session until the stream
@@ -152,6 +164,9 @@ func (a *Agent) runSession(ctx context.Context, addr string) error {
 	registered := resp.GetRegistered()
 	if registered == nil {
 		return fmt.Errorf("register at %s: expected Registered, got %T", addr, resp.GetMsg())
+	}
+	if ttl := registered.GetLeaseTtlMs(); ttl > 0 {
+		a.leaseTTL.Store(int64(time.Duration(ttl) * time.Millisecond))
 	}
 	hb := time.Duration(registered.GetHeartbeatIntervalMs()) * time.Millisecond
 	if hb <= 0 {

@@ -44,7 +44,7 @@ func TestRunCommand(t *testing.T) {
 	addr := f.serve(t)
 	t.Setenv("USER", "alice")
 	out, errOut, code := runCLI(t, "--coordinators", addr, "run", "--label", "os=linux", "--env", "A=b=c",
-		"--timeout", "90s", "--name", "smoke", "--", "echo", "-n", "hi")
+		"--job-timeout", "90s", "--name", "smoke", "--", "echo", "-n", "hi")
 	must(t, code, 0, errOut)
 	if out != "1\n" {
 		t.Errorf("stdout = %q, want the build id", out)
@@ -427,5 +427,24 @@ func TestValidate(t *testing.T) {
 		bad + `:5:14: timeout: invalid duration "soon" (hint: use a Go duration such as 90s, 10m or 1h30m)` + "\n"
 	if out != "" || errOut != want {
 		t.Errorf("stderr = %q\nwant     %q", errOut, want)
+	}
+}
+
+func TestShellLineQuotesArgumentLists(t *testing.T) {
+	cases := []struct {
+		words []string
+		want  string
+	}{
+		{[]string{"make test && make lint"}, "make test && make lint"},
+		{[]string{"make", "test"}, "make test"},
+		{[]string{"sh", "-c", "echo hi"}, "sh -c 'echo hi'"},
+		{[]string{"echo", "it's"}, `echo 'it'\''s'`},
+		{[]string{"printf", ""}, "printf ''"},
+		{[]string{"echo", "$HOME", "a;b"}, "echo '$HOME' 'a;b'"},
+	}
+	for _, c := range cases {
+		if got := shellLine(c.words); got != c.want {
+			t.Errorf("shellLine(%q) = %q, want %q", c.words, got, c.want)
+		}
 	}
 }

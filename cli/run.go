@@ -28,8 +28,10 @@ func (a *app) runCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run [flags] -- COMMAND... | run -f FILE [flags]",
 		Short: "Submit a build: one shell command, or a pipeline file",
-		Long: "Submit a build. With COMMAND, a one-job build runs the words joined with\n" +
-			"spaces as one shell line. With -f FILE, the pipeline file is checked\n" +
+		Long: "Submit a build. With COMMAND, a one-job build runs it with the agent's\n" +
+			"shell: a single word is taken as a whole shell line ('make test && make lint');\n" +
+			"several words are an argument list, quoted for the shell (-- sh -c 'echo hi').\n" +
+			"With -f FILE, the pipeline file is checked\n" +
 			"locally and then submitted. Without --wait the build id is printed;\n" +
 			"with --wait the log is streamed and the exit status is 0 only if the\n" +
 			"build passed.",
@@ -51,7 +53,7 @@ func (a *app) runCommand() *cobra.Command {
 				return usageErrorf("give either -f FILE or a COMMAND, not both")
 			case file != "":
 				if len(labels) > 0 || jobTimeout != 0 {
-					return usageErrorf("--label and --timeout apply to a single COMMAND; set agents: and timeout: in the pipeline file")
+					return usageErrorf("--label and --job-timeout apply to a single COMMAND; set agents: and timeout: in the pipeline file")
 				}
 				data, err := os.ReadFile(file)
 				if err != nil {
@@ -69,9 +71,9 @@ func (a *app) runCommand() *cobra.Command {
 					return err
 				}
 				if jobTimeout < 0 {
-					return usageErrorf("--timeout must not be negative")
+					return usageErrorf("--job-timeout must not be negative")
 				}
-				req.Command = strings.Join(args, " ")
+				req.Command = shellLine(args)
 				req.TimeoutMs = jobTimeout.Milliseconds()
 			default:
 				return usageErrorf("nothing to run: give -f FILE or -- COMMAND (see 'kilnctl run --help')")
@@ -113,7 +115,7 @@ func (a *app) runCommand() *cobra.Command {
 	f.SetInterspersed(false)
 	f.StringArrayVar(&labels, "label", nil, "agent label the job needs, `k=v` (repeatable)")
 	f.StringArrayVar(&env, "env", nil, "environment variable of the build, `K=V` (repeatable)")
-	f.DurationVar(&jobTimeout, "timeout", 0, "timeout of the job (default: the cluster's)")
+	f.DurationVar(&jobTimeout, "job-timeout", 0, "timeout of the job (default: the cluster's)")
 	f.StringVar(&name, "name", "", "build name (default: the pipeline's name or the command)")
 	f.StringVarP(&file, "file", "f", "", "pipeline file to submit")
 	f.BoolVar(&wait, "wait", false, "stream the log and wait for the build; exit 0 only if it passed")
@@ -219,4 +221,27 @@ func submitter() string {
 		host = "unknown"
 	}
 	return name + "@" + host
+}
+
+// shellLine turns the COMMAND words into the shell line the agent runs. One
+// word is already a shell line. Several words are an argument list: each is
+// quoted so the agent's shell sees exactly these arguments.
+func shellLine(words []string) string {
+	if len(words) == 1 {
+		return words[0]
+	}
+	quoted := make([]string, len(words))
+	for i, w := range words {
+		quoted[i] = shellQuote(w)
+	}
+	return strings.Join(quoted, " ")
+}
+
+// shellQuote quotes w for a POSIX shell unless it is made only of
+// characters the shell treats literally.
+func shellQuote(w string) string {
+	if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
 }
