@@ -747,8 +747,11 @@ type JobAssignment struct {
 	Attempt  uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	Commands []string               `protobuf:"bytes,5,rep,name=commands,proto3" json:"commands,omitempty"`
 	// Complete environment for the commands, KILN_* variables included.
-	Env           map[string]string `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	TimeoutMs     int64             `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	Env       map[string]string `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TimeoutMs int64             `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Code to check out into the workspace before the commands run
+	// (git_url and commit set), if any.
+	Source        *Source `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -830,6 +833,13 @@ func (x *JobAssignment) GetTimeoutMs() int64 {
 		return x.TimeoutMs
 	}
 	return 0
+}
+
+func (x *JobAssignment) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
 }
 
 // CancelJob tells the agent to stop an attempt (kill its process group).
@@ -1033,7 +1043,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\x93\x02\n" +
+	"timeUnixMs\"\xbc\x02\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1042,7 +1052,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\bcommands\x18\x05 \x03(\tR\bcommands\x121\n" +
 	"\x03env\x18\x06 \x03(\v2\x1f.kiln.v1.JobAssignment.EnvEntryR\x03env\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\a \x01(\x03R\ttimeoutMs\x1a6\n" +
+	"timeout_ms\x18\a \x01(\x03R\ttimeoutMs\x12'\n" +
+	"\x06source\x18\b \x01(\v2\x0f.kiln.v1.SourceR\x06source\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
@@ -1095,6 +1106,7 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	nil,                     // 12: kiln.v1.Register.LabelsEntry
 	nil,                     // 13: kiln.v1.JobAssignment.EnvEntry
 	(*LogChunk)(nil),        // 14: kiln.v1.LogChunk
+	(*Source)(nil),          // 15: kiln.v1.Source
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
@@ -1110,13 +1122,14 @@ var file_kiln_v1_agent_proto_depIdxs = []int32{
 	3,  // 10: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
 	0,  // 11: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
 	13, // 12: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
-	1,  // 13: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 14: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 13: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
+	1,  // 14: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 15: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }

@@ -41,7 +41,14 @@ type SubmitBuildRequest struct {
 	// Timeout of the single-command job; 0 means the default.
 	TimeoutMs int64 `protobuf:"varint,8,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	// Build name; defaults to the pipeline's name or the command.
-	Name          string `protobuf:"bytes,9,opt,name=name,proto3" json:"name,omitempty"`
+	Name string `protobuf:"bytes,9,opt,name=name,proto3" json:"name,omitempty"`
+	// Where the code comes from; without it jobs start in an empty workspace.
+	Source *Source `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	// Context for `if` conditions when there is no git source (or to
+	// override): branch, tag and event ("manual" by default).
+	Branch        string `protobuf:"bytes,11,opt,name=branch,proto3" json:"branch,omitempty"`
+	Tag           string `protobuf:"bytes,12,opt,name=tag,proto3" json:"tag,omitempty"`
+	Event         string `protobuf:"bytes,13,opt,name=event,proto3" json:"event,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -135,6 +142,34 @@ func (x *SubmitBuildRequest) GetTimeoutMs() int64 {
 func (x *SubmitBuildRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *SubmitBuildRequest) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *SubmitBuildRequest) GetBranch() string {
+	if x != nil {
+		return x.Branch
+	}
+	return ""
+}
+
+func (x *SubmitBuildRequest) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *SubmitBuildRequest) GetEvent() string {
+	if x != nil {
+		return x.Event
 	}
 	return ""
 }
@@ -841,11 +876,446 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 	return nil
 }
 
+type DecideApprovalRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	BuildId   string                 `protobuf:"bytes,2,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// Key of the approval step.
+	Step    string `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	Approve bool   `protobuf:"varint,4,opt,name=approve,proto3" json:"approve,omitempty"`
+	// Who decides (user@host); checked against the step's approvers.
+	By            string `protobuf:"bytes,5,opt,name=by,proto3" json:"by,omitempty"`
+	Comment       string `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalRequest) Reset() {
+	*x = DecideApprovalRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalRequest) ProtoMessage() {}
+
+func (x *DecideApprovalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalRequest.ProtoReflect.Descriptor instead.
+func (*DecideApprovalRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DecideApprovalRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetApprove() bool {
+	if x != nil {
+		return x.Approve
+	}
+	return false
+}
+
+func (x *DecideApprovalRequest) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *DecideApprovalRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type DecideApprovalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Build         *Build                 `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApprovalResponse) Reset() {
+	*x = DecideApprovalResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApprovalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApprovalResponse) ProtoMessage() {}
+
+func (x *DecideApprovalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApprovalResponse.ProtoReflect.Descriptor instead.
+func (*DecideApprovalResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DecideApprovalResponse) GetBuild() *Build {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+type RetryBuildRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	BuildId   string                 `protobuf:"bytes,2,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// Only this step (by key); empty means every failed step.
+	Step          string `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBuildRequest) Reset() {
+	*x = RetryBuildRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBuildRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBuildRequest) ProtoMessage() {}
+
+func (x *RetryBuildRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBuildRequest.ProtoReflect.Descriptor instead.
+func (*RetryBuildRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RetryBuildRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RetryBuildRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *RetryBuildRequest) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+type RetryBuildResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Build         *Build                 `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBuildResponse) Reset() {
+	*x = RetryBuildResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBuildResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBuildResponse) ProtoMessage() {}
+
+func (x *RetryBuildResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBuildResponse.ProtoReflect.Descriptor instead.
+func (*RetryBuildResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RetryBuildResponse) GetBuild() *Build {
+	if x != nil {
+		return x.Build
+	}
+	return nil
+}
+
+type AddRepoRequest struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Url            string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Branch         string                 `protobuf:"bytes,3,opt,name=branch,proto3" json:"branch,omitempty"`
+	Pipeline       string                 `protobuf:"bytes,4,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	PollIntervalMs int64                  `protobuf:"varint,5,opt,name=poll_interval_ms,json=pollIntervalMs,proto3" json:"poll_interval_ms,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AddRepoRequest) Reset() {
+	*x = AddRepoRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddRepoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddRepoRequest) ProtoMessage() {}
+
+func (x *AddRepoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddRepoRequest.ProtoReflect.Descriptor instead.
+func (*AddRepoRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AddRepoRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AddRepoRequest) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *AddRepoRequest) GetBranch() string {
+	if x != nil {
+		return x.Branch
+	}
+	return ""
+}
+
+func (x *AddRepoRequest) GetPipeline() string {
+	if x != nil {
+		return x.Pipeline
+	}
+	return ""
+}
+
+func (x *AddRepoRequest) GetPollIntervalMs() int64 {
+	if x != nil {
+		return x.PollIntervalMs
+	}
+	return 0
+}
+
+type AddRepoResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repo          *Repo                  `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddRepoResponse) Reset() {
+	*x = AddRepoResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddRepoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddRepoResponse) ProtoMessage() {}
+
+func (x *AddRepoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddRepoResponse.ProtoReflect.Descriptor instead.
+func (*AddRepoResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AddRepoResponse) GetRepo() *Repo {
+	if x != nil {
+		return x.Repo
+	}
+	return nil
+}
+
+type ListReposRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReposRequest) Reset() {
+	*x = ListReposRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReposRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReposRequest) ProtoMessage() {}
+
+func (x *ListReposRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReposRequest.ProtoReflect.Descriptor instead.
+func (*ListReposRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{21}
+}
+
+type ListReposResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repos         []*Repo                `protobuf:"bytes,1,rep,name=repos,proto3" json:"repos,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReposResponse) Reset() {
+	*x = ListReposResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReposResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReposResponse) ProtoMessage() {}
+
+func (x *ListReposResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReposResponse.ProtoReflect.Descriptor instead.
+func (*ListReposResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListReposResponse) GetRepos() []*Repo {
+	if x != nil {
+		return x.Repos
+	}
+	return nil
+}
+
 var File_kiln_v1_control_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x15kiln/v1/control.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xcc\x03\n" +
+	"\x15kiln/v1/control.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xb5\x04\n" +
 	"\x12SubmitBuildRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1c\n" +
@@ -857,7 +1327,12 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x03env\x18\a \x03(\v2$.kiln.v1.SubmitBuildRequest.EnvEntryR\x03env\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\b \x01(\x03R\ttimeoutMs\x12\x12\n" +
-	"\x04name\x18\t \x01(\tR\x04name\x1a9\n" +
+	"\x04name\x18\t \x01(\tR\x04name\x12'\n" +
+	"\x06source\x18\n" +
+	" \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12\x16\n" +
+	"\x06branch\x18\v \x01(\tR\x06branch\x12\x10\n" +
+	"\x03tag\x18\f \x01(\tR\x03tag\x12\x14\n" +
+	"\x05event\x18\r \x01(\tR\x05event\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -902,7 +1377,35 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x13\n" +
 	"\x11ListAgentsRequest\"<\n" +
 	"\x12ListAgentsResponse\x12&\n" +
-	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents2\x85\x04\n" +
+	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents\"\xa9\x01\n" +
+	"\x15DecideApprovalRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\x12\x18\n" +
+	"\aapprove\x18\x04 \x01(\bR\aapprove\x12\x0e\n" +
+	"\x02by\x18\x05 \x01(\tR\x02by\x12\x18\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\">\n" +
+	"\x16DecideApprovalResponse\x12$\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"a\n" +
+	"\x11RetryBuildRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\":\n" +
+	"\x12RetryBuildResponse\x12$\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x94\x01\n" +
+	"\x0eAddRepoRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
+	"\x06branch\x18\x03 \x01(\tR\x06branch\x12\x1a\n" +
+	"\bpipeline\x18\x04 \x01(\tR\bpipeline\x12(\n" +
+	"\x10poll_interval_ms\x18\x05 \x01(\x03R\x0epollIntervalMs\"4\n" +
+	"\x0fAddRepoResponse\x12!\n" +
+	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"\x12\n" +
+	"\x10ListReposRequest\"8\n" +
+	"\x11ListReposResponse\x12#\n" +
+	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos2\xa1\x06\n" +
 	"\x0eControlService\x12H\n" +
 	"\vSubmitBuild\x12\x1b.kiln.v1.SubmitBuildRequest\x1a\x1c.kiln.v1.SubmitBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
@@ -914,7 +1417,12 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"StreamLogs\x12\x1a.kiln.v1.StreamLogsRequest\x1a\x1b.kiln.v1.StreamLogsResponse0\x01\x12H\n" +
 	"\vCancelBuild\x12\x1b.kiln.v1.CancelBuildRequest\x1a\x1c.kiln.v1.CancelBuildResponse\x12E\n" +
 	"\n" +
-	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"ListAgents\x12\x1a.kiln.v1.ListAgentsRequest\x1a\x1b.kiln.v1.ListAgentsResponse\x12Q\n" +
+	"\x0eDecideApproval\x12\x1e.kiln.v1.DecideApprovalRequest\x1a\x1f.kiln.v1.DecideApprovalResponse\x12E\n" +
+	"\n" +
+	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12<\n" +
+	"\aAddRepo\x12\x17.kiln.v1.AddRepoRequest\x1a\x18.kiln.v1.AddRepoResponse\x12B\n" +
+	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_control_proto_rawDescOnce sync.Once
@@ -928,57 +1436,80 @@ func file_kiln_v1_control_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_control_proto_rawDescData
 }
 
-var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_kiln_v1_control_proto_goTypes = []any{
-	(*SubmitBuildRequest)(nil),  // 0: kiln.v1.SubmitBuildRequest
-	(*SubmitBuildResponse)(nil), // 1: kiln.v1.SubmitBuildResponse
-	(*GetBuildRequest)(nil),     // 2: kiln.v1.GetBuildRequest
-	(*GetBuildResponse)(nil),    // 3: kiln.v1.GetBuildResponse
-	(*ListBuildsRequest)(nil),   // 4: kiln.v1.ListBuildsRequest
-	(*ListBuildsResponse)(nil),  // 5: kiln.v1.ListBuildsResponse
-	(*WatchBuildRequest)(nil),   // 6: kiln.v1.WatchBuildRequest
-	(*WatchBuildResponse)(nil),  // 7: kiln.v1.WatchBuildResponse
-	(*StreamLogsRequest)(nil),   // 8: kiln.v1.StreamLogsRequest
-	(*LogPosition)(nil),         // 9: kiln.v1.LogPosition
-	(*StreamLogsResponse)(nil),  // 10: kiln.v1.StreamLogsResponse
-	(*CancelBuildRequest)(nil),  // 11: kiln.v1.CancelBuildRequest
-	(*CancelBuildResponse)(nil), // 12: kiln.v1.CancelBuildResponse
-	(*ListAgentsRequest)(nil),   // 13: kiln.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),  // 14: kiln.v1.ListAgentsResponse
-	nil,                         // 15: kiln.v1.SubmitBuildRequest.LabelsEntry
-	nil,                         // 16: kiln.v1.SubmitBuildRequest.EnvEntry
-	(*Build)(nil),               // 17: kiln.v1.Build
-	(*Agent)(nil),               // 18: kiln.v1.Agent
+	(*SubmitBuildRequest)(nil),     // 0: kiln.v1.SubmitBuildRequest
+	(*SubmitBuildResponse)(nil),    // 1: kiln.v1.SubmitBuildResponse
+	(*GetBuildRequest)(nil),        // 2: kiln.v1.GetBuildRequest
+	(*GetBuildResponse)(nil),       // 3: kiln.v1.GetBuildResponse
+	(*ListBuildsRequest)(nil),      // 4: kiln.v1.ListBuildsRequest
+	(*ListBuildsResponse)(nil),     // 5: kiln.v1.ListBuildsResponse
+	(*WatchBuildRequest)(nil),      // 6: kiln.v1.WatchBuildRequest
+	(*WatchBuildResponse)(nil),     // 7: kiln.v1.WatchBuildResponse
+	(*StreamLogsRequest)(nil),      // 8: kiln.v1.StreamLogsRequest
+	(*LogPosition)(nil),            // 9: kiln.v1.LogPosition
+	(*StreamLogsResponse)(nil),     // 10: kiln.v1.StreamLogsResponse
+	(*CancelBuildRequest)(nil),     // 11: kiln.v1.CancelBuildRequest
+	(*CancelBuildResponse)(nil),    // 12: kiln.v1.CancelBuildResponse
+	(*ListAgentsRequest)(nil),      // 13: kiln.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 14: kiln.v1.ListAgentsResponse
+	(*DecideApprovalRequest)(nil),  // 15: kiln.v1.DecideApprovalRequest
+	(*DecideApprovalResponse)(nil), // 16: kiln.v1.DecideApprovalResponse
+	(*RetryBuildRequest)(nil),      // 17: kiln.v1.RetryBuildRequest
+	(*RetryBuildResponse)(nil),     // 18: kiln.v1.RetryBuildResponse
+	(*AddRepoRequest)(nil),         // 19: kiln.v1.AddRepoRequest
+	(*AddRepoResponse)(nil),        // 20: kiln.v1.AddRepoResponse
+	(*ListReposRequest)(nil),       // 21: kiln.v1.ListReposRequest
+	(*ListReposResponse)(nil),      // 22: kiln.v1.ListReposResponse
+	nil,                            // 23: kiln.v1.SubmitBuildRequest.LabelsEntry
+	nil,                            // 24: kiln.v1.SubmitBuildRequest.EnvEntry
+	(*Source)(nil),                 // 25: kiln.v1.Source
+	(*Build)(nil),                  // 26: kiln.v1.Build
+	(*Agent)(nil),                  // 27: kiln.v1.Agent
+	(*Repo)(nil),                   // 28: kiln.v1.Repo
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
-	15, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
-	16, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
-	17, // 2: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	17, // 3: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	17, // 4: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	17, // 5: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
-	9,  // 6: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
-	17, // 7: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	18, // 8: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	0,  // 9: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 10: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 11: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 12: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 13: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 14: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 15: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	1,  // 16: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 17: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 18: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 19: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 20: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 21: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 22: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	23, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
+	24, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
+	25, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
+	26, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
+	26, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	26, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	26, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	9,  // 7: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
+	26, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	27, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	26, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
+	26, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	28, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
+	28, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
+	0,  // 14: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 15: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 16: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 17: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 18: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 19: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 20: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 21: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 22: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 23: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 24: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	1,  // 25: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 26: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 27: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 28: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 29: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 30: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 31: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 32: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 33: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 34: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	22, // 35: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }
@@ -993,7 +1524,7 @@ func file_kiln_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_control_proto_rawDesc), len(file_kiln_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

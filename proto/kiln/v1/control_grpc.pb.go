@@ -19,13 +19,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ControlService_SubmitBuild_FullMethodName = "/kiln.v1.ControlService/SubmitBuild"
-	ControlService_GetBuild_FullMethodName    = "/kiln.v1.ControlService/GetBuild"
-	ControlService_ListBuilds_FullMethodName  = "/kiln.v1.ControlService/ListBuilds"
-	ControlService_WatchBuild_FullMethodName  = "/kiln.v1.ControlService/WatchBuild"
-	ControlService_StreamLogs_FullMethodName  = "/kiln.v1.ControlService/StreamLogs"
-	ControlService_CancelBuild_FullMethodName = "/kiln.v1.ControlService/CancelBuild"
-	ControlService_ListAgents_FullMethodName  = "/kiln.v1.ControlService/ListAgents"
+	ControlService_SubmitBuild_FullMethodName    = "/kiln.v1.ControlService/SubmitBuild"
+	ControlService_GetBuild_FullMethodName       = "/kiln.v1.ControlService/GetBuild"
+	ControlService_ListBuilds_FullMethodName     = "/kiln.v1.ControlService/ListBuilds"
+	ControlService_WatchBuild_FullMethodName     = "/kiln.v1.ControlService/WatchBuild"
+	ControlService_StreamLogs_FullMethodName     = "/kiln.v1.ControlService/StreamLogs"
+	ControlService_CancelBuild_FullMethodName    = "/kiln.v1.ControlService/CancelBuild"
+	ControlService_ListAgents_FullMethodName     = "/kiln.v1.ControlService/ListAgents"
+	ControlService_DecideApproval_FullMethodName = "/kiln.v1.ControlService/DecideApproval"
+	ControlService_RetryBuild_FullMethodName     = "/kiln.v1.ControlService/RetryBuild"
+	ControlService_AddRepo_FullMethodName        = "/kiln.v1.ControlService/AddRepo"
+	ControlService_ListRepos_FullMethodName      = "/kiln.v1.ControlService/ListRepos"
 )
 
 // ControlServiceClient is the client API for ControlService service.
@@ -56,6 +60,15 @@ type ControlServiceClient interface {
 	CancelBuild(ctx context.Context, in *CancelBuildRequest, opts ...grpc.CallOption) (*CancelBuildResponse, error)
 	// ListAgents returns every agent the cluster has seen.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// DecideApproval approves or rejects a blocked approval step.
+	DecideApproval(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*DecideApprovalResponse, error)
+	// RetryBuild re-runs the failed steps of a finished build (or one step)
+	// as new attempts in the same build.
+	RetryBuild(ctx context.Context, in *RetryBuildRequest, opts ...grpc.CallOption) (*RetryBuildResponse, error)
+	// AddRepo registers a repository whose branch the cluster watches.
+	AddRepo(ctx context.Context, in *AddRepoRequest, opts ...grpc.CallOption) (*AddRepoResponse, error)
+	// ListRepos returns the registered repositories.
+	ListRepos(ctx context.Context, in *ListReposRequest, opts ...grpc.CallOption) (*ListReposResponse, error)
 }
 
 type controlServiceClient struct {
@@ -154,6 +167,46 @@ func (c *controlServiceClient) ListAgents(ctx context.Context, in *ListAgentsReq
 	return out, nil
 }
 
+func (c *controlServiceClient) DecideApproval(ctx context.Context, in *DecideApprovalRequest, opts ...grpc.CallOption) (*DecideApprovalResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DecideApprovalResponse)
+	err := c.cc.Invoke(ctx, ControlService_DecideApproval_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) RetryBuild(ctx context.Context, in *RetryBuildRequest, opts ...grpc.CallOption) (*RetryBuildResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryBuildResponse)
+	err := c.cc.Invoke(ctx, ControlService_RetryBuild_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) AddRepo(ctx context.Context, in *AddRepoRequest, opts ...grpc.CallOption) (*AddRepoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AddRepoResponse)
+	err := c.cc.Invoke(ctx, ControlService_AddRepo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) ListRepos(ctx context.Context, in *ListReposRequest, opts ...grpc.CallOption) (*ListReposResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListReposResponse)
+	err := c.cc.Invoke(ctx, ControlService_ListRepos_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServiceServer is the server API for ControlService service.
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
@@ -182,6 +235,15 @@ type ControlServiceServer interface {
 	CancelBuild(context.Context, *CancelBuildRequest) (*CancelBuildResponse, error)
 	// ListAgents returns every agent the cluster has seen.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// DecideApproval approves or rejects a blocked approval step.
+	DecideApproval(context.Context, *DecideApprovalRequest) (*DecideApprovalResponse, error)
+	// RetryBuild re-runs the failed steps of a finished build (or one step)
+	// as new attempts in the same build.
+	RetryBuild(context.Context, *RetryBuildRequest) (*RetryBuildResponse, error)
+	// AddRepo registers a repository whose branch the cluster watches.
+	AddRepo(context.Context, *AddRepoRequest) (*AddRepoResponse, error)
+	// ListRepos returns the registered repositories.
+	ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error)
 	mustEmbedUnimplementedControlServiceServer()
 }
 
@@ -212,6 +274,18 @@ func (UnimplementedControlServiceServer) CancelBuild(context.Context, *CancelBui
 }
 func (UnimplementedControlServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedControlServiceServer) DecideApproval(context.Context, *DecideApprovalRequest) (*DecideApprovalResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DecideApproval not implemented")
+}
+func (UnimplementedControlServiceServer) RetryBuild(context.Context, *RetryBuildRequest) (*RetryBuildResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryBuild not implemented")
+}
+func (UnimplementedControlServiceServer) AddRepo(context.Context, *AddRepoRequest) (*AddRepoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AddRepo not implemented")
+}
+func (UnimplementedControlServiceServer) ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRepos not implemented")
 }
 func (UnimplementedControlServiceServer) mustEmbedUnimplementedControlServiceServer() {}
 func (UnimplementedControlServiceServer) testEmbeddedByValue()                        {}
@@ -346,6 +420,78 @@ func _ControlService_ListAgents_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_DecideApproval_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DecideApprovalRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).DecideApproval(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_DecideApproval_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).DecideApproval(ctx, req.(*DecideApprovalRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_RetryBuild_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryBuildRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).RetryBuild(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_RetryBuild_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).RetryBuild(ctx, req.(*RetryBuildRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_AddRepo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AddRepoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).AddRepo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_AddRepo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).AddRepo(ctx, req.(*AddRepoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_ListRepos_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListReposRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).ListRepos(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_ListRepos_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).ListRepos(ctx, req.(*ListReposRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlService_ServiceDesc is the grpc.ServiceDesc for ControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -372,6 +518,22 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _ControlService_ListAgents_Handler,
+		},
+		{
+			MethodName: "DecideApproval",
+			Handler:    _ControlService_DecideApproval_Handler,
+		},
+		{
+			MethodName: "RetryBuild",
+			Handler:    _ControlService_RetryBuild_Handler,
+		},
+		{
+			MethodName: "AddRepo",
+			Handler:    _ControlService_AddRepo_Handler,
+		},
+		{
+			MethodName: "ListRepos",
+			Handler:    _ControlService_ListRepos_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

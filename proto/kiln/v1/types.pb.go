@@ -115,6 +115,8 @@ const (
 	JobState_JOB_STATE_LOST JobState = 9
 	// Not run because an earlier stage failed or the build was canceled.
 	JobState_JOB_STATE_SKIPPED JobState = 10
+	// An approval step waiting for someone to approve or reject it.
+	JobState_JOB_STATE_BLOCKED JobState = 11
 )
 
 // Enum value maps for JobState.
@@ -131,6 +133,7 @@ var (
 		8:  "JOB_STATE_TIMED_OUT",
 		9:  "JOB_STATE_LOST",
 		10: "JOB_STATE_SKIPPED",
+		11: "JOB_STATE_BLOCKED",
 	}
 	JobState_value = map[string]int32{
 		"JOB_STATE_UNSPECIFIED": 0,
@@ -144,6 +147,7 @@ var (
 		"JOB_STATE_TIMED_OUT":   8,
 		"JOB_STATE_LOST":        9,
 		"JOB_STATE_SKIPPED":     10,
+		"JOB_STATE_BLOCKED":     11,
 	}
 )
 
@@ -306,7 +310,25 @@ type StepSpec struct {
 	TimeoutMs int64        `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	Retry     *RetryPolicy `protobuf:"bytes,7,opt,name=retry,proto3" json:"retry,omitempty"`
 	// Index of the stage; stages run in order, steps of a stage in parallel.
-	Stage         int32 `protobuf:"varint,8,opt,name=stage,proto3" json:"stage,omitempty"`
+	Stage int32 `protobuf:"varint,8,opt,name=stage,proto3" json:"stage,omitempty"`
+	// Keys of the steps this one waits for, resolved at parse time: the
+	// step's explicit needs, or else every step of the previous stage. The
+	// FSM schedules by these edges only.
+	Needs []string `protobuf:"bytes,9,rep,name=needs,proto3" json:"needs,omitempty"`
+	// A failure of this step does not fail the build or skip its dependents.
+	AllowFailure bool `protobuf:"varint,10,opt,name=allow_failure,json=allowFailure,proto3" json:"allow_failure,omitempty"`
+	// Set when the step's `if` condition was false at submit: the job is
+	// created SKIPPED with this reason, and counts as satisfied for needs.
+	SkipReason string `protobuf:"bytes,11,opt,name=skip_reason,json=skipReason,proto3" json:"skip_reason,omitempty"`
+	// Set for an approval gate: the step has no commands; it blocks until
+	// approved or rejected, or its timeout rejects it.
+	Approval *ApprovalSpec `protobuf:"bytes,12,opt,name=approval,proto3" json:"approval,omitempty"`
+	// Artifact globs to keep after the step (artifacts issue).
+	Artifacts []string `protobuf:"bytes,13,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	// JUnit report globs to parse after the step (test results issue).
+	Junit []string `protobuf:"bytes,14,rep,name=junit,proto3" json:"junit,omitempty"`
+	// Matrix values of an expanded step (axis -> value); also in env.
+	Matrix        map[string]string `protobuf:"bytes,15,rep,name=matrix,proto3" json:"matrix,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +419,278 @@ func (x *StepSpec) GetStage() int32 {
 	return 0
 }
 
+func (x *StepSpec) GetNeeds() []string {
+	if x != nil {
+		return x.Needs
+	}
+	return nil
+}
+
+func (x *StepSpec) GetAllowFailure() bool {
+	if x != nil {
+		return x.AllowFailure
+	}
+	return false
+}
+
+func (x *StepSpec) GetSkipReason() string {
+	if x != nil {
+		return x.SkipReason
+	}
+	return ""
+}
+
+func (x *StepSpec) GetApproval() *ApprovalSpec {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+func (x *StepSpec) GetArtifacts() []string {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
+func (x *StepSpec) GetJunit() []string {
+	if x != nil {
+		return x.Junit
+	}
+	return nil
+}
+
+func (x *StepSpec) GetMatrix() map[string]string {
+	if x != nil {
+		return x.Matrix
+	}
+	return nil
+}
+
+// ApprovalSpec describes a manual approval gate.
+type ApprovalSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Who may decide; empty means anyone.
+	Approvers []string `protobuf:"bytes,1,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	// How long the gate waits before it is rejected; 0 means 7 days.
+	TimeoutMs int64 `protobuf:"varint,2,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// Shown to the approvers.
+	Prompt        string `protobuf:"bytes,3,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApprovalSpec) Reset() {
+	*x = ApprovalSpec{}
+	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApprovalSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApprovalSpec) ProtoMessage() {}
+
+func (x *ApprovalSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApprovalSpec.ProtoReflect.Descriptor instead.
+func (*ApprovalSpec) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ApprovalSpec) GetApprovers() []string {
+	if x != nil {
+		return x.Approvers
+	}
+	return nil
+}
+
+func (x *ApprovalSpec) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *ApprovalSpec) GetPrompt() string {
+	if x != nil {
+		return x.Prompt
+	}
+	return ""
+}
+
+// Approval records a decision on an approval gate.
+type Approval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Approved      bool                   `protobuf:"varint,1,opt,name=approved,proto3" json:"approved,omitempty"`
+	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,4,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Approval) Reset() {
+	*x = Approval{}
+	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Approval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Approval) ProtoMessage() {}
+
+func (x *Approval) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Approval) GetApproved() bool {
+	if x != nil {
+		return x.Approved
+	}
+	return false
+}
+
+func (x *Approval) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *Approval) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *Approval) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// Source is where a build's code comes from.
+type Source struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Git repository URL (file://, https://, git://, ssh).
+	GitUrl string `protobuf:"bytes,1,opt,name=git_url,json=gitUrl,proto3" json:"git_url,omitempty"`
+	// Branch, tag or commit as the submitter named it.
+	Ref string `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	// The commit the ref resolved to at submit time; agents check out exactly this.
+	Commit string `protobuf:"bytes,3,opt,name=commit,proto3" json:"commit,omitempty"`
+	// Set when ref is a branch or tag.
+	Branch string `protobuf:"bytes,4,opt,name=branch,proto3" json:"branch,omitempty"`
+	Tag    string `protobuf:"bytes,5,opt,name=tag,proto3" json:"tag,omitempty"`
+	// Name of the registered repository, when the build came from one.
+	Repo          string `protobuf:"bytes,6,opt,name=repo,proto3" json:"repo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Source) Reset() {
+	*x = Source{}
+	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Source) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Source) ProtoMessage() {}
+
+func (x *Source) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Source.ProtoReflect.Descriptor instead.
+func (*Source) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Source) GetGitUrl() string {
+	if x != nil {
+		return x.GitUrl
+	}
+	return ""
+}
+
+func (x *Source) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *Source) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *Source) GetBranch() string {
+	if x != nil {
+		return x.Branch
+	}
+	return ""
+}
+
+func (x *Source) GetTag() string {
+	if x != nil {
+		return x.Tag
+	}
+	return ""
+}
+
+func (x *Source) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
 // Job is one step of a build with its run state.
 type Job struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -425,14 +719,18 @@ type Job struct {
 	// Highest log sequence number committed for the current attempt.
 	LogSeq uint64 `protobuf:"varint,18,opt,name=log_seq,json=logSeq,proto3" json:"log_seq,omitempty"`
 	// Raft index at which the job last became queued: the dispatch order.
-	QueueIndex    uint64 `protobuf:"varint,19,opt,name=queue_index,json=queueIndex,proto3" json:"queue_index,omitempty"`
+	QueueIndex uint64 `protobuf:"varint,19,opt,name=queue_index,json=queueIndex,proto3" json:"queue_index,omitempty"`
+	// When an approval gate became BLOCKED.
+	BlockedUnixMs int64 `protobuf:"varint,20,opt,name=blocked_unix_ms,json=blockedUnixMs,proto3" json:"blocked_unix_ms,omitempty"`
+	// The decision on an approval gate.
+	Approval      *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	mi := &file_kiln_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +742,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	mi := &file_kiln_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +755,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Job) GetId() string {
@@ -593,6 +891,20 @@ func (x *Job) GetQueueIndex() uint64 {
 	return 0
 }
 
+func (x *Job) GetBlockedUnixMs() int64 {
+	if x != nil {
+		return x.BlockedUnixMs
+	}
+	return 0
+}
+
+func (x *Job) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
 // Build is a submitted build with its jobs.
 type Build struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -608,14 +920,24 @@ type Build struct {
 	Reason         string            `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
 	Env            map[string]string `protobuf:"bytes,10,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The client-generated id of the submit request.
-	RequestId     string `protobuf:"bytes,11,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string  `protobuf:"bytes,11,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Source    *Source `protobuf:"bytes,12,opt,name=source,proto3" json:"source,omitempty"`
+	// What started the build: "manual", "push" (branch watcher), "api".
+	Event string `protobuf:"bytes,13,opt,name=event,proto3" json:"event,omitempty"`
+	// Per-repository build counter (KILN_BUILD_NUMBER); 0 without a repo.
+	RepoBuildNumber uint64 `protobuf:"varint,14,opt,name=repo_build_number,json=repoBuildNumber,proto3" json:"repo_build_number,omitempty"`
+	// Concurrency group and its limit; builds beyond the limit wait.
+	ConcurrencyGroup string `protobuf:"bytes,15,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
+	ConcurrencyLimit int32  `protobuf:"varint,16,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	// True while the build waits for a free place in its concurrency group.
+	Held          bool `protobuf:"varint,17,opt,name=held,proto3" json:"held,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	mi := &file_kiln_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +949,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	mi := &file_kiln_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +962,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Build) GetId() string {
@@ -720,6 +1042,143 @@ func (x *Build) GetRequestId() string {
 	return ""
 }
 
+func (x *Build) GetSource() *Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Build) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *Build) GetRepoBuildNumber() uint64 {
+	if x != nil {
+		return x.RepoBuildNumber
+	}
+	return 0
+}
+
+func (x *Build) GetConcurrencyGroup() string {
+	if x != nil {
+		return x.ConcurrencyGroup
+	}
+	return ""
+}
+
+func (x *Build) GetConcurrencyLimit() int32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
+func (x *Build) GetHeld() bool {
+	if x != nil {
+		return x.Held
+	}
+	return false
+}
+
+// Repo is a registered repository whose branch the cluster watches.
+type Repo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Url    string                 `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	Branch string                 `protobuf:"bytes,3,opt,name=branch,proto3" json:"branch,omitempty"`
+	// Path of the pipeline file inside the repository.
+	Pipeline       string `protobuf:"bytes,4,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
+	PollIntervalMs int64  `protobuf:"varint,5,opt,name=poll_interval_ms,json=pollIntervalMs,proto3" json:"poll_interval_ms,omitempty"`
+	// The last commit a build was started for.
+	LastCommit    string `protobuf:"bytes,6,opt,name=last_commit,json=lastCommit,proto3" json:"last_commit,omitempty"`
+	Builds        uint64 `protobuf:"varint,7,opt,name=builds,proto3" json:"builds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Repo) Reset() {
+	*x = Repo{}
+	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Repo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Repo) ProtoMessage() {}
+
+func (x *Repo) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Repo.ProtoReflect.Descriptor instead.
+func (*Repo) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *Repo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Repo) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Repo) GetBranch() string {
+	if x != nil {
+		return x.Branch
+	}
+	return ""
+}
+
+func (x *Repo) GetPipeline() string {
+	if x != nil {
+		return x.Pipeline
+	}
+	return ""
+}
+
+func (x *Repo) GetPollIntervalMs() int64 {
+	if x != nil {
+		return x.PollIntervalMs
+	}
+	return 0
+}
+
+func (x *Repo) GetLastCommit() string {
+	if x != nil {
+		return x.LastCommit
+	}
+	return ""
+}
+
+func (x *Repo) GetBuilds() uint64 {
+	if x != nil {
+		return x.Builds
+	}
+	return 0
+}
+
 // Agent is an agent registration as the cluster keeps it.
 type Agent struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -740,7 +1199,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	mi := &file_kiln_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +1211,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	mi := &file_kiln_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +1224,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Agent) GetName() string {
@@ -846,7 +1305,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_kiln_v1_types_proto_msgTypes[5]
+	mi := &file_kiln_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -858,7 +1317,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[5]
+	mi := &file_kiln_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -871,7 +1330,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LogChunk) GetJobId() string {
@@ -924,7 +1383,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_kiln_v1_types_proto_msgTypes[6]
+	mi := &file_kiln_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1395,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[6]
+	mi := &file_kiln_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1408,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Node) GetId() string {
@@ -1000,7 +1459,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	mi := &file_kiln_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1471,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	mi := &file_kiln_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1484,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1050,7 +1509,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\x85\x03\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xba\x05\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -1060,13 +1519,43 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\x06 \x01(\x03R\ttimeoutMs\x12*\n" +
 	"\x05retry\x18\a \x01(\v2\x14.kiln.v1.RetryPolicyR\x05retry\x12\x14\n" +
-	"\x05stage\x18\b \x01(\x05R\x05stage\x1a9\n" +
+	"\x05stage\x18\b \x01(\x05R\x05stage\x12\x14\n" +
+	"\x05needs\x18\t \x03(\tR\x05needs\x12#\n" +
+	"\rallow_failure\x18\n" +
+	" \x01(\bR\fallowFailure\x12\x1f\n" +
+	"\vskip_reason\x18\v \x01(\tR\n" +
+	"skipReason\x121\n" +
+	"\bapproval\x18\f \x01(\v2\x15.kiln.v1.ApprovalSpecR\bapproval\x12\x1c\n" +
+	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
+	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
+	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x04\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
+	"\vMatrixEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\fApprovalSpec\x12\x1c\n" +
+	"\tapprovers\x18\x01 \x03(\tR\tapprovers\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x02 \x01(\x03R\ttimeoutMs\x12\x16\n" +
+	"\x06prompt\x18\x03 \x01(\tR\x06prompt\"r\n" +
+	"\bApproval\x12\x1a\n" +
+	"\bapproved\x18\x01 \x01(\bR\bapproved\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\x12\x18\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12 \n" +
+	"\ftime_unix_ms\x18\x04 \x01(\x03R\n" +
+	"timeUnixMs\"\x89\x01\n" +
+	"\x06Source\x12\x17\n" +
+	"\agit_url\x18\x01 \x01(\tR\x06gitUrl\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\tR\x06commit\x12\x16\n" +
+	"\x06branch\x18\x04 \x01(\tR\x06branch\x12\x10\n" +
+	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x12\n" +
+	"\x04repo\x18\x06 \x01(\tR\x04repo\"\xa9\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1088,7 +1577,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x0ffailure_retries\x18\x11 \x01(\x05R\x0efailureRetries\x12\x17\n" +
 	"\alog_seq\x18\x12 \x01(\x04R\x06logSeq\x12\x1f\n" +
 	"\vqueue_index\x18\x13 \x01(\x04R\n" +
-	"queueIndex\"\xaa\x03\n" +
+	"queueIndex\x12&\n" +
+	"\x0fblocked_unix_ms\x18\x14 \x01(\x03R\rblockedUnixMs\x12-\n" +
+	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\"\x83\x05\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
@@ -1102,10 +1593,25 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x03env\x18\n" +
 	" \x03(\v2\x17.kiln.v1.Build.EnvEntryR\x03env\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\v \x01(\tR\trequestId\x1a6\n" +
+	"request_id\x18\v \x01(\tR\trequestId\x12'\n" +
+	"\x06source\x18\f \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12\x14\n" +
+	"\x05event\x18\r \x01(\tR\x05event\x12*\n" +
+	"\x11repo_build_number\x18\x0e \x01(\x04R\x0frepoBuildNumber\x12+\n" +
+	"\x11concurrency_group\x18\x0f \x01(\tR\x10concurrencyGroup\x12+\n" +
+	"\x11concurrency_limit\x18\x10 \x01(\x05R\x10concurrencyLimit\x12\x12\n" +
+	"\x04held\x18\x11 \x01(\bR\x04held\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfc\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
+	"\x04Repo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
+	"\x06branch\x18\x03 \x01(\tR\x06branch\x12\x1a\n" +
+	"\bpipeline\x18\x04 \x01(\tR\bpipeline\x12(\n" +
+	"\x10poll_interval_ms\x18\x05 \x01(\x03R\x0epollIntervalMs\x12\x1f\n" +
+	"\vlast_commit\x18\x06 \x01(\tR\n" +
+	"lastCommit\x12\x16\n" +
+	"\x06builds\x18\a \x01(\x04R\x06builds\"\xfc\x02\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1a.kiln.v1.Agent.LabelsEntryR\x06labels\x12\x14\n" +
@@ -1144,7 +1650,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x12BUILD_STATE_PASSED\x10\x03\x12\x16\n" +
 	"\x12BUILD_STATE_FAILED\x10\x04\x12\x18\n" +
 	"\x14BUILD_STATE_CANCELED\x10\x05\x12\x17\n" +
-	"\x13BUILD_STATE_BLOCKED\x10\x06*\x89\x02\n" +
+	"\x13BUILD_STATE_BLOCKED\x10\x06*\xa0\x02\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_WAITING\x10\x01\x12\x14\n" +
@@ -1157,7 +1663,8 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x13JOB_STATE_TIMED_OUT\x10\b\x12\x12\n" +
 	"\x0eJOB_STATE_LOST\x10\t\x12\x15\n" +
 	"\x11JOB_STATE_SKIPPED\x10\n" +
-	"*\x92\x01\n" +
+	"\x12\x15\n" +
+	"\x11JOB_STATE_BLOCKED\x10\v*\x92\x01\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
@@ -1179,40 +1686,49 @@ func file_kiln_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_kiln_v1_types_proto_goTypes = []any{
-	(BuildState)(0),     // 0: kiln.v1.BuildState
-	(JobState)(0),       // 1: kiln.v1.JobState
-	(AgentState)(0),     // 2: kiln.v1.AgentState
-	(*RetryPolicy)(nil), // 3: kiln.v1.RetryPolicy
-	(*StepSpec)(nil),    // 4: kiln.v1.StepSpec
-	(*Job)(nil),         // 5: kiln.v1.Job
-	(*Build)(nil),       // 6: kiln.v1.Build
-	(*Agent)(nil),       // 7: kiln.v1.Agent
-	(*LogChunk)(nil),    // 8: kiln.v1.LogChunk
-	(*Node)(nil),        // 9: kiln.v1.Node
-	(*NotLeader)(nil),   // 10: kiln.v1.NotLeader
-	nil,                 // 11: kiln.v1.StepSpec.AgentsEntry
-	nil,                 // 12: kiln.v1.StepSpec.EnvEntry
-	nil,                 // 13: kiln.v1.Build.EnvEntry
-	nil,                 // 14: kiln.v1.Agent.LabelsEntry
+	(BuildState)(0),      // 0: kiln.v1.BuildState
+	(JobState)(0),        // 1: kiln.v1.JobState
+	(AgentState)(0),      // 2: kiln.v1.AgentState
+	(*RetryPolicy)(nil),  // 3: kiln.v1.RetryPolicy
+	(*StepSpec)(nil),     // 4: kiln.v1.StepSpec
+	(*ApprovalSpec)(nil), // 5: kiln.v1.ApprovalSpec
+	(*Approval)(nil),     // 6: kiln.v1.Approval
+	(*Source)(nil),       // 7: kiln.v1.Source
+	(*Job)(nil),          // 8: kiln.v1.Job
+	(*Build)(nil),        // 9: kiln.v1.Build
+	(*Repo)(nil),         // 10: kiln.v1.Repo
+	(*Agent)(nil),        // 11: kiln.v1.Agent
+	(*LogChunk)(nil),     // 12: kiln.v1.LogChunk
+	(*Node)(nil),         // 13: kiln.v1.Node
+	(*NotLeader)(nil),    // 14: kiln.v1.NotLeader
+	nil,                  // 15: kiln.v1.StepSpec.AgentsEntry
+	nil,                  // 16: kiln.v1.StepSpec.EnvEntry
+	nil,                  // 17: kiln.v1.StepSpec.MatrixEntry
+	nil,                  // 18: kiln.v1.Build.EnvEntry
+	nil,                  // 19: kiln.v1.Agent.LabelsEntry
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
-	11, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
-	12, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
+	15, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
+	16, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
 	3,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
-	1,  // 3: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	4,  // 4: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	0,  // 5: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	5,  // 6: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	13, // 7: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	14, // 8: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	2,  // 9: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	5,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
+	17, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
+	1,  // 5: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	4,  // 6: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	6,  // 7: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	0,  // 8: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	8,  // 9: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	18, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	7,  // 11: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 12: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	2,  // 13: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -1226,7 +1742,7 @@ func file_kiln_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_types_proto_rawDesc), len(file_kiln_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

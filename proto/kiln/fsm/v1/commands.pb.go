@@ -45,6 +45,10 @@ const (
 	CommandType_COMMAND_TYPE_LOSE_ATTEMPTS    CommandType = 10
 	CommandType_COMMAND_TYPE_SET_NODE         CommandType = 11
 	CommandType_COMMAND_TYPE_REMOVE_NODE      CommandType = 12
+	CommandType_COMMAND_TYPE_DECIDE_APPROVAL  CommandType = 13
+	CommandType_COMMAND_TYPE_RETRY_BUILD      CommandType = 14
+	CommandType_COMMAND_TYPE_ADD_REPO         CommandType = 15
+	CommandType_COMMAND_TYPE_REPO_POLLED      CommandType = 16
 )
 
 // Enum value maps for CommandType.
@@ -63,6 +67,10 @@ var (
 		10: "COMMAND_TYPE_LOSE_ATTEMPTS",
 		11: "COMMAND_TYPE_SET_NODE",
 		12: "COMMAND_TYPE_REMOVE_NODE",
+		13: "COMMAND_TYPE_DECIDE_APPROVAL",
+		14: "COMMAND_TYPE_RETRY_BUILD",
+		15: "COMMAND_TYPE_ADD_REPO",
+		16: "COMMAND_TYPE_REPO_POLLED",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":      0,
@@ -78,6 +86,10 @@ var (
 		"COMMAND_TYPE_LOSE_ATTEMPTS":    10,
 		"COMMAND_TYPE_SET_NODE":         11,
 		"COMMAND_TYPE_REMOVE_NODE":      12,
+		"COMMAND_TYPE_DECIDE_APPROVAL":  13,
+		"COMMAND_TYPE_RETRY_BUILD":      14,
+		"COMMAND_TYPE_ADD_REPO":         15,
+		"COMMAND_TYPE_REPO_POLLED":      16,
 	}
 )
 
@@ -111,15 +123,19 @@ func (CommandType) EnumDescriptor() ([]byte, []int) {
 // SubmitBuild creates a build. The FSM assigns the next build number as its
 // id. A request_id seen before returns the earlier build and changes nothing.
 type SubmitBuild struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Submitter     string                 `protobuf:"bytes,3,opt,name=submitter,proto3" json:"submitter,omitempty"`
-	Env           map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Steps         []*v1.StepSpec         `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
-	TimeUnixMs    int64                  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	RequestId        string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Name             string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Submitter        string                 `protobuf:"bytes,3,opt,name=submitter,proto3" json:"submitter,omitempty"`
+	Env              map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Steps            []*v1.StepSpec         `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	TimeUnixMs       int64                  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	Source           *v1.Source             `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	Event            string                 `protobuf:"bytes,8,opt,name=event,proto3" json:"event,omitempty"`
+	ConcurrencyGroup string                 `protobuf:"bytes,9,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
+	ConcurrencyLimit int32                  `protobuf:"varint,10,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SubmitBuild) Reset() {
@@ -194,6 +210,306 @@ func (x *SubmitBuild) GetTimeUnixMs() int64 {
 	return 0
 }
 
+func (x *SubmitBuild) GetSource() *v1.Source {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *SubmitBuild) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *SubmitBuild) GetConcurrencyGroup() string {
+	if x != nil {
+		return x.ConcurrencyGroup
+	}
+	return ""
+}
+
+func (x *SubmitBuild) GetConcurrencyLimit() int32 {
+	if x != nil {
+		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
+// DecideApproval approves or rejects a BLOCKED approval step. The leader
+// also commits a rejection when the gate's timeout passes (by "kiln").
+// A request id seen before changes nothing.
+type DecideApproval struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	RequestId  string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	BuildId    string                 `protobuf:"bytes,2,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Step       string                 `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	Approve    bool                   `protobuf:"varint,4,opt,name=approve,proto3" json:"approve,omitempty"`
+	By         string                 `protobuf:"bytes,5,opt,name=by,proto3" json:"by,omitempty"`
+	Comment    string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
+	TimeUnixMs int64                  `protobuf:"varint,7,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	// Set by the leader's timeout: the job ends TIMED_OUT, not FAILED.
+	TimedOut      bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DecideApproval) Reset() {
+	*x = DecideApproval{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DecideApproval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DecideApproval) ProtoMessage() {}
+
+func (x *DecideApproval) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DecideApproval.ProtoReflect.Descriptor instead.
+func (*DecideApproval) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DecideApproval) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *DecideApproval) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *DecideApproval) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *DecideApproval) GetApprove() bool {
+	if x != nil {
+		return x.Approve
+	}
+	return false
+}
+
+func (x *DecideApproval) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *DecideApproval) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *DecideApproval) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+func (x *DecideApproval) GetTimedOut() bool {
+	if x != nil {
+		return x.TimedOut
+	}
+	return false
+}
+
+// RetryBuild re-queues failed steps of a finished build.
+type RetryBuild struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	BuildId       string                 `protobuf:"bytes,2,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	Step          string                 `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,4,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBuild) Reset() {
+	*x = RetryBuild{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBuild) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBuild) ProtoMessage() {}
+
+func (x *RetryBuild) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBuild.ProtoReflect.Descriptor instead.
+func (*RetryBuild) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetryBuild) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *RetryBuild) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *RetryBuild) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *RetryBuild) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// AddRepo registers (or updates) a watched repository.
+type AddRepo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repo          *v1.Repo               `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AddRepo) Reset() {
+	*x = AddRepo{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AddRepo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AddRepo) ProtoMessage() {}
+
+func (x *AddRepo) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AddRepo.ProtoReflect.Descriptor instead.
+func (*AddRepo) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AddRepo) GetRepo() *v1.Repo {
+	if x != nil {
+		return x.Repo
+	}
+	return nil
+}
+
+// RepoPolled records the commit a watched branch was seen at; a build for
+// it is submitted (by request id "watch/<repo>/<commit>") before this.
+type RepoPolled struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Commit        string                 `protobuf:"bytes,2,opt,name=commit,proto3" json:"commit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepoPolled) Reset() {
+	*x = RepoPolled{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepoPolled) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepoPolled) ProtoMessage() {}
+
+func (x *RepoPolled) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepoPolled.ProtoReflect.Descriptor instead.
+func (*RepoPolled) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RepoPolled) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RepoPolled) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
 // AssignJob gives the next attempt of a queued job to an agent.
 // Rejected unless the job is queued and attempt == job.attempt + 1.
 type AssignJob struct {
@@ -208,7 +524,7 @@ type AssignJob struct {
 
 func (x *AssignJob) Reset() {
 	*x = AssignJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[1]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -220,7 +536,7 @@ func (x *AssignJob) String() string {
 func (*AssignJob) ProtoMessage() {}
 
 func (x *AssignJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[1]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -233,7 +549,7 @@ func (x *AssignJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJob.ProtoReflect.Descriptor instead.
 func (*AssignJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{1}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AssignJob) GetJobId() string {
@@ -277,7 +593,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[2]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +605,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[2]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +618,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{2}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -346,7 +662,7 @@ type AppendLogs struct {
 
 func (x *AppendLogs) Reset() {
 	*x = AppendLogs{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[3]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +674,7 @@ func (x *AppendLogs) String() string {
 func (*AppendLogs) ProtoMessage() {}
 
 func (x *AppendLogs) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[3]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +687,7 @@ func (x *AppendLogs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLogs.ProtoReflect.Descriptor instead.
 func (*AppendLogs) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{3}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AppendLogs) GetAgent() string {
@@ -401,7 +717,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[4]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -413,7 +729,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[4]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -426,7 +742,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{4}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FinishJob) GetAgent() string {
@@ -463,7 +779,7 @@ type CancelBuild struct {
 
 func (x *CancelBuild) Reset() {
 	*x = CancelBuild{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -475,7 +791,7 @@ func (x *CancelBuild) String() string {
 func (*CancelBuild) ProtoMessage() {}
 
 func (x *CancelBuild) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -488,7 +804,7 @@ func (x *CancelBuild) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuild.ProtoReflect.Descriptor instead.
 func (*CancelBuild) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelBuild) GetRequestId() string {
@@ -535,7 +851,7 @@ type RegisterAgent struct {
 
 func (x *RegisterAgent) Reset() {
 	*x = RegisterAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -547,7 +863,7 @@ func (x *RegisterAgent) String() string {
 func (*RegisterAgent) ProtoMessage() {}
 
 func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -560,7 +876,7 @@ func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgent.ProtoReflect.Descriptor instead.
 func (*RegisterAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RegisterAgent) GetName() string {
@@ -625,7 +941,7 @@ type DisconnectAgent struct {
 
 func (x *DisconnectAgent) Reset() {
 	*x = DisconnectAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -637,7 +953,7 @@ func (x *DisconnectAgent) String() string {
 func (*DisconnectAgent) ProtoMessage() {}
 
 func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -650,7 +966,7 @@ func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectAgent.ProtoReflect.Descriptor instead.
 func (*DisconnectAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DisconnectAgent) GetName() string {
@@ -689,7 +1005,7 @@ type ExpireAgent struct {
 
 func (x *ExpireAgent) Reset() {
 	*x = ExpireAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -701,7 +1017,7 @@ func (x *ExpireAgent) String() string {
 func (*ExpireAgent) ProtoMessage() {}
 
 func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -714,7 +1030,7 @@ func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireAgent.ProtoReflect.Descriptor instead.
 func (*ExpireAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExpireAgent) GetName() string {
@@ -758,7 +1074,7 @@ type LoseAttempts struct {
 
 func (x *LoseAttempts) Reset() {
 	*x = LoseAttempts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +1086,7 @@ func (x *LoseAttempts) String() string {
 func (*LoseAttempts) ProtoMessage() {}
 
 func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +1099,7 @@ func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoseAttempts.ProtoReflect.Descriptor instead.
 func (*LoseAttempts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LoseAttempts) GetAttempts() []*v1.AttemptRef {
@@ -819,7 +1135,7 @@ type SetNode struct {
 
 func (x *SetNode) Reset() {
 	*x = SetNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +1147,7 @@ func (x *SetNode) String() string {
 func (*SetNode) ProtoMessage() {}
 
 func (x *SetNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +1160,7 @@ func (x *SetNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNode.ProtoReflect.Descriptor instead.
 func (*SetNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetNode) GetId() string {
@@ -878,7 +1194,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1206,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1219,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -926,6 +1242,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Log
 	//	*SnapshotRecord_Node
 	//	*SnapshotRecord_Request
+	//	*SnapshotRecord_Repo
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -933,7 +1250,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1262,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1275,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1031,6 +1348,15 @@ func (x *SnapshotRecord) GetRequest() *RequestRecord {
 	return nil
 }
 
+func (x *SnapshotRecord) GetRepo() *v1.Repo {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Repo); ok {
+			return x.Repo
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1063,6 +1389,10 @@ type SnapshotRecord_Request struct {
 	Request *RequestRecord `protobuf:"bytes,7,opt,name=request,proto3,oneof"`
 }
 
+type SnapshotRecord_Repo struct {
+	Repo *v1.Repo `protobuf:"bytes,8,opt,name=repo,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1077,6 +1407,8 @@ func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Request) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Repo) isSnapshotRecord_Record() {}
+
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1090,7 +1422,7 @@ type SnapshotMeta struct {
 
 func (x *SnapshotMeta) Reset() {
 	*x = SnapshotMeta{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1102,7 +1434,7 @@ func (x *SnapshotMeta) String() string {
 func (*SnapshotMeta) ProtoMessage() {}
 
 func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1115,7 +1447,7 @@ func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMeta.ProtoReflect.Descriptor instead.
 func (*SnapshotMeta) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotMeta) GetVersion() uint32 {
@@ -1150,7 +1482,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1494,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1507,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1196,7 +1528,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\x96\x02\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xaf\x03\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1205,10 +1537,40 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x03env\x18\x04 \x03(\v2!.kiln.fsm.v1.SubmitBuild.EnvEntryR\x03env\x12'\n" +
 	"\x05steps\x18\x05 \x03(\v2\x11.kiln.v1.StepSpecR\x05steps\x12 \n" +
 	"\ftime_unix_ms\x18\x06 \x01(\x03R\n" +
-	"timeUnixMs\x1a6\n" +
+	"timeUnixMs\x12'\n" +
+	"\x06source\x18\a \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12\x14\n" +
+	"\x05event\x18\b \x01(\tR\x05event\x12+\n" +
+	"\x11concurrency_group\x18\t \x01(\tR\x10concurrencyGroup\x12+\n" +
+	"\x11concurrency_limit\x18\n" +
+	" \x01(\x05R\x10concurrencyLimit\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +
+	"\x0eDecideApproval\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\x12\x18\n" +
+	"\aapprove\x18\x04 \x01(\bR\aapprove\x12\x0e\n" +
+	"\x02by\x18\x05 \x01(\tR\x02by\x12\x18\n" +
+	"\acomment\x18\x06 \x01(\tR\acomment\x12 \n" +
+	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
+	"timeUnixMs\x12\x1b\n" +
+	"\ttimed_out\x18\b \x01(\bR\btimedOut\"|\n" +
+	"\n" +
+	"RetryBuild\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\x12 \n" +
+	"\ftime_unix_ms\x18\x04 \x01(\x03R\n" +
+	"timeUnixMs\",\n" +
+	"\aAddRepo\x12!\n" +
+	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"8\n" +
+	"\n" +
+	"RepoPolled\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06commit\x18\x02 \x01(\tR\x06commit\"t\n" +
 	"\tAssignJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x14\n" +
@@ -1274,7 +1636,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc1\x02\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xe6\x02\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1282,7 +1644,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x05agent\x18\x04 \x01(\v2\x0e.kiln.v1.AgentH\x00R\x05agent\x12%\n" +
 	"\x03log\x18\x05 \x01(\v2\x11.kiln.v1.LogChunkH\x00R\x03log\x12#\n" +
 	"\x04node\x18\x06 \x01(\v2\r.kiln.v1.NodeH\x00R\x04node\x126\n" +
-	"\arequest\x18\a \x01(\v2\x1a.kiln.fsm.v1.RequestRecordH\x00R\arequestB\b\n" +
+	"\arequest\x18\a \x01(\v2\x1a.kiln.fsm.v1.RequestRecordH\x00R\arequest\x12#\n" +
+	"\x04repo\x18\b \x01(\v2\r.kiln.v1.RepoH\x00R\x04repoB\b\n" +
 	"\x06record\"s\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1292,7 +1655,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
-	"\bbuild_id\x18\x02 \x01(\tR\abuildId*\x99\x03\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId*\x92\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1307,7 +1670,11 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_LOSE_ATTEMPTS\x10\n" +
 	"\x12\x19\n" +
 	"\x15COMMAND_TYPE_SET_NODE\x10\v\x12\x1c\n" +
-	"\x18COMMAND_TYPE_REMOVE_NODE\x10\fB1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x18COMMAND_TYPE_REMOVE_NODE\x10\f\x12 \n" +
+	"\x1cCOMMAND_TYPE_DECIDE_APPROVAL\x10\r\x12\x1c\n" +
+	"\x18COMMAND_TYPE_RETRY_BUILD\x10\x0e\x12\x19\n" +
+	"\x15COMMAND_TYPE_ADD_REPO\x10\x0f\x12\x1c\n" +
+	"\x18COMMAND_TYPE_REPO_POLLED\x10\x10B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -1322,54 +1689,63 @@ func file_kiln_fsm_v1_commands_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_fsm_v1_commands_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(CommandType)(0),        // 0: kiln.fsm.v1.CommandType
 	(*SubmitBuild)(nil),     // 1: kiln.fsm.v1.SubmitBuild
-	(*AssignJob)(nil),       // 2: kiln.fsm.v1.AssignJob
-	(*StartJob)(nil),        // 3: kiln.fsm.v1.StartJob
-	(*AppendLogs)(nil),      // 4: kiln.fsm.v1.AppendLogs
-	(*FinishJob)(nil),       // 5: kiln.fsm.v1.FinishJob
-	(*CancelBuild)(nil),     // 6: kiln.fsm.v1.CancelBuild
-	(*RegisterAgent)(nil),   // 7: kiln.fsm.v1.RegisterAgent
-	(*DisconnectAgent)(nil), // 8: kiln.fsm.v1.DisconnectAgent
-	(*ExpireAgent)(nil),     // 9: kiln.fsm.v1.ExpireAgent
-	(*LoseAttempts)(nil),    // 10: kiln.fsm.v1.LoseAttempts
-	(*SetNode)(nil),         // 11: kiln.fsm.v1.SetNode
-	(*RemoveNode)(nil),      // 12: kiln.fsm.v1.RemoveNode
-	(*SnapshotRecord)(nil),  // 13: kiln.fsm.v1.SnapshotRecord
-	(*SnapshotMeta)(nil),    // 14: kiln.fsm.v1.SnapshotMeta
-	(*RequestRecord)(nil),   // 15: kiln.fsm.v1.RequestRecord
-	nil,                     // 16: kiln.fsm.v1.SubmitBuild.EnvEntry
-	nil,                     // 17: kiln.fsm.v1.RegisterAgent.LabelsEntry
-	(*v1.StepSpec)(nil),     // 18: kiln.v1.StepSpec
-	(*v1.LogChunk)(nil),     // 19: kiln.v1.LogChunk
-	(*v1.JobFinished)(nil),  // 20: kiln.v1.JobFinished
-	(*v1.AttemptRef)(nil),   // 21: kiln.v1.AttemptRef
-	(*v1.Build)(nil),        // 22: kiln.v1.Build
-	(*v1.Job)(nil),          // 23: kiln.v1.Job
-	(*v1.Agent)(nil),        // 24: kiln.v1.Agent
-	(*v1.Node)(nil),         // 25: kiln.v1.Node
+	(*DecideApproval)(nil),  // 2: kiln.fsm.v1.DecideApproval
+	(*RetryBuild)(nil),      // 3: kiln.fsm.v1.RetryBuild
+	(*AddRepo)(nil),         // 4: kiln.fsm.v1.AddRepo
+	(*RepoPolled)(nil),      // 5: kiln.fsm.v1.RepoPolled
+	(*AssignJob)(nil),       // 6: kiln.fsm.v1.AssignJob
+	(*StartJob)(nil),        // 7: kiln.fsm.v1.StartJob
+	(*AppendLogs)(nil),      // 8: kiln.fsm.v1.AppendLogs
+	(*FinishJob)(nil),       // 9: kiln.fsm.v1.FinishJob
+	(*CancelBuild)(nil),     // 10: kiln.fsm.v1.CancelBuild
+	(*RegisterAgent)(nil),   // 11: kiln.fsm.v1.RegisterAgent
+	(*DisconnectAgent)(nil), // 12: kiln.fsm.v1.DisconnectAgent
+	(*ExpireAgent)(nil),     // 13: kiln.fsm.v1.ExpireAgent
+	(*LoseAttempts)(nil),    // 14: kiln.fsm.v1.LoseAttempts
+	(*SetNode)(nil),         // 15: kiln.fsm.v1.SetNode
+	(*RemoveNode)(nil),      // 16: kiln.fsm.v1.RemoveNode
+	(*SnapshotRecord)(nil),  // 17: kiln.fsm.v1.SnapshotRecord
+	(*SnapshotMeta)(nil),    // 18: kiln.fsm.v1.SnapshotMeta
+	(*RequestRecord)(nil),   // 19: kiln.fsm.v1.RequestRecord
+	nil,                     // 20: kiln.fsm.v1.SubmitBuild.EnvEntry
+	nil,                     // 21: kiln.fsm.v1.RegisterAgent.LabelsEntry
+	(*v1.StepSpec)(nil),     // 22: kiln.v1.StepSpec
+	(*v1.Source)(nil),       // 23: kiln.v1.Source
+	(*v1.Repo)(nil),         // 24: kiln.v1.Repo
+	(*v1.LogChunk)(nil),     // 25: kiln.v1.LogChunk
+	(*v1.JobFinished)(nil),  // 26: kiln.v1.JobFinished
+	(*v1.AttemptRef)(nil),   // 27: kiln.v1.AttemptRef
+	(*v1.Build)(nil),        // 28: kiln.v1.Build
+	(*v1.Job)(nil),          // 29: kiln.v1.Job
+	(*v1.Agent)(nil),        // 30: kiln.v1.Agent
+	(*v1.Node)(nil),         // 31: kiln.v1.Node
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
-	16, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
-	18, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
-	19, // 2: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
-	20, // 3: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
-	17, // 4: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
-	21, // 5: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
-	14, // 6: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
-	22, // 7: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
-	23, // 8: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
-	24, // 9: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
-	19, // 10: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
-	25, // 11: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
-	15, // 12: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	20, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
+	22, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
+	23, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
+	24, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
+	25, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
+	26, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
+	21, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
+	27, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
+	18, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
+	28, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
+	29, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
+	30, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
+	25, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
+	31, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
+	19, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
+	24, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -1377,7 +1753,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 	if File_kiln_fsm_v1_commands_proto != nil {
 		return
 	}
-	file_kiln_fsm_v1_commands_proto_msgTypes[12].OneofWrappers = []any{
+	file_kiln_fsm_v1_commands_proto_msgTypes[16].OneofWrappers = []any{
 		(*SnapshotRecord_Meta)(nil),
 		(*SnapshotRecord_Build)(nil),
 		(*SnapshotRecord_Job)(nil),
@@ -1385,6 +1761,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Log)(nil),
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Request)(nil),
+		(*SnapshotRecord_Repo)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1392,7 +1769,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_fsm_v1_commands_proto_rawDesc), len(file_kiln_fsm_v1_commands_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
