@@ -5,10 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -16,26 +21,37 @@ import (
 // Keys known at each level of the file. Adding a key to the language means
 // adding it here and handling it in the matching function below.
 var (
-	pipelineKeys = []string{"name", "env", "agents", "timeout", "retry", "stages", "steps"}
-	stageKeys    = []string{"name", "steps"}
-	stepKeys     = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry"}
-	retryKeys    = []string{"on_agent_lost", "on_failure"}
+	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "stages", "steps"}
+	stageKeys       = []string{"name", "steps"}
+	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval"}
+	retryKeys       = []string{"on_agent_lost", "on_failure"}
+	concurrencyKeys = []string{"group", "limit"}
+	approvalKeys    = []string{"approvers", "timeout", "prompt"}
+	artifactsKeys   = []string{"paths"}
+	// approvalStepKeys are the step keys that apply to an approval step.
+	approvalStepKeys = []string{"key", "name", "needs", "if", "approval"}
 )
 
 var (
 	stepKeyRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+	axisRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
+	driveRE    = regexp.MustCompile(`^[A-Za-z]:`)
 	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 )
 
-// maxKeyLen bounds step keys (they become parts of job ids and paths).
-const maxKeyLen = 100
+// maxKeyLen bounds step keys (they become parts of job ids and paths);
+// maxNameLen bounds concurrency groups and approver names.
+const (
+	maxKeyLen  = 100
+	maxNameLen = 100
+)
 
 // Parse parses a pipeline file. filename is used in error positions only.
 // When the file is invalid the error is an *Errors holding every problem
 // found, each with file:line:column.
 func Parse(filename string, data []byte) (*Pipeline, error) {
-	p := &parser{file: filename, keys: map[string]*yaml.Node{}}
+	p := &parser{file: filename, data: data, keys: map[string]*yaml.Node{}}
 	if len(data) > MaxFileSize {
 		p.add(&Error{File: filename,
 			Msg:  fmt.Sprintf("file is %d bytes, larger than the limit of %d bytes (1 MiB)", len(data), MaxFileSize),
@@ -51,6 +67,14 @@ func Parse(filename string, data []byte) (*Pipeline, error) {
 		return nil, p.result()
 	}
 	pl := p.pipeline(root)
+	if pl != nil {
+		pl.file, pl.parsed = filename, true
+		if p.steps <= MaxSteps {
+			for _, e := range pl.plan().errs {
+				p.add(e)
+			}
+		}
+	}
 	if err := p.result(); err != nil {
 		return nil, err
 	}
@@ -60,6 +84,8 @@ func Parse(filename string, data []byte) (*Pipeline, error) {
 // parser collects problems while walking the node tree.
 type parser struct {
 	file      string
+	data      []byte
+	lines     []string // data split into lines, when needed
 	errs      []*Error
 	truncated bool
 	steps     int
@@ -235,6 +261,9 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	if x, ok := f["retry"]; ok {
 		pl.Retry = p.retry(x.val, "retry")
 	}
+	if x, ok := f["concurrency"]; ok {
+		pl.Concurrency = p.concurrency(x.val)
+	}
 	stages, hasStages := f["stages"]
 	steps, hasSteps := f["steps"]
 	switch {
@@ -342,6 +371,28 @@ func (p *parser) step(n *yaml.Node) *Step {
 	if x, ok := f["name"]; ok {
 		st.Name, _ = p.str(x.val, "step name")
 	}
+	if x, ok := f["approval"]; ok {
+		st.Approval = p.approval(x.val)
+		for _, k := range stepKeys {
+			y, set := f[k]
+			if !set || contains(approvalStepKeys, k) {
+				continue
+			}
+			hint := "remove it"
+			switch k {
+			case "command", "commands":
+				hint = "an approval step has no commands; put them in a step that needs this one"
+			case "timeout":
+				hint = "set approval.timeout instead"
+			}
+			p.errorf(y.key, hint, "%s does not apply to an approval step", k)
+		}
+		if st.Approval == nil {
+			st.Approval = &Approval{}
+		}
+		p.stepCommon(st, f)
+		return st
+	}
 	cmd, hasCmd := f["command"]
 	cmds, hasCmds := f["commands"]
 	switch {
@@ -376,7 +427,328 @@ func (p *parser) step(n *yaml.Node) *Step {
 	if x, ok := f["retry"]; ok {
 		st.Retry = p.retry(x.val, "retry")
 	}
+	if x, ok := f["allow_failure"]; ok {
+		st.AllowFailure = p.boolean(x.val, "allow_failure")
+	}
+	if x, ok := f["matrix"]; ok {
+		st.matrixPos = posOf(x.key)
+		st.Matrix = p.matrix(x.key, x.val, st.Env)
+	}
+	if x, ok := f["artifacts"]; ok {
+		st.Artifacts = p.artifacts(x.key, x.val)
+	}
+	if x, ok := f["junit"]; ok {
+		st.JUnit = p.globs(x.key, x.val, "junit")
+	}
+	p.stepCommon(st, f)
 	return st
+}
+
+// stepCommon parses the keys shared by approval and command steps.
+func (p *parser) stepCommon(st *Step, f map[string]field) {
+	if x, ok := f["needs"]; ok {
+		st.needsKey = posOf(x.key)
+		st.Needs = []string{}
+		if p.isKind(x.val, yaml.SequenceNode, "needs", true) {
+			for _, e := range x.val.Content {
+				if s, ok := p.str(e, "needs entry"); ok {
+					st.Needs = append(st.Needs, s)
+					st.needsPos = append(st.needsPos, posOf(e))
+				}
+			}
+		}
+	}
+	if x, ok := f["if"]; ok {
+		p.condition(st, x.val)
+	}
+}
+
+// condition parses the if: of st, reporting syntax errors at their column
+// when the expression can be located in the file.
+func (p *parser) condition(st *Step, n *yaml.Node) {
+	src, ok := p.str(n, "if")
+	if !ok {
+		return
+	}
+	if strings.TrimSpace(src) == "" {
+		p.errorf(n, "remove if: to always run the step", "if is empty")
+		return
+	}
+	if len(src) > MaxIfLength {
+		p.errorf(n, "", "if expression is %d bytes; the limit is %d", len(src), MaxIfLength)
+		return
+	}
+	c, err := ParseCondition(src)
+	if err != nil {
+		ce := err.(*CondError)
+		line, col, exact := p.locate(n, src, ce.Offset)
+		msg := "invalid if expression: " + ce.Msg
+		if !exact {
+			msg += fmt.Sprintf(" (at character %d)", utf8.RuneCountInString(src[:ce.Offset])+1)
+		}
+		p.add(&Error{File: p.file, Line: line, Column: col, Msg: msg, Hint: ce.Hint})
+		return
+	}
+	st.If, st.cond = src, c
+}
+
+// locate returns the file position of byte offset off of the scalar n
+// whose value is src: exact when the value is written on one line as is
+// (plain, or single-quoted without doubled quotes), else n's own position.
+func (p *parser) locate(n *yaml.Node, src string, off int) (line, col int, exact bool) {
+	line, col = n.Line, n.Column
+	start := col - 1
+	switch n.Style {
+	case 0:
+	case yaml.SingleQuotedStyle:
+		start++
+	default:
+		return line, col, false
+	}
+	if p.lines == nil {
+		p.lines = strings.Split(string(p.data), "\n")
+	}
+	if line < 1 || line > len(p.lines) {
+		return line, col, false
+	}
+	r := []rune(p.lines[line-1])
+	want := []rune(src)
+	if start < 0 || start+len(want) > len(r) || string(r[start:start+len(want)]) != src {
+		return line, col, false
+	}
+	return line, start + 1 + utf8.RuneCountInString(src[:off]), true
+}
+
+func (p *parser) boolean(n *yaml.Node, what string) bool {
+	if n.Kind == yaml.AliasNode {
+		p.isKind(n, yaml.ScalarNode, what, false)
+		return false
+	}
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		p.errorf(n, "write true or false", "%s must be a boolean, not %s", what, kindName(n))
+		return false
+	}
+	var b bool
+	if err := n.Decode(&b); err != nil {
+		p.errorf(n, "write true or false", "%s: invalid boolean %q", what, n.Value)
+	}
+	return b
+}
+
+// matrix parses a step's matrix: axis -> list of scalar values. env is the
+// step's own env, which must not set the axes' variables.
+func (p *parser) matrix(key, n *yaml.Node, env map[string]string) map[string][]string {
+	if !p.isKind(n, yaml.MappingNode, "matrix", false) {
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(n, "add axes such as go: [\"1.22\", \"1.23\"], or remove matrix:", "matrix is empty")
+		return nil
+	}
+	out := map[string][]string{}
+	seen := map[string]*yaml.Node{}
+	envOf := map[string]string{}
+	combos := 1
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		axis, ok := p.str(k, "matrix axis")
+		if !ok {
+			continue
+		}
+		if first, dup := seen[axis]; dup {
+			p.errorf(k, "", "duplicate matrix axis %q (first at line %d)", axis, first.Line)
+			continue
+		}
+		seen[axis] = k
+		if !axisRE.MatchString(axis) {
+			p.errorf(k, "use letters, digits, '_' and '-', starting with a letter or '_'", "invalid matrix axis name %q", axis)
+			continue
+		}
+		if len(seen) > MaxMatrixAxes {
+			if len(seen) > MaxMatrixAxes+1 {
+				continue // reported at the first extra axis
+			}
+			p.errorf(k, "split the step, or list the combinations you need as values of one axis",
+				"matrix has more than %d axes", MaxMatrixAxes)
+			continue
+		}
+		name := matrixEnvName(axis)
+		if other, clash := envOf[name]; clash {
+			p.errorf(k, "rename one of the axes", "matrix axes %q and %q both set env %s", other, axis, name)
+			continue
+		}
+		envOf[name] = axis
+		if _, clash := env[name]; clash {
+			p.errorf(k, "remove "+name+" from the step's env; the matrix sets it", "matrix axis %q sets env %s, which the step's env also sets", axis, name)
+			continue
+		}
+		if v.Kind == yaml.ScalarNode && !isNull(v) {
+			p.errorf(v, fmt.Sprintf("write %s: [%s]", axis, v.Value), "matrix axis %q must be a list of values, not %s", axis, kindName(v))
+			continue
+		}
+		if !p.isKind(v, yaml.SequenceNode, fmt.Sprintf("matrix axis %q", axis), false) {
+			continue
+		}
+		if len(v.Content) == 0 {
+			p.errorf(v, "add at least one value", "matrix axis %q has no values", axis)
+			continue
+		}
+		var vals []string
+		bySan := map[string]string{}
+		for _, e := range v.Content {
+			s, ok := p.str(e, "matrix value")
+			if !ok {
+				continue
+			}
+			san := sanitizeMatrixValue(s)
+			switch first, dup := bySan[san]; {
+			case s == "":
+				p.errorf(e, "", "matrix value of axis %q is empty", axis)
+			case dup && first == s:
+				p.errorf(e, "", "duplicate matrix value %q in axis %q", s, axis)
+			case dup:
+				p.errorf(e, "step keys use values lower-cased with characters outside [a-z0-9_.-] as '_'",
+					"matrix values %q and %q of axis %q give the same step key part %q", first, s, axis, san)
+			default:
+				bySan[san] = s
+				vals = append(vals, s)
+			}
+		}
+		if len(vals) == 0 {
+			continue
+		}
+		combos *= len(vals)
+		if combos > MaxMatrixCombinations {
+			p.errorf(key, "use fewer values, or split the step", "matrix has more than %d combinations", MaxMatrixCombinations)
+			return nil
+		}
+		out[axis] = vals
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// artifacts parses artifacts: [globs] or artifacts: {paths: [globs]}.
+func (p *parser) artifacts(key, n *yaml.Node) []string {
+	if n.Kind != yaml.MappingNode {
+		return p.globs(key, n, "artifacts")
+	}
+	f := p.fields(n, "artifacts", artifactsKeys)
+	if f == nil {
+		return nil
+	}
+	x, ok := f["paths"]
+	if !ok {
+		p.errorf(n, `add paths: ["dist/*"]`, "artifacts has no paths")
+		return nil
+	}
+	return p.globs(x.key, x.val, "artifacts.paths")
+}
+
+// globs parses a non-empty list of relative path globs.
+func (p *parser) globs(key, n *yaml.Node, what string) []string {
+	if n.Kind == yaml.ScalarNode && !isNull(n) {
+		p.errorf(n, fmt.Sprintf("write %s: [%q]", key.Value, n.Value), "%s must be a list, not %s", what, kindName(n))
+		return nil
+	}
+	if !p.isKind(n, yaml.SequenceNode, what, false) {
+		return nil
+	}
+	if len(n.Content) == 0 {
+		p.errorf(key, "add a path or remove the key", "%s is empty", what)
+		return nil
+	}
+	var out []string
+	for _, e := range n.Content {
+		s, ok := p.str(e, what+" path")
+		if !ok {
+			continue
+		}
+		const rel = "paths are relative to the step's working directory"
+		switch {
+		case strings.TrimSpace(s) == "":
+			p.errorf(e, "", "%s path is empty", what)
+		case strings.HasPrefix(s, "/") || strings.HasPrefix(s, "\\") || driveRE.MatchString(s):
+			p.errorf(e, rel, "%s path %q is absolute", what, s)
+		case slices.Contains(strings.FieldsFunc(s, func(r rune) bool { return r == '/' || r == '\\' }), ".."):
+			p.errorf(e, rel+" and stay inside it", "%s path %q has a '..' component", what, s)
+		default:
+			if _, err := path.Match(s, ""); err != nil {
+				p.errorf(e, "use *, ?, ** and [...] as in shell globs", "%s path %q is not a valid glob", what, s)
+				continue
+			}
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (p *parser) approval(n *yaml.Node) *Approval {
+	a := &Approval{}
+	if isNull(n) {
+		return a
+	}
+	f := p.fields(n, "approval", approvalKeys)
+	if f == nil {
+		return a
+	}
+	if x, ok := f["approvers"]; ok && p.isKind(x.val, yaml.SequenceNode, "approval.approvers", true) {
+		seen := map[string]bool{}
+		for _, e := range x.val.Content {
+			s, ok := p.str(e, "approver")
+			switch {
+			case !ok:
+			case strings.TrimSpace(s) == "":
+				p.errorf(e, "", "approver is empty")
+			case len(s) > maxNameLen:
+				p.errorf(e, "", "approver name is %d characters; the limit is %d", len(s), maxNameLen)
+			case seen[s]:
+				p.errorf(e, "", "duplicate approver %q", s)
+			default:
+				seen[s] = true
+				a.Approvers = append(a.Approvers, s)
+			}
+		}
+	}
+	if x, ok := f["timeout"]; ok {
+		a.Timeout = p.duration(x.val, "approval.timeout")
+	}
+	if x, ok := f["prompt"]; ok {
+		a.Prompt, _ = p.str(x.val, "approval.prompt")
+	}
+	return a
+}
+
+func (p *parser) concurrency(n *yaml.Node) *Concurrency {
+	f := p.fields(n, "concurrency", concurrencyKeys)
+	if f == nil {
+		return nil
+	}
+	c := &Concurrency{Limit: 1}
+	if x, ok := f["group"]; ok {
+		if s, ok := p.str(x.val, "concurrency.group"); ok {
+			switch {
+			case strings.TrimSpace(s) == "":
+				p.errorf(x.val, "name the group, e.g. deploy-production", "concurrency.group is empty")
+			case len(s) > maxNameLen:
+				p.errorf(x.val, "", "concurrency.group is %d characters; the limit is %d", len(s), maxNameLen)
+			case strings.ContainsFunc(s, unicode.IsControl):
+				p.errorf(x.val, "", "concurrency.group contains control characters")
+			default:
+				c.Group = s
+			}
+		}
+	} else {
+		p.errorf(n, "add group: NAME, e.g. group: deploy-production", "concurrency has no group")
+	}
+	if x, ok := f["limit"]; ok {
+		if v := p.count(x.val, "concurrency.limit", 1, math.MaxInt32); v != nil {
+			c.Limit = *v
+		}
+	}
+	return c
 }
 
 func (p *parser) commands(key, n *yaml.Node) []string {
@@ -488,7 +860,11 @@ func (p *parser) duration(n *yaml.Node, what string) time.Duration {
 		p.errorf(n, hint, "%s: invalid duration %q", what, s)
 		return 0
 	case d <= 0:
-		p.errorf(n, "leave it out to use the cluster default", "%s must be positive, not %q", what, s)
+		h := "leave it out to use the cluster default"
+		if what == "approval.timeout" {
+			h = "leave it out to wait the default of 7 days"
+		}
+		p.errorf(n, h, "%s must be positive, not %q", what, s)
 		return 0
 	case d < time.Millisecond:
 		p.errorf(n, hint, "%s %q is shorter than a millisecond", what, s)
@@ -504,15 +880,16 @@ func (p *parser) retry(n *yaml.Node, what string) Retry {
 		return r
 	}
 	if x, ok := f["on_agent_lost"]; ok {
-		r.OnAgentLost = p.count(x.val, what+".on_agent_lost")
+		r.OnAgentLost = p.count(x.val, what+".on_agent_lost", 0, MaxRetries)
 	}
 	if x, ok := f["on_failure"]; ok {
-		r.OnFailure = p.count(x.val, what+".on_failure")
+		r.OnFailure = p.count(x.val, what+".on_failure", 0, MaxRetries)
 	}
 	return r
 }
 
-func (p *parser) count(n *yaml.Node, what string) *int32 {
+// count reads an integer in [lo, hi].
+func (p *parser) count(n *yaml.Node, what string, lo, hi int64) *int32 {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!int" {
 		if n.Kind == yaml.AliasNode {
 			p.isKind(n, yaml.ScalarNode, what, false)
@@ -526,11 +903,14 @@ func (p *parser) count(n *yaml.Node, what string) *int32 {
 	case err != nil && !errors.Is(err, strconv.ErrRange):
 		p.errorf(n, "write a plain decimal number", "%s: invalid integer %q", what, n.Value)
 		return nil
-	case v < 0:
+	case v < lo && lo == 0:
 		p.errorf(n, "use 0 for no retries", "%s must not be negative, got %s", what, n.Value)
 		return nil
-	case err != nil || v > MaxRetries:
-		p.errorf(n, "", "%s is %s; the limit is %d", what, n.Value, MaxRetries)
+	case v < lo:
+		p.errorf(n, "", "%s must be at least %d, got %s", what, lo, n.Value)
+		return nil
+	case err != nil || v > hi:
+		p.errorf(n, "", "%s is %s; the limit is %d", what, n.Value, hi)
 		return nil
 	}
 	c := int32(v)

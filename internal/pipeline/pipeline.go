@@ -7,6 +7,7 @@
 //	agents: {os: linux}        # default agent label selector for steps
 //	timeout: 30m               # default step timeout (Go duration)
 //	retry: {on_agent_lost: 1, on_failure: 0}   # default retry policy
+//	concurrency: {group: deploy, limit: 1}      # builds of a group at once
 //	stages:                    # run in order
 //	  - name: build
 //	    steps:                 # run in parallel
@@ -17,7 +18,19 @@
 //	        env: {K: V}
 //	        timeout: 10m
 //	        retry: {on_agent_lost: 1, on_failure: 2}
+//	        needs: [other]     # default: every step of the previous stage
+//	        allow_failure: true
+//	        if: branch == "main" && event != "pull_request"
+//	        matrix: {go: ["1.22", "1.23"], os: [linux]}
+//	        artifacts: [dist/*]     # or {paths: [...]}
+//	        junit: [reports/*.xml]
+//	      - key: gate
+//	        approval: {approvers: [alice], timeout: 72h, prompt: "Ship?"}
 //	steps: [...]               # shorthand for one stage; exclusive with stages
+//
+// docs/pipeline.md describes every key. Parse checks the file, expands
+// matrices and resolves needs; Resolve evaluates the if: conditions against
+// a submit Context and returns the build's steps.
 //
 // Parse reports every problem at once, each with file:line:column, and
 // rejects unknown keys so that typos never pass silently. The parser walks
@@ -26,6 +39,7 @@
 package pipeline
 
 import (
+	"fmt"
 	"maps"
 	"time"
 
@@ -36,10 +50,20 @@ import (
 const (
 	// MaxFileSize is the largest pipeline file accepted, in bytes.
 	MaxFileSize = 1 << 20
-	// MaxSteps is the largest number of steps in one pipeline.
+	// MaxSteps is the largest number of steps in one pipeline, counted
+	// both as written and after matrix expansion.
 	MaxSteps = 500
 	// MaxRetries bounds each retry count.
 	MaxRetries = 100
+	// MaxNeeds bounds the explicit needs of one step, counted after matrix
+	// expansion (the implicit needs on the previous stage are not limited).
+	MaxNeeds = 100
+	// MaxIfLength bounds an if: expression, in bytes.
+	MaxIfLength = 1024
+	// MaxMatrixAxes bounds the axes of one step's matrix.
+	MaxMatrixAxes = 4
+	// MaxMatrixCombinations bounds the steps one matrix expands into.
+	MaxMatrixCombinations = 64
 	// maxErrors bounds the problems reported for one file.
 	maxErrors = 100
 )
@@ -47,6 +71,10 @@ const (
 // DefaultAgentLostRetries is the retry.on_agent_lost of a step that sets it
 // nowhere (neither on the step nor in the pipeline's retry defaults).
 const DefaultAgentLostRetries = 1
+
+// DefaultApprovalTimeout is how long an approval step waits when its
+// approval.timeout is not set; the gate is then rejected.
+const DefaultApprovalTimeout = 7 * 24 * time.Hour
 
 // Pipeline is a parsed, valid pipeline file.
 type Pipeline struct {
@@ -61,9 +89,23 @@ type Pipeline struct {
 	Timeout time.Duration
 	// Retry holds the default retry counts; nil fields were not set.
 	Retry Retry
+	// Concurrency limits the builds of this pipeline's group that run at
+	// once; nil when the file sets none.
+	Concurrency *Concurrency
 	// Stages run in order. A file using the top-level steps shorthand has
 	// one stage with an empty name.
 	Stages []*Stage
+
+	file   string // for positions of problems Resolve finds
+	parsed bool   // built by Parse, which reported duplicate keys
+}
+
+// Concurrency is the top-level concurrency: key. Builds of the same Group
+// beyond Limit running at once wait in a queue.
+type Concurrency struct {
+	Group string
+	// Limit is at least 1 (the default).
+	Limit int32
 }
 
 // Stage is a group of steps that run in parallel.
@@ -72,7 +114,8 @@ type Stage struct {
 	Steps []*Step
 }
 
-// Step is one step as written in the file, before defaults.
+// Step is one step as written in the file, before defaults and before
+// matrix expansion.
 type Step struct {
 	Key      string
 	Name     string
@@ -82,8 +125,36 @@ type Step struct {
 	// Timeout is 0 when the step does not set one.
 	Timeout time.Duration
 	Retry   Retry
+	// Needs are the step keys this step waits for, as written. nil means
+	// the file has no needs: key (the step then waits for every step of the
+	// previous stage); an empty non-nil list means it waits for nothing.
+	Needs        []string
+	AllowFailure bool
+	// If is the step's condition as written; empty when it has none.
+	If string
+	// Matrix maps each axis to its values as written; nil without matrix.
+	Matrix map[string][]string
+	// Artifacts and JUnit are relative path globs.
+	Artifacts []string
+	JUnit     []string
+	// Approval is set for an approval gate (which has no commands).
+	Approval *Approval
 	// Line and Column locate the step in the file.
 	Line, Column int
+
+	cond      *Condition // compiled If
+	needsPos  []pos      // position of each Needs entry
+	needsKey  pos        // position of the needs: key
+	matrixPos pos        // position of the matrix: key
+}
+
+// Approval is an approval gate as written.
+type Approval struct {
+	// Approvers may decide; empty means anyone.
+	Approvers []string
+	// Timeout is 0 when not set (DefaultApprovalTimeout applies).
+	Timeout time.Duration
+	Prompt  string
 }
 
 // Retry is a retry policy as written; a nil field was not set.
@@ -92,55 +163,98 @@ type Retry struct {
 	OnFailure   *int32
 }
 
-// NumSteps returns the number of steps in every stage.
+// Context is what a build's if: conditions see at submit time.
+type Context struct {
+	Branch, Tag, Event string
+	// Env is the submitter's environment; it wins over the pipeline's env
+	// for env.NAME lookups.
+	Env map[string]string
+}
+
+// NumSteps returns the number of steps after matrix expansion (the number
+// of jobs a build of the pipeline has).
 func (p *Pipeline) NumSteps() int {
 	n := 0
 	for _, s := range p.Stages {
-		n += len(s.Steps)
+		for _, st := range s.Steps {
+			if st == nil {
+				continue
+			}
+			n += combinations(st.Matrix)
+		}
 	}
 	return n
 }
 
-// Steps returns the steps of every stage in order, with the pipeline's
-// defaults applied: name defaults to the key, the agent selector is the
-// pipeline's merged with the step's, timeout and retry fall back to the
-// pipeline's (retry.on_agent_lost to DefaultAgentLostRetries when set
-// nowhere), and Stage is the index of the step's stage. StepSpec.Env holds
-// the step's own environment only; Pipeline.Env is the build's.
+// Steps returns Resolve(Context{Event: "manual"}) for callers that have no
+// submit context; unlike Resolve it returns the steps it could build even
+// when the pipeline (built by hand, not by Parse) is invalid.
 func (p *Pipeline) Steps() []*kilnv1.StepSpec {
-	out := make([]*kilnv1.StepSpec, 0, p.NumSteps())
-	for si, stage := range p.Stages {
-		for _, st := range stage.Steps {
-			spec := &kilnv1.StepSpec{
-				Key:      st.Key,
-				Name:     st.Name,
-				Commands: append([]string(nil), st.Commands...),
-				Stage:    int32(si),
+	specs, _ := p.resolve(Context{Event: "manual"})
+	return specs
+}
+
+// Resolve returns the build's final steps, in stage order and file order
+// within a stage (a matrix step's expansions in its place):
+//
+//   - defaults applied: name defaults to the key, the agent selector is the
+//     pipeline's merged with the step's, timeout and retry fall back to the
+//     pipeline's (retry.on_agent_lost to DefaultAgentLostRetries when set
+//     nowhere), and Stage is the index of the step's stage. StepSpec.Env
+//     holds the step's own environment (plus its matrix values); the
+//     pipeline's Env is the build's;
+//   - matrices expanded (see expandMatrix for the naming rules);
+//   - Needs resolved to final keys, sorted and deduplicated;
+//   - SkipReason set for steps whose if: is false in ctx, evaluated with
+//     env.NAME looked up in the pipeline's Env merged with ctx.Env (ctx
+//     wins);
+//   - approval steps with Approval set (timeout defaulted), no commands,
+//     no agents and an empty retry policy.
+//
+// The error is an *Errors; a pipeline returned by Parse always resolves.
+func (p *Pipeline) Resolve(ctx Context) ([]*kilnv1.StepSpec, error) {
+	specs, err := p.resolve(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return specs, nil
+}
+
+func (p *Pipeline) resolve(ctx Context) ([]*kilnv1.StepSpec, error) {
+	pl := p.plan()
+	env := make(map[string]string, len(p.Env)+len(ctx.Env))
+	maps.Copy(env, p.Env)
+	maps.Copy(env, ctx.Env)
+	ctx.Env = env
+	conds := map[*Step]*Condition{}
+	for i, spec := range pl.specs {
+		st := pl.from[i]
+		if st.If == "" {
+			continue
+		}
+		c, done := conds[st]
+		if !done {
+			c = st.cond
+			if c == nil || c.src != st.If {
+				var err error
+				if c, err = ParseCondition(st.If); err != nil {
+					pl.errs = append(pl.errs, &Error{File: p.file, Line: st.Line, Column: st.Column,
+						Msg: fmt.Sprintf("step %q: invalid if expression: %v", st.Key, err)})
+					c = nil
+				}
 			}
-			if spec.Name == "" {
-				spec.Name = st.Key
-			}
-			if len(p.Agents) > 0 || len(st.Agents) > 0 {
-				spec.Agents = make(map[string]string, len(p.Agents)+len(st.Agents))
-				maps.Copy(spec.Agents, p.Agents)
-				maps.Copy(spec.Agents, st.Agents)
-			}
-			if len(st.Env) > 0 {
-				spec.Env = maps.Clone(st.Env)
-			}
-			timeout := st.Timeout
-			if timeout == 0 {
-				timeout = p.Timeout
-			}
-			spec.TimeoutMs = timeout.Milliseconds()
-			spec.Retry = &kilnv1.RetryPolicy{
-				OnAgentLost: pick(st.Retry.OnAgentLost, p.Retry.OnAgentLost, DefaultAgentLostRetries),
-				OnFailure:   pick(st.Retry.OnFailure, p.Retry.OnFailure, 0),
-			}
-			out = append(out, spec)
+			conds[st] = c
+		}
+		if c != nil && !c.Eval(ctx) {
+			spec.SkipReason = "if: " + st.If + " was false"
 		}
 	}
-	return out
+	if len(pl.errs) > 0 {
+		errs := &Errors{List: pl.errs}
+		errs.sort()
+		return pl.specs, errs
+	}
+	return pl.specs, nil
 }
 
 func pick(step, def *int32, fallback int32) int32 {

@@ -8,36 +8,69 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected outputs under testdata/")
 
-// render prints a parsed pipeline deterministically for golden files.
+// goldenContext is the submit context of the valid golden files.
+var goldenContext = Context{Branch: "main", Event: "push", Env: map[string]string{"DEPLOY": "yes"}}
+
+// render prints a parsed pipeline deterministically for golden files: the
+// steps are those of Resolve(goldenContext).
 func render(t *testing.T, p *Pipeline) []byte {
 	t.Helper()
 	type step struct {
-		Key, Name   string
-		Commands    []string
-		Agents, Env map[string]string
-		TimeoutMs   int64
-		OnAgentLost int32
-		OnFailure   int32
-		Stage       int32
+		Key, Name    string
+		Commands     []string
+		Agents, Env  map[string]string
+		TimeoutMs    int64
+		OnAgentLost  int32
+		OnFailure    int32
+		Stage        int32
+		Needs        []string          `json:",omitempty"`
+		AllowFailure bool              `json:",omitempty"`
+		SkipReason   string            `json:",omitempty"`
+		Matrix       map[string]string `json:",omitempty"`
+		Artifacts    []string          `json:",omitempty"`
+		Junit        []string          `json:",omitempty"`
+		Approval     *struct {
+			Approvers []string
+			TimeoutMs int64
+			Prompt    string
+		} `json:",omitempty"`
 	}
 	out := struct {
-		Name   string
-		Env    map[string]string
-		Stages []string
-		Steps  []step
-	}{Name: p.Name, Env: p.Env}
+		Name        string
+		Env         map[string]string
+		Concurrency *Concurrency `json:",omitempty"`
+		Stages      []string
+		Steps       []step
+	}{Name: p.Name, Env: p.Env, Concurrency: p.Concurrency}
 	for _, s := range p.Stages {
 		out.Stages = append(out.Stages, s.Name)
 	}
-	for _, s := range p.Steps() {
-		out.Steps = append(out.Steps, step{s.Key, s.Name, s.Commands, s.Agents, s.Env, s.TimeoutMs,
-			s.Retry.GetOnAgentLost(), s.Retry.GetOnFailure(), s.Stage})
+	specs, err := p.Resolve(goldenContext)
+	if err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	for _, s := range specs {
+		x := step{Key: s.Key, Name: s.Name, Commands: s.Commands, Agents: s.Agents, Env: s.Env,
+			TimeoutMs: s.TimeoutMs, OnAgentLost: s.Retry.GetOnAgentLost(), OnFailure: s.Retry.GetOnFailure(),
+			Stage: s.Stage, Needs: s.Needs, AllowFailure: s.AllowFailure, SkipReason: s.SkipReason,
+			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit}
+		if a := s.Approval; a != nil {
+			x.Approval = &struct {
+				Approvers []string
+				TimeoutMs int64
+				Prompt    string
+			}{a.Approvers, a.TimeoutMs, a.Prompt}
+		}
+		out.Steps = append(out.Steps, x)
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
@@ -204,14 +237,71 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		steps := p.Steps()
-		if len(steps) == 0 || len(steps) > MaxSteps {
-			t.Fatalf("valid pipeline with %d steps", len(steps))
-		}
-		for _, s := range steps {
-			if s.Key == "" || len(s.Commands) == 0 || s.Retry == nil {
-				t.Fatalf("invalid step accepted: %v", s)
+		ctxs := []Context{{}, {Branch: "main", Tag: "v1", Event: "push", Env: map[string]string{"A": "b"}}}
+		for _, ctx := range ctxs {
+			steps, err := p.Resolve(ctx)
+			if err != nil {
+				t.Fatalf("Resolve of a parsed pipeline failed: %v", err)
 			}
+			checkSteps(t, steps)
+		}
+		if got := len(p.Steps()); got != p.NumSteps() {
+			t.Fatalf("Steps() has %d steps, NumSteps() = %d", got, p.NumSteps())
 		}
 	})
+}
+
+// checkSteps checks the invariants of resolved steps: a bounded number,
+// unique keys, commands xor approval, needs that exist and form no cycle.
+func checkSteps(t *testing.T, steps []*kilnv1.StepSpec) {
+	t.Helper()
+	if len(steps) == 0 || len(steps) > MaxSteps {
+		t.Fatalf("valid pipeline with %d steps", len(steps))
+	}
+	index := map[string]int{}
+	for i, s := range steps {
+		if _, dup := index[s.Key]; dup || !stepKeyRE.MatchString(s.Key) || len(s.Key) > maxKeyLen {
+			t.Fatalf("bad or duplicate key %q", s.Key)
+		}
+		index[s.Key] = i
+		if s.Retry == nil || (s.Approval == nil) == (len(s.Commands) == 0) {
+			t.Fatalf("invalid step accepted: %v", s)
+		}
+	}
+	// Kahn's algorithm: every step must become ready.
+	indeg := make([]int, len(steps))
+	users := make([][]int, len(steps))
+	for i, s := range steps {
+		if !slices.IsSorted(s.Needs) || len(slices.Compact(slices.Clone(s.Needs))) != len(s.Needs) {
+			t.Fatalf("needs of %s not sorted and unique: %v", s.Key, s.Needs)
+		}
+		for _, n := range s.Needs {
+			j, ok := index[n]
+			if !ok || j == i {
+				t.Fatalf("step %s needs %q", s.Key, n)
+			}
+			indeg[i]++
+			users[j] = append(users[j], i)
+		}
+	}
+	var ready []int
+	for i, d := range indeg {
+		if d == 0 {
+			ready = append(ready, i)
+		}
+	}
+	done := 0
+	for len(ready) > 0 {
+		i := ready[len(ready)-1]
+		ready = ready[:len(ready)-1]
+		done++
+		for _, u := range users[i] {
+			if indeg[u]--; indeg[u] == 0 {
+				ready = append(ready, u)
+			}
+		}
+	}
+	if done != len(steps) {
+		t.Fatalf("needs cycle accepted: %d of %d steps reachable", done, len(steps))
+	}
 }
