@@ -250,6 +250,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		Commands: asg.GetCommands(),
 		Env:      asg.GetEnv(),
 		Timeout:  time.Duration(asg.GetTimeoutMs()) * time.Millisecond,
+		Source:   asg.GetSource(),
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {

@@ -43,6 +43,16 @@ type JobJSON struct {
 	Agent    string `json:"agent"`
 	ExitCode int32  `json:"exit_code"`
 	Reason   string `json:"reason"`
+	// Approval is the decision on an approval step, once made.
+	Approval *ApprovalJSON `json:"approval,omitempty"`
+}
+
+// ApprovalJSON is the decision on an approval step.
+type ApprovalJSON struct {
+	Approved bool   `json:"approved"`
+	By       string `json:"by"`
+	Comment  string `json:"comment"`
+	Time     string `json:"time"`
 }
 
 func toBuildJSON(b *kilnv1.Build) BuildJSON {
@@ -58,7 +68,7 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 		Jobs:      []JobJSON{},
 	}
 	for _, j := range b.GetJobs() {
-		out.Jobs = append(out.Jobs, JobJSON{
+		jj := JobJSON{
 			ID:       j.GetId(),
 			Key:      j.GetKey(),
 			State:    jobState(j.GetState()),
@@ -66,7 +76,11 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 			Agent:    j.GetAgent(),
 			ExitCode: j.GetExitCode(),
 			Reason:   j.GetReason(),
-		})
+		}
+		if ap := j.GetApproval(); ap != nil {
+			jj.Approval = &ApprovalJSON{Approved: ap.GetApproved(), By: ap.GetBy(), Comment: ap.GetComment(), Time: rfc3339(ap.GetTimeUnixMs())}
+		}
+		out.Jobs = append(out.Jobs, jj)
 	}
 	return out
 }
@@ -201,7 +215,9 @@ func printBuild(w io.Writer, b *kilnv1.Build) error {
 		exit := "-"
 		switch b.GetJobs()[i].GetState() {
 		case kilnv1.JobState_JOB_STATE_PASSED, kilnv1.JobState_JOB_STATE_FAILED:
-			exit = fmt.Sprint(j.ExitCode)
+			if b.GetJobs()[i].GetSpec().GetApproval() == nil { // a gate runs nothing
+				exit = fmt.Sprint(j.ExitCode)
+			}
 		}
 		fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Key, j.State, j.Attempt, orDash(j.Agent), exit, orDash(j.Reason))
 	}

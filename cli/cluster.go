@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
-	"github.com/kiln-ci/kiln/internal/pipeline"
+	"github.com/kiln-ci/kiln/internal/buildfile"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -110,7 +110,7 @@ func (a *app) clusterCommand() *cobra.Command {
 func (a *app) validateCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "validate FILE",
-		Short: "Check a pipeline file offline",
+		Short: "Check a pipeline file or CodeBuild buildspec offline",
 		Args:  exactArgs(1, "one pipeline file"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			file := args[0]
@@ -118,13 +118,32 @@ func (a *app) validateCommand() *cobra.Command {
 			if err != nil {
 				return usageErrorf("read pipeline file: %w", err)
 			}
-			p, err := pipeline.Parse(file, data)
+			bf, err := a.loadBuildFile(file, data)
 			if err != nil {
-				fmt.Fprintln(a.stderr, err)
-				return &ExitError{Code: ExitUsage}
+				return err
 			}
-			fmt.Fprintf(a.stdout, "%s: ok (%d steps in %d stages)\n", file, p.NumSteps(), len(p.Stages))
+			if bf.Pipeline != nil {
+				p := bf.Pipeline
+				fmt.Fprintf(a.stdout, "%s: ok (%d steps in %d stages)\n", file, p.NumSteps(), len(p.Stages))
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "%s: ok (%s, %d step)\n", file, bf.Dialect, bf.NumSteps())
 			return nil
 		}),
 	}
+}
+
+// loadBuildFile parses a pipeline file or CodeBuild buildspec (the dialect
+// is picked by content), printing its warnings to stderr. On an invalid
+// file it prints every problem and returns a usage exit.
+func (a *app) loadBuildFile(file string, data []byte) (*buildfile.File, error) {
+	bf, err := buildfile.Load(file, data)
+	if err != nil {
+		fmt.Fprintln(a.stderr, err)
+		return nil, &ExitError{Code: ExitUsage}
+	}
+	for _, w := range bf.Warnings {
+		fmt.Fprintln(a.stderr, w)
+	}
+	return bf, nil
 }

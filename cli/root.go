@@ -123,9 +123,11 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.logsCommand(),
 		a.buildsCommand(),
 		a.cancelCommand(),
+		a.approvalCommand(true), a.approvalCommand(false), a.retryCommand(),
 		a.agentsCommand(),
 		a.clusterCommand(),
 		a.validateCommand(),
+		a.repoCommand(),
 	)
 	return root
 }

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/kiln-ci/kiln/internal/client"
-	"github.com/kiln-ci/kiln/internal/pipeline"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -23,6 +22,7 @@ func (a *app) runCommand() *cobra.Command {
 		labels, env []string
 		jobTimeout  time.Duration
 		name, file  string
+		gitURL, ref string
 		wait        bool
 	)
 	cmd := &cobra.Command{
@@ -31,7 +31,7 @@ func (a *app) runCommand() *cobra.Command {
 		Long: "Submit a build. With COMMAND, a one-job build runs it with the agent's\n" +
 			"shell: a single word is taken as a whole shell line ('make test && make lint');\n" +
 			"several words are an argument list, quoted for the shell (-- sh -c 'echo hi').\n" +
-			"With -f FILE, the pipeline file is checked\n" +
+			"With -f FILE, the pipeline file (or CodeBuild buildspec.yml) is checked\n" +
 			"locally and then submitted. Without --wait the build id is printed;\n" +
 			"with --wait the log is streamed and the exit status is 0 only if the\n" +
 			"build passed.",
@@ -47,6 +47,13 @@ func (a *app) runCommand() *cobra.Command {
 			if req.Env, err = parsePairs("--env", env); err != nil {
 				return err
 			}
+			if ref != "" && gitURL == "" {
+				return usageErrorf("--ref needs --git URL")
+			}
+			if gitURL != "" {
+				// The coordinator pins REF (default: the remote's HEAD) to a commit.
+				req.Source = &kilnv1.Source{GitUrl: gitURL, Ref: ref}
+			}
 			jobs := 1
 			switch {
 			case file != "" && len(args) > 0:
@@ -59,12 +66,11 @@ func (a *app) runCommand() *cobra.Command {
 				if err != nil {
 					return usageErrorf("read pipeline file: %w", err)
 				}
-				p, err := pipeline.Parse(file, data)
+				bf, err := a.loadBuildFile(file, data)
 				if err != nil {
-					fmt.Fprintln(a.stderr, err)
-					return &ExitError{Code: ExitUsage}
+					return err
 				}
-				jobs = p.NumSteps()
+				jobs = bf.NumSteps()
 				req.SpecYaml, req.SpecFilename = string(data), file
 			case len(args) > 0:
 				if req.Labels, err = parsePairs("--label", labels); err != nil {
@@ -118,6 +124,8 @@ func (a *app) runCommand() *cobra.Command {
 	f.DurationVar(&jobTimeout, "job-timeout", 0, "timeout of the job (default: the cluster's)")
 	f.StringVar(&name, "name", "", "build name (default: the pipeline's name or the command)")
 	f.StringVarP(&file, "file", "f", "", "pipeline file to submit")
+	f.StringVar(&gitURL, "git", "", "git repository checked out into the job workspace (file://, https://, git://, ssh:// or user@host:path)")
+	f.StringVar(&ref, "ref", "", "branch, tag or full commit id of --git (default: the remote's default branch)")
 	f.BoolVar(&wait, "wait", false, "stream the log and wait for the build; exit 0 only if it passed")
 	return cmd
 }

@@ -1,14 +1,14 @@
 // Package coordinator assembles one Kiln coordinator: a Raft member
 // (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
 // store (coordinator/state), the leader-only scheduler
-// (coordinator/scheduler), and the gRPC services (coordinator/api) with
-// health checking and reflection.
+// (coordinator/scheduler) and branch watcher (coordinator/watcher), and the
+// gRPC services (coordinator/api) with health checking and reflection.
 //
 // Leadership is a symmetric pair: when Raft reports leadership, the
 // coordinator waits for a barrier (every earlier entry applied), records its
-// own addresses, and runs the scheduler; when leadership is lost, the
-// scheduler's context is canceled, which closes every agent session so the
-// agents move to the new leader.
+// own addresses, and runs the scheduler and the watcher; when leadership is
+// lost, their context is canceled, which closes every agent session so the
+// agents move to the new leader and stops the repository polls.
 package coordinator
 
 import (
@@ -34,6 +34,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/leader"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -148,6 +149,7 @@ type Coordinator struct {
 	store   *state.Store
 	node    *raftnode.Node
 	sched   *scheduler.Scheduler
+	watch   *watcher.Watcher
 	grpc    *grpc.Server
 	health  *health.Server
 	lis     net.Listener
@@ -204,7 +206,18 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
 	)
-	kilnv1.RegisterControlServiceServer(c.grpc, api.NewControlServer(deps))
+	control := api.NewControlServer(deps)
+	kilnv1.RegisterControlServiceServer(c.grpc, control)
+	c.watch = watcher.New(watcher.Config{
+		Store: store,
+		Raft:  node,
+		// Builds of new commits go through the API's own submit path.
+		Submit: func(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.Build, error) {
+			resp, err := control.SubmitBuild(ctx, req)
+			return resp.GetBuild(), err
+		},
+		Log: log.Named("watcher"),
+	})
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	c.health = health.NewServer()
@@ -324,7 +337,7 @@ func (c *Coordinator) leadershipLoop(ctx context.Context) {
 }
 
 // establishLeadership waits for a barrier, records this node's addresses,
-// and runs the scheduler until leadership ends.
+// and runs the scheduler and the branch watcher until leadership ends.
 func (c *Coordinator) establishLeadership(ctx context.Context) {
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err := c.node.Barrier(bctx)
@@ -340,7 +353,13 @@ func (c *Coordinator) establishLeadership(ctx context.Context) {
 		return
 	}
 	c.log.Info("leadership established")
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		c.watch.Run(ctx)
+	}()
 	c.sched.Run(ctx)
+	<-watched
 }
 
 // announceLoop makes sure the cluster knows this node's gRPC address (and,

@@ -15,9 +15,17 @@
 //
 // Standard output and standard error share one pipe, so the output keeps the
 // order in which the processes wrote it.
+//
+// When the Spec has a git source (URL and commit), the commit is fetched and
+// checked out into the workspace (internal/gitsrc) before the script starts;
+// git's output goes to the attempt's output. The checkout counts against the
+// attempt's timeout and is stopped by Cancel; a failed checkout ends the
+// attempt FAILED with the reason "checkout failed: ..." and the script never
+// runs.
 package executor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +39,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -74,6 +83,9 @@ type Spec struct {
 	Env map[string]string
 	// Timeout for the whole script; zero means the executor's default.
 	Timeout time.Duration
+	// Source, when it has a git URL and a commit, is checked out into the
+	// workspace before the commands run.
+	Source *kilnv1.Source
 }
 
 // Outcome is how an attempt ended.
@@ -87,6 +99,7 @@ type Outcome struct {
 // Process is a running attempt.
 type Process struct {
 	cmd       *exec.Cmd
+	pid       atomic.Int64 // set once the shell has started
 	workspace string
 	grace     time.Duration
 	pipeIdle  time.Duration
@@ -171,6 +184,37 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = e.DefaultTimeout
+	}
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	p := &Process{
+		cmd:       cmd,
+		workspace: ws,
+		grace:     orDefault(e.KillGrace, DefaultKillGrace),
+		pipeIdle:  orDefault(e.PipeIdle, DefaultPipeIdle),
+		cancelCh:  make(chan struct{}),
+		hardKill:  make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	if src := spec.Source; src.GetGitUrl() != "" && src.GetCommit() != "" {
+		go p.checkoutAndRun(src, out, timeout)
+		return p, nil
+	}
+	r, err := p.startShell()
+	if err != nil {
+		return nil, err
+	}
+	go p.run(r, out, timeout, timeout)
+	return p, nil
+}
+
+// startShell starts the script with its output pipe and returns the read end.
+func (p *Process) startShell() (*os.File, error) {
+	cmd := p.cmd
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("executor: output pipe: %w", err)
@@ -189,27 +233,79 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	devnull.Close()
 	if startErr != nil {
 		r.Close()
-		return nil, fmt.Errorf("executor: start %s: %w", shell[0], startErr)
+		return nil, fmt.Errorf("executor: start %s: %w", cmd.Path, startErr)
 	}
+	p.pid.Store(int64(cmd.Process.Pid))
+	return r, nil
+}
 
-	timeout := spec.Timeout
-	if timeout <= 0 {
-		timeout = e.DefaultTimeout
+// checkoutAndRun checks the source out into the workspace, then runs the
+// script with what is left of the timeout. Cancel and the timeout stop the
+// checkout too.
+func (p *Process) checkoutAndRun(src *kilnv1.Source, out io.Writer, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	stopWatch := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-p.cancelCh:
+			cancel()
+		case <-stopWatch:
+		}
+	}()
+	err := gitsrc.CheckoutTo(ctx, p.workspace, src.GetGitUrl(), src.GetCommit(), out)
+	ctxErr := ctx.Err()
+	close(stopWatch)
+	<-watchDone
+	cancel()
+	if err == nil {
+		select {
+		case <-p.cancelCh:
+			err = context.Canceled // canceled right after the checkout
+		default:
+		}
 	}
-	if timeout <= 0 {
-		timeout = DefaultTimeout
+	if err != nil {
+		switch {
+		case p.canceled():
+			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_CANCELED, ExitCode: -1, Reason: p.cancelReason()}
+		case errors.Is(ctxErr, context.DeadlineExceeded):
+			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_TIMED_OUT, ExitCode: -1,
+				Reason: "timed out after " + timeout.String() + " (during the checkout)"}
+		default:
+			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: "checkout failed: " + err.Error()}
+			fmt.Fprintf(out, "kiln: checkout failed: %v\n", err)
+		}
+		close(p.done)
+		return
 	}
-	p := &Process{
-		cmd:       cmd,
-		workspace: ws,
-		grace:     orDefault(e.KillGrace, DefaultKillGrace),
-		pipeIdle:  orDefault(e.PipeIdle, DefaultPipeIdle),
-		cancelCh:  make(chan struct{}),
-		hardKill:  make(chan struct{}),
-		done:      make(chan struct{}),
+	r, err := p.startShell()
+	if err != nil {
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: "agent could not start the job: " + err.Error()}
+		close(p.done)
+		return
 	}
-	go p.run(r, out, timeout)
-	return p, nil
+	p.run(r, out, time.Until(deadline), timeout)
+}
+
+func (p *Process) canceled() bool {
+	select {
+	case <-p.cancelCh:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Process) cancelReason() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cancelWhy == "" {
+		return "canceled"
+	}
+	return p.cancelWhy
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -219,8 +315,9 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// Pid returns the process id of the script's shell (also its process group id).
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+// Pid returns the process id of the script's shell (also its process group
+// id), or 0 while the source is being checked out.
+func (p *Process) Pid() int { return int(p.pid.Load()) }
 
 // WorkspacePath returns the absolute path of the attempt's workspace.
 func (p *Process) WorkspacePath() string { return p.workspace }
@@ -256,12 +353,15 @@ func (p *Process) Wait() Outcome {
 
 func (p *Process) signalGroup(sig syscall.Signal) {
 	// The negative pid addresses the process group. ESRCH (group gone) is fine.
-	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+	if pid := int(p.pid.Load()); pid > 0 {
+		_ = syscall.Kill(-pid, sig)
+	}
 }
 
 // run supervises the attempt: timeout, cancellation, reaping, and the
-// output copy.
-func (p *Process) run(r *os.File, out io.Writer, timeout time.Duration) {
+// output copy. remaining is what is left of the attempt's timeout (less
+// than timeout after a checkout).
+func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duration) {
 	defer close(p.done)
 
 	var progress atomic.Int64 // bumped on every read or write of output
@@ -275,7 +375,7 @@ func (p *Process) run(r *os.File, out io.Writer, timeout time.Duration) {
 	waitDone := make(chan error, 1)
 	go func() { waitDone <- p.cmd.Wait() }()
 
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(max(remaining, 0))
 	defer timer.Stop()
 
 	var (
@@ -302,13 +402,7 @@ loop:
 			beginStop(kilnv1.JobResult_JOB_RESULT_TIMED_OUT, "timed out after "+timeout.String())
 		case <-cancelCh:
 			cancelCh = nil
-			p.mu.Lock()
-			why := p.cancelWhy
-			p.mu.Unlock()
-			if why == "" {
-				why = "canceled"
-			}
-			beginStop(kilnv1.JobResult_JOB_RESULT_CANCELED, why)
+			beginStop(kilnv1.JobResult_JOB_RESULT_CANCELED, p.cancelReason())
 		case <-hardKill:
 			hardKill = nil
 			p.signalGroup(syscall.SIGKILL)

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/buildfile"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -40,27 +41,35 @@ func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuild
 		Env:        req.GetEnv(),
 		TimeUnixMs: s.d.now().UnixMilli(),
 	}
+	if err := s.resolveSource(ctx, req, cmd); err != nil {
+		return nil, err
+	}
 	if req.GetSpecYaml() != "" {
 		name := req.GetSpecFilename()
 		if name == "" {
 			name = "build.yaml"
 		}
-		p, err := pipeline.Parse(name, []byte(req.GetSpecYaml()))
+		f, err := buildfile.Load(name, []byte(req.GetSpecYaml()))
 		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, "invalid build file:\n"+err.Error())
 		}
-		cmd.Steps = p.Steps()
-		if cmd.Name == "" {
-			cmd.Name = p.Name
-		}
 		env := map[string]string{}
-		for k, v := range p.Env {
+		for k, v := range f.Env() {
 			env[k] = v
 		}
 		for k, v := range req.GetEnv() {
 			env[k] = v
 		}
 		cmd.Env = env
+		if cmd.Steps, err = f.Resolve(conditionContext(req, cmd)); err != nil {
+			return nil, status.Error(codes.InvalidArgument, "invalid build file:\n"+err.Error())
+		}
+		if cmd.Name == "" {
+			cmd.Name = f.Name()
+		}
+		if c := f.Concurrency(); c != nil {
+			cmd.ConcurrencyGroup, cmd.ConcurrencyLimit = c.Group, c.Limit
+		}
 	} else {
 		cmd.Steps = []*kilnv1.StepSpec{{
 			Key:       singleCommandKey,
@@ -85,6 +94,31 @@ func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuild
 		zap.String("submitter", req.GetSubmitter()), zap.Int("jobs", len(res.Build.GetJobs())))
 	s.d.Scheduler.Kick()
 	return &kilnv1.SubmitBuildResponse{Build: res.Build}, nil
+}
+
+// conditionContext is what `if` conditions see: the branch and tag of the
+// resolved source unless the request names them, the event ("manual" when
+// unset) and the build's environment.
+func conditionContext(req *kilnv1.SubmitBuildRequest, cmd *fsmv1.SubmitBuild) pipeline.Context {
+	ctx := pipeline.Context{
+		Branch: req.GetBranch(),
+		Tag:    req.GetTag(),
+		Event:  cmd.GetEvent(),
+		Env:    cmd.GetEnv(),
+	}
+	if ctx.Branch == "" {
+		ctx.Branch = cmd.GetSource().GetBranch()
+	}
+	if ctx.Tag == "" {
+		ctx.Tag = cmd.GetSource().GetTag()
+	}
+	if ctx.Event == "" {
+		ctx.Event = req.GetEvent()
+	}
+	if ctx.Event == "" {
+		ctx.Event = "manual"
+	}
+	return ctx
 }
 
 func validateSubmit(req *kilnv1.SubmitBuildRequest) error {

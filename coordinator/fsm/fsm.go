@@ -54,9 +54,12 @@ type Result struct {
 	// Err is a business rejection (one of the errors above, wrapped); nil
 	// on success.
 	Err error
-	// Build is the build after SubmitBuild or CancelBuild (for a repeated
-	// submit request id: the earlier build, with Err nil).
+	// Build is the build after SubmitBuild, CancelBuild, DecideApproval or
+	// RetryBuild (for a repeated request id: the build as it is, with Err
+	// nil).
 	Build *kilnv1.Build
+	// Repo is the repository after AddRepo or RepoPolled.
+	Repo *kilnv1.Repo
 	// Acks: AppendLogs gives one per (job_id, attempt) in the batch;
 	// StartJob and FinishJob rejected as stale give one stale Ack; FinishJob
 	// accepted gives one finished Ack; FinishJob rejected with
@@ -101,6 +104,10 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_LOSE_ATTEMPTS:    func() proto.Message { return &fsmv1.LoseAttempts{} },
 	fsmv1.CommandType_COMMAND_TYPE_SET_NODE:         func() proto.Message { return &fsmv1.SetNode{} },
 	fsmv1.CommandType_COMMAND_TYPE_REMOVE_NODE:      func() proto.Message { return &fsmv1.RemoveNode{} },
+	fsmv1.CommandType_COMMAND_TYPE_DECIDE_APPROVAL:  func() proto.Message { return &fsmv1.DecideApproval{} },
+	fsmv1.CommandType_COMMAND_TYPE_RETRY_BUILD:      func() proto.Message { return &fsmv1.RetryBuild{} },
+	fsmv1.CommandType_COMMAND_TYPE_ADD_REPO:         func() proto.Message { return &fsmv1.AddRepo{} },
+	fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED:      func() proto.Message { return &fsmv1.RepoPolled{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -199,6 +206,18 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return &Result{Err: s.SetNode(idx, c)}
 	case *fsmv1.RemoveNode:
 		return &Result{Err: s.RemoveNode(idx, c)}
+	case *fsmv1.DecideApproval:
+		b, err := s.DecideApproval(idx, c)
+		return &Result{Build: b, Err: err}
+	case *fsmv1.RetryBuild:
+		b, err := s.RetryBuild(idx, c)
+		return &Result{Build: b, Err: err}
+	case *fsmv1.AddRepo:
+		r, err := s.AddRepo(idx, c)
+		return &Result{Repo: r, Err: err}
+	case *fsmv1.RepoPolled:
+		r, err := s.RepoPolled(idx, c)
+		return &Result{Repo: r, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

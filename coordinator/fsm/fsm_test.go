@@ -536,9 +536,10 @@ func TestBuildThroughStages(t *testing.T) {
 		h.wantJob("1.unit", kilnv1.JobState_JOB_STATE_WAITING)
 		h.wantBuild("1", kilnv1.BuildState_BUILD_STATE_RUNNING)
 		h.run("1.compile", 1, "a2", passed)
-		for _, id := range []string{"1.unit", "1.ship"} {
-			if j := h.wantJob(id, kilnv1.JobState_JOB_STATE_SKIPPED); j.Reason != "an earlier stage failed" {
-				t.Fatalf("reason %q", j.Reason)
+		// Stage-derived needs: unit needs compile and vet, ship needs unit.
+		for id, reason := range map[string]string{"1.unit": "needs vet which failed", "1.ship": "needs unit which was skipped"} {
+			if j := h.wantJob(id, kilnv1.JobState_JOB_STATE_SKIPPED); j.Reason != reason {
+				t.Fatalf("%s: reason %q, want %q", id, j.Reason, reason)
 			}
 		}
 		b := h.wantBuild("1", kilnv1.BuildState_BUILD_STATE_FAILED)

@@ -13,8 +13,10 @@ package scheduler
 import (
 	"context"
 	"errors"
+	"net/url"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -174,6 +176,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		}
 		s.expireLeases(ctx)
 		s.expireUnstarted(ctx)
+		s.expireApprovals(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -342,13 +345,17 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 // assignment builds what the agent needs to run an attempt.
 func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssignment {
 	env := map[string]string{}
-	if b, ok := s.store.Build(job.GetBuildId()); ok {
+	b, ok := s.store.Build(job.GetBuildId())
+	if ok {
 		for k, v := range b.GetEnv() {
 			env[k] = v
 		}
 		env["KILN_BUILD_NAME"] = b.GetName()
 	}
 	for k, v := range job.GetSpec().GetEnv() {
+		env[k] = v
+	}
+	for k, v := range sourceEnv(b, job.GetBuildId()) {
 		env[k] = v
 	}
 	env["KILN_BUILD_ID"] = job.GetBuildId()
@@ -367,7 +374,58 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		Commands:  job.GetSpec().GetCommands(),
 		Env:       env,
 		TimeoutMs: timeout,
+		Source:    checkoutSource(b),
 	}
+}
+
+// sourceEnv is the KILN_* environment describing where a build's code
+// comes from: KILN_COMMIT, KILN_BRANCH, KILN_TAG (empty without a git
+// source), KILN_REPO (the registered repository's name, else the URL),
+// KILN_BUILD_NUMBER (the per-repository counter, else the build id) and
+// KILN_EVENT. They override variables of the same name in the build file.
+func sourceEnv(b *kilnv1.Build, buildID string) map[string]string {
+	src := b.GetSource()
+	repo := src.GetRepo()
+	if repo == "" {
+		repo = redactURL(src.GetGitUrl())
+	}
+	number := buildID
+	if n := b.GetRepoBuildNumber(); n > 0 {
+		number = strconv.FormatUint(n, 10)
+	}
+	event := b.GetEvent()
+	if event == "" {
+		event = "manual"
+	}
+	return map[string]string{
+		"KILN_COMMIT":       src.GetCommit(),
+		"KILN_BRANCH":       src.GetBranch(),
+		"KILN_TAG":          src.GetTag(),
+		"KILN_REPO":         repo,
+		"KILN_BUILD_NUMBER": number,
+		"KILN_EVENT":        event,
+	}
+}
+
+// checkoutSource is the source an agent checks out, or nil when the build
+// has no pinned git commit.
+func checkoutSource(b *kilnv1.Build) *kilnv1.Source {
+	src := b.GetSource()
+	if src.GetGitUrl() == "" || src.GetCommit() == "" {
+		return nil
+	}
+	return src
+}
+
+// redactURL drops the password of a URL's user info, so that a token in
+// the repository URL does not end up in every job's environment.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil || !strings.Contains(raw, "://") {
+		return raw
+	}
+	u.User = url.User(u.User.Username())
+	return u.String()
 }
 
 // expireLeases commits the loss of agents whose lease lapsed.

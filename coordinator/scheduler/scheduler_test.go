@@ -442,6 +442,13 @@ func TestAssignmentContents(t *testing.T) {
 		"KILN_JOB_ID":     b.GetId() + ".plain",
 		"KILN_JOB_KEY":    "plain",
 		"KILN_ATTEMPT":    "1",
+		// No git source: empty, the build id as the number, manual.
+		"KILN_COMMIT":       "",
+		"KILN_BRANCH":       "",
+		"KILN_TAG":          "",
+		"KILN_REPO":         "",
+		"KILN_BUILD_NUMBER": b.GetId(),
+		"KILN_EVENT":        "manual",
 	}
 	for k, v := range wantEnv {
 		if plain.GetEnv()[k] != v {

@@ -1,5 +1,5 @@
 // Package state is the coordinator's replicated state store: builds, jobs,
-// agents, log chunks, coordinator nodes and submit request ids, kept in
+// agents, log chunks, coordinator nodes, repositories and request ids, kept in
 // go-memdb tables with the indexes the API and the scheduler read.
 //
 // The store knows tables, indexes and the job lifecycle rules; it does not
@@ -14,19 +14,33 @@
 //
 // # Semantics
 //
-// SubmitBuild: a request_id seen before returns the earlier build and changes
-// nothing. Otherwise the command must have at least one step, unique keys
-// matching [a-z0-9][a-z0-9_.-]* and at least one non-blank command per step,
-// else ErrInvalidCommand. The build id is the next build number as a decimal
-// string ("1", "2", ...). Job ids are "<build id>.<key>"; jobs are ordered by
-// stage, then step order. Jobs of the lowest stage present become QUEUED
-// (queue_index = the command's Raft index, queued time), the others WAITING.
-// The build is QUEUED with its created time; each job keeps its StepSpec.
+// SubmitBuild: a request_id seen before returns the earlier build and
+// changes nothing. Otherwise the command must have at least one step, unique
+// keys matching [a-z0-9][a-z0-9_.-]* and at least one non-blank command per
+// step (approval steps and if-skipped steps may have none; an approval
+// step's commands are never run), else ErrInvalidCommand. Needs must name
+// other steps of the same build and form no cycle, else ErrInvalidCommand.
+// Backward compatibility: when no step names any needs and the build has
+// more than one stage, every step needs all the steps of the previous stage
+// present (stored in the job's spec.needs). The build id is the next build
+// number as a decimal string ("1", "2", ...). Job ids are "<build id>.<key>";
+// jobs are ordered by stage, then step order. A step with skip_reason (its
+// `if` was false) is created SKIPPED with that reason; the others are
+// created WAITING and the build advances at once (so jobs without needs
+// become QUEUED with queue_index = the command's Raft index). The build is
+// QUEUED with its created time, source, event (default "manual") and
+// concurrency group; each job keeps its StepSpec. A source.repo must name a
+// registered repository (else ErrInvalidCommand): its build counter is
+// incremented and becomes the build's repo_build_number. Concurrency: with
+// a group G the limit defaults to 1 (negative, or a limit without a group,
+// is ErrInvalidCommand); when G already has limit unfinished builds that are
+// not held, the new build is held: held=true, state QUEUED, nothing queued.
 //
 // AssignJob: the job must be QUEUED (else ErrInvalidState) and attempt must be
 // job.attempt+1 (else ErrStaleAttempt); an unknown job is ErrNotFound. The
 // job becomes ASSIGNED to the agent with log_seq, exit_code, reason and
-// times of the previous attempt cleared. A QUEUED build becomes RUNNING.
+// times of the previous attempt cleared. A QUEUED (or BLOCKED) build becomes
+// RUNNING; its started time is set the first time only.
 //
 // StartJob: an ASSIGNED job with the same attempt and agent becomes RUNNING
 // (started time). A RUNNING job with the same attempt and agent is a no-op
@@ -57,19 +71,71 @@
 // otherwise the job becomes LOST with the command's reason (default "agent X
 // lost"). Then the build advances.
 //
-// Advancing a build: stages are visited in ascending order. When every job of
-// a stage is terminal (PASSED FAILED CANCELED TIMED_OUT LOST SKIPPED): if all
-// are PASSED or SKIPPED the WAITING jobs of the next stage become QUEUED;
-// otherwise every WAITING job of the build becomes SKIPPED ("an earlier stage
-// failed"). When all jobs are terminal the build finishes: PASSED if every
-// job PASSED or was SKIPPED, else FAILED with a reason naming the first
-// failing job's key and state. (A canceled build is finished by CancelBuild.)
+// Advancing a build (after any of its jobs changed; never for a held or
+// finished build). A need is satisfied by a PASSED job, by a FAILED or
+// TIMED_OUT job with allow_failure (not an approval step: a rejected gate
+// never lets what it guards run), and by an if-skipped job (SKIPPED with
+// skip_reason) whose own needs are satisfied: an if-skipped step stands for
+// its needs, so order and failures pass through it. Any other finished job
+// (FAILED, TIMED_OUT, LOST, CANCELED, or SKIPPED because of its needs) does
+// not satisfy. Each WAITING job whose needs have all finished is decided:
+// if all are satisfied it becomes QUEUED (queue_index = the command's Raft
+// index, queued time), or BLOCKED for an approval step (blocked_unix_ms =
+// the command's time, reason "waiting for approval[: prompt]"); otherwise it
+// becomes SKIPPED with reason "needs <key> which <failed|timed out|was
+// lost|was canceled|was skipped>" naming the first unsatisfying need (for an
+// if-skipped need, the job behind it). Skips cascade until nothing changes.
+// A job whose needs are not all finished keeps WAITING. When all jobs have
+// finished the build finishes: PASSED if every job PASSED, was SKIPPED, or
+// FAILED/TIMED_OUT with allow_failure; else FAILED with reason "job <key>
+// <state>" naming the first other job in job order. (CANCELED comes only
+// from CancelBuild.) A finishing build leaves its concurrency group and
+// releases held builds of the group, lowest build number first, while the
+// group has fewer unfinished unheld builds than the held build's limit:
+// held=false and the build advances. Otherwise the build is BLOCKED while
+// some job is BLOCKED and none is QUEUED, ASSIGNED or RUNNING; a BLOCKED
+// build that gets a queued job goes back to RUNNING if a job was ever
+// assigned (started time set), else QUEUED.
+//
+// DecideApproval: a request_id seen before returns the build and changes
+// nothing. Unknown build or step is ErrNotFound; a step without approval
+// spec is ErrInvalidCommand; a gate that is not BLOCKED is ErrInvalidState.
+// A user decision needs by (else ErrInvalidCommand) and, when the gate lists
+// approvers, by must be one of them, whole ("alice@host") or by its user
+// part ("alice"), else ErrInvalidCommand "<by> may not approve <step>;
+// approvers: ...". A timeout (timed_out, by the leader as "kiln") is refused
+// with ErrInvalidState before blocked_unix_ms + the gate's timeout
+// (approval.timeout_ms, 0 meaning 7 days). The gate records Approval{
+// approved, by, comment, time} and its finished time, and becomes PASSED
+// ("approved by <by>[: comment]"), FAILED ("rejected by <by>[: comment]")
+// or TIMED_OUT ("approval timed out after <timeout>"); then the build
+// advances and the request id is recorded.
+//
+// RetryBuild: a request_id seen before returns the build and changes
+// nothing. Unknown build is ErrNotFound; an unfinished build is
+// ErrInvalidState. With step: an unknown step is ErrNotFound, a step that is
+// not FAILED, TIMED_OUT, LOST or CANCELED is ErrInvalidState; it is retried
+// and every job depending on it (transitively) that is SKIPPED without
+// skip_reason is revived. Without step: every FAILED, TIMED_OUT, LOST or
+// CANCELED job is retried and every SKIPPED job without skip_reason (skipped
+// for its needs or by a cancel) is revived; nothing to do is
+// ErrInvalidState. Retried jobs become WAITING with agent and finished time
+// cleared, failure and agent-loss retry counters reset, approval and blocked
+// time cleared, reason "retry requested (attempt N next)"; the attempt
+// counter stays, so the next AssignJob is attempt+1 and earlier logs stay
+// apart. Revived jobs become WAITING with reason and finished time cleared.
+// The build becomes RUNNING (QUEUED if no job was ever assigned) with reason
+// and finished time cleared; in a full concurrency group it is held (state
+// QUEUED) like a new submit. Then the build advances, so retried jobs whose
+// needs are satisfied are QUEUED (gates BLOCKED again), and the request id
+// is recorded.
 //
 // CancelBuild: unknown build is ErrNotFound; a finished build is returned
-// unchanged. Otherwise WAITING and QUEUED jobs become SKIPPED ("build
-// canceled"), ASSIGNED and RUNNING jobs become CANCELED with the command's
+// unchanged. Otherwise ASSIGNED and RUNNING jobs become CANCELED with the command's
 // reason (default "build canceled") and are returned so the leader can stop
-// them; the build becomes CANCELED with the reason and finished time.
+// them; WAITING, QUEUED and BLOCKED jobs become SKIPPED ("build canceled");
+// the build becomes CANCELED with the reason and finished time, held
+// cleared, and its concurrency group releases held builds as above.
 //
 // RegisterAgent upserts an agent (labels, slots, version, session, CONNECTED
 // or DRAINING, connected time). DisconnectAgent marks it DISCONNECTED only
@@ -79,7 +145,12 @@
 // that is current and ASSIGNED or RUNNING and ignores the others. SetNode
 // upserts a coordinator node (a voter); RemoveNode deletes one.
 //
+// AddRepo upserts a repository by name (a name is required, else
+// ErrInvalidCommand); an existing one keeps its last_commit and build
+// counter. RepoPolled sets a repository's last_commit (unknown name is
+// ErrNotFound).
+//
 // Snapshot gives a consistent point-in-time view that can be streamed as
-// fsmv1.SnapshotRecord values (meta first); Restore replaces the whole store
-// atomically from such a stream.
+// fsmv1.SnapshotRecord values (meta first; repositories included); Restore
+// replaces the whole store atomically from such a stream.
 package state

@@ -16,22 +16,23 @@ import (
 )
 
 const (
-	jWaiting   = kilnv1.JobState_JOB_STATE_WAITING
-	jQueued    = kilnv1.JobState_JOB_STATE_QUEUED
-	jAssigned  = kilnv1.JobState_JOB_STATE_ASSIGNED
-	jRunning   = kilnv1.JobState_JOB_STATE_RUNNING
-	jPassed    = kilnv1.JobState_JOB_STATE_PASSED
-	jFailed    = kilnv1.JobState_JOB_STATE_FAILED
-	jCanceled  = kilnv1.JobState_JOB_STATE_CANCELED
-	jTimedOut  = kilnv1.JobState_JOB_STATE_TIMED_OUT
-	jLost      = kilnv1.JobState_JOB_STATE_LOST
-	jSkipped   = kilnv1.JobState_JOB_STATE_SKIPPED
-	bQueued    = kilnv1.BuildState_BUILD_STATE_QUEUED
-	bRunning   = kilnv1.BuildState_BUILD_STATE_RUNNING
-	bPassed    = kilnv1.BuildState_BUILD_STATE_PASSED
-	bFailed    = kilnv1.BuildState_BUILD_STATE_FAILED
-	bCanceled  = kilnv1.BuildState_BUILD_STATE_CANCELED
-	reasonSkip = "an earlier stage failed"
+	jWaiting  = kilnv1.JobState_JOB_STATE_WAITING
+	jQueued   = kilnv1.JobState_JOB_STATE_QUEUED
+	jAssigned = kilnv1.JobState_JOB_STATE_ASSIGNED
+	jRunning  = kilnv1.JobState_JOB_STATE_RUNNING
+	jPassed   = kilnv1.JobState_JOB_STATE_PASSED
+	jFailed   = kilnv1.JobState_JOB_STATE_FAILED
+	jCanceled = kilnv1.JobState_JOB_STATE_CANCELED
+	jTimedOut = kilnv1.JobState_JOB_STATE_TIMED_OUT
+	jLost     = kilnv1.JobState_JOB_STATE_LOST
+	jSkipped  = kilnv1.JobState_JOB_STATE_SKIPPED
+	jBlocked  = kilnv1.JobState_JOB_STATE_BLOCKED
+	bQueued   = kilnv1.BuildState_BUILD_STATE_QUEUED
+	bRunning  = kilnv1.BuildState_BUILD_STATE_RUNNING
+	bPassed   = kilnv1.BuildState_BUILD_STATE_PASSED
+	bFailed   = kilnv1.BuildState_BUILD_STATE_FAILED
+	bCanceled = kilnv1.BuildState_BUILD_STATE_CANCELED
+	bBlocked  = kilnv1.BuildState_BUILD_STATE_BLOCKED
 )
 
 var keyPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
@@ -84,47 +85,74 @@ func (w *wtx) requeue(j *kilnv1.Job, now int64, reason string) {
 func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build, error) {
 	var out *kilnv1.Build
 	err := s.write(index, func(w *wtx) error {
-		if rid := cmd.GetRequestId(); rid != "" {
-			if raw := mustFirst(w.tx, tableRequests, rid); raw != nil {
-				bid := raw.(*fsmv1.RequestRecord).GetBuildId()
-				row := getBuildRow(w.tx, bid)
-				if row == nil {
-					return fmt.Errorf("submit: request %q names missing build %q: %w", rid, bid, ErrNotFound)
-				}
-				out = assembleBuild(w.tx, row)
-				return nil
-			}
+		if b, ok, err := w.seenRequest(cmd.GetRequestId()); ok || err != nil {
+			out = b
+			return err
 		}
-		if err := validateSteps(cmd.GetSteps()); err != nil {
+		steps := cmd.GetSteps()
+		if err := validateSteps(steps); err != nil {
 			return fmt.Errorf("submit build: %w", err)
 		}
+		// Specs in stage order, then step order (the job order).
+		specs := make([]*kilnv1.StepSpec, len(steps))
+		for i, sp := range steps {
+			specs[i] = proto.Clone(sp).(*kilnv1.StepSpec)
+		}
+		slices.SortStableFunc(specs, func(a, b *kilnv1.StepSpec) int {
+			return int(a.GetStage()) - int(b.GetStage())
+		})
+		deriveStageNeeds(specs)
+		if err := validateNeeds(specs); err != nil {
+			return fmt.Errorf("submit build: %w", err)
+		}
+		group := cmd.GetConcurrencyGroup()
+		if cmd.GetConcurrencyLimit() < 0 {
+			return fmt.Errorf("submit build: concurrency limit %d is negative: %w", cmd.GetConcurrencyLimit(), ErrInvalidCommand)
+		}
+		if group == "" && cmd.GetConcurrencyLimit() != 0 {
+			return fmt.Errorf("submit build: concurrency limit without a group: %w", ErrInvalidCommand)
+		}
+
 		m := *readMeta(w.tx)
 		bid := strconv.FormatUint(m.NextBuild, 10)
 		m.NextBuild++
 		mustInsert(w.tx, tableMeta, &m)
 
 		now := cmd.GetTimeUnixMs()
-		order := make([]int, len(cmd.GetSteps()))
-		for i := range order {
-			order[i] = i
+		event := cmd.GetEvent()
+		if event == "" {
+			event = "manual"
 		}
-		steps := cmd.GetSteps()
-		slices.SortStableFunc(order, func(a, b int) int {
-			return int(steps[a].GetStage()) - int(steps[b].GetStage())
-		})
-		lowest := steps[order[0]].GetStage()
 		b := &kilnv1.Build{
-			Id:            bid,
-			Name:          cmd.GetName(),
-			State:         bQueued,
-			Submitter:     cmd.GetSubmitter(),
-			CreatedUnixMs: now,
-			Env:           maps.Clone(cmd.GetEnv()),
-			RequestId:     cmd.GetRequestId(),
+			Id:               bid,
+			Name:             cmd.GetName(),
+			State:            bQueued,
+			Submitter:        cmd.GetSubmitter(),
+			CreatedUnixMs:    now,
+			Env:              maps.Clone(cmd.GetEnv()),
+			RequestId:        cmd.GetRequestId(),
+			Event:            event,
+			ConcurrencyGroup: group,
+		}
+		if cmd.GetSource() != nil {
+			b.Source = proto.Clone(cmd.GetSource()).(*kilnv1.Source)
+		}
+		if group != "" {
+			b.ConcurrencyLimit = max(cmd.GetConcurrencyLimit(), 1)
+			b.Held = w.groupActive(group) >= int(b.ConcurrencyLimit)
+		}
+		if name := b.GetSource().GetRepo(); name != "" {
+			r := getRepo(w.tx, name)
+			if r == nil {
+				return fmt.Errorf("submit build: unknown repository %q: %w", name, ErrInvalidCommand)
+			}
+			r = proto.Clone(r).(*kilnv1.Repo)
+			r.Builds++
+			mustInsert(w.tx, tableRepos, r)
+			b.RepoBuildNumber = r.Builds
 		}
 		row := &buildRow{ID: bid, Build: b}
-		for _, i := range order {
-			sp := proto.Clone(steps[i]).(*kilnv1.StepSpec)
+		for _, sp := range specs {
 			name := sp.GetName()
 			if name == "" {
 				name = sp.GetKey()
@@ -139,25 +167,48 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 				CreatedUnixMs: now,
 				Spec:          sp,
 			}
-			if sp.GetStage() == lowest {
-				j.State = jQueued
-				j.QueueIndex = index
-				j.QueuedUnixMs = now
+			if r := sp.GetSkipReason(); r != "" {
+				j.State = jSkipped
+				j.Reason = r
+				j.FinishedUnixMs = now
 			}
 			w.putJob(j)
 			row.JobIDs = append(row.JobIDs, j.Id)
 		}
 		mustInsert(w.tx, tableBuilds, row)
-		if rid := cmd.GetRequestId(); rid != "" {
-			mustInsert(w.tx, tableRequests, &fsmv1.RequestRecord{RequestId: rid, BuildId: bid})
-		}
-		out = assembleBuild(w.tx, row)
+		w.recordRequest(cmd.GetRequestId(), bid)
+		w.advance(bid, now)
+		out = assembleBuild(w.tx, getBuildRow(w.tx, bid))
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
+}
+
+// seenRequest returns the build recorded for a request id, if any.
+func (w *wtx) seenRequest(rid string) (*kilnv1.Build, bool, error) {
+	if rid == "" {
+		return nil, false, nil
+	}
+	raw := mustFirst(w.tx, tableRequests, rid)
+	if raw == nil {
+		return nil, false, nil
+	}
+	bid := raw.(*fsmv1.RequestRecord).GetBuildId()
+	row := getBuildRow(w.tx, bid)
+	if row == nil {
+		return nil, false, fmt.Errorf("request %q names missing build %q: %w", rid, bid, ErrNotFound)
+	}
+	return assembleBuild(w.tx, row), true, nil
+}
+
+// recordRequest remembers that a request id was applied to a build.
+func (w *wtx) recordRequest(rid, buildID string) {
+	if rid != "" {
+		mustInsert(w.tx, tableRequests, &fsmv1.RequestRecord{RequestId: rid, BuildId: buildID})
+	}
 }
 
 func validateSteps(steps []*kilnv1.StepSpec) error {
@@ -173,7 +224,13 @@ func validateSteps(steps []*kilnv1.StepSpec) error {
 			return fmt.Errorf("step %d: duplicate key %q: %w", i, sp.GetKey(), ErrInvalidCommand)
 		}
 		seen[sp.GetKey()] = true
-		if len(sp.GetCommands()) == 0 {
+		if a := sp.GetApproval(); a != nil {
+			if a.GetTimeoutMs() < 0 {
+				return fmt.Errorf("step %q: negative approval timeout: %w", sp.GetKey(), ErrInvalidCommand)
+			}
+			continue // a gate runs no commands
+		}
+		if len(sp.GetCommands()) == 0 && sp.GetSkipReason() == "" {
 			return fmt.Errorf("step %q: no commands: %w", sp.GetKey(), ErrInvalidCommand)
 		}
 		for _, c := range sp.GetCommands() {
@@ -212,10 +269,12 @@ func (s *Store) AssignJob(index uint64, cmd *fsmv1.AssignJob) error {
 		j.FinishedUnixMs = 0
 		w.putJob(j)
 		row := getBuildRow(w.tx, j.BuildId)
-		if row != nil && row.Build.GetState() == bQueued {
+		if row != nil && (row.Build.GetState() == bQueued || row.Build.GetState() == bBlocked) {
 			b := proto.Clone(row.Build).(*kilnv1.Build)
 			b.State = bRunning
-			b.StartedUnixMs = cmd.GetTimeUnixMs()
+			if b.StartedUnixMs == 0 {
+				b.StartedUnixMs = cmd.GetTimeUnixMs()
+			}
 			w.putBuild(row, b)
 		}
 		return nil
@@ -368,80 +427,6 @@ func jobStateWord(s kilnv1.JobState) string {
 	return strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_")), "_", " ")
 }
 
-// advance moves a build forward after one of its jobs changed (see the
-// package doc).
-func (w *wtx) advance(buildID string, now int64) {
-	row := getBuildRow(w.tx, buildID)
-	if row == nil || IsTerminalBuild(row.Build.GetState()) {
-		return
-	}
-	jobs := make([]*kilnv1.Job, 0, len(row.JobIDs))
-	for _, id := range row.JobIDs {
-		if j := w.job(id); j != nil {
-			jobs = append(jobs, j)
-		}
-	}
-	var stages []int32
-	for _, j := range jobs {
-		if !slices.Contains(stages, j.Stage) {
-			stages = append(stages, j.Stage)
-		}
-	}
-	slices.Sort(stages)
-	failed := false
-	for _, st := range stages {
-		if failed {
-			for i, j := range jobs {
-				if j.Stage == st && j.State == jWaiting {
-					j = cloneJob(j)
-					j.State = jSkipped
-					j.Reason = reasonSkip
-					j.FinishedUnixMs = now
-					w.putJob(j)
-					jobs[i] = j
-				}
-			}
-			continue
-		}
-		done := true
-		for _, j := range jobs {
-			if j.Stage == st && !IsTerminalJob(j.State) {
-				done = false
-			}
-		}
-		if !done {
-			for i, j := range jobs {
-				if j.Stage == st && j.State == jWaiting {
-					j = cloneJob(j)
-					j.State = jQueued
-					j.QueueIndex = w.index
-					j.QueuedUnixMs = now
-					w.putJob(j)
-					jobs[i] = j
-				}
-			}
-			return
-		}
-		for _, j := range jobs {
-			if j.Stage == st && j.State != jPassed && j.State != jSkipped {
-				failed = true
-			}
-		}
-	}
-	b := proto.Clone(row.Build).(*kilnv1.Build)
-	b.State = bPassed
-	b.Reason = ""
-	for _, j := range jobs {
-		if j.State != jPassed && j.State != jSkipped {
-			b.State = bFailed
-			b.Reason = fmt.Sprintf("job %s %s", j.Key, jobStateWord(j.State))
-			break
-		}
-	}
-	b.FinishedUnixMs = now
-	w.putBuild(row, b)
-}
-
 // CancelOutcome is what CancelBuild did.
 type CancelOutcome struct {
 	// Build is the build after the command.
@@ -476,7 +461,7 @@ func (s *Store) CancelBuild(index uint64, cmd *fsmv1.CancelBuild) (*CancelOutcom
 				continue
 			}
 			switch j.State {
-			case jWaiting, jQueued:
+			case jWaiting, jQueued, jBlocked:
 				j = cloneJob(j)
 				j.State = jSkipped
 				j.Reason = "build canceled"
@@ -496,7 +481,9 @@ func (s *Store) CancelBuild(index uint64, cmd *fsmv1.CancelBuild) (*CancelOutcom
 		b.State = bCanceled
 		b.Reason = reason
 		b.FinishedUnixMs = now
+		b.Held = false
 		w.putBuild(row, b)
+		w.releaseGroup(b.GetConcurrencyGroup(), now)
 		out.Build = assembleBuild(w.tx, getBuildRow(w.tx, row.ID))
 		return nil
 	})

@@ -30,7 +30,7 @@ func (s *Store) Snapshot() *Snapshot {
 func (sn *Snapshot) LastIndex() uint64 { return readMeta(sn.tx).LastIndex }
 
 // Records calls fn with every record of the view: the SnapshotMeta first,
-// then nodes, agents, request records, each build followed by its jobs in
+// then nodes, agents, request records, repositories, each build followed by its jobs in
 // submission order, and log chunks. It stops at the first error from fn and
 // returns it. Records passed to fn share stored messages: do not modify them.
 func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
@@ -61,6 +61,11 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	}
 	if err := each(tableRequests, func(raw interface{}) error {
 		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Request{Request: raw.(*fsmv1.RequestRecord)}})
+	}); err != nil {
+		return err
+	}
+	if err := each(tableRepos, func(raw interface{}) error {
+		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Repo{Repo: raw.(*kilnv1.Repo)}})
 	}); err != nil {
 		return err
 	}
@@ -140,6 +145,13 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			}
 		case *fsmv1.SnapshotRecord_Request:
 			if err := insert(tableRequests, proto.Clone(r.Request)); err != nil {
+				return err
+			}
+		case *fsmv1.SnapshotRecord_Repo:
+			if r.Repo.GetName() == "" {
+				return fmt.Errorf("restore: repository without a name")
+			}
+			if err := insert(tableRepos, proto.Clone(r.Repo)); err != nil {
 				return err
 			}
 		case *fsmv1.SnapshotRecord_Build:

@@ -39,6 +39,7 @@ const (
 	tableLogs     = "logs"
 	tableNodes    = "nodes"
 	tableRequests = "requests"
+	tableRepos    = "repos"
 	tableMeta     = "meta"
 
 	metaID = "meta"
@@ -91,15 +92,20 @@ func schema() *memdb.DBSchema {
 		return &memdb.IndexSchema{Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: field}}
 	}
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-		tableMeta:     {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
-		tableBuilds:   {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
+		tableMeta:  {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
+		tableRepos: {Name: tableRepos, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
+		tableBuilds: {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{
+			"id":    id("ID"),
+			"group": {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
+		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
 		tableRequests: {Name: tableRequests, Indexes: map[string]*memdb.IndexSchema{"id": id("RequestId")}},
 		tableJobs: {Name: tableJobs, Indexes: map[string]*memdb.IndexSchema{
-			"id":     id("Id"),
-			"queue":  {Name: "queue", AllowMissing: true, Indexer: queueIndexer{}},
-			"active": {Name: "active", AllowMissing: true, Indexer: activeAgentIndexer{}},
+			"id":      id("Id"),
+			"queue":   {Name: "queue", AllowMissing: true, Indexer: queueIndexer{}},
+			"active":  {Name: "active", AllowMissing: true, Indexer: activeAgentIndexer{}},
+			"blocked": {Name: "blocked", AllowMissing: true, Indexer: blockedIndexer{}},
 		}},
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
@@ -154,6 +160,55 @@ func (activeAgentIndexer) FromArgs(args ...interface{}) ([]byte, error) {
 	v, ok := args[0].(string)
 	if len(args) != 1 || !ok {
 		return nil, errors.New("active index: want one string argument")
+	}
+	return []byte(v + "\x00"), nil
+}
+
+// blockedIndexer indexes BLOCKED jobs (approval gates) by job id. Other jobs
+// are absent from the index.
+type blockedIndexer struct{}
+
+func (blockedIndexer) FromObject(raw interface{}) (bool, []byte, error) {
+	j, ok := raw.(*kilnv1.Job)
+	if !ok {
+		return false, nil, fmt.Errorf("blocked index: unexpected %T", raw)
+	}
+	if j.GetState() != kilnv1.JobState_JOB_STATE_BLOCKED {
+		return false, nil, nil
+	}
+	return true, []byte(j.GetId() + "\x00"), nil
+}
+
+func (blockedIndexer) FromArgs(args ...interface{}) ([]byte, error) {
+	if len(args) != 0 {
+		return nil, errors.New("blocked index: takes no arguments")
+	}
+	return nil, nil
+}
+
+// groupIndexer indexes builds by concurrency group; builds without a group
+// are absent from the index.
+type groupIndexer struct{}
+
+func (groupIndexer) FromObject(raw interface{}) (bool, []byte, error) {
+	row, ok := raw.(*buildRow)
+	if !ok {
+		return false, nil, fmt.Errorf("group index: unexpected %T", raw)
+	}
+	g := row.Build.GetConcurrencyGroup()
+	if g == "" {
+		return false, nil, nil
+	}
+	return true, []byte(g + "\x00"), nil
+}
+
+func (groupIndexer) FromArgs(args ...interface{}) ([]byte, error) {
+	v, ok := "", false
+	if len(args) == 1 {
+		v, ok = args[0].(string)
+	}
+	if !ok {
+		return nil, errors.New("group index: want one string argument")
 	}
 	return []byte(v + "\x00"), nil
 }
@@ -339,6 +394,12 @@ func (s *Store) ActiveJobs() []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "active"))
 }
 
+// BlockedJobs returns the BLOCKED jobs (approval gates waiting for a
+// decision), ordered by job id.
+func (s *Store) BlockedJobs() []*kilnv1.Job {
+	return collectJobs(mustGet(s.read(), tableJobs, "blocked"))
+}
+
 // AgentJobs returns the ASSIGNED and RUNNING jobs held by agent, by job id.
 func (s *Store) AgentJobs(agent string) []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "active", agent))
@@ -420,6 +481,29 @@ func (s *Store) Nodes() []*kilnv1.Node {
 	it := mustGet(s.read(), tableNodes, "id")
 	for raw := it.Next(); raw != nil; raw = it.Next() {
 		out = append(out, raw.(*kilnv1.Node))
+	}
+	return out
+}
+
+func getRepo(tx *memdb.Txn, name string) *kilnv1.Repo {
+	if raw := mustFirst(tx, tableRepos, name); raw != nil {
+		return raw.(*kilnv1.Repo)
+	}
+	return nil
+}
+
+// Repo returns a registered repository by name.
+func (s *Store) Repo(name string) (*kilnv1.Repo, bool) {
+	r := getRepo(s.read(), name)
+	return r, r != nil
+}
+
+// Repos returns every registered repository sorted by name.
+func (s *Store) Repos() []*kilnv1.Repo {
+	var out []*kilnv1.Repo
+	it := mustGet(s.read(), tableRepos, "id")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out = append(out, raw.(*kilnv1.Repo))
 	}
 	return out
 }

@@ -104,13 +104,30 @@ func topKeys(data []byte) (keys map[string]bool) {
 	return keys
 }
 
-// Steps returns the build's steps with defaults applied.
+// Steps returns the build's steps with defaults applied, with `if`
+// conditions evaluated for a manual run without branch or tag.
 func (f *File) Steps() []*kilnv1.StepSpec {
-	if f.Buildspec != nil {
-		return []*kilnv1.StepSpec{f.Buildspec.Step()}
+	steps, _ := f.Resolve(pipeline.Context{Event: "manual"})
+	return steps
+}
+
+// Resolve returns the build's steps for a submit in ctx: defaults applied,
+// matrix expanded, needs resolved and `if` conditions evaluated (steps
+// whose condition is false carry a skip reason).
+func (f *File) Resolve(ctx pipeline.Context) ([]*kilnv1.StepSpec, error) {
+	switch {
+	case f.Buildspec != nil:
+		return []*kilnv1.StepSpec{f.Buildspec.Step()}, nil
+	case f.Pipeline != nil:
+		return f.Pipeline.Resolve(ctx)
 	}
+	return nil, nil
+}
+
+// Concurrency returns the build's concurrency group, if the file sets one.
+func (f *File) Concurrency() *pipeline.Concurrency {
 	if f.Pipeline != nil {
-		return f.Pipeline.Steps()
+		return f.Pipeline.Concurrency
 	}
 	return nil
 }

@@ -1,0 +1,83 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// approvalCommand is `kilnctl approve` (approve true) or `kilnctl reject`.
+func (a *app) approvalCommand(approve bool) *cobra.Command {
+	var comment string
+	verb, done, short := "approve", "approved", "Approve a blocked approval step so the build goes on"
+	if !approve {
+		verb, done, short = "reject", "rejected", "Reject a blocked approval step (the step fails)"
+	}
+	cmd := &cobra.Command{
+		Use:   verb + " BUILD STEP",
+		Short: short,
+		Args:  exactArgs(2, "a build id and the key of an approval step"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			id, step := args[0], args[1]
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			// One request id for every retry of this decision.
+			req := &kilnv1.DecideApprovalRequest{RequestId: newRequestID(), BuildId: id, Step: step,
+				Approve: approve, By: submitter(), Comment: comment}
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				_, err := kilnv1.NewControlServiceClient(conn).DecideApproval(ctx, req)
+				return err
+			})
+			if err != nil {
+				return rpcError(verb+" "+id+" "+step, err, buildNotFoundHint+"; 'kilnctl status "+id+"' shows its steps")
+			}
+			fmt.Fprintf(a.stdout, "build %s: step %s %s\n", id, step, done)
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&comment, "comment", "", "a note recorded with the decision")
+	return cmd
+}
+
+func (a *app) retryCommand() *cobra.Command {
+	var step string
+	cmd := &cobra.Command{
+		Use:   "retry BUILD",
+		Short: "Run the failed steps of a finished build again",
+		Long: "retry runs the failed, timed out, lost or canceled steps of a finished build\n" +
+			"again, and the steps skipped because of them. --step retries one step only.",
+		Args: exactArgs(1, "one build id"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := &kilnv1.RetryBuildRequest{RequestId: newRequestID(), BuildId: id, Step: step}
+			var b *kilnv1.Build
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).RetryBuild(ctx, req)
+				if err != nil {
+					return err
+				}
+				b = resp.GetBuild()
+				return nil
+			})
+			if err != nil {
+				return rpcError("retry build "+id, err, buildNotFoundHint)
+			}
+			fmt.Fprintf(a.stdout, "build %s retried (%s)\n", id, buildState(b.GetState()))
+			return nil
+		}),
+	}
+	cmd.Flags().StringVar(&step, "step", "", "retry only this step (its key)")
+	return cmd
+}

@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// RepoJSON is a repository as `kilnctl repo list -o json` prints it.
+type RepoJSON struct {
+	Name       string `json:"name"`
+	URL        string `json:"url"`
+	Branch     string `json:"branch"`
+	Pipeline   string `json:"pipeline"`
+	Poll       string `json:"poll"`
+	PollMs     int64  `json:"poll_ms"`
+	LastCommit string `json:"last_commit"`
+	Builds     uint64 `json:"builds"`
+}
+
+func toRepoJSON(r *kilnv1.Repo) RepoJSON {
+	return RepoJSON{
+		Name:       r.GetName(),
+		URL:        r.GetUrl(),
+		Branch:     r.GetBranch(),
+		Pipeline:   r.GetPipeline(),
+		Poll:       (time.Duration(r.GetPollIntervalMs()) * time.Millisecond).String(),
+		PollMs:     r.GetPollIntervalMs(),
+		LastCommit: r.GetLastCommit(),
+		Builds:     r.GetBuilds(),
+	}
+}
+
+func (a *app) repoCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "repo",
+		Short: "Register and list repositories whose branch the cluster watches",
+		Long: "A registered repository's branch is polled by the leader; each new commit\n" +
+			"starts a build of the repository's pipeline file at that commit (event\n" +
+			"\"push\"), exactly once per commit.",
+	}
+	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand())
+	return cmd
+}
+
+func (a *app) repoAddCommand() *cobra.Command {
+	var (
+		branch, pipelineFile string
+		poll                 time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "add NAME URL",
+		Short: "Register a repository (or update its settings) and watch a branch",
+		Example: "  kilnctl repo add web https://git.example.com/web.git --branch main --poll 30s\n" +
+			"  kilnctl repo add tools git@git.example.com:tools.git --pipeline ci/kiln.yaml",
+		Args: exactArgs(2, "NAME and URL"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if poll < 0 {
+				return usageErrorf("--poll must not be negative")
+			}
+			if poll > 0 && poll < time.Second {
+				return usageErrorf("--poll %s is below the 1s minimum", poll)
+			}
+			req := &kilnv1.AddRepoRequest{Name: args[0], Url: args[1], Branch: branch, Pipeline: pipelineFile,
+				PollIntervalMs: poll.Milliseconds()}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var repo *kilnv1.Repo
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).AddRepo(ctx, req)
+				if err != nil {
+					return err
+				}
+				repo = resp.GetRepo()
+				return nil
+			})
+			if err != nil {
+				return rpcError("add repository", err, "")
+			}
+			r := toRepoJSON(repo)
+			fmt.Fprintf(a.stdout, "repository %s watches %s of %s every %s (pipeline %s)\n", r.Name, r.Branch, r.URL, r.Poll, r.Pipeline)
+			return nil
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&branch, "branch", "main", "branch to watch")
+	f.StringVar(&pipelineFile, "pipeline", ".kiln.yaml", "path of the pipeline file in the repository")
+	f.DurationVar(&poll, "poll", 30*time.Second, "poll interval (at least 1s)")
+	return cmd
+}
+
+func (a *app) repoListCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the registered repositories",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var repos []*kilnv1.Repo
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				resp, err := kilnv1.NewControlServiceClient(conn).ListRepos(ctx, &kilnv1.ListReposRequest{})
+				if err != nil {
+					return err
+				}
+				repos = resp.GetRepos()
+				return nil
+			})
+			if err != nil {
+				return rpcError("list repositories", err, "")
+			}
+			out := make([]RepoJSON, 0, len(repos))
+			for _, r := range repos {
+				out = append(out, toRepoJSON(r))
+			}
+			if output == "json" {
+				return writeJSON(a.stdout, out)
+			}
+			t := newTable(a.stdout)
+			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL")
+			for _, r := range out {
+				last := r.LastCommit
+				if len(last) > 12 {
+					last = last[:12]
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Name, r.Branch, r.Poll, r.Builds, orDash(last), r.Pipeline, r.URL)
+			}
+			return t.Flush()
+		}),
+	}
+	addOutputFlag(cmd, &output)
+	return cmd
+}
