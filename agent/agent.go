@@ -80,6 +80,9 @@ type Agent struct {
 	// leaseTTL is the lease TTL (a time.Duration) the last leader
 	// announced; it bounds the reconnect backoff.
 	leaseTTL atomic.Int64
+	// sessionAddr is the coordinator address of the last registered
+	// session (blob downloads go there first).
+	sessionAddr atomic.Pointer[string]
 
 	idle     chan struct{} // closed once draining and nothing is held
 	idleOnce sync.Once
@@ -251,6 +254,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		Env:      asg.GetEnv(),
 		Timeout:  time.Duration(asg.GetTimeoutMs()) * time.Millisecond,
 		Source:   asg.GetSource(),
+		Fetch:    a.fetchBlob,
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {

@@ -165,6 +165,7 @@ func (a *Agent) runSession(ctx context.Context, addr string) error {
 	if registered == nil {
 		return fmt.Errorf("register at %s: expected Registered, got %T", addr, resp.GetMsg())
 	}
+	a.sessionAddr.Store(&addr)
 	if ttl := registered.GetLeaseTtlMs(); ttl > 0 {
 		a.leaseTTL.Store(int64(time.Duration(ttl) * time.Millisecond))
 	}

@@ -82,11 +82,11 @@ func TestApproveReject(t *testing.T) {
 		t.Errorf("stdout = %q, request %v", out, g.decisions[1])
 	}
 
-	// Not an approver: invalid input, exit 2.
-	g.answer = status.Error(codes.InvalidArgument, "alice@h may not approve deploy; approvers: bob")
+	// Not an approver: refused, exit 1, with a hint that fits.
+	g.answer = status.Error(codes.PermissionDenied, "alice@h may not approve deploy; approvers: bob")
 	_, errOut, code = runCLI(t, "--coordinators", addr, "approve", "3", "deploy")
-	must(t, code, 2, errOut)
-	if !strings.Contains(errOut, "kilnctl: approve 3 deploy: alice@h may not approve deploy; approvers: bob") {
+	must(t, code, 1, errOut)
+	if !strings.Contains(errOut, "kilnctl: approve 3 deploy: alice@h may not approve deploy; approvers: bob (hint: ask someone") {
 		t.Errorf("stderr = %q", errOut)
 	}
 	// Not blocked: the operation failed, exit 1.

@@ -231,6 +231,8 @@ func rpcError(what string, err error, notFoundHint string) error {
 		case codes.InvalidArgument:
 			code = ExitUsage
 			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
+		case codes.PermissionDenied:
+			hint = "ask someone who is allowed, or check the approvers in the pipeline file"
 		case codes.Unavailable:
 			hint = unavailableHint
 		case codes.DeadlineExceeded:

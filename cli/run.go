@@ -23,6 +23,7 @@ func (a *app) runCommand() *cobra.Command {
 		jobTimeout  time.Duration
 		name, file  string
 		gitURL, ref string
+		upload      string
 		wait        bool
 	)
 	cmd := &cobra.Command{
@@ -36,6 +37,7 @@ func (a *app) runCommand() *cobra.Command {
 			"with --wait the log is streamed and the exit status is 0 only if the\n" +
 			"build passed.",
 		Example: "  kilnctl run --label os=linux -- make test\n" +
+			"  kilnctl run --upload . -- make test\n" +
 			"  kilnctl run -f .kiln.yaml --wait",
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			req := &kilnv1.SubmitBuildRequest{
@@ -50,9 +52,17 @@ func (a *app) runCommand() *cobra.Command {
 			if ref != "" && gitURL == "" {
 				return usageErrorf("--ref needs --git URL")
 			}
+			if gitURL != "" && upload != "" {
+				return usageErrorf("give either --git URL or --upload DIR, not both")
+			}
 			if gitURL != "" {
 				// The coordinator pins REF (default: the remote's HEAD) to a commit.
 				req.Source = &kilnv1.Source{GitUrl: gitURL, Ref: ref}
+			}
+			if upload != "" {
+				if fi, err := os.Stat(upload); err != nil || !fi.IsDir() {
+					return usageErrorf("--upload %s: not a directory", upload)
+				}
 			}
 			jobs := 1
 			switch {
@@ -91,6 +101,11 @@ func (a *app) runCommand() *cobra.Command {
 			}
 			defer c.Close()
 			ctx := cmd.Context()
+			if upload != "" {
+				if req.Source, err = a.uploadDir(ctx, c, upload); err != nil {
+					return err
+				}
+			}
 			var build *kilnv1.Build
 			// req (and its request_id) is the same on every retry, so a
 			// retry after a failover never creates a second build.
@@ -126,6 +141,7 @@ func (a *app) runCommand() *cobra.Command {
 	f.StringVarP(&file, "file", "f", "", "pipeline file to submit")
 	f.StringVar(&gitURL, "git", "", "git repository checked out into the job workspace (file://, https://, git://, ssh:// or user@host:path)")
 	f.StringVar(&ref, "ref", "", "branch, tag or full commit id of --git (default: the remote's default branch)")
+	f.StringVar(&upload, "upload", "", "upload `DIR` (honouring .gitignore and .kilnignore) as the build's source, unpacked into the job workspace")
 	f.BoolVar(&wait, "wait", false, "stream the log and wait for the build; exit 0 only if it passed")
 	return cmd
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/kiln-ci/kiln/coordinator/api"
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
@@ -73,6 +75,10 @@ type Config struct {
 	SnapshotThreshold uint64
 	// SnapshotInterval is how often the snapshot threshold is checked.
 	SnapshotInterval time.Duration
+	// MaxBlobSize bounds every blob in the local blob store
+	// (DataDir/blobs); uploads of a kind have their own, lower limit
+	// (source archives: 512 MiB).
+	MaxBlobSize int64
 }
 
 // NewConfig returns the defaults.
@@ -89,6 +95,7 @@ func NewConfig() Config {
 		RaftElectionTimeout:  500 * time.Millisecond,
 		SnapshotThreshold:    8192,
 		SnapshotInterval:     30 * time.Second,
+		MaxBlobSize:          blobstore.DefaultMaxBlobSize,
 	}
 }
 
@@ -150,6 +157,7 @@ type Coordinator struct {
 	node    *raftnode.Node
 	sched   *scheduler.Scheduler
 	watch   *watcher.Watcher
+	blobs   *api.BlobServer
 	grpc    *grpc.Server
 	health  *health.Server
 	lis     net.Listener
@@ -176,6 +184,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	if advertise == "" {
 		advertise = lis.Addr().String()
 	}
+	blobs, err := blobstore.Open(filepath.Join(cfg.DataDir, "blobs"), blobstore.Options{MaxBlobSize: cfg.MaxBlobSize})
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
 	store := state.New()
 	f := fsm.New(store, log.Named("fsm"))
 	node, err := raftnode.Open(raftnode.Config{
@@ -200,7 +213,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, lis: lis, addr: advertise,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{})}
-	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Log: log.Named("api")}
+	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs, Log: log.Named("api")}
 	c.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
@@ -220,6 +233,8 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	})
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
+	c.blobs = api.NewBlobServer(deps)
+	kilnv1.RegisterBlobServiceServer(c.grpc, c.blobs)
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)
@@ -237,6 +252,9 @@ func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
 
 // Store is the local replicated state (read-only use).
 func (c *Coordinator) Store() *state.Store { return c.store }
+
+// HasBlob reports whether this node's blob store holds the blob.
+func (c *Coordinator) HasBlob(sha string) bool { return c.blobs.Has(sha) }
 
 // IsLeader reports whether this member leads and its scheduler runs.
 func (c *Coordinator) IsLeader() bool { return c.node.IsLeader() && c.sched.Active() }
@@ -269,6 +287,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		_ = c.node.Close()
 		c.grpc.Stop()
 		wg.Wait()
+		c.blobs.Close()
 		c.log.Info("coordinator crashed on purpose")
 		return nil
 	}
@@ -291,6 +310,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		<-stopped
 	}
 	wg.Wait()
+	c.blobs.Close()
 	if cerr := c.node.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close raft: %w", cerr)
 	}

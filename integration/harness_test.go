@@ -432,13 +432,24 @@ func (h *harness) ctl(addrs []string, args ...string) ctlResult {
 }
 
 func (h *harness) ctlContext(ctx context.Context, addrs []string, args ...string) ctlResult {
+	return h.ctlEnvContext(ctx, addrs, nil, args...)
+}
+
+// ctlEnv runs kilnctl like ctl with extra environment variables (K=V),
+// which override the inherited ones (e.g. USER, which names the submitter
+// and the approver).
+func (h *harness) ctlEnv(addrs, env []string, args ...string) ctlResult {
+	return h.ctlEnvContext(h.ctx, addrs, env, args...)
+}
+
+func (h *harness) ctlEnvContext(ctx context.Context, addrs, env []string, args ...string) ctlResult {
 	ctx, cancel := context.WithTimeout(ctx, ctlTimeout)
 	defer cancel()
 	full := append([]string{"--coordinators", strings.Join(addrs, ",")}, args...)
 	cmd := exec.CommandContext(ctx, binPath("kilnctl"), full...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.Env = h.env()
+	cmd.Env = append(h.env(), env...) // later entries win
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	r := ctlResult{args: full, stdout: stdout.String(), stderr: stderr.String(), code: -1}
@@ -520,6 +531,15 @@ type jobJSON struct {
 	Agent    string `json:"agent"`
 	ExitCode int32  `json:"exit_code"`
 	Reason   string `json:"reason"`
+	// Approval is the decision on an approval step, once made.
+	Approval *approvalJSON `json:"approval"`
+}
+
+type approvalJSON struct {
+	Approved bool   `json:"approved"`
+	By       string `json:"by"`
+	Comment  string `json:"comment"`
+	Time     string `json:"time"`
 }
 
 type clusterJSON struct {

@@ -18,6 +18,12 @@
 //
 // When the Spec has a git source (URL and commit), the commit is fetched and
 // checked out into the workspace (internal/gitsrc) before the script starts;
+// when it has an uploaded archive (archive_sha256), the archive is
+// downloaded with Spec.Fetch into a file next to the workspace, its size
+// and SHA-256 are verified, and it is unpacked with internal/archive.Unpack
+// (no path traversal, no symlink escapes, size and entry limits); failures
+// end the attempt FAILED "source download failed: ..." or "unpack
+// failed: ...";
 // git's output goes to the attempt's output. The checkout counts against the
 // attempt's timeout and is stopped by Cancel; a failed checkout ends the
 // attempt FAILED with the reason "checkout failed: ..." and the script never
@@ -39,6 +45,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/kiln-ci/kiln/internal/archive"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -84,8 +91,14 @@ type Spec struct {
 	// Timeout for the whole script; zero means the executor's default.
 	Timeout time.Duration
 	// Source, when it has a git URL and a commit, is checked out into the
-	// workspace before the commands run.
+	// workspace before the commands run; when it has an archive digest, the
+	// archive is downloaded with Fetch, verified and unpacked there.
 	Source *kilnv1.Source
+	// Fetch writes the blob with the given SHA-256 to w (the agent
+	// downloads it from its coordinator). Needed for archive sources.
+	Fetch func(ctx context.Context, sha string, w io.Writer) error
+	// Unpack bounds the unpacked archive (archive defaults when zero).
+	Unpack archive.Limits
 }
 
 // Outcome is how an attempt ended.
@@ -200,8 +213,16 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		hardKill:  make(chan struct{}),
 		done:      make(chan struct{}),
 	}
+	if src := spec.Source; src.GetArchiveSha256() != "" {
+		go p.prepareAndRun(func(ctx context.Context) (string, error) {
+			return fetchArchive(ctx, e.WorkDir, ws, src, spec, out)
+		}, "the source download", out, timeout)
+		return p, nil
+	}
 	if src := spec.Source; src.GetGitUrl() != "" && src.GetCommit() != "" {
-		go p.checkoutAndRun(src, out, timeout)
+		go p.prepareAndRun(func(ctx context.Context) (string, error) {
+			return "checkout failed", gitsrc.CheckoutTo(ctx, p.workspace, src.GetGitUrl(), src.GetCommit(), out)
+		}, "the checkout", out, timeout)
 		return p, nil
 	}
 	r, err := p.startShell()
@@ -239,10 +260,11 @@ func (p *Process) startShell() (*os.File, error) {
 	return r, nil
 }
 
-// checkoutAndRun checks the source out into the workspace, then runs the
-// script with what is left of the timeout. Cancel and the timeout stop the
-// checkout too.
-func (p *Process) checkoutAndRun(src *kilnv1.Source, out io.Writer, timeout time.Duration) {
+// prepareAndRun puts the source into the workspace (prepare: a git
+// checkout or an archive download), then runs the script with what is left
+// of the timeout. Cancel and the timeout stop the preparation too. prepare
+// returns the reason prefix of its failure ("checkout failed", ...).
+func (p *Process) prepareAndRun(prepare func(ctx context.Context) (string, error), phase string, out io.Writer, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	stopWatch := make(chan struct{})
@@ -255,7 +277,7 @@ func (p *Process) checkoutAndRun(src *kilnv1.Source, out io.Writer, timeout time
 		case <-stopWatch:
 		}
 	}()
-	err := gitsrc.CheckoutTo(ctx, p.workspace, src.GetGitUrl(), src.GetCommit(), out)
+	what, err := prepare(ctx)
 	ctxErr := ctx.Err()
 	close(stopWatch)
 	<-watchDone
@@ -273,10 +295,10 @@ func (p *Process) checkoutAndRun(src *kilnv1.Source, out io.Writer, timeout time
 			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_CANCELED, ExitCode: -1, Reason: p.cancelReason()}
 		case errors.Is(ctxErr, context.DeadlineExceeded):
 			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_TIMED_OUT, ExitCode: -1,
-				Reason: "timed out after " + timeout.String() + " (during the checkout)"}
+				Reason: "timed out after " + timeout.String() + " (during " + phase + ")"}
 		default:
-			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: "checkout failed: " + err.Error()}
-			fmt.Fprintf(out, "kiln: checkout failed: %v\n", err)
+			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: what + ": " + err.Error()}
+			fmt.Fprintf(out, "kiln: %s: %v\n", what, err)
 		}
 		close(p.done)
 		return

@@ -50,6 +50,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.DefaultJobTimeout, "default-job-timeout", cfg.DefaultJobTimeout, "timeout of steps that set none")
 	fs.DurationVar(&cfg.RaftHeartbeatTimeout, "raft-heartbeat-timeout", cfg.RaftHeartbeatTimeout, "raft heartbeat timeout")
 	fs.DurationVar(&cfg.RaftElectionTimeout, "raft-election-timeout", cfg.RaftElectionTimeout, "raft election timeout")
+	fs.Int64Var(&cfg.MaxBlobSize, "max-blob-size", cfg.MaxBlobSize, "largest blob (bytes) the local blob store under DATA_DIR/blobs accepts")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
@@ -33,7 +34,9 @@ type Deps struct {
 	Store     *state.Store
 	Raft      *raftnode.Node
 	Scheduler *scheduler.Scheduler
-	Log       *zap.Logger
+	// Blobs is this node's local blob store.
+	Blobs *blobstore.Store
+	Log   *zap.Logger
 	// Now is the clock used for command timestamps.
 	Now func() time.Time
 }
@@ -107,6 +110,8 @@ func (d *Deps) toStatus(err error) error {
 		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, fsm.ErrInvalidCommand):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, fsm.ErrNotPermitted):
+		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fsm.ErrStaleAttempt), errors.Is(err, fsm.ErrInvalidState), errors.Is(err, fsm.ErrLogsIncomplete):
 		return status.Error(codes.FailedPrecondition, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):

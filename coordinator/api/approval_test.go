@@ -45,7 +45,7 @@ func TestDecideApprovalAndRetry(t *testing.T) {
 		{"no by", &kilnv1.DecideApprovalRequest{BuildId: id, Step: "ok"}, codes.InvalidArgument, "by"},
 		{"long comment", &kilnv1.DecideApprovalRequest{BuildId: id, Step: "ok", By: "a", Comment: strings.Repeat("c", MaxCommentBytes+1)}, codes.InvalidArgument, "comment"},
 		{"unknown build", &kilnv1.DecideApprovalRequest{BuildId: "404", Step: "ok", By: "alice"}, codes.NotFound, "404"},
-		{"not an approver", &kilnv1.DecideApprovalRequest{BuildId: id, Step: "ok", By: "bob@h"}, codes.InvalidArgument, "bob@h may not approve ok; approvers: alice"},
+		{"not an approver", &kilnv1.DecideApprovalRequest{BuildId: id, Step: "ok", By: "bob@h"}, codes.PermissionDenied, "bob@h may not approve ok; approvers: alice"},
 		{"not a gate", &kilnv1.DecideApprovalRequest{BuildId: id, Step: "deploy", By: "alice"}, codes.InvalidArgument, "not an approval step"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -35,6 +36,9 @@ func (s *ControlServer) resolveSource(ctx context.Context, req *kilnv1.SubmitBui
 		return invalid("event: at most %d bytes without control characters", MaxEventBytes)
 	}
 	src := req.GetSource()
+	if src.GetArchiveSha256() != "" || src.GetArchiveSize() != 0 {
+		return s.archiveSource(src, cmd)
+	}
 	if src.GetGitUrl() == "" && src.GetRepo() == "" {
 		if src.GetRef() != "" || src.GetCommit() != "" {
 			return invalid("source: ref and commit need source.git_url (or source.repo)")
@@ -93,6 +97,34 @@ func (s *ControlServer) resolveSource(ctx context.Context, req *kilnv1.SubmitBui
 	}
 	out.Commit, out.Branch, out.Tag = res.Commit, res.Branch, res.Tag
 	cmd.Source = out
+	return nil
+}
+
+// archiveSource takes an uploaded source archive: the blob must already be
+// stored on the leader (uploads answer only once a quorum holds it). The
+// recorded size is the stored blob's.
+func (s *ControlServer) archiveSource(src *kilnv1.Source, cmd *fsmv1.SubmitBuild) error {
+	if src.GetGitUrl() != "" || src.GetRepo() != "" || src.GetRef() != "" || src.GetCommit() != "" {
+		return invalid("source: give either an uploaded archive (archive_sha256) or a git repository, not both")
+	}
+	sha := src.GetArchiveSha256()
+	if !blobstore.ValidDigest(sha) {
+		return invalid("source.archive_sha256: %q is not 64 lower-case hex digits", sha)
+	}
+	if err := s.d.requireLeader(); err != nil {
+		return err
+	}
+	if s.d.Blobs == nil || !s.d.Blobs.Has(sha) {
+		return status.Errorf(codes.FailedPrecondition, "source archive %s is not stored: upload the archive first (BlobService.Upload)", sha)
+	}
+	size, err := s.d.Blobs.Size(sha)
+	if err != nil {
+		return status.Errorf(codes.Internal, "source archive %s: %v", sha, err)
+	}
+	if n := src.GetArchiveSize(); n != 0 && n != size {
+		return invalid("source.archive_size: %d, but the stored archive %s has %d bytes", n, sha, size)
+	}
+	cmd.Source = &kilnv1.Source{ArchiveSha256: sha, ArchiveSize: size}
 	return nil
 }
 

@@ -82,7 +82,7 @@ stages:
 			return err
 		})
 	}
-	if err := decide("mallory@host"); status.Code(err) != codes.InvalidArgument {
+	if err := decide("mallory@host"); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("approval by a stranger: %v", err)
 	}
 	if err := decide("alice@host"); err != nil {

@@ -44,6 +44,8 @@ var (
 	ErrLogsIncomplete = state.ErrLogsIncomplete
 	// ErrInvalidCommand: the command is malformed.
 	ErrInvalidCommand = state.ErrInvalidCommand
+	// ErrNotPermitted: the command's author may not do it.
+	ErrNotPermitted = state.ErrNotPermitted
 )
 
 // maxRecordSize bounds one snapshot record on restore.

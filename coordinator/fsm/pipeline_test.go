@@ -244,14 +244,14 @@ func TestApprovalApprove(t *testing.T) {
 	}
 
 	res := h.decide("1", "ok", true, "mallory@evil", "", "m1")
-	wantErr(t, res.Err, ErrInvalidCommand)
+	wantErr(t, res.Err, ErrNotPermitted)
 	if !strings.Contains(res.Err.Error(), "mallory@evil may not approve ok; approvers: alice, bob@ci") {
 		t.Fatalf("error %v", res.Err)
 	}
 	if _, ok := h.s.RequestBuild("m1"); ok {
 		t.Fatal("a rejected decision recorded its request id")
 	}
-	wantErr(t, h.decide("1", "ok", true, "bob@laptop", "", "").Err, ErrInvalidCommand)
+	wantErr(t, h.decide("1", "ok", true, "bob@laptop", "", "").Err, ErrNotPermitted)
 	wantErr(t, h.decide("1", "ok", true, "", "", "").Err, ErrInvalidCommand)
 	wantErr(t, h.decide("1", "deploy", true, "alice", "", "").Err, ErrInvalidCommand)
 	wantErr(t, h.decide("1", "nope", true, "alice", "", "").Err, ErrNotFound)

@@ -407,10 +407,14 @@ func sourceEnv(b *kilnv1.Build, buildID string) map[string]string {
 	}
 }
 
-// checkoutSource is the source an agent checks out, or nil when the build
-// has no pinned git commit.
+// checkoutSource is the source an agent checks out (a pinned git commit)
+// or downloads and unpacks (an uploaded archive), or nil when the build has
+// neither.
 func checkoutSource(b *kilnv1.Build) *kilnv1.Source {
 	src := b.GetSource()
+	if src.GetArchiveSha256() != "" {
+		return &kilnv1.Source{ArchiveSha256: src.GetArchiveSha256(), ArchiveSize: src.GetArchiveSize()}
+	}
 	if src.GetGitUrl() == "" || src.GetCommit() == "" {
 		return nil
 	}

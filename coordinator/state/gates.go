@@ -74,7 +74,7 @@ func (s *Store) DecideApproval(index uint64, cmd *fsmv1.DecideApproval) (*kilnv1
 				return fmt.Errorf("decide approval: no approver named: %w", ErrInvalidCommand)
 			}
 			if !mayApprove(a.GetApprovers(), by) {
-				return fmt.Errorf("%s may not approve %s; approvers: %s: %w", by, j.Key, strings.Join(a.GetApprovers(), ", "), ErrInvalidCommand)
+				return fmt.Errorf("%s may not approve %s; approvers: %s: %w", by, j.Key, strings.Join(a.GetApprovers(), ", "), ErrNotPermitted)
 			}
 		}
 		j = cloneJob(j)

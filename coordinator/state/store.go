@@ -30,6 +30,9 @@ var (
 	ErrLogsIncomplete = errors.New("logs incomplete")
 	// ErrInvalidCommand: the command itself is malformed.
 	ErrInvalidCommand = errors.New("invalid command")
+	// ErrNotPermitted: the command is well formed but its author may not
+	// do it (e.g. an approval by someone not among the approvers).
+	ErrNotPermitted = errors.New("not permitted")
 )
 
 const (

@@ -1,12 +1,10 @@
 package buildspec
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/kiln-ci/kiln/internal/pipeline"
+	"github.com/kiln-ci/kiln/internal/yamlpos"
 )
 
 // Limits on buildspec files.
@@ -41,8 +40,7 @@ var (
 )
 
 var (
-	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
 // Spec is a parsed, valid buildspec file.
@@ -137,7 +135,9 @@ func Parse(filename string, data []byte) (*Spec, []Warning, error) {
 			Hint: "move scripts out of the buildspec into files in the repository"})
 		return nil, nil, p.result()
 	}
-	root := p.document(data)
+	root := yamlpos.Decode(data, p.syntaxError, func(extra *yaml.Node) {
+		p.errorf(extra, "remove the '---' separator", "a buildspec holds one YAML document; found another")
+	})
 	if root == nil {
 		if len(p.errs) == 0 {
 			p.errorf(nil, "start with version: 0.2 and a phases: section", "buildspec is empty")
@@ -212,53 +212,9 @@ func (p *parser) result() error {
 	return &pipeline.Errors{List: list}
 }
 
-// document decodes the single YAML document and returns its root, or nil.
-func (p *parser) document(data []byte) *yaml.Node {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := decode(dec, &doc); err != nil {
-		if !errors.Is(err, io.EOF) {
-			p.syntaxError(err)
-		}
-		return nil
-	}
-	var extra yaml.Node
-	switch err := decode(dec, &extra); {
-	case err == nil:
-		p.errorf(&extra, "remove the '---' separator", "a buildspec holds one YAML document; found another")
-	case !errors.Is(err, io.EOF):
-		p.syntaxError(err)
-	}
-	if len(doc.Content) == 0 {
-		return nil
-	}
-	root := doc.Content[0]
-	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-		return nil
-	}
-	return root
-}
-
-func decode(dec *yaml.Decoder, n *yaml.Node) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("yaml: %v", r)
-		}
-	}()
-	return dec.Decode(n)
-}
-
-func (p *parser) syntaxError(err error) {
-	msg := err.Error()
-	e := &pipeline.Error{File: p.file}
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		e.Line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	e.Msg = "invalid YAML: " + msg
-	p.add(e)
+// syntaxError records a YAML syntax error (the library gives no column).
+func (p *parser) syntaxError(line int, msg string) {
+	p.add(&pipeline.Error{File: p.file, Line: line, Msg: "invalid YAML: " + msg})
 }
 
 // resolve follows aliases (buildspecs often share command lists through
@@ -273,43 +229,20 @@ func resolve(n *yaml.Node) *yaml.Node {
 	return n
 }
 
-type field struct{ key, val *yaml.Node }
-
 // fields checks that n is a mapping with unique, known keys and returns the
 // known ones by name; nil after recording a problem when n is not a mapping.
-func (p *parser) fields(n *yaml.Node, what string, known []string) map[string]field {
+func (p *parser) fields(n *yaml.Node, what string, known []string) map[string]yamlpos.Field {
 	n = p.kind(n, yaml.MappingNode, what)
 	if n == nil {
 		return nil
 	}
-	out := make(map[string]field, len(n.Content)/2)
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			p.errorf(k, "", "%s has a key that is %s", what, kindName(k))
-			continue
-		}
-		if k.Tag == "!!merge" {
-			p.errorf(k, "repeat the values instead", "merge keys (<<) are not supported")
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			p.errorf(k, "", "duplicate key %q in %s (first at line %d)", k.Value, what, first.Line)
-			continue
-		}
-		seen[k.Value] = k
-		if !contains(known, k.Value) {
-			hint := "known keys: " + strings.Join(known, ", ")
-			if c := closest(k.Value, known); c != "" {
-				hint = fmt.Sprintf("did you mean %q?", c)
-			}
-			p.errorf(k, hint, "unknown key %q in %s", k.Value, what)
-			continue
-		}
-		out[k.Value] = field{key: k, val: v}
-	}
-	return out
+	return yamlpos.Fields(n, yamlpos.Keys{What: what, Known: known, Fold: foldKey}, p.errorf)
+}
+
+// foldKey makes the spellings of a key that differ only in case or in '-'
+// for '_' equal, for did-you-mean hints (pre-build for pre_build).
+func foldKey(k string) string {
+	return strings.ReplaceAll(strings.ToLower(k), "-", "_")
 }
 
 // kind resolves aliases and checks n's kind; a null counts as an empty
@@ -321,7 +254,7 @@ func (p *parser) kind(n *yaml.Node, kind yaml.Kind, what string) *yaml.Node {
 		p.errorf(n, "", "%s: alias chain too deep", what)
 		return nil
 	}
-	if isNull(r) && kind != yaml.ScalarNode {
+	if yamlpos.IsNull(r) && kind != yaml.ScalarNode {
 		return &yaml.Node{Kind: kind, Line: r.Line, Column: r.Column}
 	}
 	if r.Kind != kind {
@@ -338,7 +271,7 @@ func (p *parser) str(n *yaml.Node, what string) (string, bool) {
 	if r == nil {
 		return "", false
 	}
-	if isNull(r) {
+	if yamlpos.IsNull(r) {
 		return "", true
 	}
 	if strings.IndexByte(r.Value, 0) >= 0 {
@@ -398,36 +331,36 @@ func (p *parser) spec(root *yaml.Node) *Spec {
 		return s
 	}
 	if v, ok := f["version"]; ok {
-		s.Version = p.version(v.val)
+		s.Version = p.version(v.Val)
 	} else {
 		p.errorf(root, "add version: 0.2 at the top", "buildspec has no version")
 	}
 	if v, ok := f["run-as"]; ok {
-		p.errorf(v.key, "run the commands as the agent's user, or use sudo -u in the commands", "run-as is not supported by Kiln")
+		p.errorf(v.Key, "run the commands as the agent's user, or use sudo -u in the commands", "run-as is not supported by Kiln")
 	}
 	if v, ok := f["batch"]; ok {
-		p.errorf(v.key, "write a Kiln pipeline file (.kiln.yaml) with several steps instead",
+		p.errorf(v.Key, "write a Kiln pipeline file (.kiln.yaml) with several steps instead",
 			"batch builds are not supported by Kiln")
 	}
 	if v, ok := f["proxy"]; ok {
-		p.warnf(v.key, "proxy is ignored: Kiln agents use their own network settings")
+		p.warnf(v.Key, "proxy is ignored: Kiln agents use their own network settings")
 	}
 	if v, ok := f["cache"]; ok {
-		p.warnf(v.key, "cache is not supported by Kiln yet and is ignored: every job starts in a fresh workspace")
+		p.warnf(v.Key, "cache is not supported by Kiln yet and is ignored: every job starts in a fresh workspace")
 	}
 	if v, ok := f["env"]; ok {
-		p.env(v.val, s)
+		p.env(v.Val, s)
 	}
 	if v, ok := f["phases"]; ok {
-		p.phases(v.val, s)
+		p.phases(v.Val, s)
 	} else {
 		p.errorf(root, "add a phases: section with at least a build: phase", "buildspec has no phases")
 	}
 	if v, ok := f["artifacts"]; ok {
-		s.Artifacts = p.artifacts(v.val)
+		s.Artifacts = p.artifacts(v.Val)
 	}
 	if v, ok := f["reports"]; ok {
-		s.Reports = p.reports(v.val)
+		s.Reports = p.reports(v.Val)
 	}
 	return s
 }
@@ -455,39 +388,39 @@ func (p *parser) env(n *yaml.Node, s *Spec) {
 		return
 	}
 	if v, ok := f["shell"]; ok {
-		if sh, ok := p.str(v.val, "env.shell"); ok {
+		if sh, ok := p.str(v.Val, "env.shell"); ok {
 			switch sh {
 			case "bash", "/bin/bash":
 				s.Shell = "bash"
 			case "sh", "/bin/sh":
 				s.Shell = "sh"
 			default:
-				p.errorf(v.val, "use bash or /bin/sh", "env.shell %q is not supported by Kiln", sh)
+				p.errorf(v.Val, "use bash or /bin/sh", "env.shell %q is not supported by Kiln", sh)
 			}
 		}
 	}
 	if v, ok := f["variables"]; ok {
-		s.Variables = p.variables(v.val)
+		s.Variables = p.variables(v.Val)
 	}
 	if v, ok := f["exported-variables"]; ok {
-		for _, name := range p.strList(v.val, "env.exported-variables", false) {
+		for _, name := range p.strList(v.Val, "env.exported-variables", false) {
 			if !envNameRE.MatchString(name) {
-				p.errorf(v.val, "", "env.exported-variables: invalid variable name %q", name)
+				p.errorf(v.Val, "", "env.exported-variables: invalid variable name %q", name)
 				continue
 			}
 			s.ExportedVariables = append(s.ExportedVariables, name)
 		}
-		p.warnf(v.key, "env.exported-variables: Kiln does not export variables out of the job; "+
+		p.warnf(v.Key, "env.exported-variables: Kiln does not export variables out of the job; "+
 			"they are shell variables, visible to later commands and phases of this job only")
 	}
 	for _, k := range []string{"parameter-store", "secrets-manager"} {
 		if v, ok := f[k]; ok {
-			p.errorf(v.key, "pass secrets to the build with kilnctl run --env, or fetch them with the aws CLI in a command",
+			p.errorf(v.Key, "pass secrets to the build with kilnctl run --env, or fetch them with the aws CLI in a command",
 				"env.%s is not supported by Kiln", k)
 		}
 	}
-	if v, ok := f["git-credential-helper"]; ok && p.boolean(v.val, "env.git-credential-helper") {
-		p.errorf(v.key, "configure git credentials on the agent, or remove the key",
+	if v, ok := f["git-credential-helper"]; ok && p.boolean(v.Val, "env.git-credential-helper") {
+		p.errorf(v.Key, "configure git credentials on the agent, or remove the key",
 			"env.git-credential-helper is not supported by Kiln")
 	}
 }
@@ -546,41 +479,41 @@ func (p *parser) phases(n *yaml.Node, s *Spec) {
 	}
 }
 
-func (p *parser) phase(name string, v field) *Phase {
+func (p *parser) phase(name string, v yamlpos.Field) *Phase {
 	what := "phases." + name
-	ph := &Phase{Name: name, Line: v.key.Line, Column: v.key.Column}
-	f := p.fields(v.val, what, phaseKeys)
+	ph := &Phase{Name: name, Line: v.Key.Line, Column: v.Key.Column}
+	f := p.fields(v.Val, what, phaseKeys)
 	if f == nil {
 		return nil
 	}
 	if x, ok := f["run-as"]; ok {
-		p.errorf(x.key, "run the commands as the agent's user, or use sudo -u in the commands", "%s.run-as is not supported by Kiln", what)
+		p.errorf(x.Key, "run the commands as the agent's user, or use sudo -u in the commands", "%s.run-as is not supported by Kiln", what)
 	}
 	if x, ok := f["runtime-versions"]; ok {
-		p.warnf(x.key, "%s.runtime-versions is ignored: install runtimes in your commands or use an agent with them", what)
+		p.warnf(x.Key, "%s.runtime-versions is ignored: install runtimes in your commands or use an agent with them", what)
 	}
 	if x, ok := f["on-failure"]; ok {
-		if of, ok := p.str(x.val, what+".on-failure"); ok {
+		if of, ok := p.str(x.Val, what+".on-failure"); ok {
 			switch {
 			case of == "ABORT" || of == "CONTINUE":
 				ph.OnFailure = of
 			case strings.HasPrefix(of, "RETRY"):
-				p.errorf(x.val, "use ABORT or CONTINUE; retries of a failed job are set with retry.on_failure in a Kiln pipeline file",
+				p.errorf(x.Val, "use ABORT or CONTINUE; retries of a failed job are set with retry.on_failure in a Kiln pipeline file",
 					"%s.on-failure %s is not supported by Kiln", what, of)
 			default:
 				hint := "use ABORT or CONTINUE"
 				if u := strings.ToUpper(of); u == "ABORT" || u == "CONTINUE" {
 					hint = fmt.Sprintf("write it in capitals: %s", u)
 				}
-				p.errorf(x.val, hint, "%s.on-failure: unknown value %q", what, of)
+				p.errorf(x.Val, hint, "%s.on-failure: unknown value %q", what, of)
 			}
 		}
 	}
 	if x, ok := f["commands"]; ok {
-		ph.Commands = p.strList(x.val, what+".commands", true)
+		ph.Commands = p.strList(x.Val, what+".commands", true)
 	}
 	if x, ok := f["finally"]; ok {
-		ph.Finally = p.strList(x.val, what+".finally", true)
+		ph.Finally = p.strList(x.Val, what+".finally", true)
 	}
 	return ph
 }
@@ -600,20 +533,20 @@ func (p *parser) relGlob(n *yaml.Node, what, s string) (string, bool) {
 }
 
 // globs reads files and base-directory into workspace-relative globs.
-func (p *parser) globs(f map[string]field, what string) (files []string, base string, globs []string) {
+func (p *parser) globs(f map[string]yamlpos.Field, what string) (files []string, base string, globs []string) {
 	if v, ok := f["base-directory"]; ok {
-		if b, ok := p.str(v.val, what+".base-directory"); ok && b != "" {
-			base, _ = p.relGlob(v.val, what+".base-directory", b)
+		if b, ok := p.str(v.Val, what+".base-directory"); ok && b != "" {
+			base, _ = p.relGlob(v.Val, what+".base-directory", b)
 		}
 	}
 	v, ok := f["files"]
 	if !ok {
 		return nil, base, nil
 	}
-	written := p.strList(v.val, what+".files", false)
-	r := resolve(v.val)
+	written := p.strList(v.Val, what+".files", false)
+	r := resolve(v.Val)
 	for i, file := range written {
-		node := v.val
+		node := v.Val
 		if r != nil && r.Kind == yaml.SequenceNode && i < len(r.Content) {
 			node = r.Content[i]
 		}
@@ -644,21 +577,21 @@ func (p *parser) artifacts(n *yaml.Node) *Artifacts {
 	if _, ok := f["files"]; !ok {
 		p.errorf(n, "list the files to keep, such as files: ['**/*']", "artifacts has no files")
 	}
-	if v, ok := f["discard-paths"]; ok && p.boolean(v.val, "artifacts.discard-paths") {
+	if v, ok := f["discard-paths"]; ok && p.boolean(v.Val, "artifacts.discard-paths") {
 		a.DiscardPaths = true
-		p.warnf(v.key, "artifacts.discard-paths: yes is ignored: Kiln keeps artifacts at their paths in the workspace")
+		p.warnf(v.Key, "artifacts.discard-paths: yes is ignored: Kiln keeps artifacts at their paths in the workspace")
 	}
 	if v, ok := f["name"]; ok {
-		a.Name, _ = p.str(v.val, "artifacts.name")
-		p.warnf(v.key, "artifacts.name is ignored: Kiln stores the artifacts under the build and job")
+		a.Name, _ = p.str(v.Val, "artifacts.name")
+		p.warnf(v.Key, "artifacts.name is ignored: Kiln stores the artifacts under the build and job")
 	}
 	for _, k := range []string{"exclude-paths", "enable-symlinks", "s3-prefix"} {
 		if v, ok := f[k]; ok {
-			p.warnf(v.key, "artifacts.%s is not supported by Kiln and is ignored", k)
+			p.warnf(v.Key, "artifacts.%s is not supported by Kiln and is ignored", k)
 		}
 	}
 	if v, ok := f["secondary-artifacts"]; ok {
-		p.warnf(v.key, "artifacts.secondary-artifacts is not supported by Kiln: their files are not kept; list them in artifacts.files")
+		p.warnf(v.Key, "artifacts.secondary-artifacts is not supported by Kiln: their files are not kept; list them in artifacts.files")
 	}
 	return a
 }
@@ -691,18 +624,18 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 		if _, ok := f["files"]; !ok {
 			p.errorf(k, "list the report files, such as files: ['**/junit*.xml']", "%s has no files", what)
 		}
-		if x, ok := f["discard-paths"]; ok && p.boolean(x.val, what+".discard-paths") {
-			p.warnf(x.key, "%s.discard-paths: yes is ignored: Kiln reads the reports at their paths", what)
+		if x, ok := f["discard-paths"]; ok && p.boolean(x.Val, what+".discard-paths") {
+			p.warnf(x.Key, "%s.discard-paths: yes is ignored: Kiln reads the reports at their paths", what)
 		}
 		if x, ok := f["file-format"]; ok {
-			if ff, ok := p.str(x.val, what+".file-format"); ok {
+			if ff, ok := p.str(x.Val, what+".file-format"); ok {
 				ff = strings.ToUpper(ff)
 				switch {
 				case ff == "JUNITXML":
-				case contains(reportFormats, ff):
-					p.warnf(x.val, "%s: file-format %s is not supported by Kiln, which reads JUnit XML only; the report is ignored", what, ff)
+				case slices.Contains(reportFormats, ff):
+					p.warnf(x.Val, "%s: file-format %s is not supported by Kiln, which reads JUnit XML only; the report is ignored", what, ff)
 				default:
-					p.errorf(x.val, "known formats: "+strings.Join(reportFormats, ", "), "%s: unknown file-format %q", what, ff)
+					p.errorf(x.Val, "known formats: "+strings.Join(reportFormats, ", "), "%s: unknown file-format %q", what, ff)
 				}
 				rep.FileFormat = ff
 			}
@@ -712,77 +645,15 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 	return out
 }
 
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
+// kindName describes a node for messages; unlike yamlpos.KindName it shows
+// a scalar's value.
 func kindName(n *yaml.Node) string {
 	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.DocumentNode:
-		return "a document"
+	case yaml.MappingNode, yaml.SequenceNode, yaml.AliasNode, yaml.DocumentNode:
+		return yamlpos.KindName(n)
 	}
-	if isNull(n) {
+	if yamlpos.IsNull(n) {
 		return "empty"
 	}
 	return fmt.Sprintf("the value %q", n.Value)
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-// closest returns the candidate nearest to s when close enough to be a
-// likely typo (pre-build for pre_build, commmands for commands), else "".
-func closest(s string, candidates []string) string {
-	norm := func(x string) string { return strings.NewReplacer("-", "_").Replace(strings.ToLower(x)) }
-	best, bestD := "", -1
-	for _, c := range candidates {
-		d := levenshtein(norm(s), norm(c))
-		if bestD < 0 || d < bestD {
-			best, bestD = c, d
-		}
-	}
-	limit := 2
-	if len(s) <= 3 {
-		limit = 1
-	}
-	if bestD >= 0 && bestD <= limit {
-		return best
-	}
-	return ""
-}
-
-func levenshtein(a, b string) int {
-	ra, rb := []rune(a), []rune(b)
-	if len(ra) > 200 || len(rb) > 200 {
-		return 1 << 20
-	}
-	prev := make([]int, len(rb)+1)
-	cur := make([]int, len(rb)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(ra); i++ {
-		cur[0] = i
-		for j := 1; j <= len(rb); j++ {
-			cost := 1
-			if ra[i-1] == rb[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(rb)]
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/kiln-ci/kiln/internal/yamlpos"
 )
 
 // Condition is a parsed `if` expression. The language:
@@ -440,7 +442,7 @@ func identOperand(t ctoken) (operand, error) {
 	}
 	hint := `known identifiers: branch, tag, event, env.NAME; strings are double-quoted`
 	head, _, _ := strings.Cut(name, ".")
-	if c := closest(head, condIdents); c != "" {
+	if c := yamlpos.Closest(head, condIdents, nil); c != "" {
 		hint = fmt.Sprintf("did you mean %q?", c)
 	}
 	return operand{}, &CondError{Offset: t.pos, Msg: fmt.Sprintf("unknown identifier %q", name), Hint: hint}

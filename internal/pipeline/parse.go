@@ -1,10 +1,8 @@
 package pipeline
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"path"
 	"regexp"
@@ -16,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kiln-ci/kiln/internal/yamlpos"
 )
 
 // Keys known at each level of the file. Adding a key to the language means
@@ -33,11 +33,10 @@ var (
 )
 
 var (
-	stepKeyRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
-	axisRE     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
-	driveRE    = regexp.MustCompile(`^[A-Za-z]:`)
-	envNameRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+	stepKeyRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]*$`)
+	axisRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
+	driveRE   = regexp.MustCompile(`^[A-Za-z]:`)
+	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
 // maxKeyLen bounds step keys (they become parts of job ids and paths);
@@ -58,7 +57,10 @@ func Parse(filename string, data []byte) (*Pipeline, error) {
 			Hint: "split the pipeline or move data out of the file"})
 		return nil, p.result()
 	}
-	root := p.document(data)
+	root := yamlpos.Decode(data, p.syntaxError, func(extra *yaml.Node) {
+		p.errorf(extra, "remove the '---' separator or split the file",
+			"a pipeline file holds one YAML document; found another")
+	})
 	if root == nil {
 		if len(p.errs) == 0 {
 			p.add(&Error{File: filename, Line: 1, Column: 1, Msg: "pipeline has no steps",
@@ -122,101 +124,24 @@ func (p *parser) result() error {
 	return errs
 }
 
-// document decodes the YAML text and returns the root node, or nil after
-// recording a problem (or when the file holds no document).
-func (p *parser) document(data []byte) *yaml.Node {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	if err := decode(dec, &doc); err != nil {
-		if !errors.Is(err, io.EOF) {
-			p.syntaxError(err)
-		}
-		return nil
-	}
-	var extra yaml.Node
-	switch err := decode(dec, &extra); {
-	case err == nil:
-		p.errorf(&extra, "remove the '---' separator or split the file",
-			"a pipeline file holds one YAML document; found another")
-	case !errors.Is(err, io.EOF):
-		p.syntaxError(err)
-	}
-	if len(doc.Content) == 0 {
-		return nil
-	}
-	root := doc.Content[0]
-	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
-		return nil
-	}
-	return root
-}
-
-// decode runs dec.Decode, turning a panic inside the YAML library into an
-// error: a malformed file must never crash the caller.
-func decode(dec *yaml.Decoder, n *yaml.Node) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("yaml: %v", r)
-		}
-	}()
-	return dec.Decode(n)
-}
-
 // syntaxError records a YAML syntax error. The library reports a line but
 // no column, so the column is left out.
-func (p *parser) syntaxError(err error) {
-	msg := err.Error()
-	e := &Error{File: p.file}
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		e.Line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
-	e.Msg = "invalid YAML: " + msg
-	p.add(e)
-}
-
-// field is one key of a mapping with its value.
-type field struct {
-	key, val *yaml.Node
+func (p *parser) syntaxError(line int, msg string) {
+	p.add(&Error{File: p.file, Line: line, Msg: "invalid YAML: " + msg})
 }
 
 // fields checks that n is a mapping whose keys are unique and known, and
 // returns its known fields by name. what names the mapping in messages.
 // It returns nil (after recording the problem) when n is not a mapping.
-func (p *parser) fields(n *yaml.Node, what string, known []string) map[string]field {
+func (p *parser) fields(n *yaml.Node, what string, known []string) map[string]yamlpos.Field {
 	if !p.isKind(n, yaml.MappingNode, what, false) {
 		return nil
 	}
-	out := make(map[string]field, len(n.Content)/2)
-	seen := make(map[string]*yaml.Node, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if k.Kind != yaml.ScalarNode {
-			p.errorf(k, "keys are plain words such as "+quoteList(known[:1]), "%s has a key that is %s", what, kindName(k))
-			continue
-		}
-		if k.Tag == "!!merge" {
-			p.errorf(k, "repeat the values instead", "merge keys (<<) are not supported")
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			p.errorf(k, "", "duplicate key %q in %s (first at line %d)", k.Value, what, first.Line)
-			continue
-		}
-		seen[k.Value] = k
-		if !contains(known, k.Value) {
-			hint := "known keys: " + strings.Join(known, ", ")
-			if c := closest(k.Value, known); c != "" {
-				hint = fmt.Sprintf("did you mean %q?", c)
-			}
-			p.errorf(k, hint, "unknown key %q in %s", k.Value, what)
-			continue
-		}
-		out[k.Value] = field{key: k, val: v}
-	}
-	return out
+	return yamlpos.Fields(n, yamlpos.Keys{
+		What:          what,
+		Known:         known,
+		NonScalarHint: "keys are plain words such as " + strconv.Quote(known[0]),
+	}, p.errorf)
 }
 
 // isKind checks n's kind. With nullOK a null scalar is accepted as empty
@@ -226,7 +151,7 @@ func (p *parser) isKind(n *yaml.Node, kind yaml.Kind, what string, nullOK bool) 
 		p.errorf(n, "repeat the value instead", "YAML aliases (*%s) are not supported", n.Value)
 		return false
 	}
-	if nullOK && isNull(n) {
+	if nullOK && yamlpos.IsNull(n) {
 		return true
 	}
 	if n.Kind != kind {
@@ -234,7 +159,7 @@ func (p *parser) isKind(n *yaml.Node, kind yaml.Kind, what string, nullOK bool) 
 		if kind == yaml.SequenceNode {
 			want = "a list"
 		}
-		p.errorf(n, "", "%s must be %s, not %s", what, want, kindName(n))
+		p.errorf(n, "", "%s must be %s, not %s", what, want, yamlpos.KindName(n))
 		return false
 	}
 	return true
@@ -247,47 +172,47 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	}
 	pl := &Pipeline{}
 	if x, ok := f["name"]; ok {
-		pl.Name, _ = p.str(x.val, "name")
+		pl.Name, _ = p.str(x.Val, "name")
 	}
 	if x, ok := f["env"]; ok {
-		pl.Env = p.env(x.val, "env")
+		pl.Env = p.env(x.Val, "env")
 	}
 	if x, ok := f["agents"]; ok {
-		pl.Agents = p.labels(x.val, "agents")
+		pl.Agents = p.labels(x.Val, "agents")
 	}
 	if x, ok := f["timeout"]; ok {
-		pl.Timeout = p.duration(x.val, "timeout")
+		pl.Timeout = p.duration(x.Val, "timeout")
 	}
 	if x, ok := f["retry"]; ok {
-		pl.Retry = p.retry(x.val, "retry")
+		pl.Retry = p.retry(x.Val, "retry")
 	}
 	if x, ok := f["concurrency"]; ok {
-		pl.Concurrency = p.concurrency(x.val)
+		pl.Concurrency = p.concurrency(x.Val)
 	}
 	stages, hasStages := f["stages"]
 	steps, hasSteps := f["steps"]
 	switch {
 	case hasStages && hasSteps:
-		second := steps.key
-		if second.Line < stages.key.Line {
-			second = stages.key
+		second := steps.Key
+		if second.Line < stages.Key.Line {
+			second = stages.Key
 		}
 		p.errorf(second, "steps: is shorthand for a single stage; put the steps under a stage",
 			"use either stages or steps, not both")
 	case hasStages:
-		if p.isKind(stages.val, yaml.SequenceNode, "stages", true) {
-			for _, sn := range stages.val.Content {
+		if p.isKind(stages.Val, yaml.SequenceNode, "stages", true) {
+			for _, sn := range stages.Val.Content {
 				if st := p.stage(sn, len(pl.Stages)); st != nil {
 					pl.Stages = append(pl.Stages, st)
 				}
 			}
-			if len(stages.val.Content) == 0 {
-				p.errorf(stages.key, "add at least one stage with steps", "stages is empty: the pipeline has no steps")
+			if len(stages.Val.Content) == 0 {
+				p.errorf(stages.Key, "add at least one stage with steps", "stages is empty: the pipeline has no steps")
 			}
 		}
 	case hasSteps:
 		st := &Stage{}
-		st.Steps = p.stepList(steps.key, steps.val, "steps", "the pipeline")
+		st.Steps = p.stepList(steps.Key, steps.Val, "steps", "the pipeline")
 		pl.Stages = []*Stage{st}
 	default:
 		p.errorf(root, "add a steps: or stages: list", "pipeline has no steps")
@@ -303,7 +228,7 @@ func (p *parser) stage(n *yaml.Node, index int) *Stage {
 	}
 	st := &Stage{}
 	if x, ok := f["name"]; ok {
-		st.Name, _ = p.str(x.val, "stage name")
+		st.Name, _ = p.str(x.Val, "stage name")
 		if st.Name != "" {
 			what = fmt.Sprintf("stage %q", st.Name)
 		}
@@ -313,7 +238,7 @@ func (p *parser) stage(n *yaml.Node, index int) *Stage {
 		p.errorf(n, "add a steps: list to the stage", "%s has no steps", what)
 		return st
 	}
-	st.Steps = p.stepList(x.key, x.val, "steps", what)
+	st.Steps = p.stepList(x.Key, x.Val, "steps", what)
 	return st
 }
 
@@ -347,19 +272,19 @@ func (p *parser) step(n *yaml.Node) *Step {
 	st := &Step{Line: n.Line, Column: n.Column}
 	what := "step"
 	if x, ok := f["key"]; ok {
-		if key, ok := p.str(x.val, "step key"); ok {
+		if key, ok := p.str(x.Val, "step key"); ok {
 			switch {
 			case len(key) > maxKeyLen:
-				p.errorf(x.val, "", "step key is %d characters; the limit is %d", len(key), maxKeyLen)
+				p.errorf(x.Val, "", "step key is %d characters; the limit is %d", len(key), maxKeyLen)
 			case !stepKeyRE.MatchString(key):
-				p.errorf(x.val, "use lower-case letters, digits, '_', '.' and '-', starting with a letter or digit",
+				p.errorf(x.Val, "use lower-case letters, digits, '_', '.' and '-', starting with a letter or digit",
 					"invalid step key %q", key)
 			default:
 				if first, dup := p.keys[key]; dup {
-					p.errorf(x.val, "step keys must be unique in the file",
+					p.errorf(x.Val, "step keys must be unique in the file",
 						"duplicate step key %q (first at line %d)", key, first.Line)
 				} else {
-					p.keys[key] = x.val
+					p.keys[key] = x.Val
 				}
 			}
 			st.Key = key
@@ -369,13 +294,13 @@ func (p *parser) step(n *yaml.Node) *Step {
 		p.errorf(n, "add key: <name>, e.g. key: build", "step has no key")
 	}
 	if x, ok := f["name"]; ok {
-		st.Name, _ = p.str(x.val, "step name")
+		st.Name, _ = p.str(x.Val, "step name")
 	}
 	if x, ok := f["approval"]; ok {
-		st.Approval = p.approval(x.val)
+		st.Approval = p.approval(x.Val)
 		for _, k := range stepKeys {
 			y, set := f[k]
-			if !set || contains(approvalStepKeys, k) {
+			if !set || slices.Contains(approvalStepKeys, k) {
 				continue
 			}
 			hint := "remove it"
@@ -385,7 +310,7 @@ func (p *parser) step(n *yaml.Node) *Step {
 			case "timeout":
 				hint = "set approval.timeout instead"
 			}
-			p.errorf(y.key, hint, "%s does not apply to an approval step", k)
+			p.errorf(y.Key, hint, "%s does not apply to an approval step", k)
 		}
 		if st.Approval == nil {
 			st.Approval = &Approval{}
@@ -397,60 +322,60 @@ func (p *parser) step(n *yaml.Node) *Step {
 	cmds, hasCmds := f["commands"]
 	switch {
 	case hasCmd && hasCmds:
-		second := cmds.key
-		if second.Line < cmd.key.Line || (second.Line == cmd.key.Line && second.Column < cmd.key.Column) {
-			second = cmd.key
+		second := cmds.Key
+		if second.Line < cmd.Key.Line || (second.Line == cmd.Key.Line && second.Column < cmd.Key.Column) {
+			second = cmd.Key
 		}
 		p.errorf(second, "command: is shorthand for a single-entry commands: list", "use either command or commands, not both")
 	case hasCmd:
-		if s, ok := p.str(cmd.val, "command"); ok {
+		if s, ok := p.str(cmd.Val, "command"); ok {
 			if strings.TrimSpace(s) == "" {
-				p.errorf(cmd.val, "", "command is empty")
+				p.errorf(cmd.Val, "", "command is empty")
 			} else {
 				st.Commands = []string{s}
 			}
 		}
 	case hasCmds:
-		st.Commands = p.commands(cmds.key, cmds.val)
+		st.Commands = p.commands(cmds.Key, cmds.Val)
 	default:
 		p.errorf(n, `add commands: ["..."] or command: "..."`, "%s has no commands", what)
 	}
 	if x, ok := f["agents"]; ok {
-		st.Agents = p.labels(x.val, "agents")
+		st.Agents = p.labels(x.Val, "agents")
 	}
 	if x, ok := f["env"]; ok {
-		st.Env = p.env(x.val, "env")
+		st.Env = p.env(x.Val, "env")
 	}
 	if x, ok := f["timeout"]; ok {
-		st.Timeout = p.duration(x.val, "timeout")
+		st.Timeout = p.duration(x.Val, "timeout")
 	}
 	if x, ok := f["retry"]; ok {
-		st.Retry = p.retry(x.val, "retry")
+		st.Retry = p.retry(x.Val, "retry")
 	}
 	if x, ok := f["allow_failure"]; ok {
-		st.AllowFailure = p.boolean(x.val, "allow_failure")
+		st.AllowFailure = p.boolean(x.Val, "allow_failure")
 	}
 	if x, ok := f["matrix"]; ok {
-		st.matrixPos = posOf(x.key)
-		st.Matrix = p.matrix(x.key, x.val, st.Env)
+		st.matrixPos = posOf(x.Key)
+		st.Matrix = p.matrix(x.Key, x.Val, st.Env)
 	}
 	if x, ok := f["artifacts"]; ok {
-		st.Artifacts = p.artifacts(x.key, x.val)
+		st.Artifacts = p.artifacts(x.Key, x.Val)
 	}
 	if x, ok := f["junit"]; ok {
-		st.JUnit = p.globs(x.key, x.val, "junit")
+		st.JUnit = p.globs(x.Key, x.Val, "junit")
 	}
 	p.stepCommon(st, f)
 	return st
 }
 
 // stepCommon parses the keys shared by approval and command steps.
-func (p *parser) stepCommon(st *Step, f map[string]field) {
+func (p *parser) stepCommon(st *Step, f map[string]yamlpos.Field) {
 	if x, ok := f["needs"]; ok {
-		st.needsKey = posOf(x.key)
+		st.needsKey = posOf(x.Key)
 		st.Needs = []string{}
-		if p.isKind(x.val, yaml.SequenceNode, "needs", true) {
-			for _, e := range x.val.Content {
+		if p.isKind(x.Val, yaml.SequenceNode, "needs", true) {
+			for _, e := range x.Val.Content {
 				if s, ok := p.str(e, "needs entry"); ok {
 					st.Needs = append(st.Needs, s)
 					st.needsPos = append(st.needsPos, posOf(e))
@@ -459,7 +384,7 @@ func (p *parser) stepCommon(st *Step, f map[string]field) {
 		}
 	}
 	if x, ok := f["if"]; ok {
-		p.condition(st, x.val)
+		p.condition(st, x.Val)
 	}
 }
 
@@ -525,7 +450,7 @@ func (p *parser) boolean(n *yaml.Node, what string) bool {
 		return false
 	}
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
-		p.errorf(n, "write true or false", "%s must be a boolean, not %s", what, kindName(n))
+		p.errorf(n, "write true or false", "%s must be a boolean, not %s", what, yamlpos.KindName(n))
 		return false
 	}
 	var b bool
@@ -582,8 +507,8 @@ func (p *parser) matrix(key, n *yaml.Node, env map[string]string) map[string][]s
 			p.errorf(k, "remove "+name+" from the step's env; the matrix sets it", "matrix axis %q sets env %s, which the step's env also sets", axis, name)
 			continue
 		}
-		if v.Kind == yaml.ScalarNode && !isNull(v) {
-			p.errorf(v, fmt.Sprintf("write %s: [%s]", axis, v.Value), "matrix axis %q must be a list of values, not %s", axis, kindName(v))
+		if v.Kind == yaml.ScalarNode && !yamlpos.IsNull(v) {
+			p.errorf(v, fmt.Sprintf("write %s: [%s]", axis, v.Value), "matrix axis %q must be a list of values, not %s", axis, yamlpos.KindName(v))
 			continue
 		}
 		if !p.isKind(v, yaml.SequenceNode, fmt.Sprintf("matrix axis %q", axis), false) {
@@ -644,13 +569,13 @@ func (p *parser) artifacts(key, n *yaml.Node) []string {
 		p.errorf(n, `add paths: ["dist/*"]`, "artifacts has no paths")
 		return nil
 	}
-	return p.globs(x.key, x.val, "artifacts.paths")
+	return p.globs(x.Key, x.Val, "artifacts.paths")
 }
 
 // globs parses a non-empty list of relative path globs.
 func (p *parser) globs(key, n *yaml.Node, what string) []string {
-	if n.Kind == yaml.ScalarNode && !isNull(n) {
-		p.errorf(n, fmt.Sprintf("write %s: [%q]", key.Value, n.Value), "%s must be a list, not %s", what, kindName(n))
+	if n.Kind == yaml.ScalarNode && !yamlpos.IsNull(n) {
+		p.errorf(n, fmt.Sprintf("write %s: [%q]", key.Value, n.Value), "%s must be a list, not %s", what, yamlpos.KindName(n))
 		return nil
 	}
 	if !p.isKind(n, yaml.SequenceNode, what, false) {
@@ -687,16 +612,16 @@ func (p *parser) globs(key, n *yaml.Node, what string) []string {
 
 func (p *parser) approval(n *yaml.Node) *Approval {
 	a := &Approval{}
-	if isNull(n) {
+	if yamlpos.IsNull(n) {
 		return a
 	}
 	f := p.fields(n, "approval", approvalKeys)
 	if f == nil {
 		return a
 	}
-	if x, ok := f["approvers"]; ok && p.isKind(x.val, yaml.SequenceNode, "approval.approvers", true) {
+	if x, ok := f["approvers"]; ok && p.isKind(x.Val, yaml.SequenceNode, "approval.approvers", true) {
 		seen := map[string]bool{}
-		for _, e := range x.val.Content {
+		for _, e := range x.Val.Content {
 			s, ok := p.str(e, "approver")
 			switch {
 			case !ok:
@@ -713,10 +638,10 @@ func (p *parser) approval(n *yaml.Node) *Approval {
 		}
 	}
 	if x, ok := f["timeout"]; ok {
-		a.Timeout = p.duration(x.val, "approval.timeout")
+		a.Timeout = p.duration(x.Val, "approval.timeout")
 	}
 	if x, ok := f["prompt"]; ok {
-		a.Prompt, _ = p.str(x.val, "approval.prompt")
+		a.Prompt, _ = p.str(x.Val, "approval.prompt")
 	}
 	return a
 }
@@ -728,14 +653,14 @@ func (p *parser) concurrency(n *yaml.Node) *Concurrency {
 	}
 	c := &Concurrency{Limit: 1}
 	if x, ok := f["group"]; ok {
-		if s, ok := p.str(x.val, "concurrency.group"); ok {
+		if s, ok := p.str(x.Val, "concurrency.group"); ok {
 			switch {
 			case strings.TrimSpace(s) == "":
-				p.errorf(x.val, "name the group, e.g. deploy-production", "concurrency.group is empty")
+				p.errorf(x.Val, "name the group, e.g. deploy-production", "concurrency.group is empty")
 			case len(s) > maxNameLen:
-				p.errorf(x.val, "", "concurrency.group is %d characters; the limit is %d", len(s), maxNameLen)
+				p.errorf(x.Val, "", "concurrency.group is %d characters; the limit is %d", len(s), maxNameLen)
 			case strings.ContainsFunc(s, unicode.IsControl):
-				p.errorf(x.val, "", "concurrency.group contains control characters")
+				p.errorf(x.Val, "", "concurrency.group contains control characters")
 			default:
 				c.Group = s
 			}
@@ -744,7 +669,7 @@ func (p *parser) concurrency(n *yaml.Node) *Concurrency {
 		p.errorf(n, "add group: NAME, e.g. group: deploy-production", "concurrency has no group")
 	}
 	if x, ok := f["limit"]; ok {
-		if v := p.count(x.val, "concurrency.limit", 1, math.MaxInt32); v != nil {
+		if v := p.count(x.Val, "concurrency.limit", 1, math.MaxInt32); v != nil {
 			c.Limit = *v
 		}
 	}
@@ -752,9 +677,9 @@ func (p *parser) concurrency(n *yaml.Node) *Concurrency {
 }
 
 func (p *parser) commands(key, n *yaml.Node) []string {
-	if n.Kind == yaml.ScalarNode && !isNull(n) {
+	if n.Kind == yaml.ScalarNode && !yamlpos.IsNull(n) {
 		// A common slip: commands: make. Say how to write it.
-		p.errorf(n, `write commands: ["..."] or use command: for one line`, "commands must be a list, not %s", kindName(n))
+		p.errorf(n, `write commands: ["..."] or use command: for one line`, "commands must be a list, not %s", yamlpos.KindName(n))
 		return nil
 	}
 	if !p.isKind(n, yaml.SequenceNode, "commands", false) {
@@ -790,8 +715,8 @@ func (p *parser) str(n *yaml.Node, what string) (string, bool) {
 		p.isKind(n, yaml.ScalarNode, what, false)
 		return "", false
 	}
-	if n.Kind != yaml.ScalarNode || isNull(n) {
-		p.errorf(n, "", "%s must be a string, not %s", what, kindName(n))
+	if n.Kind != yaml.ScalarNode || yamlpos.IsNull(n) {
+		p.errorf(n, "", "%s must be a string, not %s", what, yamlpos.KindName(n))
 		return "", false
 	}
 	return n.Value, true
@@ -880,10 +805,10 @@ func (p *parser) retry(n *yaml.Node, what string) Retry {
 		return r
 	}
 	if x, ok := f["on_agent_lost"]; ok {
-		r.OnAgentLost = p.count(x.val, what+".on_agent_lost", 0, MaxRetries)
+		r.OnAgentLost = p.count(x.Val, what+".on_agent_lost", 0, MaxRetries)
 	}
 	if x, ok := f["on_failure"]; ok {
-		r.OnFailure = p.count(x.val, what+".on_failure", 0, MaxRetries)
+		r.OnFailure = p.count(x.Val, what+".on_failure", 0, MaxRetries)
 	}
 	return r
 }
@@ -895,7 +820,7 @@ func (p *parser) count(n *yaml.Node, what string, lo, hi int64) *int32 {
 			p.isKind(n, yaml.ScalarNode, what, false)
 			return nil
 		}
-		p.errorf(n, "", "%s must be an integer, not %s", what, kindName(n))
+		p.errorf(n, "", "%s must be an integer, not %s", what, yamlpos.KindName(n))
 		return nil
 	}
 	v, err := strconv.ParseInt(n.Value, 0, 64)
@@ -915,54 +840,4 @@ func (p *parser) count(n *yaml.Node, what string, lo, hi int64) *int32 {
 	}
 	c := int32(v)
 	return &c
-}
-
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-// kindName describes a node for messages: "a mapping", "an integer", ...
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.DocumentNode:
-		return "a document"
-	case yaml.ScalarNode:
-		switch n.ShortTag() {
-		case "!!str":
-			return "a string"
-		case "!!int":
-			return "an integer"
-		case "!!float":
-			return "a number"
-		case "!!bool":
-			return "a boolean"
-		case "!!null":
-			return "null"
-		}
-		return "a scalar"
-	}
-	return "an unknown node"
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
-
-func quoteList(list []string) string {
-	q := make([]string, len(list))
-	for i, s := range list {
-		q[i] = strconv.Quote(s)
-	}
-	return strings.Join(q, ", ")
 }

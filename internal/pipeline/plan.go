@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/kiln-ci/kiln/internal/yamlpos"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 	"gopkg.in/yaml.v3"
 )
@@ -249,7 +250,8 @@ func (p *Pipeline) plan() *planned {
 			} else {
 				if names == nil {
 					names = slices.Sorted(maps.Keys(byKey))
-					for k := range finalKey {
+					// Sorted too, so equally close suggestions are stable.
+					for _, k := range slices.Sorted(maps.Keys(finalKey)) {
 						if _, ok := byKey[k]; !ok {
 							names = append(names, k)
 						}
@@ -258,7 +260,7 @@ func (p *Pipeline) plan() *planned {
 				hint := "needs lists step keys of this pipeline"
 				// Only the first maxErrors are shown; spare the search after.
 				if len(pl.errs) < maxErrors {
-					if c := closest(name, names); c != "" {
+					if c := yamlpos.Closest(name, names, nil); c != "" {
 						hint = fmt.Sprintf("did you mean %q?", c)
 					}
 				}

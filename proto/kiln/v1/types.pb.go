@@ -614,7 +614,12 @@ type Source struct {
 	Branch string `protobuf:"bytes,4,opt,name=branch,proto3" json:"branch,omitempty"`
 	Tag    string `protobuf:"bytes,5,opt,name=tag,proto3" json:"tag,omitempty"`
 	// Name of the registered repository, when the build came from one.
-	Repo          string `protobuf:"bytes,6,opt,name=repo,proto3" json:"repo,omitempty"`
+	Repo string `protobuf:"bytes,6,opt,name=repo,proto3" json:"repo,omitempty"`
+	// SHA-256 of an uploaded source archive (tar.gz in the blob store),
+	// unpacked into the workspace instead of a git checkout.
+	ArchiveSha256 string `protobuf:"bytes,7,opt,name=archive_sha256,json=archiveSha256,proto3" json:"archive_sha256,omitempty"`
+	// Size in bytes of the uploaded source archive.
+	ArchiveSize   int64 `protobuf:"varint,8,opt,name=archive_size,json=archiveSize,proto3" json:"archive_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -689,6 +694,20 @@ func (x *Source) GetRepo() string {
 		return x.Repo
 	}
 	return ""
+}
+
+func (x *Source) GetArchiveSha256() string {
+	if x != nil {
+		return x.ArchiveSha256
+	}
+	return ""
+}
+
+func (x *Source) GetArchiveSize() int64 {
+	if x != nil {
+		return x.ArchiveSize
+	}
+	return 0
 }
 
 // Job is one step of a build with its run state.
@@ -1548,14 +1567,16 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x18\n" +
 	"\acomment\x18\x03 \x01(\tR\acomment\x12 \n" +
 	"\ftime_unix_ms\x18\x04 \x01(\x03R\n" +
-	"timeUnixMs\"\x89\x01\n" +
+	"timeUnixMs\"\xd3\x01\n" +
 	"\x06Source\x12\x17\n" +
 	"\agit_url\x18\x01 \x01(\tR\x06gitUrl\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\x12\x16\n" +
 	"\x06commit\x18\x03 \x01(\tR\x06commit\x12\x16\n" +
 	"\x06branch\x18\x04 \x01(\tR\x06branch\x12\x10\n" +
 	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x12\n" +
-	"\x04repo\x18\x06 \x01(\tR\x04repo\"\xa9\x05\n" +
+	"\x04repo\x18\x06 \x01(\tR\x04repo\x12%\n" +
+	"\x0earchive_sha256\x18\a \x01(\tR\rarchiveSha256\x12!\n" +
+	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xa9\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +

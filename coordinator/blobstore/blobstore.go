@@ -1,0 +1,239 @@
+// Package blobstore keeps content-addressed blobs on a coordinator's local
+// disk, under <dir>/sha256/<first two hex digits>/<full hex digest>.
+//
+// A blob is written to a temporary file in the store (copied through a
+// bounded buffer, never held in memory), its size and SHA-256 are checked
+// against what the writer announced, the file is fsynced and then renamed
+// into place, so a blob path only ever holds complete, verified content.
+// Identical content is stored once: a Put of a blob already present reads
+// and verifies the input, then discards it. Concurrent Puts of the same blob
+// are safe; the first rename wins and the others see the blob present.
+package blobstore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DefaultMaxBlobSize is the largest blob a store accepts unless configured.
+const DefaultMaxBlobSize int64 = 5 << 30
+
+// copyBufferSize bounds the memory one Put or Open uses.
+const copyBufferSize = 256 << 10
+
+// Errors of Put and Open; wrap-checked with errors.Is.
+var (
+	ErrInvalidDigest  = errors.New("invalid sha256: want 64 lower-case hex digits")
+	ErrDigestMismatch = errors.New("content does not match its sha256")
+	ErrSizeMismatch   = errors.New("content does not match its size")
+	ErrTooLarge       = errors.New("blob too large")
+	ErrNotFound       = errors.New("blob not found")
+)
+
+// Store is a local blob store. It is safe for concurrent use.
+type Store struct {
+	dir     string
+	maxSize int64
+}
+
+// Options configure a Store.
+type Options struct {
+	// MaxBlobSize bounds every blob (DefaultMaxBlobSize when zero).
+	MaxBlobSize int64
+}
+
+// Open opens (creating) a store rooted at dir, e.g. <data dir>/blobs.
+// Temporary files left by a crash are removed.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.MaxBlobSize <= 0 {
+		opts.MaxBlobSize = DefaultMaxBlobSize
+	}
+	s := &Store{dir: dir, maxSize: opts.MaxBlobSize}
+	if err := os.MkdirAll(s.tmpDir(), 0o750); err != nil {
+		return nil, fmt.Errorf("blobstore: %w", err)
+	}
+	if ents, err := os.ReadDir(s.tmpDir()); err == nil {
+		for _, e := range ents {
+			_ = os.Remove(filepath.Join(s.tmpDir(), e.Name()))
+		}
+	}
+	return s, nil
+}
+
+// MaxBlobSize is the largest blob the store accepts.
+func (s *Store) MaxBlobSize() int64 { return s.maxSize }
+
+func (s *Store) tmpDir() string { return filepath.Join(s.dir, "tmp") }
+
+// ValidDigest reports whether sha is 64 lower-case hex digits.
+func ValidDigest(sha string) bool {
+	if len(sha) != 64 {
+		return false
+	}
+	for _, c := range sha {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// path returns the file of a (valid) digest.
+func (s *Store) path(sha string) string {
+	return filepath.Join(s.dir, "sha256", sha[:2], sha)
+}
+
+// Has reports whether the blob is stored.
+func (s *Store) Has(sha string) bool {
+	if !ValidDigest(sha) {
+		return false
+	}
+	_, err := os.Stat(s.path(sha))
+	return err == nil
+}
+
+// Size returns the size of a stored blob.
+func (s *Store) Size(sha string) (int64, error) {
+	if !ValidDigest(sha) {
+		return 0, ErrInvalidDigest
+	}
+	fi, err := os.Stat(s.path(sha))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, ErrNotFound
+	}
+	if err != nil {
+		return 0, fmt.Errorf("blobstore: %w", err)
+	}
+	return fi.Size(), nil
+}
+
+// Open opens a stored blob for reading and returns its size.
+func (s *Store) Open(sha string) (io.ReadCloser, int64, error) {
+	if !ValidDigest(sha) {
+		return nil, 0, ErrInvalidDigest
+	}
+	f, err := os.Open(s.path(sha))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, ErrNotFound
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("blobstore: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("blobstore: %w", err)
+	}
+	return f, fi.Size(), nil
+}
+
+// Put stores exactly size bytes read from r as the blob sha. It fails with
+// ErrSizeMismatch when r holds fewer or more bytes, ErrDigestMismatch when
+// their SHA-256 is not sha, ErrTooLarge above the store's limit; nothing is
+// stored then. Reading stops when ctx ends. created is false when the blob was already present.
+func (s *Store) Put(ctx context.Context, r io.Reader, size int64, sha string) (created bool, err error) {
+	r = ctxReader{ctx, r}
+	if !ValidDigest(sha) {
+		return false, ErrInvalidDigest
+	}
+	if size < 0 {
+		return false, fmt.Errorf("%w: negative size %d", ErrSizeMismatch, size)
+	}
+	if size > s.maxSize {
+		return false, fmt.Errorf("%w: %d bytes is above the limit of %d", ErrTooLarge, size, s.maxSize)
+	}
+	if s.Has(sha) {
+		// Identical content is stored once; still read and verify the
+		// input so that a caller streaming it sees the same errors.
+		if err := verify(r, size, sha, io.Discard); err != nil {
+			return false, err
+		}
+		return false, nil
+	}
+	tmp, err := os.CreateTemp(s.tmpDir(), "put-*")
+	if err != nil {
+		return false, fmt.Errorf("blobstore: %w", err)
+	}
+	defer func() {
+		if tmp != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := verify(r, size, sha, tmp); err != nil {
+		return false, err
+	}
+	if err := tmp.Sync(); err != nil {
+		return false, fmt.Errorf("blobstore: sync: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return false, fmt.Errorf("blobstore: close: %w", err)
+	}
+	final := s.path(sha)
+	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
+		return false, fmt.Errorf("blobstore: %w", err)
+	}
+	if s.Has(sha) {
+		// A concurrent Put won; the content is the same.
+		os.Remove(tmp.Name())
+		tmp = nil
+		return false, nil
+	}
+	if err := os.Rename(tmp.Name(), final); err != nil {
+		return false, fmt.Errorf("blobstore: rename: %w", err)
+	}
+	tmp = nil
+	if d, err := os.Open(filepath.Dir(final)); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return true, nil
+}
+
+// ctxReader stops reading once ctx ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// verify copies exactly size bytes of r to w and checks their digest.
+func verify(r io.Reader, size int64, sha string, w io.Writer) error {
+	h := sha256.New()
+	buf := make([]byte, copyBufferSize)
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), io.LimitReader(r, size), buf)
+	if err != nil {
+		return fmt.Errorf("blobstore: write: %w", err)
+	}
+	if n != size {
+		return fmt.Errorf("%w: got %d bytes, want %d", ErrSizeMismatch, n, size)
+	}
+	// More input than announced is an error too.
+	var one [1]byte
+	if m, _ := io.ReadFull(r, one[:]); m > 0 {
+		return fmt.Errorf("%w: more than %d bytes", ErrSizeMismatch, size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != sha {
+		return fmt.Errorf("%w: got %s, want %s", ErrDigestMismatch, got, sha)
+	}
+	return nil
+}
+
+// Digest returns the lower-case hex SHA-256 of data (tests, callers).
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return strings.ToLower(hex.EncodeToString(sum[:]))
+}
