@@ -87,6 +87,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Started
 	//	*ConnectRequest_Log
 	//	*ConnectRequest_Finished
+	//	*ConnectRequest_Artifacts
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -174,6 +175,15 @@ func (x *ConnectRequest) GetFinished() *JobFinished {
 	return nil
 }
 
+func (x *ConnectRequest) GetArtifacts() *ArtifactsUploaded {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_Artifacts); ok {
+			return x.Artifacts
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -198,6 +208,10 @@ type ConnectRequest_Finished struct {
 	Finished *JobFinished `protobuf:"bytes,5,opt,name=finished,proto3,oneof"`
 }
 
+type ConnectRequest_Artifacts struct {
+	Artifacts *ArtifactsUploaded `protobuf:"bytes,6,opt,name=artifacts,proto3,oneof"`
+}
+
 func (*ConnectRequest_Register) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
@@ -207,6 +221,8 @@ func (*ConnectRequest_Started) isConnectRequest_Msg() {}
 func (*ConnectRequest_Log) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Finished) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_Artifacts) isConnectRequest_Msg() {}
 
 // ConnectResponse is one message from coordinator to agent.
 type ConnectResponse struct {
@@ -751,7 +767,10 @@ type JobAssignment struct {
 	TimeoutMs int64             `protobuf:"varint,7,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
 	// Code to check out into the workspace before the commands run
 	// (git_url and commit set), if any.
-	Source        *Source `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	Source *Source `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
+	// Artifacts of the steps this one needs, to download into the workspace
+	// (at their paths) before the commands run.
+	Inputs        []*Artifact `protobuf:"bytes,9,rep,name=inputs,proto3" json:"inputs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +861,77 @@ func (x *JobAssignment) GetSource() *Source {
 	return nil
 }
 
+func (x *JobAssignment) GetInputs() []*Artifact {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+// ArtifactsUploaded registers files of an attempt that the agent uploaded
+// to the blob store (each upload acknowledged by a quorum). Sent after the
+// commands end and before JobFinished; resent after a reconnect until the
+// finish is acknowledged. Registration is idempotent by (job, attempt, path).
+type ArtifactsUploaded struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Files         []*ArtifactFile        `protobuf:"bytes,3,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactsUploaded) Reset() {
+	*x = ArtifactsUploaded{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactsUploaded) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactsUploaded) ProtoMessage() {}
+
+func (x *ArtifactsUploaded) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactsUploaded.ProtoReflect.Descriptor instead.
+func (*ArtifactsUploaded) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ArtifactsUploaded) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ArtifactsUploaded) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *ArtifactsUploaded) GetFiles() []*ArtifactFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
 // CancelJob tells the agent to stop an attempt (kill its process group).
 type CancelJob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -854,7 +944,7 @@ type CancelJob struct {
 
 func (x *CancelJob) Reset() {
 	*x = CancelJob{}
-	mi := &file_kiln_v1_agent_proto_msgTypes[9]
+	mi := &file_kiln_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +956,7 @@ func (x *CancelJob) String() string {
 func (*CancelJob) ProtoMessage() {}
 
 func (x *CancelJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_agent_proto_msgTypes[9]
+	mi := &file_kiln_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +969,7 @@ func (x *CancelJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJob.ProtoReflect.Descriptor instead.
 func (*CancelJob) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelJob) GetJobId() string {
@@ -920,7 +1010,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_kiln_v1_agent_proto_msgTypes[10]
+	mi := &file_kiln_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1022,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_agent_proto_msgTypes[10]
+	mi := &file_kiln_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1035,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Ack) GetJobId() string {
@@ -987,13 +1077,14 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\x88\x02\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xc4\x02\n" +
 	"\x0eConnectRequest\x12/\n" +
 	"\bregister\x18\x01 \x01(\v2\x11.kiln.v1.RegisterH\x00R\bregister\x122\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x12.kiln.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
 	"\astarted\x18\x03 \x01(\v2\x13.kiln.v1.JobStartedH\x00R\astarted\x12%\n" +
 	"\x03log\x18\x04 \x01(\v2\x11.kiln.v1.LogChunkH\x00R\x03log\x122\n" +
-	"\bfinished\x18\x05 \x01(\v2\x14.kiln.v1.JobFinishedH\x00R\bfinishedB\x05\n" +
+	"\bfinished\x18\x05 \x01(\v2\x14.kiln.v1.JobFinishedH\x00R\bfinished\x12:\n" +
+	"\tartifacts\x18\x06 \x01(\v2\x1a.kiln.v1.ArtifactsUploadedH\x00R\tartifactsB\x05\n" +
 	"\x03msg\"\xd9\x01\n" +
 	"\x0fConnectResponse\x125\n" +
 	"\n" +
@@ -1043,7 +1134,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\xbc\x02\n" +
+	"timeUnixMs\"\xe7\x02\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1053,10 +1144,15 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x03env\x18\x06 \x03(\v2\x1f.kiln.v1.JobAssignment.EnvEntryR\x03env\x12\x1d\n" +
 	"\n" +
 	"timeout_ms\x18\a \x01(\x03R\ttimeoutMs\x12'\n" +
-	"\x06source\x18\b \x01(\v2\x0f.kiln.v1.SourceR\x06source\x1a6\n" +
+	"\x06source\x18\b \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12)\n" +
+	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
+	"\x11ArtifactsUploaded\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12+\n" +
+	"\x05files\x18\x03 \x03(\v2\x15.kiln.v1.ArtifactFileR\x05files\"T\n" +
 	"\tCancelJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x16\n" +
@@ -1089,47 +1185,53 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_kiln_v1_agent_proto_goTypes = []any{
-	(JobResult)(0),          // 0: kiln.v1.JobResult
-	(*ConnectRequest)(nil),  // 1: kiln.v1.ConnectRequest
-	(*ConnectResponse)(nil), // 2: kiln.v1.ConnectResponse
-	(*AttemptRef)(nil),      // 3: kiln.v1.AttemptRef
-	(*Register)(nil),        // 4: kiln.v1.Register
-	(*Registered)(nil),      // 5: kiln.v1.Registered
-	(*Heartbeat)(nil),       // 6: kiln.v1.Heartbeat
-	(*JobStarted)(nil),      // 7: kiln.v1.JobStarted
-	(*JobFinished)(nil),     // 8: kiln.v1.JobFinished
-	(*JobAssignment)(nil),   // 9: kiln.v1.JobAssignment
-	(*CancelJob)(nil),       // 10: kiln.v1.CancelJob
-	(*Ack)(nil),             // 11: kiln.v1.Ack
-	nil,                     // 12: kiln.v1.Register.LabelsEntry
-	nil,                     // 13: kiln.v1.JobAssignment.EnvEntry
-	(*LogChunk)(nil),        // 14: kiln.v1.LogChunk
-	(*Source)(nil),          // 15: kiln.v1.Source
+	(JobResult)(0),            // 0: kiln.v1.JobResult
+	(*ConnectRequest)(nil),    // 1: kiln.v1.ConnectRequest
+	(*ConnectResponse)(nil),   // 2: kiln.v1.ConnectResponse
+	(*AttemptRef)(nil),        // 3: kiln.v1.AttemptRef
+	(*Register)(nil),          // 4: kiln.v1.Register
+	(*Registered)(nil),        // 5: kiln.v1.Registered
+	(*Heartbeat)(nil),         // 6: kiln.v1.Heartbeat
+	(*JobStarted)(nil),        // 7: kiln.v1.JobStarted
+	(*JobFinished)(nil),       // 8: kiln.v1.JobFinished
+	(*JobAssignment)(nil),     // 9: kiln.v1.JobAssignment
+	(*ArtifactsUploaded)(nil), // 10: kiln.v1.ArtifactsUploaded
+	(*CancelJob)(nil),         // 11: kiln.v1.CancelJob
+	(*Ack)(nil),               // 12: kiln.v1.Ack
+	nil,                       // 13: kiln.v1.Register.LabelsEntry
+	nil,                       // 14: kiln.v1.JobAssignment.EnvEntry
+	(*LogChunk)(nil),          // 15: kiln.v1.LogChunk
+	(*Source)(nil),            // 16: kiln.v1.Source
+	(*Artifact)(nil),          // 17: kiln.v1.Artifact
+	(*ArtifactFile)(nil),      // 18: kiln.v1.ArtifactFile
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
 	6,  // 1: kiln.v1.ConnectRequest.heartbeat:type_name -> kiln.v1.Heartbeat
 	7,  // 2: kiln.v1.ConnectRequest.started:type_name -> kiln.v1.JobStarted
-	14, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
+	15, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
 	8,  // 4: kiln.v1.ConnectRequest.finished:type_name -> kiln.v1.JobFinished
-	5,  // 5: kiln.v1.ConnectResponse.registered:type_name -> kiln.v1.Registered
-	9,  // 6: kiln.v1.ConnectResponse.assignment:type_name -> kiln.v1.JobAssignment
-	10, // 7: kiln.v1.ConnectResponse.cancel:type_name -> kiln.v1.CancelJob
-	11, // 8: kiln.v1.ConnectResponse.ack:type_name -> kiln.v1.Ack
-	12, // 9: kiln.v1.Register.labels:type_name -> kiln.v1.Register.LabelsEntry
-	3,  // 10: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
-	0,  // 11: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
-	13, // 12: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
-	15, // 13: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
-	1,  // 14: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 15: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	15, // [15:16] is the sub-list for method output_type
-	14, // [14:15] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 5: kiln.v1.ConnectRequest.artifacts:type_name -> kiln.v1.ArtifactsUploaded
+	5,  // 6: kiln.v1.ConnectResponse.registered:type_name -> kiln.v1.Registered
+	9,  // 7: kiln.v1.ConnectResponse.assignment:type_name -> kiln.v1.JobAssignment
+	11, // 8: kiln.v1.ConnectResponse.cancel:type_name -> kiln.v1.CancelJob
+	12, // 9: kiln.v1.ConnectResponse.ack:type_name -> kiln.v1.Ack
+	13, // 10: kiln.v1.Register.labels:type_name -> kiln.v1.Register.LabelsEntry
+	3,  // 11: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
+	0,  // 12: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
+	14, // 13: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
+	16, // 14: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
+	17, // 15: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
+	18, // 16: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
+	1,  // 17: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 18: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	18, // [18:19] is the sub-list for method output_type
+	17, // [17:18] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -1144,6 +1246,7 @@ func file_kiln_v1_agent_proto_init() {
 		(*ConnectRequest_Started)(nil),
 		(*ConnectRequest_Log)(nil),
 		(*ConnectRequest_Finished)(nil),
+		(*ConnectRequest_Artifacts)(nil),
 	}
 	file_kiln_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Registered)(nil),
@@ -1157,7 +1260,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1311,6 +1311,94 @@ func (x *ListReposResponse) GetRepos() []*Repo {
 	return nil
 }
 
+type ListArtifactsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListArtifactsRequest) Reset() {
+	*x = ListArtifactsRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListArtifactsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListArtifactsRequest) ProtoMessage() {}
+
+func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
+func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListArtifactsRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+type ListArtifactsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Artifacts     []*Artifact            `protobuf:"bytes,1,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListArtifactsResponse) Reset() {
+	*x = ListArtifactsResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListArtifactsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListArtifactsResponse) ProtoMessage() {}
+
+func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
+func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
+	if x != nil {
+		return x.Artifacts
+	}
+	return nil
+}
+
 var File_kiln_v1_control_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_control_proto_rawDesc = "" +
@@ -1405,7 +1493,11 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"\x12\n" +
 	"\x10ListReposRequest\"8\n" +
 	"\x11ListReposResponse\x12#\n" +
-	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos2\xa1\x06\n" +
+	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\"1\n" +
+	"\x14ListArtifactsRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"H\n" +
+	"\x15ListArtifactsResponse\x12/\n" +
+	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts2\xf1\x06\n" +
 	"\x0eControlService\x12H\n" +
 	"\vSubmitBuild\x12\x1b.kiln.v1.SubmitBuildRequest\x1a\x1c.kiln.v1.SubmitBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
@@ -1422,7 +1514,8 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\n" +
 	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12<\n" +
 	"\aAddRepo\x12\x17.kiln.v1.AddRepoRequest\x1a\x18.kiln.v1.AddRepoResponse\x12B\n" +
-	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponse\x12N\n" +
+	"\rListArtifacts\x12\x1d.kiln.v1.ListArtifactsRequest\x1a\x1e.kiln.v1.ListArtifactsResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_control_proto_rawDescOnce sync.Once
@@ -1436,7 +1529,7 @@ func file_kiln_v1_control_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_control_proto_rawDescData
 }
 
-var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_kiln_v1_control_proto_goTypes = []any{
 	(*SubmitBuildRequest)(nil),     // 0: kiln.v1.SubmitBuildRequest
 	(*SubmitBuildResponse)(nil),    // 1: kiln.v1.SubmitBuildResponse
@@ -1461,55 +1554,61 @@ var file_kiln_v1_control_proto_goTypes = []any{
 	(*AddRepoResponse)(nil),        // 20: kiln.v1.AddRepoResponse
 	(*ListReposRequest)(nil),       // 21: kiln.v1.ListReposRequest
 	(*ListReposResponse)(nil),      // 22: kiln.v1.ListReposResponse
-	nil,                            // 23: kiln.v1.SubmitBuildRequest.LabelsEntry
-	nil,                            // 24: kiln.v1.SubmitBuildRequest.EnvEntry
-	(*Source)(nil),                 // 25: kiln.v1.Source
-	(*Build)(nil),                  // 26: kiln.v1.Build
-	(*Agent)(nil),                  // 27: kiln.v1.Agent
-	(*Repo)(nil),                   // 28: kiln.v1.Repo
+	(*ListArtifactsRequest)(nil),   // 23: kiln.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),  // 24: kiln.v1.ListArtifactsResponse
+	nil,                            // 25: kiln.v1.SubmitBuildRequest.LabelsEntry
+	nil,                            // 26: kiln.v1.SubmitBuildRequest.EnvEntry
+	(*Source)(nil),                 // 27: kiln.v1.Source
+	(*Build)(nil),                  // 28: kiln.v1.Build
+	(*Agent)(nil),                  // 29: kiln.v1.Agent
+	(*Repo)(nil),                   // 30: kiln.v1.Repo
+	(*Artifact)(nil),               // 31: kiln.v1.Artifact
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
-	23, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
-	24, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
-	25, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
-	26, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	26, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	26, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	26, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	25, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
+	26, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
+	27, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
+	28, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
+	28, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	28, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	28, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
 	9,  // 7: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
-	26, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	27, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	26, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
-	26, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	28, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
-	28, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
-	0,  // 14: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 15: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 16: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 17: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 18: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 19: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 20: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	15, // 21: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
-	17, // 22: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	19, // 23: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
-	21, // 24: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
-	1,  // 25: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 26: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 27: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 28: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 29: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 30: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 31: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // 32: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
-	18, // 33: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	20, // 34: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
-	22, // 35: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	28, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	29, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	28, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
+	28, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	30, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
+	30, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
+	31, // 14: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
+	0,  // 15: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 16: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 17: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 18: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 19: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 20: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 21: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 22: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 23: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 24: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 25: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	23, // 26: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
+	1,  // 27: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 28: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 29: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 30: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 31: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 32: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 33: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 34: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 35: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 36: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	22, // 37: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	24, // 38: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
+	27, // [27:39] is the sub-list for method output_type
+	15, // [15:27] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }
@@ -1524,7 +1623,7 @@ func file_kiln_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_control_proto_rawDesc), len(file_kiln_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

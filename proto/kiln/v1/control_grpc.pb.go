@@ -30,6 +30,7 @@ const (
 	ControlService_RetryBuild_FullMethodName     = "/kiln.v1.ControlService/RetryBuild"
 	ControlService_AddRepo_FullMethodName        = "/kiln.v1.ControlService/AddRepo"
 	ControlService_ListRepos_FullMethodName      = "/kiln.v1.ControlService/ListRepos"
+	ControlService_ListArtifacts_FullMethodName  = "/kiln.v1.ControlService/ListArtifacts"
 )
 
 // ControlServiceClient is the client API for ControlService service.
@@ -69,6 +70,9 @@ type ControlServiceClient interface {
 	AddRepo(ctx context.Context, in *AddRepoRequest, opts ...grpc.CallOption) (*AddRepoResponse, error)
 	// ListRepos returns the registered repositories.
 	ListRepos(ctx context.Context, in *ListReposRequest, opts ...grpc.CallOption) (*ListReposResponse, error)
+	// ListArtifacts returns the artifacts of a build's current attempts
+	// (download their content with BlobService.Download).
+	ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error)
 }
 
 type controlServiceClient struct {
@@ -207,6 +211,16 @@ func (c *controlServiceClient) ListRepos(ctx context.Context, in *ListReposReque
 	return out, nil
 }
 
+func (c *controlServiceClient) ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListArtifactsResponse)
+	err := c.cc.Invoke(ctx, ControlService_ListArtifacts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServiceServer is the server API for ControlService service.
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
@@ -244,6 +258,9 @@ type ControlServiceServer interface {
 	AddRepo(context.Context, *AddRepoRequest) (*AddRepoResponse, error)
 	// ListRepos returns the registered repositories.
 	ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error)
+	// ListArtifacts returns the artifacts of a build's current attempts
+	// (download their content with BlobService.Download).
+	ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error)
 	mustEmbedUnimplementedControlServiceServer()
 }
 
@@ -286,6 +303,9 @@ func (UnimplementedControlServiceServer) AddRepo(context.Context, *AddRepoReques
 }
 func (UnimplementedControlServiceServer) ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRepos not implemented")
+}
+func (UnimplementedControlServiceServer) ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListArtifacts not implemented")
 }
 func (UnimplementedControlServiceServer) mustEmbedUnimplementedControlServiceServer() {}
 func (UnimplementedControlServiceServer) testEmbeddedByValue()                        {}
@@ -492,6 +512,24 @@ func _ControlService_ListRepos_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_ListArtifacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListArtifactsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).ListArtifacts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_ListArtifacts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).ListArtifacts(ctx, req.(*ListArtifactsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlService_ServiceDesc is the grpc.ServiceDesc for ControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -534,6 +572,10 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRepos",
 			Handler:    _ControlService_ListRepos_Handler,
+		},
+		{
+			MethodName: "ListArtifacts",
+			Handler:    _ControlService_ListArtifacts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

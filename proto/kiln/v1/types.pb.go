@@ -1520,6 +1520,163 @@ func (x *NotLeader) GetLeaderGrpcAddr() string {
 	return ""
 }
 
+// ArtifactFile is one file kept from a step's workspace.
+type ArtifactFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Slash-separated path relative to the workspace; no "..", not absolute.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Size int64  `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
+	// SHA-256 of the content (hex); the blob's key.
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// Unix permission bits.
+	Mode          uint32 `protobuf:"varint,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactFile) Reset() {
+	*x = ArtifactFile{}
+	mi := &file_kiln_v1_types_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactFile) ProtoMessage() {}
+
+func (x *ArtifactFile) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactFile.ProtoReflect.Descriptor instead.
+func (*ArtifactFile) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ArtifactFile) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ArtifactFile) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ArtifactFile) GetSha256() string {
+	if x != nil {
+		return x.Sha256
+	}
+	return ""
+}
+
+func (x *ArtifactFile) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+// Artifact is a registered artifact of a job attempt.
+type Artifact struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	JobId         string                 `protobuf:"bytes,2,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Step          string                 `protobuf:"bytes,3,opt,name=step,proto3" json:"step,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	File          *ArtifactFile          `protobuf:"bytes,5,opt,name=file,proto3" json:"file,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Artifact) Reset() {
+	*x = Artifact{}
+	mi := &file_kiln_v1_types_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Artifact) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Artifact) ProtoMessage() {}
+
+func (x *Artifact) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
+func (*Artifact) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Artifact) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *Artifact) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *Artifact) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *Artifact) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Artifact) GetFile() *ArtifactFile {
+	if x != nil {
+		return x.File
+	}
+	return nil
+}
+
+func (x *Artifact) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
 var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
@@ -1662,7 +1819,20 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x05voter\x18\x05 \x01(\bR\x05voter\"R\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12(\n" +
-	"\x10leader_grpc_addr\x18\x02 \x01(\tR\x0eleaderGrpcAddr*\xbd\x01\n" +
+	"\x10leader_grpc_addr\x18\x02 \x01(\tR\x0eleaderGrpcAddr\"b\n" +
+	"\fArtifactFile\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04size\x18\x02 \x01(\x03R\x04size\x12\x16\n" +
+	"\x06sha256\x18\x03 \x01(\tR\x06sha256\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\rR\x04mode\"\xb7\x01\n" +
+	"\bArtifact\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x15\n" +
+	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04step\x18\x03 \x01(\tR\x04step\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x12)\n" +
+	"\x04file\x18\x05 \x01(\v2\x15.kiln.v1.ArtifactFileR\x04file\x12 \n" +
+	"\ftime_unix_ms\x18\x06 \x01(\x03R\n" +
+	"timeUnixMs*\xbd\x01\n" +
 	"\n" +
 	"BuildState\x12\x1b\n" +
 	"\x17BUILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1707,7 +1877,7 @@ func file_kiln_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_kiln_v1_types_proto_goTypes = []any{
 	(BuildState)(0),      // 0: kiln.v1.BuildState
 	(JobState)(0),        // 1: kiln.v1.JobState
@@ -1724,32 +1894,35 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	(*LogChunk)(nil),     // 12: kiln.v1.LogChunk
 	(*Node)(nil),         // 13: kiln.v1.Node
 	(*NotLeader)(nil),    // 14: kiln.v1.NotLeader
-	nil,                  // 15: kiln.v1.StepSpec.AgentsEntry
-	nil,                  // 16: kiln.v1.StepSpec.EnvEntry
-	nil,                  // 17: kiln.v1.StepSpec.MatrixEntry
-	nil,                  // 18: kiln.v1.Build.EnvEntry
-	nil,                  // 19: kiln.v1.Agent.LabelsEntry
+	(*ArtifactFile)(nil), // 15: kiln.v1.ArtifactFile
+	(*Artifact)(nil),     // 16: kiln.v1.Artifact
+	nil,                  // 17: kiln.v1.StepSpec.AgentsEntry
+	nil,                  // 18: kiln.v1.StepSpec.EnvEntry
+	nil,                  // 19: kiln.v1.StepSpec.MatrixEntry
+	nil,                  // 20: kiln.v1.Build.EnvEntry
+	nil,                  // 21: kiln.v1.Agent.LabelsEntry
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
-	15, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
-	16, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
+	17, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
+	18, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
 	3,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
 	5,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
-	17, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
+	19, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	1,  // 5: kiln.v1.Job.state:type_name -> kiln.v1.JobState
 	4,  // 6: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
 	6,  // 7: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
 	0,  // 8: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
 	8,  // 9: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	18, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	20, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
 	7,  // 11: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	19, // 12: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	21, // 12: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
 	2,  // 13: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 14: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -1763,7 +1936,7 @@ func file_kiln_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_types_proto_rawDesc), len(file_kiln_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -32,23 +32,24 @@ const (
 type CommandType int32
 
 const (
-	CommandType_COMMAND_TYPE_UNSPECIFIED      CommandType = 0
-	CommandType_COMMAND_TYPE_SUBMIT_BUILD     CommandType = 1
-	CommandType_COMMAND_TYPE_ASSIGN_JOB       CommandType = 2
-	CommandType_COMMAND_TYPE_START_JOB        CommandType = 3
-	CommandType_COMMAND_TYPE_APPEND_LOGS      CommandType = 4
-	CommandType_COMMAND_TYPE_FINISH_JOB       CommandType = 5
-	CommandType_COMMAND_TYPE_CANCEL_BUILD     CommandType = 6
-	CommandType_COMMAND_TYPE_REGISTER_AGENT   CommandType = 7
-	CommandType_COMMAND_TYPE_DISCONNECT_AGENT CommandType = 8
-	CommandType_COMMAND_TYPE_EXPIRE_AGENT     CommandType = 9
-	CommandType_COMMAND_TYPE_LOSE_ATTEMPTS    CommandType = 10
-	CommandType_COMMAND_TYPE_SET_NODE         CommandType = 11
-	CommandType_COMMAND_TYPE_REMOVE_NODE      CommandType = 12
-	CommandType_COMMAND_TYPE_DECIDE_APPROVAL  CommandType = 13
-	CommandType_COMMAND_TYPE_RETRY_BUILD      CommandType = 14
-	CommandType_COMMAND_TYPE_ADD_REPO         CommandType = 15
-	CommandType_COMMAND_TYPE_REPO_POLLED      CommandType = 16
+	CommandType_COMMAND_TYPE_UNSPECIFIED        CommandType = 0
+	CommandType_COMMAND_TYPE_SUBMIT_BUILD       CommandType = 1
+	CommandType_COMMAND_TYPE_ASSIGN_JOB         CommandType = 2
+	CommandType_COMMAND_TYPE_START_JOB          CommandType = 3
+	CommandType_COMMAND_TYPE_APPEND_LOGS        CommandType = 4
+	CommandType_COMMAND_TYPE_FINISH_JOB         CommandType = 5
+	CommandType_COMMAND_TYPE_CANCEL_BUILD       CommandType = 6
+	CommandType_COMMAND_TYPE_REGISTER_AGENT     CommandType = 7
+	CommandType_COMMAND_TYPE_DISCONNECT_AGENT   CommandType = 8
+	CommandType_COMMAND_TYPE_EXPIRE_AGENT       CommandType = 9
+	CommandType_COMMAND_TYPE_LOSE_ATTEMPTS      CommandType = 10
+	CommandType_COMMAND_TYPE_SET_NODE           CommandType = 11
+	CommandType_COMMAND_TYPE_REMOVE_NODE        CommandType = 12
+	CommandType_COMMAND_TYPE_DECIDE_APPROVAL    CommandType = 13
+	CommandType_COMMAND_TYPE_RETRY_BUILD        CommandType = 14
+	CommandType_COMMAND_TYPE_ADD_REPO           CommandType = 15
+	CommandType_COMMAND_TYPE_REPO_POLLED        CommandType = 16
+	CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS CommandType = 17
 )
 
 // Enum value maps for CommandType.
@@ -71,25 +72,27 @@ var (
 		14: "COMMAND_TYPE_RETRY_BUILD",
 		15: "COMMAND_TYPE_ADD_REPO",
 		16: "COMMAND_TYPE_REPO_POLLED",
+		17: "COMMAND_TYPE_REGISTER_ARTIFACTS",
 	}
 	CommandType_value = map[string]int32{
-		"COMMAND_TYPE_UNSPECIFIED":      0,
-		"COMMAND_TYPE_SUBMIT_BUILD":     1,
-		"COMMAND_TYPE_ASSIGN_JOB":       2,
-		"COMMAND_TYPE_START_JOB":        3,
-		"COMMAND_TYPE_APPEND_LOGS":      4,
-		"COMMAND_TYPE_FINISH_JOB":       5,
-		"COMMAND_TYPE_CANCEL_BUILD":     6,
-		"COMMAND_TYPE_REGISTER_AGENT":   7,
-		"COMMAND_TYPE_DISCONNECT_AGENT": 8,
-		"COMMAND_TYPE_EXPIRE_AGENT":     9,
-		"COMMAND_TYPE_LOSE_ATTEMPTS":    10,
-		"COMMAND_TYPE_SET_NODE":         11,
-		"COMMAND_TYPE_REMOVE_NODE":      12,
-		"COMMAND_TYPE_DECIDE_APPROVAL":  13,
-		"COMMAND_TYPE_RETRY_BUILD":      14,
-		"COMMAND_TYPE_ADD_REPO":         15,
-		"COMMAND_TYPE_REPO_POLLED":      16,
+		"COMMAND_TYPE_UNSPECIFIED":        0,
+		"COMMAND_TYPE_SUBMIT_BUILD":       1,
+		"COMMAND_TYPE_ASSIGN_JOB":         2,
+		"COMMAND_TYPE_START_JOB":          3,
+		"COMMAND_TYPE_APPEND_LOGS":        4,
+		"COMMAND_TYPE_FINISH_JOB":         5,
+		"COMMAND_TYPE_CANCEL_BUILD":       6,
+		"COMMAND_TYPE_REGISTER_AGENT":     7,
+		"COMMAND_TYPE_DISCONNECT_AGENT":   8,
+		"COMMAND_TYPE_EXPIRE_AGENT":       9,
+		"COMMAND_TYPE_LOSE_ATTEMPTS":      10,
+		"COMMAND_TYPE_SET_NODE":           11,
+		"COMMAND_TYPE_REMOVE_NODE":        12,
+		"COMMAND_TYPE_DECIDE_APPROVAL":    13,
+		"COMMAND_TYPE_RETRY_BUILD":        14,
+		"COMMAND_TYPE_ADD_REPO":           15,
+		"COMMAND_TYPE_REPO_POLLED":        16,
+		"COMMAND_TYPE_REGISTER_ARTIFACTS": 17,
 	}
 )
 
@@ -1243,6 +1246,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Node
 	//	*SnapshotRecord_Request
 	//	*SnapshotRecord_Repo
+	//	*SnapshotRecord_Artifact
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1357,6 +1361,15 @@ func (x *SnapshotRecord) GetRepo() *v1.Repo {
 	return nil
 }
 
+func (x *SnapshotRecord) GetArtifact() *v1.Artifact {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Artifact); ok {
+			return x.Artifact
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1393,6 +1406,10 @@ type SnapshotRecord_Repo struct {
 	Repo *v1.Repo `protobuf:"bytes,8,opt,name=repo,proto3,oneof"`
 }
 
+type SnapshotRecord_Artifact struct {
+	Artifact *v1.Artifact `protobuf:"bytes,9,opt,name=artifact,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1408,6 +1425,8 @@ func (*SnapshotRecord_Node) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Request) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Repo) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Artifact) isSnapshotRecord_Record() {}
 
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
@@ -1524,6 +1543,69 @@ func (x *RequestRecord) GetBuildId() string {
 	return ""
 }
 
+// RegisterArtifacts records uploaded files of an attempt. Fenced like
+// StartJob (attempt, agent, job assigned or running); a path already
+// registered for the attempt is left as it is (idempotent).
+type RegisterArtifacts struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Uploaded      *v1.ArtifactsUploaded  `protobuf:"bytes,2,opt,name=uploaded,proto3" json:"uploaded,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,3,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterArtifacts) Reset() {
+	*x = RegisterArtifacts{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterArtifacts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterArtifacts) ProtoMessage() {}
+
+func (x *RegisterArtifacts) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterArtifacts.ProtoReflect.Descriptor instead.
+func (*RegisterArtifacts) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *RegisterArtifacts) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *RegisterArtifacts) GetUploaded() *v1.ArtifactsUploaded {
+	if x != nil {
+		return x.Uploaded
+	}
+	return nil
+}
+
+func (x *RegisterArtifacts) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
 var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
@@ -1636,7 +1718,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xe6\x02\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x97\x03\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1645,7 +1727,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x03log\x18\x05 \x01(\v2\x11.kiln.v1.LogChunkH\x00R\x03log\x12#\n" +
 	"\x04node\x18\x06 \x01(\v2\r.kiln.v1.NodeH\x00R\x04node\x126\n" +
 	"\arequest\x18\a \x01(\v2\x1a.kiln.fsm.v1.RequestRecordH\x00R\arequest\x12#\n" +
-	"\x04repo\x18\b \x01(\v2\r.kiln.v1.RepoH\x00R\x04repoB\b\n" +
+	"\x04repo\x18\b \x01(\v2\r.kiln.v1.RepoH\x00R\x04repo\x12/\n" +
+	"\bartifact\x18\t \x01(\v2\x11.kiln.v1.ArtifactH\x00R\bartifactB\b\n" +
 	"\x06record\"s\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1655,7 +1738,12 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
-	"\bbuild_id\x18\x02 \x01(\tR\abuildId*\x92\x04\n" +
+	"\bbuild_id\x18\x02 \x01(\tR\abuildId\"\x83\x01\n" +
+	"\x11RegisterArtifacts\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x126\n" +
+	"\buploaded\x18\x02 \x01(\v2\x1a.kiln.v1.ArtifactsUploadedR\buploaded\x12 \n" +
+	"\ftime_unix_ms\x18\x03 \x01(\x03R\n" +
+	"timeUnixMs*\xb7\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1674,7 +1762,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x1cCOMMAND_TYPE_DECIDE_APPROVAL\x10\r\x12\x1c\n" +
 	"\x18COMMAND_TYPE_RETRY_BUILD\x10\x0e\x12\x19\n" +
 	"\x15COMMAND_TYPE_ADD_REPO\x10\x0f\x12\x1c\n" +
-	"\x18COMMAND_TYPE_REPO_POLLED\x10\x10B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x18COMMAND_TYPE_REPO_POLLED\x10\x10\x12#\n" +
+	"\x1fCOMMAND_TYPE_REGISTER_ARTIFACTS\x10\x11B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -1689,63 +1778,68 @@ func file_kiln_fsm_v1_commands_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_fsm_v1_commands_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_kiln_fsm_v1_commands_proto_goTypes = []any{
-	(CommandType)(0),        // 0: kiln.fsm.v1.CommandType
-	(*SubmitBuild)(nil),     // 1: kiln.fsm.v1.SubmitBuild
-	(*DecideApproval)(nil),  // 2: kiln.fsm.v1.DecideApproval
-	(*RetryBuild)(nil),      // 3: kiln.fsm.v1.RetryBuild
-	(*AddRepo)(nil),         // 4: kiln.fsm.v1.AddRepo
-	(*RepoPolled)(nil),      // 5: kiln.fsm.v1.RepoPolled
-	(*AssignJob)(nil),       // 6: kiln.fsm.v1.AssignJob
-	(*StartJob)(nil),        // 7: kiln.fsm.v1.StartJob
-	(*AppendLogs)(nil),      // 8: kiln.fsm.v1.AppendLogs
-	(*FinishJob)(nil),       // 9: kiln.fsm.v1.FinishJob
-	(*CancelBuild)(nil),     // 10: kiln.fsm.v1.CancelBuild
-	(*RegisterAgent)(nil),   // 11: kiln.fsm.v1.RegisterAgent
-	(*DisconnectAgent)(nil), // 12: kiln.fsm.v1.DisconnectAgent
-	(*ExpireAgent)(nil),     // 13: kiln.fsm.v1.ExpireAgent
-	(*LoseAttempts)(nil),    // 14: kiln.fsm.v1.LoseAttempts
-	(*SetNode)(nil),         // 15: kiln.fsm.v1.SetNode
-	(*RemoveNode)(nil),      // 16: kiln.fsm.v1.RemoveNode
-	(*SnapshotRecord)(nil),  // 17: kiln.fsm.v1.SnapshotRecord
-	(*SnapshotMeta)(nil),    // 18: kiln.fsm.v1.SnapshotMeta
-	(*RequestRecord)(nil),   // 19: kiln.fsm.v1.RequestRecord
-	nil,                     // 20: kiln.fsm.v1.SubmitBuild.EnvEntry
-	nil,                     // 21: kiln.fsm.v1.RegisterAgent.LabelsEntry
-	(*v1.StepSpec)(nil),     // 22: kiln.v1.StepSpec
-	(*v1.Source)(nil),       // 23: kiln.v1.Source
-	(*v1.Repo)(nil),         // 24: kiln.v1.Repo
-	(*v1.LogChunk)(nil),     // 25: kiln.v1.LogChunk
-	(*v1.JobFinished)(nil),  // 26: kiln.v1.JobFinished
-	(*v1.AttemptRef)(nil),   // 27: kiln.v1.AttemptRef
-	(*v1.Build)(nil),        // 28: kiln.v1.Build
-	(*v1.Job)(nil),          // 29: kiln.v1.Job
-	(*v1.Agent)(nil),        // 30: kiln.v1.Agent
-	(*v1.Node)(nil),         // 31: kiln.v1.Node
+	(CommandType)(0),             // 0: kiln.fsm.v1.CommandType
+	(*SubmitBuild)(nil),          // 1: kiln.fsm.v1.SubmitBuild
+	(*DecideApproval)(nil),       // 2: kiln.fsm.v1.DecideApproval
+	(*RetryBuild)(nil),           // 3: kiln.fsm.v1.RetryBuild
+	(*AddRepo)(nil),              // 4: kiln.fsm.v1.AddRepo
+	(*RepoPolled)(nil),           // 5: kiln.fsm.v1.RepoPolled
+	(*AssignJob)(nil),            // 6: kiln.fsm.v1.AssignJob
+	(*StartJob)(nil),             // 7: kiln.fsm.v1.StartJob
+	(*AppendLogs)(nil),           // 8: kiln.fsm.v1.AppendLogs
+	(*FinishJob)(nil),            // 9: kiln.fsm.v1.FinishJob
+	(*CancelBuild)(nil),          // 10: kiln.fsm.v1.CancelBuild
+	(*RegisterAgent)(nil),        // 11: kiln.fsm.v1.RegisterAgent
+	(*DisconnectAgent)(nil),      // 12: kiln.fsm.v1.DisconnectAgent
+	(*ExpireAgent)(nil),          // 13: kiln.fsm.v1.ExpireAgent
+	(*LoseAttempts)(nil),         // 14: kiln.fsm.v1.LoseAttempts
+	(*SetNode)(nil),              // 15: kiln.fsm.v1.SetNode
+	(*RemoveNode)(nil),           // 16: kiln.fsm.v1.RemoveNode
+	(*SnapshotRecord)(nil),       // 17: kiln.fsm.v1.SnapshotRecord
+	(*SnapshotMeta)(nil),         // 18: kiln.fsm.v1.SnapshotMeta
+	(*RequestRecord)(nil),        // 19: kiln.fsm.v1.RequestRecord
+	(*RegisterArtifacts)(nil),    // 20: kiln.fsm.v1.RegisterArtifacts
+	nil,                          // 21: kiln.fsm.v1.SubmitBuild.EnvEntry
+	nil,                          // 22: kiln.fsm.v1.RegisterAgent.LabelsEntry
+	(*v1.StepSpec)(nil),          // 23: kiln.v1.StepSpec
+	(*v1.Source)(nil),            // 24: kiln.v1.Source
+	(*v1.Repo)(nil),              // 25: kiln.v1.Repo
+	(*v1.LogChunk)(nil),          // 26: kiln.v1.LogChunk
+	(*v1.JobFinished)(nil),       // 27: kiln.v1.JobFinished
+	(*v1.AttemptRef)(nil),        // 28: kiln.v1.AttemptRef
+	(*v1.Build)(nil),             // 29: kiln.v1.Build
+	(*v1.Job)(nil),               // 30: kiln.v1.Job
+	(*v1.Agent)(nil),             // 31: kiln.v1.Agent
+	(*v1.Node)(nil),              // 32: kiln.v1.Node
+	(*v1.Artifact)(nil),          // 33: kiln.v1.Artifact
+	(*v1.ArtifactsUploaded)(nil), // 34: kiln.v1.ArtifactsUploaded
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
-	20, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
-	22, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
-	23, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
-	24, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
-	25, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
-	26, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
-	21, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
-	27, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
+	21, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
+	23, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
+	24, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
+	25, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
+	26, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
+	27, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
+	22, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
+	28, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
 	18, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
-	28, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
-	29, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
-	30, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
-	25, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
-	31, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
+	29, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
+	30, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
+	31, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
+	26, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
+	32, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
 	19, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
-	24, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	25, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
+	33, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
+	34, // 17: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -1762,6 +1856,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Node)(nil),
 		(*SnapshotRecord_Request)(nil),
 		(*SnapshotRecord_Repo)(nil),
+		(*SnapshotRecord_Artifact)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1769,7 +1864,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_fsm_v1_commands_proto_rawDesc), len(file_kiln_fsm_v1_commands_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
