@@ -9,9 +9,16 @@
 // memory. When a session breaks, jobs keep running and their output keeps
 // buffering; the next session's Register lists the held attempts and,
 // after Registered, the agent resends for each attempt, in order, JobStarted,
-// the unacknowledged chunks in sequence order and JobFinished. The cluster
-// drops duplicates by (job, attempt, seq). An attempt (and its slot) is
-// released only by Ack{finished} or Ack{stale}.
+// the unacknowledged chunks in sequence order, ArtifactsUploaded and
+// JobFinished. The cluster drops duplicates by (job, attempt, seq) and
+// registers artifacts idempotently by (job, attempt, path). An attempt (and
+// its slot) is released only by Ack{finished} or Ack{stale}.
+//
+// Artifacts: the executor downloads the assignment's inputs into the
+// workspace before the commands and, after commands that PASSED or FAILED,
+// uploads the files matching the assignment's artifact globs to the leader's
+// BlobService (uploadArtifact). The uploaded list is held with the attempt
+// and sent as ArtifactsUploaded right before JobFinished.
 //
 // Held state lives only in memory: an agent process that restarts forgets
 // its attempts, and the cluster declares them lost when the new session's
@@ -57,6 +64,7 @@ type attempt struct {
 	flushTimer *time.Timer
 	flushGen   uint64
 	lastSeq    uint64
+	artifacts  *kilnv1.ArtifactsUploaded // nil when no file was uploaded
 	finished   *kilnv1.JobFinished
 	cancelWhy  string // CancelJob received before the process existed
 	dropped    bool
@@ -91,6 +99,9 @@ type Agent struct {
 	// testHookAttemptDone, when set, is called after an attempt's process
 	// has ended (whether or not the attempt is still held).
 	testHookAttemptDone func(job string, attempt uint32, o executor.Outcome)
+	// artifactLimits bound collected artifacts (executor defaults when
+	// zero; tests lower them).
+	artifactLimits executor.ArtifactLimits
 }
 
 // New validates cfg and returns an Agent. Labels os and arch are added from
@@ -255,6 +266,11 @@ func (a *Agent) runAttempt(at *attempt) {
 		Timeout:  time.Duration(asg.GetTimeoutMs()) * time.Millisecond,
 		Source:   asg.GetSource(),
 		Fetch:    a.fetchBlob,
+
+		Inputs:         asg.GetInputs(),
+		Artifacts:      asg.GetArtifacts(),
+		Upload:         a.uploadArtifact,
+		ArtifactLimits: a.artifactLimits,
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {
@@ -303,6 +319,10 @@ func (a *Agent) finish(at *attempt, o executor.Outcome) {
 	}
 	a.cutLocked(at, len(at.pending))
 	a.stopFlushTimerLocked(at)
+	if len(o.Artifacts) > 0 {
+		at.artifacts = &kilnv1.ArtifactsUploaded{JobId: at.key.job, Attempt: at.key.attempt, Files: o.Artifacts}
+		a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Artifacts{Artifacts: at.artifacts}})
+	}
 	at.finished = &kilnv1.JobFinished{
 		JobId:      at.key.job,
 		Attempt:    at.key.attempt,
@@ -407,7 +427,8 @@ func (a *Agent) heldRefsLocked() []*kilnv1.AttemptRef {
 }
 
 // resendLocked queues, per held attempt in order, JobStarted, the
-// unacknowledged chunks and JobFinished on the (new) live session.
+// unacknowledged chunks, ArtifactsUploaded and JobFinished on the (new)
+// live session.
 func (a *Agent) resendLocked() {
 	for _, at := range a.order {
 		if at.started != nil {
@@ -415,6 +436,9 @@ func (a *Agent) resendLocked() {
 		}
 		for _, c := range at.chunks {
 			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Log{Log: c}})
+		}
+		if at.artifacts != nil {
+			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Artifacts{Artifacts: at.artifacts}})
 		}
 		if at.finished != nil {
 			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Finished{Finished: at.finished}})

@@ -52,6 +52,12 @@ type fakeServer struct {
 
 func startServer(t *testing.T, reject func(*kilnv1.Register) error) *fakeServer {
 	t.Helper()
+	return startServerWith(t, reject, nil)
+}
+
+// startServerWith is startServer with more services (extra registers them).
+func startServerWith(t *testing.T, reject func(*kilnv1.Register) error, extra func(*grpc.Server)) *fakeServer {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +65,9 @@ func startServer(t *testing.T, reject func(*kilnv1.Register) error) *fakeServer 
 	f := &fakeServer{addr: lis.Addr().String(), sessions: make(chan *srvSession, 16), reject: reject}
 	gs := grpc.NewServer()
 	kilnv1.RegisterAgentServiceServer(gs, f)
+	if extra != nil {
+		extra(gs)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -128,6 +128,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.clusterCommand(),
 		a.validateCommand(),
 		a.repoCommand(),
+		a.artifactsCommand(),
 	)
 	return root
 }

@@ -1,6 +1,7 @@
 // Package coordinator assembles one Kiln coordinator: a Raft member
 // (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
-// store (coordinator/state), the leader-only scheduler
+// store (coordinator/state), the blob catch-up loop every node runs
+// (coordinator/blobsync), the leader-only scheduler
 // (coordinator/scheduler) and branch watcher (coordinator/watcher), and the
 // gRPC services (coordinator/api) with health checking and reflection.
 //
@@ -32,6 +33,7 @@ import (
 
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
+	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
@@ -79,6 +81,10 @@ type Config struct {
 	// (DataDir/blobs); uploads of a kind have their own, lower limit
 	// (source archives: 512 MiB).
 	MaxBlobSize int64
+	// BlobSyncInterval is how often the node fetches, from its peers, the
+	// blobs the replicated state refers to that its store lacks (default
+	// 10s).
+	BlobSyncInterval time.Duration
 }
 
 // NewConfig returns the defaults.
@@ -96,6 +102,7 @@ func NewConfig() Config {
 		SnapshotThreshold:    8192,
 		SnapshotInterval:     30 * time.Second,
 		MaxBlobSize:          blobstore.DefaultMaxBlobSize,
+		BlobSyncInterval:     blobsync.DefaultInterval,
 	}
 }
 
@@ -231,9 +238,10 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		},
 		Log: log.Named("watcher"),
 	})
+	c.blobs = api.NewBlobServer(deps)
+	deps.FetchBlob = c.blobs.Fetch
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
-	c.blobs = api.NewBlobServer(deps)
 	kilnv1.RegisterBlobServiceServer(c.grpc, c.blobs)
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
@@ -269,10 +277,11 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
-	wg.Add(3)
+	wg.Add(4)
 	go func() { defer wg.Done(); serveErr <- c.grpc.Serve(c.lis) }()
 	go func() { defer wg.Done(); c.leadershipLoop(ctx) }()
 	go func() { defer wg.Done(); c.announceLoop(ctx) }()
+	go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
 	var err error
@@ -316,6 +325,38 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	c.log.Info("coordinator stopped")
 	return err
+}
+
+// blobSyncConfig is the catch-up loop of this node's blob store: artifacts
+// of every attempt and uploaded source archives, fetched from peers.
+func (c *Coordinator) blobSyncConfig() blobsync.Config {
+	return blobsync.Config{
+		Wanted: func() map[string]bool {
+			want := c.store.ArtifactDigests()
+			for sha := range c.store.SourceArchiveDigests() {
+				want[sha] = true
+			}
+			return want
+		},
+		Has:   c.blobs.Has,
+		Fetch: c.blobs.Fetch,
+		// Start once the log this node holds has been applied.
+		Ready: func(ctx context.Context) error {
+			last := c.node.Raft.LastIndex()
+			t := time.NewTicker(50 * time.Millisecond)
+			defer t.Stop()
+			for c.node.Raft.AppliedIndex() < last {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
+			return nil
+		},
+		Interval: c.cfg.BlobSyncInterval,
+		Log:      c.log.Named("blobsync"),
+	}
 }
 
 // Crash stops the coordinator abruptly (tests and benchmarks): Run returns

@@ -14,8 +14,8 @@ import (
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
-// errTooBig stops a download that is longer than announced.
-var errTooBig = errors.New("more bytes than the archive size")
+// errTooBig stops a download (archive or artifact) longer than announced.
+var errTooBig = errors.New("more bytes than announced")
 
 // limitedWriter fails once more than n bytes were written.
 type limitedWriter struct {

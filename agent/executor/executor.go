@@ -28,6 +28,19 @@
 // attempt's timeout and is stopped by Cancel; a failed checkout ends the
 // attempt FAILED with the reason "checkout failed: ..." and the script never
 // runs.
+//
+// Artifacts (artifacts.go): Spec.Inputs are downloaded with Fetch into the
+// workspace at their paths after the source and before the script
+// (relative clean paths only, nothing written through a symbolic link, all
+// inside an os.Root of the workspace, size and SHA-256 verified, set-id and
+// sticky bits dropped); a failure ends the attempt FAILED "artifact download
+// failed: ...". After a script that ended PASSED or FAILED (not TIMED_OUT or
+// CANCELED), the regular files matching Spec.Artifacts (see Glob) are
+// uploaded with Spec.Upload, one log line each; symbolic links are skipped
+// with a line, a pattern matching nothing gets a warning line; at most
+// 10 000 files of at most 5 GiB each. An upload failure turns PASSED into
+// FAILED "artifact upload failed: ...". The uploads do not count against
+// the timeout; Cancel and Kill stop them.
 package executor
 
 import (
@@ -99,6 +112,17 @@ type Spec struct {
 	Fetch func(ctx context.Context, sha string, w io.Writer) error
 	// Unpack bounds the unpacked archive (archive defaults when zero).
 	Unpack archive.Limits
+	// Inputs are artifacts of earlier steps, downloaded with Fetch into the
+	// workspace at their paths after the source and before the commands.
+	Inputs []*kilnv1.Artifact
+	// Artifacts are the step's artifact patterns (see Glob). After the
+	// commands ended PASSED or FAILED, the matching files are uploaded
+	// with Upload and listed in Outcome.Artifacts.
+	Artifacts []string
+	// Upload stores one artifact file (the agent uploads it to the leader).
+	Upload UploadFunc
+	// ArtifactLimits bound the collected artifacts (defaults when zero).
+	ArtifactLimits ArtifactLimits
 }
 
 // Outcome is how an attempt ended.
@@ -107,6 +131,8 @@ type Outcome struct {
 	ExitCode int32
 	// Reason explains results other than PASSED.
 	Reason string
+	// Artifacts are the files uploaded after the commands, in path order.
+	Artifacts []*kilnv1.ArtifactFile
 }
 
 // Process is a running attempt.
@@ -126,6 +152,8 @@ type Process struct {
 
 	done    chan struct{}
 	outcome Outcome
+
+	spec Spec // artifact patterns and upload
 }
 
 // Workspace returns the sanitized directory name of an attempt's workspace
@@ -212,17 +240,25 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		cancelCh:  make(chan struct{}),
 		hardKill:  make(chan struct{}),
 		done:      make(chan struct{}),
+		spec:      spec,
 	}
+	var steps []prepStep
 	if src := spec.Source; src.GetArchiveSha256() != "" {
-		go p.prepareAndRun(func(ctx context.Context) (string, error) {
+		steps = append(steps, prepStep{"the source download", func(ctx context.Context) (string, error) {
 			return fetchArchive(ctx, e.WorkDir, ws, src, spec, out)
-		}, "the source download", out, timeout)
-		return p, nil
-	}
-	if src := spec.Source; src.GetGitUrl() != "" && src.GetCommit() != "" {
-		go p.prepareAndRun(func(ctx context.Context) (string, error) {
+		}})
+	} else if src.GetGitUrl() != "" && src.GetCommit() != "" {
+		steps = append(steps, prepStep{"the checkout", func(ctx context.Context) (string, error) {
 			return "checkout failed", gitsrc.CheckoutTo(ctx, p.workspace, src.GetGitUrl(), src.GetCommit(), out)
-		}, "the checkout", out, timeout)
+		}})
+	}
+	if len(spec.Inputs) > 0 {
+		steps = append(steps, prepStep{"the artifact download", func(ctx context.Context) (string, error) {
+			return "artifact download failed", downloadInputs(ctx, ws, spec.Inputs, spec.Fetch, out)
+		}})
+	}
+	if len(steps) > 0 {
+		go p.prepareAndRun(steps, out, timeout)
 		return p, nil
 	}
 	r, err := p.startShell()
@@ -260,11 +296,19 @@ func (p *Process) startShell() (*os.File, error) {
 	return r, nil
 }
 
-// prepareAndRun puts the source into the workspace (prepare: a git
-// checkout or an archive download), then runs the script with what is left
-// of the timeout. Cancel and the timeout stop the preparation too. prepare
-// returns the reason prefix of its failure ("checkout failed", ...).
-func (p *Process) prepareAndRun(prepare func(ctx context.Context) (string, error), phase string, out io.Writer, timeout time.Duration) {
+// prepStep is one preparation of the workspace before the commands.
+type prepStep struct {
+	// phase names the step in a timeout reason ("the checkout").
+	phase string
+	// run returns the reason prefix of its failure ("checkout failed").
+	run func(ctx context.Context) (string, error)
+}
+
+// prepareAndRun prepares the workspace (the source: a git checkout or an
+// archive download; then the input artifacts), then runs the script with
+// what is left of the timeout. Cancel and the timeout stop the preparation
+// too.
+func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	stopWatch := make(chan struct{})
@@ -277,7 +321,14 @@ func (p *Process) prepareAndRun(prepare func(ctx context.Context) (string, error
 		case <-stopWatch:
 		}
 	}()
-	what, err := prepare(ctx)
+	var what, phase string
+	var err error
+	for _, st := range steps {
+		phase = st.phase
+		if what, err = st.run(ctx); err != nil {
+			break
+		}
+	}
 	ctxErr := ctx.Err()
 	close(stopWatch)
 	<-watchDone
@@ -476,6 +527,49 @@ wait:
 		}
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: code, Reason: reason}
 	}
+	p.collectArtifacts(out)
+}
+
+// collectArtifacts uploads the attempt's artifacts after its commands
+// ended PASSED or FAILED (not after a timeout or a cancel: the attempt is
+// to stop now, and its workspace may be half-written). The upload does
+// not count against the timeout; Cancel and Kill stop it. An upload
+// failure turns PASSED into FAILED "artifact upload failed: ..." (a FAILED
+// attempt keeps its reason); files uploaded before the failure are still
+// reported.
+func (p *Process) collectArtifacts(out io.Writer) {
+	res := p.outcome.Result
+	if len(p.spec.Artifacts) == 0 || (res != kilnv1.JobResult_JOB_RESULT_PASSED && res != kilnv1.JobResult_JOB_RESULT_FAILED) {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-p.cancelCh:
+			cancel()
+		case <-stop:
+		}
+	}()
+	files, err := uploadArtifacts(ctx, p.workspace, p.spec.Artifacts, p.spec.ArtifactLimits, p.spec.Upload, out)
+	close(stop)
+	<-watchDone
+	cancel()
+	p.outcome.Artifacts = files
+	if err == nil {
+		return
+	}
+	fmt.Fprintf(out, "kiln: artifact upload failed: %v\n", err)
+	if res != kilnv1.JobResult_JOB_RESULT_PASSED {
+		return
+	}
+	if p.canceled() {
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_CANCELED, ExitCode: -1, Reason: p.cancelReason(), Artifacts: files}
+		return
+	}
+	p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: p.outcome.ExitCode, Reason: "artifact upload failed: " + err.Error(), Artifacts: files}
 }
 
 // exitCode maps a Wait error to an exit code; -1 when the shell was killed

@@ -13,8 +13,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -256,6 +258,9 @@ func (s *AgentServer) process(ctx context.Context, sess *scheduler.Session, log 
 	}
 }
 
+// blobFetchTimeout bounds pulling one reported artifact from a peer.
+const blobFetchTimeout = 10 * time.Minute
+
 // applyGrace bounds commits made on behalf of a session that is closing.
 const applyGrace = 5 * time.Second
 
@@ -322,6 +327,8 @@ func (s *AgentServer) handle(ctx context.Context, sess *scheduler.Session, log *
 			return s.d.toStatus(err)
 		}
 		return nil
+	case *kilnv1.ConnectRequest_Artifacts:
+		return s.registerArtifacts(ctx, sess, log, msg.Artifacts, now)
 	case *kilnv1.ConnectRequest_Register:
 		return invalid("register may only be sent once per session")
 	}
@@ -334,4 +341,52 @@ func (s *AgentServer) reregister(sess *scheduler.Session, now int64) *fsmv1.Regi
 		Name: sess.Agent, Labels: sess.Labels, Slots: int32(sess.Slots), Version: a.GetVersion(),
 		SessionId: sess.ID, Draining: sess.Draining(), TimeUnixMs: now,
 	}
+}
+
+// registerArtifacts commits an ArtifactsUploaded report. Every blob must be
+// held by this node: the agent uploads before it reports, and a quorum held
+// each upload, so after a leader change the new leader pulls a missing blob
+// from its peers first. One that no peer has ends the session with
+// FailedPrecondition. A stale attempt gets a stale Ack.
+func (s *AgentServer) registerArtifacts(ctx context.Context, sess *scheduler.Session, log *zap.Logger, up *kilnv1.ArtifactsUploaded, now int64) error {
+	if n := len(up.GetFiles()); n > state.MaxArtifactsPerAttempt {
+		return invalid("%d artifact files in one report; the limit is %d", n, state.MaxArtifactsPerAttempt)
+	}
+	for _, f := range up.GetFiles() {
+		if err := state.ValidArtifactPath(f.GetPath()); err != nil {
+			return invalid("artifact: %v", err)
+		}
+		if !blobstore.ValidDigest(f.GetSha256()) {
+			return invalid("artifact %s: sha256 %q is not 64 lower-case hex digits", f.GetPath(), f.GetSha256())
+		}
+		if !s.d.Blobs.Has(f.GetSha256()) && s.d.FetchBlob != nil {
+			fctx, cancel := context.WithTimeout(ctx, blobFetchTimeout)
+			if err := s.d.FetchBlob(fctx, f.GetSha256()); err != nil {
+				log.Warn("artifact blob not found on any peer", zap.String("sha256", f.GetSha256()), zap.Error(err))
+			}
+			cancel()
+		}
+		if !s.d.Blobs.Has(f.GetSha256()) {
+			if j, ok := s.d.Store.Job(up.GetJobId()); !ok || j.GetAttempt() != up.GetAttempt() || j.GetAgent() != sess.Agent || !isActiveJob(j.GetState()) {
+				sess.Send(ackStale(up.GetJobId(), up.GetAttempt()))
+				return nil
+			}
+			return status.Errorf(codes.FailedPrecondition, "artifact %s of job %s attempt %d: blob %s is held neither by %s nor by any reachable peer; upload it again, then reconnect and resend",
+				f.GetPath(), up.GetJobId(), up.GetAttempt(), f.GetSha256(), s.d.NodeID)
+		}
+	}
+	_, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS, &fsmv1.RegisterArtifacts{Agent: sess.Agent, Uploaded: up, TimeUnixMs: now})
+	switch {
+	case err == nil:
+		log.Debug("artifacts registered", zap.String("job", up.GetJobId()), zap.Uint32("attempt", up.GetAttempt()), zap.Int("files", len(up.GetFiles())))
+	case errors.Is(err, fsm.ErrStaleAttempt):
+		sess.Send(ackStale(up.GetJobId(), up.GetAttempt()))
+	default:
+		return s.d.toStatus(err)
+	}
+	return nil
+}
+
+func isActiveJob(st kilnv1.JobState) bool {
+	return st == kilnv1.JobState_JOB_STATE_ASSIGNED || st == kilnv1.JobState_JOB_STATE_RUNNING
 }

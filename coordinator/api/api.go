@@ -36,7 +36,9 @@ type Deps struct {
 	Scheduler *scheduler.Scheduler
 	// Blobs is this node's local blob store.
 	Blobs *blobstore.Store
-	Log   *zap.Logger
+	// FetchBlob copies a blob from a peer into Blobs (nil: no peers to ask).
+	FetchBlob func(ctx context.Context, sha string) error
+	Log       *zap.Logger
 	// Now is the clock used for command timestamps.
 	Now func() time.Time
 }

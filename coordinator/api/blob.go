@@ -29,12 +29,18 @@ const (
 	MaxSourceArchiveBytes int64 = 512 << 20
 	// BlobKindSource is the kind of an uploaded working copy (tar.gz).
 	BlobKindSource = "source"
+	// BlobKindArtifact is the kind of a file an agent keeps from a step's
+	// workspace; only the store's blob limit (--max-blob-size, 5 GiB by
+	// default) applies.
+	BlobKindArtifact = "artifact"
+	// MaxArtifactBytes bounds one artifact file.
+	MaxArtifactBytes int64 = 5 << 30
 	// replicateTimeout bounds the copy of one blob to one peer.
 	replicateTimeout = 10 * time.Minute
 )
 
 // blobKindLimits maps the accepted upload kinds to their size limits.
-var blobKindLimits = map[string]int64{BlobKindSource: MaxSourceArchiveBytes}
+var blobKindLimits = map[string]int64{BlobKindSource: MaxSourceArchiveBytes, BlobKindArtifact: MaxArtifactBytes}
 
 // BlobServer implements kilnv1.BlobServiceServer on top of the local blob
 // store. Uploads go to the leader, which stores the blob and copies it to
@@ -149,7 +155,7 @@ func readHeader(src chunkSource, maxSize int64, checkKind bool) (*kilnv1.BlobHea
 	if checkKind {
 		limit, ok := blobKindLimits[h.GetKind()]
 		if !ok {
-			return nil, invalid("blob: unknown kind %q (supported: %q)", h.GetKind(), BlobKindSource)
+			return nil, invalid("blob: unknown kind %q (supported: %q, %q)", h.GetKind(), BlobKindSource, BlobKindArtifact)
 		}
 		maxSize = min(maxSize, limit)
 	}
@@ -380,6 +386,20 @@ func (s *BlobServer) Download(req *kilnv1.DownloadRequest, stream kilnv1.BlobSer
 			return s.blobStatus(rerr)
 		}
 	}
+}
+
+// Fetch makes sure this node holds a blob: when it does not, it copies it
+// from the first peer (another coordinator) that holds it. It fails with
+// NotFound when no reachable peer has it. Used by Download and by the
+// catch-up loop (coordinator/blobsync).
+func (s *BlobServer) Fetch(ctx context.Context, sha string) error {
+	if !blobstore.ValidDigest(sha) {
+		return invalid("blob: sha256 %q is not 64 lower-case hex digits", sha)
+	}
+	if s.store.Has(sha) {
+		return nil
+	}
+	return s.fetch(ctx, sha)
 }
 
 // fetch copies a blob from the first peer that holds it into the local store.

@@ -95,6 +95,7 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	if c.opts.SnapshotThreshold > 0 {
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
+	cfg.BlobSyncInterval = 200 * time.Millisecond
 	return cfg
 }
 

@@ -18,6 +18,7 @@ package fsm
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 
@@ -63,7 +64,8 @@ type Result struct {
 	// Repo is the repository after AddRepo or RepoPolled.
 	Repo *kilnv1.Repo
 	// Acks: AppendLogs gives one per (job_id, attempt) in the batch;
-	// StartJob and FinishJob rejected as stale give one stale Ack; FinishJob
+	// StartJob and FinishJob rejected as stale, and RegisterArtifacts
+	// rejected with ErrStaleAttempt, give one stale Ack; FinishJob
 	// accepted gives one finished Ack; FinishJob rejected with
 	// ErrLogsIncomplete gives one Ack with the committed log_seq.
 	Acks []*kilnv1.Ack
@@ -94,22 +96,23 @@ func New(store *state.Store, log *zap.Logger) *FSM {
 func (f *FSM) Store() *state.Store { return f.store }
 
 var commandMessages = map[fsmv1.CommandType]func() proto.Message{
-	fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD:     func() proto.Message { return &fsmv1.SubmitBuild{} },
-	fsmv1.CommandType_COMMAND_TYPE_ASSIGN_JOB:       func() proto.Message { return &fsmv1.AssignJob{} },
-	fsmv1.CommandType_COMMAND_TYPE_START_JOB:        func() proto.Message { return &fsmv1.StartJob{} },
-	fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS:      func() proto.Message { return &fsmv1.AppendLogs{} },
-	fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB:       func() proto.Message { return &fsmv1.FinishJob{} },
-	fsmv1.CommandType_COMMAND_TYPE_CANCEL_BUILD:     func() proto.Message { return &fsmv1.CancelBuild{} },
-	fsmv1.CommandType_COMMAND_TYPE_REGISTER_AGENT:   func() proto.Message { return &fsmv1.RegisterAgent{} },
-	fsmv1.CommandType_COMMAND_TYPE_DISCONNECT_AGENT: func() proto.Message { return &fsmv1.DisconnectAgent{} },
-	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_AGENT:     func() proto.Message { return &fsmv1.ExpireAgent{} },
-	fsmv1.CommandType_COMMAND_TYPE_LOSE_ATTEMPTS:    func() proto.Message { return &fsmv1.LoseAttempts{} },
-	fsmv1.CommandType_COMMAND_TYPE_SET_NODE:         func() proto.Message { return &fsmv1.SetNode{} },
-	fsmv1.CommandType_COMMAND_TYPE_REMOVE_NODE:      func() proto.Message { return &fsmv1.RemoveNode{} },
-	fsmv1.CommandType_COMMAND_TYPE_DECIDE_APPROVAL:  func() proto.Message { return &fsmv1.DecideApproval{} },
-	fsmv1.CommandType_COMMAND_TYPE_RETRY_BUILD:      func() proto.Message { return &fsmv1.RetryBuild{} },
-	fsmv1.CommandType_COMMAND_TYPE_ADD_REPO:         func() proto.Message { return &fsmv1.AddRepo{} },
-	fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED:      func() proto.Message { return &fsmv1.RepoPolled{} },
+	fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD:       func() proto.Message { return &fsmv1.SubmitBuild{} },
+	fsmv1.CommandType_COMMAND_TYPE_ASSIGN_JOB:         func() proto.Message { return &fsmv1.AssignJob{} },
+	fsmv1.CommandType_COMMAND_TYPE_START_JOB:          func() proto.Message { return &fsmv1.StartJob{} },
+	fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS:        func() proto.Message { return &fsmv1.AppendLogs{} },
+	fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB:         func() proto.Message { return &fsmv1.FinishJob{} },
+	fsmv1.CommandType_COMMAND_TYPE_CANCEL_BUILD:       func() proto.Message { return &fsmv1.CancelBuild{} },
+	fsmv1.CommandType_COMMAND_TYPE_REGISTER_AGENT:     func() proto.Message { return &fsmv1.RegisterAgent{} },
+	fsmv1.CommandType_COMMAND_TYPE_DISCONNECT_AGENT:   func() proto.Message { return &fsmv1.DisconnectAgent{} },
+	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_AGENT:       func() proto.Message { return &fsmv1.ExpireAgent{} },
+	fsmv1.CommandType_COMMAND_TYPE_LOSE_ATTEMPTS:      func() proto.Message { return &fsmv1.LoseAttempts{} },
+	fsmv1.CommandType_COMMAND_TYPE_SET_NODE:           func() proto.Message { return &fsmv1.SetNode{} },
+	fsmv1.CommandType_COMMAND_TYPE_REMOVE_NODE:        func() proto.Message { return &fsmv1.RemoveNode{} },
+	fsmv1.CommandType_COMMAND_TYPE_DECIDE_APPROVAL:    func() proto.Message { return &fsmv1.DecideApproval{} },
+	fsmv1.CommandType_COMMAND_TYPE_RETRY_BUILD:        func() proto.Message { return &fsmv1.RetryBuild{} },
+	fsmv1.CommandType_COMMAND_TYPE_ADD_REPO:           func() proto.Message { return &fsmv1.AddRepo{} },
+	fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED:        func() proto.Message { return &fsmv1.RepoPolled{} },
+	fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS: func() proto.Message { return &fsmv1.RegisterArtifacts{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -220,6 +223,14 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 	case *fsmv1.RepoPolled:
 		r, err := s.RepoPolled(idx, c)
 		return &Result{Repo: r, Err: err}
+	case *fsmv1.RegisterArtifacts:
+		err := s.RegisterArtifacts(idx, c)
+		res := &Result{Err: err}
+		if errors.Is(err, ErrStaleAttempt) {
+			up := c.GetUploaded()
+			res.Acks = []*kilnv1.Ack{{JobId: up.GetJobId(), Attempt: up.GetAttempt(), Stale: true}}
+		}
+		return res
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

@@ -817,6 +817,7 @@ func busyHarness(t *testing.T) *harness {
 	h.run("1.b", 1, "a2", failed)
 	h.assign("1.z", 1, "a1")
 	h.logs("a1", "1.z", 1, 1, 2, 3)
+	h.artifacts("a1", "1.z", 1, "out/z.bin", "a.txt")
 	h.submit("r2", step("x", 0, nil))
 	h.submit("r3", step("y", 0, nil))
 	h.ok(fsmv1.CommandType_COMMAND_TYPE_CANCEL_BUILD, &fsmv1.CancelBuild{BuildId: "3", TimeUnixMs: h.now})

@@ -375,7 +375,27 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		Env:       env,
 		TimeoutMs: timeout,
 		Source:    checkoutSource(b),
+		Inputs:    s.inputs(job),
+		// The step's artifact globs (JobAssignment.artifacts, added by the
+		// agent side, not yet committed).
+		Artifacts: job.GetSpec().GetArtifacts(),
 	}
+}
+
+// inputs are the artifacts an attempt receives: artifacts are passed along
+// `needs` edges, direct needs only. For every step named in spec.needs, the
+// artifacts of that job's current attempt (in needs order, then by path).
+// A need that produced none (or was skipped) contributes nothing.
+func (s *Scheduler) inputs(job *kilnv1.Job) []*kilnv1.Artifact {
+	var out []*kilnv1.Artifact
+	for _, key := range job.GetSpec().GetNeeds() {
+		need, ok := s.store.Job(job.GetBuildId() + "." + key)
+		if !ok {
+			continue
+		}
+		out = append(out, s.store.JobArtifacts(need.GetId(), need.GetAttempt())...)
+	}
+	return out
 }
 
 // sourceEnv is the KILN_* environment describing where a build's code

@@ -1,5 +1,5 @@
 // Package state is the coordinator's replicated state store: builds, jobs,
-// agents, log chunks, coordinator nodes, repositories and request ids, kept in
+// agents, log chunks, artifacts, coordinator nodes, repositories and request ids, kept in
 // go-memdb tables with the indexes the API and the scheduler read.
 //
 // The store knows tables, indexes and the job lifecycle rules; it does not
@@ -137,6 +137,21 @@
 // the build becomes CANCELED with the reason and finished time, held
 // cleared, and its concurrency group releases held builds as above.
 //
+// RegisterArtifacts: fenced like StartJob (the job ASSIGNED or RUNNING,
+// the attempt current, held by the command's agent; an unknown job
+// included) else ErrStaleAttempt, and the FSM answers a stale Ack. Every
+// file is checked before anything is stored: the path is clean, relative,
+// slash-separated, valid UTF-8 without NUL or backslash, has no ".."
+// element and is at most 1024 bytes; sha256 is 64 lower-case hex digits;
+// size is not negative; else ErrInvalidCommand and nothing changes. A
+// (job, attempt, path) registered before is left unchanged (a resend is a
+// no-op, even with other content); the others are stored as Artifact{
+// build, job, step = job key, attempt, file with mode & 0777, the
+// command's time}. An attempt holds at most 10,000 files (ErrInvalidCommand
+// beyond). Artifacts of earlier attempts are kept (ArtifactDigests lists
+// them, for a later GC) but Artifacts(build) returns only each job's
+// current attempt, sorted by step then path.
+//
 // RegisterAgent upserts an agent (labels, slots, version, session, CONNECTED
 // or DRAINING, connected time). DisconnectAgent marks it DISCONNECTED only
 // when session_id is the current one and the agent is connected.
@@ -151,6 +166,6 @@
 // ErrNotFound).
 //
 // Snapshot gives a consistent point-in-time view that can be streamed as
-// fsmv1.SnapshotRecord values (meta first; repositories included); Restore
+// fsmv1.SnapshotRecord values (meta first; repositories and artifacts included); Restore
 // replaces the whole store atomically from such a stream.
 package state

@@ -31,7 +31,7 @@ func (sn *Snapshot) LastIndex() uint64 { return readMeta(sn.tx).LastIndex }
 
 // Records calls fn with every record of the view: the SnapshotMeta first,
 // then nodes, agents, request records, repositories, each build followed by its jobs in
-// submission order, and log chunks. It stops at the first error from fn and
+// submission order, log chunks, and artifacts. It stops at the first error from fn and
 // returns it. Records passed to fn share stored messages: do not modify them.
 func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	tx := sn.tx
@@ -85,8 +85,13 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	}); err != nil {
 		return err
 	}
-	return each(tableLogs, func(raw interface{}) error {
+	if err := each(tableLogs, func(raw interface{}) error {
 		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Log{Log: raw.(*kilnv1.LogChunk)}})
+	}); err != nil {
+		return err
+	}
+	return each(tableArtifacts, func(raw interface{}) error {
+		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Artifact{Artifact: raw.(*kilnv1.Artifact)}})
 	})
 }
 
@@ -172,6 +177,13 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			row.JobIDs = append(row.JobIDs, r.Job.GetId())
 		case *fsmv1.SnapshotRecord_Log:
 			if err := insert(tableLogs, proto.Clone(r.Log)); err != nil {
+				return err
+			}
+		case *fsmv1.SnapshotRecord_Artifact:
+			if err := ValidArtifactPath(r.Artifact.GetFile().GetPath()); err != nil || r.Artifact.GetJobId() == "" {
+				return fmt.Errorf("restore: invalid artifact of job %q: %v", r.Artifact.GetJobId(), err)
+			}
+			if err := insert(tableArtifacts, proto.Clone(r.Artifact)); err != nil {
 				return err
 			}
 		default:

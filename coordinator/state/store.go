@@ -113,6 +113,7 @@ func schema() *memdb.DBSchema {
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
 		}},
+		tableArtifacts: artifactTable(),
 	}}
 }
 

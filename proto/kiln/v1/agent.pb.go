@@ -770,7 +770,11 @@ type JobAssignment struct {
 	Source *Source `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
 	// Artifacts of the steps this one needs, to download into the workspace
 	// (at their paths) before the commands run.
-	Inputs        []*Artifact `protobuf:"bytes,9,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	Inputs []*Artifact `protobuf:"bytes,9,rep,name=inputs,proto3" json:"inputs,omitempty"`
+	// Artifact globs of the step (StepSpec.artifacts): after the commands
+	// end, the agent uploads the matching workspace files and registers them
+	// with ArtifactsUploaded before JobFinished.
+	Artifacts     []string `protobuf:"bytes,10,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -864,6 +868,13 @@ func (x *JobAssignment) GetSource() *Source {
 func (x *JobAssignment) GetInputs() []*Artifact {
 	if x != nil {
 		return x.Inputs
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetArtifacts() []string {
+	if x != nil {
+		return x.Artifacts
 	}
 	return nil
 }
@@ -1134,7 +1145,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\xe7\x02\n" +
+	"timeUnixMs\"\x85\x03\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1145,7 +1156,9 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"timeout_ms\x18\a \x01(\x03R\ttimeoutMs\x12'\n" +
 	"\x06source\x18\b \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12)\n" +
-	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x1a6\n" +
+	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x12\x1c\n" +
+	"\tartifacts\x18\n" +
+	" \x03(\tR\tartifacts\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
