@@ -88,6 +88,7 @@ type ConnectRequest struct {
 	//	*ConnectRequest_Log
 	//	*ConnectRequest_Finished
 	//	*ConnectRequest_Artifacts
+	//	*ConnectRequest_Tests
 	Msg           isConnectRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -184,6 +185,15 @@ func (x *ConnectRequest) GetArtifacts() *ArtifactsUploaded {
 	return nil
 }
 
+func (x *ConnectRequest) GetTests() *TestReports {
+	if x != nil {
+		if x, ok := x.Msg.(*ConnectRequest_Tests); ok {
+			return x.Tests
+		}
+	}
+	return nil
+}
+
 type isConnectRequest_Msg interface {
 	isConnectRequest_Msg()
 }
@@ -212,6 +222,10 @@ type ConnectRequest_Artifacts struct {
 	Artifacts *ArtifactsUploaded `protobuf:"bytes,6,opt,name=artifacts,proto3,oneof"`
 }
 
+type ConnectRequest_Tests struct {
+	Tests *TestReports `protobuf:"bytes,7,opt,name=tests,proto3,oneof"`
+}
+
 func (*ConnectRequest_Register) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Heartbeat) isConnectRequest_Msg() {}
@@ -223,6 +237,8 @@ func (*ConnectRequest_Log) isConnectRequest_Msg() {}
 func (*ConnectRequest_Finished) isConnectRequest_Msg() {}
 
 func (*ConnectRequest_Artifacts) isConnectRequest_Msg() {}
+
+func (*ConnectRequest_Tests) isConnectRequest_Msg() {}
 
 // ConnectResponse is one message from coordinator to agent.
 type ConnectResponse struct {
@@ -774,7 +790,9 @@ type JobAssignment struct {
 	// Artifact globs of the step (StepSpec.artifacts): after the commands
 	// end, the agent uploads the matching workspace files and registers them
 	// with ArtifactsUploaded before JobFinished.
-	Artifacts     []string `protobuf:"bytes,10,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	Artifacts []string `protobuf:"bytes,10,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	// JUnit report globs to parse after the commands.
+	Junit         []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -875,6 +893,13 @@ func (x *JobAssignment) GetInputs() []*Artifact {
 func (x *JobAssignment) GetArtifacts() []string {
 	if x != nil {
 		return x.Artifacts
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetJunit() []string {
+	if x != nil {
+		return x.Junit
 	}
 	return nil
 }
@@ -1084,18 +1109,83 @@ func (x *Ack) GetStale() bool {
 	return false
 }
 
+// TestReports carries the parsed JUnit reports of an attempt. Sent after the
+// commands end and before JobFinished (with the artifacts); resent after a
+// reconnect until the finish is acknowledged. Idempotent by (job, attempt,
+// file).
+type TestReports struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Attempt       uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Reports       []*TestReport          `protobuf:"bytes,3,rep,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestReports) Reset() {
+	*x = TestReports{}
+	mi := &file_kiln_v1_agent_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestReports) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestReports) ProtoMessage() {}
+
+func (x *TestReports) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_agent_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestReports.ProtoReflect.Descriptor instead.
+func (*TestReports) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TestReports) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *TestReports) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TestReports) GetReports() []*TestReport {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
 var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xc4\x02\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xf2\x02\n" +
 	"\x0eConnectRequest\x12/\n" +
 	"\bregister\x18\x01 \x01(\v2\x11.kiln.v1.RegisterH\x00R\bregister\x122\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x12.kiln.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
 	"\astarted\x18\x03 \x01(\v2\x13.kiln.v1.JobStartedH\x00R\astarted\x12%\n" +
 	"\x03log\x18\x04 \x01(\v2\x11.kiln.v1.LogChunkH\x00R\x03log\x122\n" +
 	"\bfinished\x18\x05 \x01(\v2\x14.kiln.v1.JobFinishedH\x00R\bfinished\x12:\n" +
-	"\tartifacts\x18\x06 \x01(\v2\x1a.kiln.v1.ArtifactsUploadedH\x00R\tartifactsB\x05\n" +
+	"\tartifacts\x18\x06 \x01(\v2\x1a.kiln.v1.ArtifactsUploadedH\x00R\tartifacts\x12,\n" +
+	"\x05tests\x18\a \x01(\v2\x14.kiln.v1.TestReportsH\x00R\x05testsB\x05\n" +
 	"\x03msg\"\xd9\x01\n" +
 	"\x0fConnectResponse\x125\n" +
 	"\n" +
@@ -1145,7 +1235,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\x85\x03\n" +
+	"timeUnixMs\"\x9b\x03\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1158,7 +1248,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06source\x18\b \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12)\n" +
 	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x12\x1c\n" +
 	"\tartifacts\x18\n" +
-	" \x03(\tR\tartifacts\x1a6\n" +
+	" \x03(\tR\tartifacts\x12\x14\n" +
+	"\x05junit\x18\v \x03(\tR\x05junit\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
@@ -1175,7 +1266,11 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x17\n" +
 	"\alog_seq\x18\x03 \x01(\x04R\x06logSeq\x12\x1a\n" +
 	"\bfinished\x18\x04 \x01(\bR\bfinished\x12\x14\n" +
-	"\x05stale\x18\x05 \x01(\bR\x05stale*\x88\x01\n" +
+	"\x05stale\x18\x05 \x01(\bR\x05stale\"m\n" +
+	"\vTestReports\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12-\n" +
+	"\areports\x18\x03 \x03(\v2\x13.kiln.v1.TestReportR\areports*\x88\x01\n" +
 	"\tJobResult\x12\x1a\n" +
 	"\x16JOB_RESULT_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_RESULT_PASSED\x10\x01\x12\x15\n" +
@@ -1198,7 +1293,7 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_kiln_v1_agent_proto_goTypes = []any{
 	(JobResult)(0),            // 0: kiln.v1.JobResult
 	(*ConnectRequest)(nil),    // 1: kiln.v1.ConnectRequest
@@ -1213,38 +1308,42 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*ArtifactsUploaded)(nil), // 10: kiln.v1.ArtifactsUploaded
 	(*CancelJob)(nil),         // 11: kiln.v1.CancelJob
 	(*Ack)(nil),               // 12: kiln.v1.Ack
-	nil,                       // 13: kiln.v1.Register.LabelsEntry
-	nil,                       // 14: kiln.v1.JobAssignment.EnvEntry
-	(*LogChunk)(nil),          // 15: kiln.v1.LogChunk
-	(*Source)(nil),            // 16: kiln.v1.Source
-	(*Artifact)(nil),          // 17: kiln.v1.Artifact
-	(*ArtifactFile)(nil),      // 18: kiln.v1.ArtifactFile
+	(*TestReports)(nil),       // 13: kiln.v1.TestReports
+	nil,                       // 14: kiln.v1.Register.LabelsEntry
+	nil,                       // 15: kiln.v1.JobAssignment.EnvEntry
+	(*LogChunk)(nil),          // 16: kiln.v1.LogChunk
+	(*Source)(nil),            // 17: kiln.v1.Source
+	(*Artifact)(nil),          // 18: kiln.v1.Artifact
+	(*ArtifactFile)(nil),      // 19: kiln.v1.ArtifactFile
+	(*TestReport)(nil),        // 20: kiln.v1.TestReport
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
 	6,  // 1: kiln.v1.ConnectRequest.heartbeat:type_name -> kiln.v1.Heartbeat
 	7,  // 2: kiln.v1.ConnectRequest.started:type_name -> kiln.v1.JobStarted
-	15, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
+	16, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
 	8,  // 4: kiln.v1.ConnectRequest.finished:type_name -> kiln.v1.JobFinished
 	10, // 5: kiln.v1.ConnectRequest.artifacts:type_name -> kiln.v1.ArtifactsUploaded
-	5,  // 6: kiln.v1.ConnectResponse.registered:type_name -> kiln.v1.Registered
-	9,  // 7: kiln.v1.ConnectResponse.assignment:type_name -> kiln.v1.JobAssignment
-	11, // 8: kiln.v1.ConnectResponse.cancel:type_name -> kiln.v1.CancelJob
-	12, // 9: kiln.v1.ConnectResponse.ack:type_name -> kiln.v1.Ack
-	13, // 10: kiln.v1.Register.labels:type_name -> kiln.v1.Register.LabelsEntry
-	3,  // 11: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
-	0,  // 12: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
-	14, // 13: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
-	16, // 14: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
-	17, // 15: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
-	18, // 16: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
-	1,  // 17: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 18: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	18, // [18:19] is the sub-list for method output_type
-	17, // [17:18] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	13, // 6: kiln.v1.ConnectRequest.tests:type_name -> kiln.v1.TestReports
+	5,  // 7: kiln.v1.ConnectResponse.registered:type_name -> kiln.v1.Registered
+	9,  // 8: kiln.v1.ConnectResponse.assignment:type_name -> kiln.v1.JobAssignment
+	11, // 9: kiln.v1.ConnectResponse.cancel:type_name -> kiln.v1.CancelJob
+	12, // 10: kiln.v1.ConnectResponse.ack:type_name -> kiln.v1.Ack
+	14, // 11: kiln.v1.Register.labels:type_name -> kiln.v1.Register.LabelsEntry
+	3,  // 12: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
+	0,  // 13: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
+	15, // 14: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
+	17, // 15: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
+	18, // 16: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
+	19, // 17: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
+	20, // 18: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
+	1,  // 19: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 20: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	20, // [20:21] is the sub-list for method output_type
+	19, // [19:20] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -1260,6 +1359,7 @@ func file_kiln_v1_agent_proto_init() {
 		(*ConnectRequest_Log)(nil),
 		(*ConnectRequest_Finished)(nil),
 		(*ConnectRequest_Artifacts)(nil),
+		(*ConnectRequest_Tests)(nil),
 	}
 	file_kiln_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ConnectResponse_Registered)(nil),
@@ -1273,7 +1373,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

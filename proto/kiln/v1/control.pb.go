@@ -1399,6 +1399,297 @@ func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
 	return nil
 }
 
+type ListTestsRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// Only failed and errored cases.
+	FailedOnly    bool `protobuf:"varint,2,opt,name=failed_only,json=failedOnly,proto3" json:"failed_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTestsRequest) Reset() {
+	*x = ListTestsRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTestsRequest) ProtoMessage() {}
+
+func (x *ListTestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTestsRequest.ProtoReflect.Descriptor instead.
+func (*ListTestsRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListTestsRequest) GetBuildId() string {
+	if x != nil {
+		return x.BuildId
+	}
+	return ""
+}
+
+func (x *ListTestsRequest) GetFailedOnly() bool {
+	if x != nil {
+		return x.FailedOnly
+	}
+	return false
+}
+
+type ListTestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Summary       *TestSummary           `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
+	Reports       []*TestReport          `protobuf:"bytes,2,rep,name=reports,proto3" json:"reports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTestsResponse) Reset() {
+	*x = ListTestsResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTestsResponse) ProtoMessage() {}
+
+func (x *ListTestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTestsResponse.ProtoReflect.Descriptor instead.
+func (*ListTestsResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListTestsResponse) GetSummary() *TestSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+func (x *ListTestsResponse) GetReports() []*TestReport {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+type FlakyTestsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Registered repository name; empty means every build.
+	Repo string `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	// How many of the newest builds to look at; 0 means 50.
+	Builds int32 `protobuf:"varint,2,opt,name=builds,proto3" json:"builds,omitempty"`
+	// At most this many cases; 0 means 20.
+	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlakyTestsRequest) Reset() {
+	*x = FlakyTestsRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlakyTestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlakyTestsRequest) ProtoMessage() {}
+
+func (x *FlakyTestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlakyTestsRequest.ProtoReflect.Descriptor instead.
+func (*FlakyTestsRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *FlakyTestsRequest) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *FlakyTestsRequest) GetBuilds() int32 {
+	if x != nil {
+		return x.Builds
+	}
+	return 0
+}
+
+func (x *FlakyTestsRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// FlakyTest is a case that flipped between failing and passing.
+type FlakyTest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Classname string                 `protobuf:"bytes,1,opt,name=classname,proto3" json:"classname,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Builds in which the case was flaky (failed, then passed).
+	FlakyBuilds int32 `protobuf:"varint,3,opt,name=flaky_builds,json=flakyBuilds,proto3" json:"flaky_builds,omitempty"`
+	// Builds in which the case ran at all.
+	Builds        int32  `protobuf:"varint,4,opt,name=builds,proto3" json:"builds,omitempty"`
+	LastBuildId   string `protobuf:"bytes,5,opt,name=last_build_id,json=lastBuildId,proto3" json:"last_build_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlakyTest) Reset() {
+	*x = FlakyTest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlakyTest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlakyTest) ProtoMessage() {}
+
+func (x *FlakyTest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlakyTest.ProtoReflect.Descriptor instead.
+func (*FlakyTest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *FlakyTest) GetClassname() string {
+	if x != nil {
+		return x.Classname
+	}
+	return ""
+}
+
+func (x *FlakyTest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FlakyTest) GetFlakyBuilds() int32 {
+	if x != nil {
+		return x.FlakyBuilds
+	}
+	return 0
+}
+
+func (x *FlakyTest) GetBuilds() int32 {
+	if x != nil {
+		return x.Builds
+	}
+	return 0
+}
+
+func (x *FlakyTest) GetLastBuildId() string {
+	if x != nil {
+		return x.LastBuildId
+	}
+	return ""
+}
+
+type FlakyTestsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tests         []*FlakyTest           `protobuf:"bytes,1,rep,name=tests,proto3" json:"tests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FlakyTestsResponse) Reset() {
+	*x = FlakyTestsResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FlakyTestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FlakyTestsResponse) ProtoMessage() {}
+
+func (x *FlakyTestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FlakyTestsResponse.ProtoReflect.Descriptor instead.
+func (*FlakyTestsResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *FlakyTestsResponse) GetTests() []*FlakyTest {
+	if x != nil {
+		return x.Tests
+	}
+	return nil
+}
+
 var File_kiln_v1_control_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_control_proto_rawDesc = "" +
@@ -1497,7 +1788,26 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x14ListArtifactsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"H\n" +
 	"\x15ListArtifactsResponse\x12/\n" +
-	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts2\xf1\x06\n" +
+	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts\"N\n" +
+	"\x10ListTestsRequest\x12\x19\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1f\n" +
+	"\vfailed_only\x18\x02 \x01(\bR\n" +
+	"failedOnly\"r\n" +
+	"\x11ListTestsResponse\x12.\n" +
+	"\asummary\x18\x01 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12-\n" +
+	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\"U\n" +
+	"\x11FlakyTestsRequest\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
+	"\x06builds\x18\x02 \x01(\x05R\x06builds\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\"\x9c\x01\n" +
+	"\tFlakyTest\x12\x1c\n" +
+	"\tclassname\x18\x01 \x01(\tR\tclassname\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
+	"\fflaky_builds\x18\x03 \x01(\x05R\vflakyBuilds\x12\x16\n" +
+	"\x06builds\x18\x04 \x01(\x05R\x06builds\x12\"\n" +
+	"\rlast_build_id\x18\x05 \x01(\tR\vlastBuildId\">\n" +
+	"\x12FlakyTestsResponse\x12(\n" +
+	"\x05tests\x18\x01 \x03(\v2\x12.kiln.v1.FlakyTestR\x05tests2\xfc\a\n" +
 	"\x0eControlService\x12H\n" +
 	"\vSubmitBuild\x12\x1b.kiln.v1.SubmitBuildRequest\x1a\x1c.kiln.v1.SubmitBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
@@ -1515,7 +1825,10 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12<\n" +
 	"\aAddRepo\x12\x17.kiln.v1.AddRepoRequest\x1a\x18.kiln.v1.AddRepoResponse\x12B\n" +
 	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponse\x12N\n" +
-	"\rListArtifacts\x12\x1d.kiln.v1.ListArtifactsRequest\x1a\x1e.kiln.v1.ListArtifactsResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"\rListArtifacts\x12\x1d.kiln.v1.ListArtifactsRequest\x1a\x1e.kiln.v1.ListArtifactsResponse\x12B\n" +
+	"\tListTests\x12\x19.kiln.v1.ListTestsRequest\x1a\x1a.kiln.v1.ListTestsResponse\x12E\n" +
+	"\n" +
+	"FlakyTests\x12\x1a.kiln.v1.FlakyTestsRequest\x1a\x1b.kiln.v1.FlakyTestsResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_control_proto_rawDescOnce sync.Once
@@ -1529,7 +1842,7 @@ func file_kiln_v1_control_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_control_proto_rawDescData
 }
 
-var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_kiln_v1_control_proto_goTypes = []any{
 	(*SubmitBuildRequest)(nil),     // 0: kiln.v1.SubmitBuildRequest
 	(*SubmitBuildResponse)(nil),    // 1: kiln.v1.SubmitBuildResponse
@@ -1556,59 +1869,73 @@ var file_kiln_v1_control_proto_goTypes = []any{
 	(*ListReposResponse)(nil),      // 22: kiln.v1.ListReposResponse
 	(*ListArtifactsRequest)(nil),   // 23: kiln.v1.ListArtifactsRequest
 	(*ListArtifactsResponse)(nil),  // 24: kiln.v1.ListArtifactsResponse
-	nil,                            // 25: kiln.v1.SubmitBuildRequest.LabelsEntry
-	nil,                            // 26: kiln.v1.SubmitBuildRequest.EnvEntry
-	(*Source)(nil),                 // 27: kiln.v1.Source
-	(*Build)(nil),                  // 28: kiln.v1.Build
-	(*Agent)(nil),                  // 29: kiln.v1.Agent
-	(*Repo)(nil),                   // 30: kiln.v1.Repo
-	(*Artifact)(nil),               // 31: kiln.v1.Artifact
+	(*ListTestsRequest)(nil),       // 25: kiln.v1.ListTestsRequest
+	(*ListTestsResponse)(nil),      // 26: kiln.v1.ListTestsResponse
+	(*FlakyTestsRequest)(nil),      // 27: kiln.v1.FlakyTestsRequest
+	(*FlakyTest)(nil),              // 28: kiln.v1.FlakyTest
+	(*FlakyTestsResponse)(nil),     // 29: kiln.v1.FlakyTestsResponse
+	nil,                            // 30: kiln.v1.SubmitBuildRequest.LabelsEntry
+	nil,                            // 31: kiln.v1.SubmitBuildRequest.EnvEntry
+	(*Source)(nil),                 // 32: kiln.v1.Source
+	(*Build)(nil),                  // 33: kiln.v1.Build
+	(*Agent)(nil),                  // 34: kiln.v1.Agent
+	(*Repo)(nil),                   // 35: kiln.v1.Repo
+	(*Artifact)(nil),               // 36: kiln.v1.Artifact
+	(*TestSummary)(nil),            // 37: kiln.v1.TestSummary
+	(*TestReport)(nil),             // 38: kiln.v1.TestReport
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
-	25, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
-	26, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
-	27, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
-	28, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	28, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	28, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	28, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	30, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
+	31, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
+	32, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
+	33, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
+	33, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	33, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	33, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
 	9,  // 7: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
-	28, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	29, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	28, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
-	28, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	30, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
-	30, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
-	31, // 14: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
-	0,  // 15: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 16: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 17: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 18: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 19: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 20: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 21: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	15, // 22: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
-	17, // 23: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	19, // 24: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
-	21, // 25: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
-	23, // 26: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
-	1,  // 27: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 28: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 29: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 30: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 31: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 32: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 33: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // 34: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
-	18, // 35: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	20, // 36: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
-	22, // 37: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
-	24, // 38: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
-	27, // [27:39] is the sub-list for method output_type
-	15, // [15:27] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	33, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	34, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	33, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
+	33, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	35, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
+	35, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
+	36, // 14: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
+	37, // 15: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
+	38, // 16: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
+	28, // 17: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
+	0,  // 18: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 19: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 20: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 21: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 22: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 23: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 24: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 25: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 26: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 27: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 28: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	23, // 29: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
+	25, // 30: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
+	27, // 31: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
+	1,  // 32: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 33: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 34: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 35: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 36: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 37: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 38: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 39: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 40: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 41: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	22, // 42: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	24, // 43: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
+	26, // 44: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
+	29, // 45: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
+	32, // [32:46] is the sub-list for method output_type
+	18, // [18:32] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }
@@ -1623,7 +1950,7 @@ func file_kiln_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_control_proto_rawDesc), len(file_kiln_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,8 @@ const (
 	ControlService_AddRepo_FullMethodName        = "/kiln.v1.ControlService/AddRepo"
 	ControlService_ListRepos_FullMethodName      = "/kiln.v1.ControlService/ListRepos"
 	ControlService_ListArtifacts_FullMethodName  = "/kiln.v1.ControlService/ListArtifacts"
+	ControlService_ListTests_FullMethodName      = "/kiln.v1.ControlService/ListTests"
+	ControlService_FlakyTests_FullMethodName     = "/kiln.v1.ControlService/FlakyTests"
 )
 
 // ControlServiceClient is the client API for ControlService service.
@@ -73,6 +75,11 @@ type ControlServiceClient interface {
 	// ListArtifacts returns the artifacts of a build's current attempts
 	// (download their content with BlobService.Download).
 	ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error)
+	// ListTests returns the test reports of a build's current attempts.
+	ListTests(ctx context.Context, in *ListTestsRequest, opts ...grpc.CallOption) (*ListTestsResponse, error)
+	// FlakyTests lists the cases of a repository's recent builds that flipped
+	// between failing and passing most often.
+	FlakyTests(ctx context.Context, in *FlakyTestsRequest, opts ...grpc.CallOption) (*FlakyTestsResponse, error)
 }
 
 type controlServiceClient struct {
@@ -221,6 +228,26 @@ func (c *controlServiceClient) ListArtifacts(ctx context.Context, in *ListArtifa
 	return out, nil
 }
 
+func (c *controlServiceClient) ListTests(ctx context.Context, in *ListTestsRequest, opts ...grpc.CallOption) (*ListTestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTestsResponse)
+	err := c.cc.Invoke(ctx, ControlService_ListTests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlServiceClient) FlakyTests(ctx context.Context, in *FlakyTestsRequest, opts ...grpc.CallOption) (*FlakyTestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FlakyTestsResponse)
+	err := c.cc.Invoke(ctx, ControlService_FlakyTests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ControlServiceServer is the server API for ControlService service.
 // All implementations must embed UnimplementedControlServiceServer
 // for forward compatibility.
@@ -261,6 +288,11 @@ type ControlServiceServer interface {
 	// ListArtifacts returns the artifacts of a build's current attempts
 	// (download their content with BlobService.Download).
 	ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error)
+	// ListTests returns the test reports of a build's current attempts.
+	ListTests(context.Context, *ListTestsRequest) (*ListTestsResponse, error)
+	// FlakyTests lists the cases of a repository's recent builds that flipped
+	// between failing and passing most often.
+	FlakyTests(context.Context, *FlakyTestsRequest) (*FlakyTestsResponse, error)
 	mustEmbedUnimplementedControlServiceServer()
 }
 
@@ -306,6 +338,12 @@ func (UnimplementedControlServiceServer) ListRepos(context.Context, *ListReposRe
 }
 func (UnimplementedControlServiceServer) ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListArtifacts not implemented")
+}
+func (UnimplementedControlServiceServer) ListTests(context.Context, *ListTestsRequest) (*ListTestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTests not implemented")
+}
+func (UnimplementedControlServiceServer) FlakyTests(context.Context, *FlakyTestsRequest) (*FlakyTestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FlakyTests not implemented")
 }
 func (UnimplementedControlServiceServer) mustEmbedUnimplementedControlServiceServer() {}
 func (UnimplementedControlServiceServer) testEmbeddedByValue()                        {}
@@ -530,6 +568,42 @@ func _ControlService_ListArtifacts_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_ListTests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).ListTests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_ListTests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).ListTests(ctx, req.(*ListTestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ControlService_FlakyTests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FlakyTestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).FlakyTests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_FlakyTests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).FlakyTests(ctx, req.(*FlakyTestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ControlService_ServiceDesc is the grpc.ServiceDesc for ControlService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -576,6 +650,14 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListArtifacts",
 			Handler:    _ControlService_ListArtifacts_Handler,
+		},
+		{
+			MethodName: "ListTests",
+			Handler:    _ControlService_ListTests_Handler,
+		},
+		{
+			MethodName: "FlakyTests",
+			Handler:    _ControlService_FlakyTests_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

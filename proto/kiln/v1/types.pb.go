@@ -949,9 +949,16 @@ type Build struct {
 	ConcurrencyGroup string `protobuf:"bytes,15,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
 	ConcurrencyLimit int32  `protobuf:"varint,16,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
 	// True while the build waits for a free place in its concurrency group.
-	Held          bool `protobuf:"varint,17,opt,name=held,proto3" json:"held,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Held bool `protobuf:"varint,17,opt,name=held,proto3" json:"held,omitempty"`
+	// Test results of the jobs' current attempts, summed.
+	Tests *TestSummary `protobuf:"bytes,18,opt,name=tests,proto3" json:"tests,omitempty"`
+	// How long the build's artifacts are kept after it finishes; 0 means the
+	// cluster default (--artifact-retention).
+	ArtifactRetentionMs int64 `protobuf:"varint,19,opt,name=artifact_retention_ms,json=artifactRetentionMs,proto3" json:"artifact_retention_ms,omitempty"`
+	// True once retention removed the build's artifact records.
+	ArtifactsExpired bool `protobuf:"varint,20,opt,name=artifacts_expired,json=artifactsExpired,proto3" json:"artifacts_expired,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Build) Reset() {
@@ -1099,6 +1106,27 @@ func (x *Build) GetConcurrencyLimit() int32 {
 func (x *Build) GetHeld() bool {
 	if x != nil {
 		return x.Held
+	}
+	return false
+}
+
+func (x *Build) GetTests() *TestSummary {
+	if x != nil {
+		return x.Tests
+	}
+	return nil
+}
+
+func (x *Build) GetArtifactRetentionMs() int64 {
+	if x != nil {
+		return x.ArtifactRetentionMs
+	}
+	return 0
+}
+
+func (x *Build) GetArtifactsExpired() bool {
+	if x != nil {
+		return x.ArtifactsExpired
 	}
 	return false
 }
@@ -1677,6 +1705,308 @@ func (x *Artifact) GetTimeUnixMs() int64 {
 	return 0
 }
 
+// TestSummary counts test cases by result. Counts come from the cases,
+// never from report headers.
+type TestSummary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Total         int32                  `protobuf:"varint,1,opt,name=total,proto3" json:"total,omitempty"`
+	Passed        int32                  `protobuf:"varint,2,opt,name=passed,proto3" json:"passed,omitempty"`
+	Failed        int32                  `protobuf:"varint,3,opt,name=failed,proto3" json:"failed,omitempty"`
+	Errored       int32                  `protobuf:"varint,4,opt,name=errored,proto3" json:"errored,omitempty"`
+	Skipped       int32                  `protobuf:"varint,5,opt,name=skipped,proto3" json:"skipped,omitempty"`
+	Flaky         int32                  `protobuf:"varint,6,opt,name=flaky,proto3" json:"flaky,omitempty"`
+	DurationMs    int64                  `protobuf:"varint,7,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestSummary) Reset() {
+	*x = TestSummary{}
+	mi := &file_kiln_v1_types_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestSummary) ProtoMessage() {}
+
+func (x *TestSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestSummary.ProtoReflect.Descriptor instead.
+func (*TestSummary) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TestSummary) GetTotal() int32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *TestSummary) GetPassed() int32 {
+	if x != nil {
+		return x.Passed
+	}
+	return 0
+}
+
+func (x *TestSummary) GetFailed() int32 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *TestSummary) GetErrored() int32 {
+	if x != nil {
+		return x.Errored
+	}
+	return 0
+}
+
+func (x *TestSummary) GetSkipped() int32 {
+	if x != nil {
+		return x.Skipped
+	}
+	return 0
+}
+
+func (x *TestSummary) GetFlaky() int32 {
+	if x != nil {
+		return x.Flaky
+	}
+	return 0
+}
+
+func (x *TestSummary) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+// TestCase is one test case result.
+type TestCase struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Suite      string                 `protobuf:"bytes,1,opt,name=suite,proto3" json:"suite,omitempty"`
+	Classname  string                 `protobuf:"bytes,2,opt,name=classname,proto3" json:"classname,omitempty"`
+	Name       string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	File       string                 `protobuf:"bytes,4,opt,name=file,proto3" json:"file,omitempty"`
+	DurationMs int64                  `protobuf:"varint,5,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	// "passed", "failed", "errored" or "skipped".
+	Result string `protobuf:"bytes,6,opt,name=result,proto3" json:"result,omitempty"`
+	// Failure or error message, truncated to a limit.
+	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	Flaky         bool   `protobuf:"varint,8,opt,name=flaky,proto3" json:"flaky,omitempty"`
+	Reruns        int32  `protobuf:"varint,9,opt,name=reruns,proto3" json:"reruns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestCase) Reset() {
+	*x = TestCase{}
+	mi := &file_kiln_v1_types_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestCase) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestCase) ProtoMessage() {}
+
+func (x *TestCase) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestCase.ProtoReflect.Descriptor instead.
+func (*TestCase) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *TestCase) GetSuite() string {
+	if x != nil {
+		return x.Suite
+	}
+	return ""
+}
+
+func (x *TestCase) GetClassname() string {
+	if x != nil {
+		return x.Classname
+	}
+	return ""
+}
+
+func (x *TestCase) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TestCase) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *TestCase) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+func (x *TestCase) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+func (x *TestCase) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *TestCase) GetFlaky() bool {
+	if x != nil {
+		return x.Flaky
+	}
+	return false
+}
+
+func (x *TestCase) GetReruns() int32 {
+	if x != nil {
+		return x.Reruns
+	}
+	return 0
+}
+
+// TestReport is one parsed report file of a job attempt.
+type TestReport struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	JobId   string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Step    string                 `protobuf:"bytes,2,opt,name=step,proto3" json:"step,omitempty"`
+	Attempt uint32                 `protobuf:"varint,3,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Path of the report file in the workspace.
+	File    string       `protobuf:"bytes,4,opt,name=file,proto3" json:"file,omitempty"`
+	Summary *TestSummary `protobuf:"bytes,5,opt,name=summary,proto3" json:"summary,omitempty"`
+	// Kept cases (bounded); the summary counts every case.
+	Cases []*TestCase `protobuf:"bytes,6,rep,name=cases,proto3" json:"cases,omitempty"`
+	// Set when the file could not be parsed (file:line: message); the build
+	// goes on.
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TestReport) Reset() {
+	*x = TestReport{}
+	mi := &file_kiln_v1_types_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TestReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TestReport) ProtoMessage() {}
+
+func (x *TestReport) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TestReport.ProtoReflect.Descriptor instead.
+func (*TestReport) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *TestReport) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *TestReport) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *TestReport) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *TestReport) GetFile() string {
+	if x != nil {
+		return x.File
+	}
+	return ""
+}
+
+func (x *TestReport) GetSummary() *TestSummary {
+	if x != nil {
+		return x.Summary
+	}
+	return nil
+}
+
+func (x *TestReport) GetCases() []*TestCase {
+	if x != nil {
+		return x.Cases
+	}
+	return nil
+}
+
+func (x *TestReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
@@ -1757,7 +2087,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vqueue_index\x18\x13 \x01(\x04R\n" +
 	"queueIndex\x12&\n" +
 	"\x0fblocked_unix_ms\x18\x14 \x01(\x03R\rblockedUnixMs\x12-\n" +
-	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\"\x83\x05\n" +
+	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\"\x90\x06\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
@@ -1777,7 +2107,10 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x11repo_build_number\x18\x0e \x01(\x04R\x0frepoBuildNumber\x12+\n" +
 	"\x11concurrency_group\x18\x0f \x01(\tR\x10concurrencyGroup\x12+\n" +
 	"\x11concurrency_limit\x18\x10 \x01(\x05R\x10concurrencyLimit\x12\x12\n" +
-	"\x04held\x18\x11 \x01(\bR\x04held\x1a6\n" +
+	"\x04held\x18\x11 \x01(\bR\x04held\x12*\n" +
+	"\x05tests\x18\x12 \x01(\v2\x14.kiln.v1.TestSummaryR\x05tests\x122\n" +
+	"\x15artifact_retention_ms\x18\x13 \x01(\x03R\x13artifactRetentionMs\x12+\n" +
+	"\x11artifacts_expired\x18\x14 \x01(\bR\x10artifactsExpired\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
@@ -1832,7 +2165,36 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12)\n" +
 	"\x04file\x18\x05 \x01(\v2\x15.kiln.v1.ArtifactFileR\x04file\x12 \n" +
 	"\ftime_unix_ms\x18\x06 \x01(\x03R\n" +
-	"timeUnixMs*\xbd\x01\n" +
+	"timeUnixMs\"\xbe\x01\n" +
+	"\vTestSummary\x12\x14\n" +
+	"\x05total\x18\x01 \x01(\x05R\x05total\x12\x16\n" +
+	"\x06passed\x18\x02 \x01(\x05R\x06passed\x12\x16\n" +
+	"\x06failed\x18\x03 \x01(\x05R\x06failed\x12\x18\n" +
+	"\aerrored\x18\x04 \x01(\x05R\aerrored\x12\x18\n" +
+	"\askipped\x18\x05 \x01(\x05R\askipped\x12\x14\n" +
+	"\x05flaky\x18\x06 \x01(\x05R\x05flaky\x12\x1f\n" +
+	"\vduration_ms\x18\a \x01(\x03R\n" +
+	"durationMs\"\xe7\x01\n" +
+	"\bTestCase\x12\x14\n" +
+	"\x05suite\x18\x01 \x01(\tR\x05suite\x12\x1c\n" +
+	"\tclassname\x18\x02 \x01(\tR\tclassname\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04file\x18\x04 \x01(\tR\x04file\x12\x1f\n" +
+	"\vduration_ms\x18\x05 \x01(\x03R\n" +
+	"durationMs\x12\x16\n" +
+	"\x06result\x18\x06 \x01(\tR\x06result\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x14\n" +
+	"\x05flaky\x18\b \x01(\bR\x05flaky\x12\x16\n" +
+	"\x06reruns\x18\t \x01(\x05R\x06reruns\"\xd4\x01\n" +
+	"\n" +
+	"TestReport\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\tR\x04step\x12\x18\n" +
+	"\aattempt\x18\x03 \x01(\rR\aattempt\x12\x12\n" +
+	"\x04file\x18\x04 \x01(\tR\x04file\x12.\n" +
+	"\asummary\x18\x05 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12'\n" +
+	"\x05cases\x18\x06 \x03(\v2\x11.kiln.v1.TestCaseR\x05cases\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error*\xbd\x01\n" +
 	"\n" +
 	"BuildState\x12\x1b\n" +
 	"\x17BUILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -1877,7 +2239,7 @@ func file_kiln_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_kiln_v1_types_proto_goTypes = []any{
 	(BuildState)(0),      // 0: kiln.v1.BuildState
 	(JobState)(0),        // 1: kiln.v1.JobState
@@ -1896,33 +2258,39 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	(*NotLeader)(nil),    // 14: kiln.v1.NotLeader
 	(*ArtifactFile)(nil), // 15: kiln.v1.ArtifactFile
 	(*Artifact)(nil),     // 16: kiln.v1.Artifact
-	nil,                  // 17: kiln.v1.StepSpec.AgentsEntry
-	nil,                  // 18: kiln.v1.StepSpec.EnvEntry
-	nil,                  // 19: kiln.v1.StepSpec.MatrixEntry
-	nil,                  // 20: kiln.v1.Build.EnvEntry
-	nil,                  // 21: kiln.v1.Agent.LabelsEntry
+	(*TestSummary)(nil),  // 17: kiln.v1.TestSummary
+	(*TestCase)(nil),     // 18: kiln.v1.TestCase
+	(*TestReport)(nil),   // 19: kiln.v1.TestReport
+	nil,                  // 20: kiln.v1.StepSpec.AgentsEntry
+	nil,                  // 21: kiln.v1.StepSpec.EnvEntry
+	nil,                  // 22: kiln.v1.StepSpec.MatrixEntry
+	nil,                  // 23: kiln.v1.Build.EnvEntry
+	nil,                  // 24: kiln.v1.Agent.LabelsEntry
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
-	17, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
-	18, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
+	20, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
+	21, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
 	3,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
 	5,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
-	19, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
+	22, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	1,  // 5: kiln.v1.Job.state:type_name -> kiln.v1.JobState
 	4,  // 6: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
 	6,  // 7: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
 	0,  // 8: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
 	8,  // 9: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	20, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	23, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
 	7,  // 11: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	21, // 12: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	2,  // 13: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	15, // 14: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	17, // 12: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	24, // 13: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	2,  // 14: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	15, // 15: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	17, // 16: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	18, // 17: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -1936,7 +2304,7 @@ func file_kiln_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_types_proto_rawDesc), len(file_kiln_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   19,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -50,6 +50,8 @@ const (
 	CommandType_COMMAND_TYPE_ADD_REPO           CommandType = 15
 	CommandType_COMMAND_TYPE_REPO_POLLED        CommandType = 16
 	CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS CommandType = 17
+	CommandType_COMMAND_TYPE_RECORD_TESTS       CommandType = 18
+	CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS   CommandType = 19
 )
 
 // Enum value maps for CommandType.
@@ -73,6 +75,8 @@ var (
 		15: "COMMAND_TYPE_ADD_REPO",
 		16: "COMMAND_TYPE_REPO_POLLED",
 		17: "COMMAND_TYPE_REGISTER_ARTIFACTS",
+		18: "COMMAND_TYPE_RECORD_TESTS",
+		19: "COMMAND_TYPE_EXPIRE_ARTIFACTS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -93,6 +97,8 @@ var (
 		"COMMAND_TYPE_ADD_REPO":           15,
 		"COMMAND_TYPE_REPO_POLLED":        16,
 		"COMMAND_TYPE_REGISTER_ARTIFACTS": 17,
+		"COMMAND_TYPE_RECORD_TESTS":       18,
+		"COMMAND_TYPE_EXPIRE_ARTIFACTS":   19,
 	}
 )
 
@@ -126,19 +132,20 @@ func (CommandType) EnumDescriptor() ([]byte, []int) {
 // SubmitBuild creates a build. The FSM assigns the next build number as its
 // id. A request_id seen before returns the earlier build and changes nothing.
 type SubmitBuild struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	RequestId        string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	Name             string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Submitter        string                 `protobuf:"bytes,3,opt,name=submitter,proto3" json:"submitter,omitempty"`
-	Env              map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Steps            []*v1.StepSpec         `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
-	TimeUnixMs       int64                  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
-	Source           *v1.Source             `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
-	Event            string                 `protobuf:"bytes,8,opt,name=event,proto3" json:"event,omitempty"`
-	ConcurrencyGroup string                 `protobuf:"bytes,9,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
-	ConcurrencyLimit int32                  `protobuf:"varint,10,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	RequestId           string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Name                string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Submitter           string                 `protobuf:"bytes,3,opt,name=submitter,proto3" json:"submitter,omitempty"`
+	Env                 map[string]string      `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Steps               []*v1.StepSpec         `protobuf:"bytes,5,rep,name=steps,proto3" json:"steps,omitempty"`
+	TimeUnixMs          int64                  `protobuf:"varint,6,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	Source              *v1.Source             `protobuf:"bytes,7,opt,name=source,proto3" json:"source,omitempty"`
+	Event               string                 `protobuf:"bytes,8,opt,name=event,proto3" json:"event,omitempty"`
+	ConcurrencyGroup    string                 `protobuf:"bytes,9,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
+	ConcurrencyLimit    int32                  `protobuf:"varint,10,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
+	ArtifactRetentionMs int64                  `protobuf:"varint,11,opt,name=artifact_retention_ms,json=artifactRetentionMs,proto3" json:"artifact_retention_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SubmitBuild) Reset() {
@@ -237,6 +244,13 @@ func (x *SubmitBuild) GetConcurrencyGroup() string {
 func (x *SubmitBuild) GetConcurrencyLimit() int32 {
 	if x != nil {
 		return x.ConcurrencyLimit
+	}
+	return 0
+}
+
+func (x *SubmitBuild) GetArtifactRetentionMs() int64 {
+	if x != nil {
+		return x.ArtifactRetentionMs
 	}
 	return 0
 }
@@ -1247,6 +1261,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Request
 	//	*SnapshotRecord_Repo
 	//	*SnapshotRecord_Artifact
+	//	*SnapshotRecord_TestReport
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1370,6 +1385,15 @@ func (x *SnapshotRecord) GetArtifact() *v1.Artifact {
 	return nil
 }
 
+func (x *SnapshotRecord) GetTestReport() *v1.TestReport {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_TestReport); ok {
+			return x.TestReport
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1410,6 +1434,10 @@ type SnapshotRecord_Artifact struct {
 	Artifact *v1.Artifact `protobuf:"bytes,9,opt,name=artifact,proto3,oneof"`
 }
 
+type SnapshotRecord_TestReport struct {
+	TestReport *v1.TestReport `protobuf:"bytes,10,opt,name=test_report,json=testReport,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1427,6 +1455,8 @@ func (*SnapshotRecord_Request) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Repo) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Artifact) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_TestReport) isSnapshotRecord_Record() {}
 
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
@@ -1606,11 +1636,129 @@ func (x *RegisterArtifacts) GetTimeUnixMs() int64 {
 	return 0
 }
 
+// RecordTests stores parsed test reports of an attempt. Fenced like
+// StartJob; a (job, attempt, file) already stored is left as it is.
+type RecordTests struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agent         string                 `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Reports       *v1.TestReports        `protobuf:"bytes,2,opt,name=reports,proto3" json:"reports,omitempty"`
+	TimeUnixMs    int64                  `protobuf:"varint,3,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordTests) Reset() {
+	*x = RecordTests{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordTests) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordTests) ProtoMessage() {}
+
+func (x *RecordTests) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordTests.ProtoReflect.Descriptor instead.
+func (*RecordTests) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RecordTests) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *RecordTests) GetReports() *v1.TestReports {
+	if x != nil {
+		return x.Reports
+	}
+	return nil
+}
+
+func (x *RecordTests) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+// ExpireArtifacts drops the artifact records of every finished build whose
+// retention (its own, or default_retention_ms) ended at or before
+// time_unix_ms. Blobs no record references are then removed by each node's
+// garbage collector.
+type ExpireArtifacts struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	TimeUnixMs         int64                  `protobuf:"varint,1,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
+	DefaultRetentionMs int64                  `protobuf:"varint,2,opt,name=default_retention_ms,json=defaultRetentionMs,proto3" json:"default_retention_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ExpireArtifacts) Reset() {
+	*x = ExpireArtifacts{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpireArtifacts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpireArtifacts) ProtoMessage() {}
+
+func (x *ExpireArtifacts) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpireArtifacts.ProtoReflect.Descriptor instead.
+func (*ExpireArtifacts) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExpireArtifacts) GetTimeUnixMs() int64 {
+	if x != nil {
+		return x.TimeUnixMs
+	}
+	return 0
+}
+
+func (x *ExpireArtifacts) GetDefaultRetentionMs() int64 {
+	if x != nil {
+		return x.DefaultRetentionMs
+	}
+	return 0
+}
+
 var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xaf\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1624,7 +1772,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x05event\x18\b \x01(\tR\x05event\x12+\n" +
 	"\x11concurrency_group\x18\t \x01(\tR\x10concurrencyGroup\x12+\n" +
 	"\x11concurrency_limit\x18\n" +
-	" \x01(\x05R\x10concurrencyLimit\x1a6\n" +
+	" \x01(\x05R\x10concurrencyLimit\x122\n" +
+	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +
@@ -1718,7 +1867,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x97\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xcf\x03\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1728,7 +1877,10 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x04node\x18\x06 \x01(\v2\r.kiln.v1.NodeH\x00R\x04node\x126\n" +
 	"\arequest\x18\a \x01(\v2\x1a.kiln.fsm.v1.RequestRecordH\x00R\arequest\x12#\n" +
 	"\x04repo\x18\b \x01(\v2\r.kiln.v1.RepoH\x00R\x04repo\x12/\n" +
-	"\bartifact\x18\t \x01(\v2\x11.kiln.v1.ArtifactH\x00R\bartifactB\b\n" +
+	"\bartifact\x18\t \x01(\v2\x11.kiln.v1.ArtifactH\x00R\bartifact\x126\n" +
+	"\vtest_report\x18\n" +
+	" \x01(\v2\x13.kiln.v1.TestReportH\x00R\n" +
+	"testReportB\b\n" +
 	"\x06record\"s\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1743,7 +1895,16 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x126\n" +
 	"\buploaded\x18\x02 \x01(\v2\x1a.kiln.v1.ArtifactsUploadedR\buploaded\x12 \n" +
 	"\ftime_unix_ms\x18\x03 \x01(\x03R\n" +
-	"timeUnixMs*\xb7\x04\n" +
+	"timeUnixMs\"u\n" +
+	"\vRecordTests\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12.\n" +
+	"\areports\x18\x02 \x01(\v2\x14.kiln.v1.TestReportsR\areports\x12 \n" +
+	"\ftime_unix_ms\x18\x03 \x01(\x03R\n" +
+	"timeUnixMs\"e\n" +
+	"\x0fExpireArtifacts\x12 \n" +
+	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
+	"timeUnixMs\x120\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xf9\x04\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1763,7 +1924,9 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_RETRY_BUILD\x10\x0e\x12\x19\n" +
 	"\x15COMMAND_TYPE_ADD_REPO\x10\x0f\x12\x1c\n" +
 	"\x18COMMAND_TYPE_REPO_POLLED\x10\x10\x12#\n" +
-	"\x1fCOMMAND_TYPE_REGISTER_ARTIFACTS\x10\x11B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x1fCOMMAND_TYPE_REGISTER_ARTIFACTS\x10\x11\x12\x1d\n" +
+	"\x19COMMAND_TYPE_RECORD_TESTS\x10\x12\x12!\n" +
+	"\x1dCOMMAND_TYPE_EXPIRE_ARTIFACTS\x10\x13B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -1778,7 +1941,7 @@ func file_kiln_fsm_v1_commands_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_fsm_v1_commands_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(CommandType)(0),             // 0: kiln.fsm.v1.CommandType
 	(*SubmitBuild)(nil),          // 1: kiln.fsm.v1.SubmitBuild
@@ -1801,45 +1964,51 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*SnapshotMeta)(nil),         // 18: kiln.fsm.v1.SnapshotMeta
 	(*RequestRecord)(nil),        // 19: kiln.fsm.v1.RequestRecord
 	(*RegisterArtifacts)(nil),    // 20: kiln.fsm.v1.RegisterArtifacts
-	nil,                          // 21: kiln.fsm.v1.SubmitBuild.EnvEntry
-	nil,                          // 22: kiln.fsm.v1.RegisterAgent.LabelsEntry
-	(*v1.StepSpec)(nil),          // 23: kiln.v1.StepSpec
-	(*v1.Source)(nil),            // 24: kiln.v1.Source
-	(*v1.Repo)(nil),              // 25: kiln.v1.Repo
-	(*v1.LogChunk)(nil),          // 26: kiln.v1.LogChunk
-	(*v1.JobFinished)(nil),       // 27: kiln.v1.JobFinished
-	(*v1.AttemptRef)(nil),        // 28: kiln.v1.AttemptRef
-	(*v1.Build)(nil),             // 29: kiln.v1.Build
-	(*v1.Job)(nil),               // 30: kiln.v1.Job
-	(*v1.Agent)(nil),             // 31: kiln.v1.Agent
-	(*v1.Node)(nil),              // 32: kiln.v1.Node
-	(*v1.Artifact)(nil),          // 33: kiln.v1.Artifact
-	(*v1.ArtifactsUploaded)(nil), // 34: kiln.v1.ArtifactsUploaded
+	(*RecordTests)(nil),          // 21: kiln.fsm.v1.RecordTests
+	(*ExpireArtifacts)(nil),      // 22: kiln.fsm.v1.ExpireArtifacts
+	nil,                          // 23: kiln.fsm.v1.SubmitBuild.EnvEntry
+	nil,                          // 24: kiln.fsm.v1.RegisterAgent.LabelsEntry
+	(*v1.StepSpec)(nil),          // 25: kiln.v1.StepSpec
+	(*v1.Source)(nil),            // 26: kiln.v1.Source
+	(*v1.Repo)(nil),              // 27: kiln.v1.Repo
+	(*v1.LogChunk)(nil),          // 28: kiln.v1.LogChunk
+	(*v1.JobFinished)(nil),       // 29: kiln.v1.JobFinished
+	(*v1.AttemptRef)(nil),        // 30: kiln.v1.AttemptRef
+	(*v1.Build)(nil),             // 31: kiln.v1.Build
+	(*v1.Job)(nil),               // 32: kiln.v1.Job
+	(*v1.Agent)(nil),             // 33: kiln.v1.Agent
+	(*v1.Node)(nil),              // 34: kiln.v1.Node
+	(*v1.Artifact)(nil),          // 35: kiln.v1.Artifact
+	(*v1.TestReport)(nil),        // 36: kiln.v1.TestReport
+	(*v1.ArtifactsUploaded)(nil), // 37: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 38: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
-	21, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
-	23, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
-	24, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
-	25, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
-	26, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
-	27, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
-	22, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
-	28, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
+	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
+	25, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
+	26, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
+	27, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
+	28, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
+	29, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
+	24, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
+	30, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
 	18, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
-	29, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
-	30, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
-	31, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
-	26, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
-	32, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
+	31, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
+	32, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
+	33, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
+	28, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
+	34, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
 	19, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
-	25, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
-	33, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
-	34, // 17: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	27, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
+	35, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
+	36, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
+	37, // 18: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	38, // 19: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -1857,6 +2026,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Request)(nil),
 		(*SnapshotRecord_Repo)(nil),
 		(*SnapshotRecord_Artifact)(nil),
+		(*SnapshotRecord_TestReport)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1864,7 +2034,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_fsm_v1_commands_proto_rawDesc), len(file_kiln_fsm_v1_commands_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
