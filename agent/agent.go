@@ -9,8 +9,8 @@
 // memory. When a session breaks, jobs keep running and their output keeps
 // buffering; the next session's Register lists the held attempts and,
 // after Registered, the agent resends for each attempt, in order, JobStarted,
-// the unacknowledged chunks in sequence order, ArtifactsUploaded and
-// JobFinished. The cluster drops duplicates by (job, attempt, seq) and
+// the unacknowledged chunks in sequence order, ArtifactsUploaded,
+// TestReports and JobFinished. The cluster drops duplicates by (job, attempt, seq) and
 // registers artifacts idempotently by (job, attempt, path). An attempt (and
 // its slot) is released only by Ack{finished} or Ack{stale}.
 //
@@ -19,6 +19,11 @@
 // uploads the files matching the assignment's artifact globs to the leader's
 // BlobService (uploadArtifact). The uploaded list is held with the attempt
 // and sent as ArtifactsUploaded right before JobFinished.
+//
+// Test results: after the artifacts, the files matching the assignment's
+// junit globs are parsed (executor.CollectTests) and held as TestReports,
+// sent after ArtifactsUploaded and before JobFinished. A report (even a
+// parse error) never changes the attempt's result.
 //
 // Held state lives only in memory: an agent process that restarts forgets
 // its attempts, and the cluster declares them lost when the new session's
@@ -65,6 +70,7 @@ type attempt struct {
 	flushGen   uint64
 	lastSeq    uint64
 	artifacts  *kilnv1.ArtifactsUploaded // nil when no file was uploaded
+	tests      *kilnv1.TestReports       // nil when no report was parsed
 	finished   *kilnv1.JobFinished
 	cancelWhy  string // CancelJob received before the process existed
 	dropped    bool
@@ -102,6 +108,8 @@ type Agent struct {
 	// artifactLimits bound collected artifacts (executor defaults when
 	// zero; tests lower them).
 	artifactLimits executor.ArtifactLimits
+	// testLimits bound parsed test reports (executor defaults when zero).
+	testLimits executor.TestLimits
 }
 
 // New validates cfg and returns an Agent. Labels os and arch are added from
@@ -271,6 +279,8 @@ func (a *Agent) runAttempt(at *attempt) {
 		Artifacts:      asg.GetArtifacts(),
 		Upload:         a.uploadArtifact,
 		ArtifactLimits: a.artifactLimits,
+		JUnit:          asg.GetJunit(),
+		TestLimits:     a.testLimits,
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {
@@ -322,6 +332,10 @@ func (a *Agent) finish(at *attempt, o executor.Outcome) {
 	if len(o.Artifacts) > 0 {
 		at.artifacts = &kilnv1.ArtifactsUploaded{JobId: at.key.job, Attempt: at.key.attempt, Files: o.Artifacts}
 		a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Artifacts{Artifacts: at.artifacts}})
+	}
+	if len(o.Tests) > 0 {
+		at.tests = &kilnv1.TestReports{JobId: at.key.job, Attempt: at.key.attempt, Reports: o.Tests}
+		a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Tests{Tests: at.tests}})
 	}
 	at.finished = &kilnv1.JobFinished{
 		JobId:      at.key.job,
@@ -427,7 +441,7 @@ func (a *Agent) heldRefsLocked() []*kilnv1.AttemptRef {
 }
 
 // resendLocked queues, per held attempt in order, JobStarted, the
-// unacknowledged chunks, ArtifactsUploaded and JobFinished on the (new)
+// unacknowledged chunks, ArtifactsUploaded, TestReports and JobFinished on the (new)
 // live session.
 func (a *Agent) resendLocked() {
 	for _, at := range a.order {
@@ -439,6 +453,9 @@ func (a *Agent) resendLocked() {
 		}
 		if at.artifacts != nil {
 			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Artifacts{Artifacts: at.artifacts}})
+		}
+		if at.tests != nil {
+			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Tests{Tests: at.tests}})
 		}
 		if at.finished != nil {
 			a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Finished{Finished: at.finished}})

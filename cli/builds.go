@@ -32,6 +32,8 @@ type BuildJSON struct {
 	Finished  string    `json:"finished"`
 	Reason    string    `json:"reason"`
 	Jobs      []JobJSON `json:"jobs"`
+	// Tests is the summary of the jobs' current attempts' test reports.
+	Tests *TestSummaryJSON `json:"tests,omitempty"`
 }
 
 // JobJSON is one job of a BuildJSON.
@@ -66,6 +68,10 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 		Finished:  rfc3339(b.GetFinishedUnixMs()),
 		Reason:    b.GetReason(),
 		Jobs:      []JobJSON{},
+	}
+	if ts := b.GetTests(); ts != nil {
+		tj := toTestSummaryJSON(ts)
+		out.Tests = &tj
 	}
 	for _, j := range b.GetJobs() {
 		jj := JobJSON{
@@ -204,6 +210,9 @@ func printBuild(w io.Writer, b *kilnv1.Build) error {
 	fmt.Fprintf(t, "DURATION\t%s\n", buildDuration(b))
 	if bj.Reason != "" {
 		fmt.Fprintf(t, "REASON\t%s\n", bj.Reason)
+	}
+	if b.GetTests().GetTotal() > 0 {
+		fmt.Fprintf(t, "TESTS\t%s\n", summaryLine(b.GetTests()))
 	}
 	if err := t.Flush(); err != nil {
 		return err

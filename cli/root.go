@@ -129,6 +129,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.validateCommand(),
 		a.repoCommand(),
 		a.artifactsCommand(),
+		a.testsCommand(),
 	)
 	return root
 }

@@ -1,8 +1,10 @@
 // Package coordinator assembles one Kiln coordinator: a Raft member
 // (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
 // store (coordinator/state), the blob catch-up loop every node runs
-// (coordinator/blobsync), the leader-only scheduler
-// (coordinator/scheduler) and branch watcher (coordinator/watcher), and the
+// (coordinator/blobsync) and blob garbage collector (coordinator/blobgc),
+// the leader-only scheduler (coordinator/scheduler), branch watcher
+// (coordinator/watcher) and artifact expiry timer (coordinator/retention),
+// and the
 // gRPC services (coordinator/api) with health checking and reflection.
 //
 // Leadership is a symmetric pair: when Raft reports leadership, the
@@ -32,10 +34,12 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/kiln-ci/kiln/coordinator/api"
+	"github.com/kiln-ci/kiln/coordinator/blobgc"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/retention"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
@@ -85,6 +89,19 @@ type Config struct {
 	// blobs the replicated state refers to that its store lacks (default
 	// 10s).
 	BlobSyncInterval time.Duration
+	// ArtifactRetention is how long a finished build's artifacts (and
+	// uploaded source) are kept when its pipeline sets no
+	// artifact_retention (default 30 days); 0 keeps them forever.
+	ArtifactRetention time.Duration
+	// ArtifactExpiryInterval is how often the leader looks for builds
+	// whose retention ended (default 1m).
+	ArtifactExpiryInterval time.Duration
+	// BlobGCInterval is how often every node deletes the blobs the state
+	// no longer refers to (default 10m).
+	BlobGCInterval time.Duration
+	// BlobGCGrace is the minimum age of a deleted blob, so an upload whose
+	// registration is not committed yet survives (default 1h).
+	BlobGCGrace time.Duration
 }
 
 // NewConfig returns the defaults.
@@ -103,6 +120,11 @@ func NewConfig() Config {
 		SnapshotInterval:     30 * time.Second,
 		MaxBlobSize:          blobstore.DefaultMaxBlobSize,
 		BlobSyncInterval:     blobsync.DefaultInterval,
+
+		ArtifactRetention:      30 * 24 * time.Hour,
+		ArtifactExpiryInterval: retention.DefaultInterval,
+		BlobGCInterval:         blobgc.DefaultInterval,
+		BlobGCGrace:            blobgc.DefaultGrace,
 	}
 }
 
@@ -123,6 +145,16 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("heartbeat-interval: %s must be positive and at most half the lease TTL (%s)", c.HeartbeatInterval, c.LeaseTTL)
 	case c.DefaultJobTimeout <= 0:
 		return errors.New("default-job-timeout: must be positive")
+	case c.ArtifactRetention < 0:
+		return fmt.Errorf("artifact-retention: %s is negative (0 keeps artifacts forever)", c.ArtifactRetention)
+	case c.ArtifactRetention > 0 && c.ArtifactRetention < time.Millisecond:
+		return fmt.Errorf("artifact-retention: %s is shorter than a millisecond", c.ArtifactRetention)
+	case c.ArtifactExpiryInterval <= 0:
+		return errors.New("artifact-expiry-interval: must be positive")
+	case c.BlobGCInterval <= 0:
+		return errors.New("blob-gc-interval: must be positive")
+	case c.BlobGCGrace <= 0:
+		return errors.New("blob-gc-grace: must be positive")
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
 	}
@@ -165,6 +197,7 @@ type Coordinator struct {
 	sched   *scheduler.Scheduler
 	watch   *watcher.Watcher
 	blobs   *api.BlobServer
+	local   *blobstore.Store
 	grpc    *grpc.Server
 	health  *health.Server
 	lis     net.Listener
@@ -218,7 +251,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
 	}, store, node, log.Named("scheduler"))
 
-	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, lis: lis, addr: advertise,
+	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{})}
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs, Log: log.Named("api")}
 	c.grpc = grpc.NewServer(
@@ -277,11 +310,12 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
-	wg.Add(4)
+	wg.Add(5)
 	go func() { defer wg.Done(); serveErr <- c.grpc.Serve(c.lis) }()
 	go func() { defer wg.Done(); c.leadershipLoop(ctx) }()
 	go func() { defer wg.Done(); c.announceLoop(ctx) }()
 	go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
+	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
 	var err error
@@ -331,31 +365,53 @@ func (c *Coordinator) Run(ctx context.Context) error {
 // of every attempt and uploaded source archives, fetched from peers.
 func (c *Coordinator) blobSyncConfig() blobsync.Config {
 	return blobsync.Config{
-		Wanted: func() map[string]bool {
-			want := c.store.ArtifactDigests()
-			for sha := range c.store.SourceArchiveDigests() {
-				want[sha] = true
-			}
-			return want
-		},
-		Has:   c.blobs.Has,
-		Fetch: c.blobs.Fetch,
+		Wanted: c.referencedBlobs,
+		Has:    c.blobs.Has,
+		Fetch:  c.blobs.Fetch,
 		// Start once the log this node holds has been applied.
-		Ready: func(ctx context.Context) error {
-			last := c.node.Raft.LastIndex()
-			t := time.NewTicker(50 * time.Millisecond)
-			defer t.Stop()
-			for c.node.Raft.AppliedIndex() < last {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-t.C:
-				}
-			}
-			return nil
-		},
+		Ready:    c.waitApplied,
 		Interval: c.cfg.BlobSyncInterval,
 		Log:      c.log.Named("blobsync"),
+	}
+}
+
+// waitApplied blocks until the log this node held when called is applied.
+func (c *Coordinator) waitApplied(ctx context.Context) error {
+	last := c.node.Raft.LastIndex()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for c.node.Raft.AppliedIndex() < last {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// referencedBlobs are the blobs the replicated state refers to: artifacts
+// of every attempt and the source archives of builds within retention.
+func (c *Coordinator) referencedBlobs() map[string]bool {
+	want := c.store.ArtifactDigests()
+	for sha := range c.store.SourceArchiveDigests() {
+		want[sha] = true
+	}
+	return want
+}
+
+// blobGCConfig is the garbage collector of this node's blob store: it
+// deletes the blobs referencedBlobs does not list, after the grace period.
+func (c *Coordinator) blobGCConfig() blobgc.Config {
+	return blobgc.Config{
+		Referenced: c.referencedBlobs,
+		Blobs:      c.local,
+		// Never before the log this node holds is applied: the state
+		// would look empty.
+		Ready:    c.waitApplied,
+		Interval: c.cfg.BlobGCInterval,
+		Grace:    c.cfg.BlobGCGrace,
+		Log:      c.log.Named("blobgc"),
 	}
 }
 
@@ -419,8 +475,17 @@ func (c *Coordinator) establishLeadership(ctx context.Context) {
 		defer close(watched)
 		c.watch.Run(ctx)
 	}()
+	expiry := make(chan struct{})
+	go func() {
+		defer close(expiry)
+		retention.Run(ctx, retention.Config{
+			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention,
+			Interval: c.cfg.ArtifactExpiryInterval, Log: c.log.Named("retention"),
+		})
+	}()
 	c.sched.Run(ctx)
 	<-watched
+	<-expiry
 }
 
 // announceLoop makes sure the cluster knows this node's gRPC address (and,

@@ -41,6 +41,11 @@
 // 10 000 files of at most 5 GiB each. An upload failure turns PASSED into
 // FAILED "artifact upload failed: ...". The uploads do not count against
 // the timeout; Cancel and Kill stop them.
+//
+// Test reports (junit.go): after the artifacts, the files matching
+// Spec.JUnit (same glob rules) are parsed with internal/junit into
+// Outcome.Tests, one log line each ("kiln: test report FILE: N tests, ...",
+// or "...: parse error: ..."); a report never changes the result.
 package executor
 
 import (
@@ -123,6 +128,13 @@ type Spec struct {
 	Upload UploadFunc
 	// ArtifactLimits bound the collected artifacts (defaults when zero).
 	ArtifactLimits ArtifactLimits
+	// JUnit are the step's JUnit report patterns (see Glob). After the
+	// commands ended PASSED or FAILED (and after the artifacts), the
+	// matching files are parsed into Outcome.Tests. Reports never change
+	// the result.
+	JUnit []string
+	// TestLimits bound the parsed reports (defaults when zero).
+	TestLimits TestLimits
 }
 
 // Outcome is how an attempt ended.
@@ -133,6 +145,9 @@ type Outcome struct {
 	Reason string
 	// Artifacts are the files uploaded after the commands, in path order.
 	Artifacts []*kilnv1.ArtifactFile
+	// Tests are the parsed JUnit reports, in path order (a file that could
+	// not be parsed has Error set).
+	Tests []*kilnv1.TestReport
 }
 
 // Process is a running attempt.
@@ -527,7 +542,37 @@ wait:
 		}
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: code, Reason: reason}
 	}
+	ran := p.outcome.Result
 	p.collectArtifacts(out)
+	p.collectTests(ran, out)
+}
+
+// collectTests parses the attempt's JUnit reports after commands that
+// ended PASSED or FAILED (ran), unless the attempt was canceled meanwhile.
+// It never changes the result: a bad file is a report with an error.
+func (p *Process) collectTests(ran kilnv1.JobResult, out io.Writer) {
+	if len(p.spec.JUnit) == 0 || (ran != kilnv1.JobResult_JOB_RESULT_PASSED && ran != kilnv1.JobResult_JOB_RESULT_FAILED) || p.canceled() {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stop := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-p.cancelCh:
+			cancel()
+		case <-stop:
+		}
+	}()
+	reports, err := CollectTests(ctx, p.workspace, p.spec.JUnit, p.spec.TestLimits, out)
+	close(stop)
+	<-watchDone
+	cancel()
+	if err != nil {
+		fmt.Fprintf(out, "kiln: test reports: %v\n", err)
+	}
+	p.outcome.Tests = reports
 }
 
 // collectArtifacts uploads the attempt's artifacts after its commands

@@ -21,6 +21,7 @@ import (
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/internal/logging"
+	"github.com/kiln-ci/kiln/internal/pipeline"
 )
 
 func main() {
@@ -51,6 +52,17 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.RaftHeartbeatTimeout, "raft-heartbeat-timeout", cfg.RaftHeartbeatTimeout, "raft heartbeat timeout")
 	fs.DurationVar(&cfg.RaftElectionTimeout, "raft-election-timeout", cfg.RaftElectionTimeout, "raft election timeout")
 	fs.Int64Var(&cfg.MaxBlobSize, "max-blob-size", cfg.MaxBlobSize, "largest blob (bytes) the local blob store under DATA_DIR/blobs accepts")
+	fs.Func("artifact-retention", "how long a finished build's artifacts and uploaded source are kept when its pipeline sets no artifact_retention: a Go duration or days such as 30d; 0 keeps them forever (default 30d)", func(v string) error {
+		d, err := pipeline.ParseRetention(v)
+		if err != nil {
+			return err
+		}
+		cfg.ArtifactRetention = d
+		return nil
+	})
+	fs.DurationVar(&cfg.ArtifactExpiryInterval, "artifact-expiry-interval", cfg.ArtifactExpiryInterval, "how often the leader looks for builds whose artifact retention ended")
+	fs.DurationVar(&cfg.BlobGCInterval, "blob-gc-interval", cfg.BlobGCInterval, "how often every node deletes the blobs no build refers to any more")
+	fs.DurationVar(&cfg.BlobGCGrace, "blob-gc-grace", cfg.BlobGCGrace, "minimum age of a blob the garbage collector deletes (covers uploads not yet registered)")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")

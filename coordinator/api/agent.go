@@ -329,6 +329,8 @@ func (s *AgentServer) handle(ctx context.Context, sess *scheduler.Session, log *
 		return nil
 	case *kilnv1.ConnectRequest_Artifacts:
 		return s.registerArtifacts(ctx, sess, log, msg.Artifacts, now)
+	case *kilnv1.ConnectRequest_Tests:
+		return s.recordTests(ctx, sess, log, msg.Tests, now)
 	case *kilnv1.ConnectRequest_Register:
 		return invalid("register may only be sent once per session")
 	}

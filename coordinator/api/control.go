@@ -70,6 +70,7 @@ func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuild
 		if c := f.Concurrency(); c != nil {
 			cmd.ConcurrencyGroup, cmd.ConcurrencyLimit = c.Group, c.Limit
 		}
+		cmd.ArtifactRetentionMs = f.ArtifactRetention().Milliseconds()
 	} else {
 		cmd.Steps = []*kilnv1.StepSpec{{
 			Key:       singleCommandKey,

@@ -8,6 +8,15 @@
 // Identical content is stored once: a Put of a blob already present reads
 // and verifies the input, then discards it. Concurrent Puts of the same blob
 // are safe; the first rename wins and the others see the blob present.
+//
+// Deletion (garbage collection) is by age: Delete removes a blob only when
+// its modification time is not after a cutoff. Every Put that finds the
+// blob present "touches" it (sets its mtime to now) under the same lock
+// Delete holds, before and after reading its input, so a Put racing a
+// Delete of the same digest either sees the blob gone and writes it again,
+// or makes it young so that Delete leaves it; a Put never reports success
+// for a blob a concurrent Delete removed. A freshly written blob is young
+// too (its mtime is its write time).
 package blobstore
 
 import (
@@ -20,6 +29,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 )
 
 // DefaultMaxBlobSize is the largest blob a store accepts unless configured.
@@ -41,6 +52,8 @@ var (
 type Store struct {
 	dir     string
 	maxSize int64
+	// mu orders Delete against the touches of Put.
+	mu sync.Mutex
 }
 
 // Options configure a Store.
@@ -149,11 +162,16 @@ func (s *Store) Put(ctx context.Context, r io.Reader, size int64, sha string) (c
 	if size > s.maxSize {
 		return false, fmt.Errorf("%w: %d bytes is above the limit of %d", ErrTooLarge, size, s.maxSize)
 	}
-	if s.Has(sha) {
+	if s.touch(sha) {
 		// Identical content is stored once; still read and verify the
 		// input so that a caller streaming it sees the same errors.
 		if err := verify(r, size, sha, io.Discard); err != nil {
 			return false, err
+		}
+		if !s.touch(sha) {
+			// Collected while the input was read (slower than the
+			// collector's grace period): the caller must send it again.
+			return false, fmt.Errorf("%w: %s was deleted by garbage collection during the put; retry", ErrNotFound, sha)
 		}
 		return false, nil
 	}
@@ -180,7 +198,7 @@ func (s *Store) Put(ctx context.Context, r io.Reader, size int64, sha string) (c
 	if err := os.MkdirAll(filepath.Dir(final), 0o750); err != nil {
 		return false, fmt.Errorf("blobstore: %w", err)
 	}
-	if s.Has(sha) {
+	if s.touch(sha) {
 		// A concurrent Put won; the content is the same.
 		os.Remove(tmp.Name())
 		tmp = nil
@@ -195,6 +213,91 @@ func (s *Store) Put(ctx context.Context, r io.Reader, size int64, sha string) (c
 		d.Close()
 	}
 	return true, nil
+}
+
+// touch sets a present blob's mtime to now and reports whether it is
+// present.
+func (s *Store) touch(sha string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	return os.Chtimes(s.path(sha), now, now) == nil
+}
+
+// Info describes a stored blob.
+type Info struct {
+	Sha256 string
+	Size   int64
+	// ModTime is when the blob was last written or touched by a Put.
+	ModTime time.Time
+}
+
+// List returns every stored blob, sorted by digest. Files whose names are
+// not digests are ignored.
+func (s *Store) List() ([]Info, error) {
+	root := filepath.Join(s.dir, "sha256")
+	dirs, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: list: %w", err)
+	}
+	var out []Info
+	for _, d := range dirs {
+		if !d.IsDir() || len(d.Name()) != 2 {
+			continue
+		}
+		ents, err := os.ReadDir(filepath.Join(root, d.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("blobstore: list: %w", err)
+		}
+		for _, e := range ents {
+			if !ValidDigest(e.Name()) || e.Name()[:2] != d.Name() || !e.Type().IsRegular() {
+				continue
+			}
+			fi, err := e.Info()
+			if errors.Is(err, os.ErrNotExist) {
+				continue // deleted meanwhile
+			}
+			if err != nil {
+				return nil, fmt.Errorf("blobstore: list: %w", err)
+			}
+			out = append(out, Info{Sha256: e.Name(), Size: fi.Size(), ModTime: fi.ModTime()})
+		}
+	}
+	return out, nil
+}
+
+// Delete removes a blob unless it was written or touched after notAfter,
+// and reports whether it removed it and the size it freed. A missing blob
+// is not an error (false). It is safe against a concurrent Put of the same
+// digest (see the package doc). Readers that already opened the blob keep
+// reading it.
+func (s *Store) Delete(sha string, notAfter time.Time) (deleted bool, size int64, err error) {
+	if !ValidDigest(sha) {
+		return false, 0, ErrInvalidDigest
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.path(sha)
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, fmt.Errorf("blobstore: delete: %w", err)
+	}
+	if fi.ModTime().After(notAfter) {
+		return false, 0, nil
+	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return false, 0, nil
+		}
+		return false, 0, fmt.Errorf("blobstore: delete: %w", err)
+	}
+	return true, fi.Size(), nil
 }
 
 // ctxReader stops reading once ctx ends.

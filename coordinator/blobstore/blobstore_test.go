@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -133,5 +134,46 @@ func TestDedupeAndConcurrentPuts(t *testing.T) {
 	size, err := s.Size(sha)
 	if err != nil || size != int64(len(data)) {
 		t.Fatalf("Size: %d %v", size, err)
+	}
+}
+
+func TestDeleteByAgeAndTouchOnPut(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("gc me")
+	sha := Digest(data)
+	if _, err := s.Put(context.Background(), bytes.NewReader(data), int64(len(data)), sha); err != nil {
+		t.Fatal(err)
+	}
+	list, err := s.List()
+	if err != nil || len(list) != 1 || list[0].Sha256 != sha || list[0].Size != int64(len(data)) {
+		t.Fatalf("list %v %v", list, err)
+	}
+	// Written after the cutoff: kept.
+	if ok, _, err := s.Delete(sha, time.Now().Add(-time.Hour)); ok || err != nil || !s.Has(sha) {
+		t.Fatalf("young blob deleted: %v %v", ok, err)
+	}
+	cutoff := time.Now().Add(time.Second)
+	// A Put of the present blob touches it: a Delete with an earlier cutoff keeps it.
+	time.Sleep(10 * time.Millisecond)
+	before := time.Now()
+	time.Sleep(10 * time.Millisecond)
+	if _, err := s.Put(context.Background(), bytes.NewReader(data), int64(len(data)), sha); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, _ := s.Delete(sha, before); ok {
+		t.Fatal("touched blob deleted")
+	}
+	ok, size, err := s.Delete(sha, cutoff)
+	if !ok || err != nil || size != int64(len(data)) || s.Has(sha) {
+		t.Fatalf("delete: %v %d %v", ok, size, err)
+	}
+	if ok, _, err := s.Delete(sha, cutoff); ok || err != nil {
+		t.Fatalf("second delete: %v %v", ok, err)
+	}
+	if _, _, err := s.Delete("nope", cutoff); !errors.Is(err, ErrInvalidDigest) {
+		t.Fatal(err)
 	}
 }

@@ -28,6 +28,11 @@ type Options struct {
 	LeaseTTL time.Duration
 	// SnapshotThreshold; default the coordinator's.
 	SnapshotThreshold uint64
+	// ArtifactRetention is the cluster default retention; default the
+	// coordinator's (30d). Negative means 0 (keep forever).
+	ArtifactRetention time.Duration
+	// BlobGCGrace; default the coordinator's (1h).
+	BlobGCGrace time.Duration
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -96,6 +101,17 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
 	cfg.BlobSyncInterval = 200 * time.Millisecond
+	cfg.ArtifactExpiryInterval = 100 * time.Millisecond
+	cfg.BlobGCInterval = 200 * time.Millisecond
+	switch {
+	case c.opts.ArtifactRetention > 0:
+		cfg.ArtifactRetention = c.opts.ArtifactRetention
+	case c.opts.ArtifactRetention < 0:
+		cfg.ArtifactRetention = 0
+	}
+	if c.opts.BlobGCGrace > 0 {
+		cfg.BlobGCGrace = c.opts.BlobGCGrace
+	}
 	return cfg
 }
 

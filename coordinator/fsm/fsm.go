@@ -64,8 +64,8 @@ type Result struct {
 	// Repo is the repository after AddRepo or RepoPolled.
 	Repo *kilnv1.Repo
 	// Acks: AppendLogs gives one per (job_id, attempt) in the batch;
-	// StartJob and FinishJob rejected as stale, and RegisterArtifacts
-	// rejected with ErrStaleAttempt, give one stale Ack; FinishJob
+	// StartJob and FinishJob rejected as stale, and RegisterArtifacts and
+	// RecordTests rejected with ErrStaleAttempt, give one stale Ack; FinishJob
 	// accepted gives one finished Ack; FinishJob rejected with
 	// ErrLogsIncomplete gives one Ack with the committed log_seq.
 	Acks []*kilnv1.Ack
@@ -74,6 +74,8 @@ type Result struct {
 	Canceled []*kilnv1.AttemptRef
 	// Agents are the agents of Canceled, in the same order.
 	Agents []string
+	// Expired lists the builds whose artifacts ExpireArtifacts expired.
+	Expired []string
 }
 
 // FSM applies committed commands to a state.Store. It implements raft.FSM.
@@ -113,6 +115,8 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_ADD_REPO:           func() proto.Message { return &fsmv1.AddRepo{} },
 	fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED:        func() proto.Message { return &fsmv1.RepoPolled{} },
 	fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS: func() proto.Message { return &fsmv1.RegisterArtifacts{} },
+	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
+	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -231,6 +235,17 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 			res.Acks = []*kilnv1.Ack{{JobId: up.GetJobId(), Attempt: up.GetAttempt(), Stale: true}}
 		}
 		return res
+	case *fsmv1.RecordTests:
+		err := s.RecordTests(idx, c)
+		res := &Result{Err: err}
+		if errors.Is(err, ErrStaleAttempt) {
+			rep := c.GetReports()
+			res.Acks = []*kilnv1.Ack{{JobId: rep.GetJobId(), Attempt: rep.GetAttempt(), Stale: true}}
+		}
+		return res
+	case *fsmv1.ExpireArtifacts:
+		ids, err := s.ExpireArtifacts(idx, c)
+		return &Result{Expired: ids, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

@@ -241,6 +241,8 @@ func (n *Node) Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message
 		err error
 	}
 	done := make(chan out, 1)
+	// The waiter ends when Raft answers. (Raft does not answer an apply
+	// still queued when the node shuts down; that waiter lives until exit.)
 	go func() {
 		r, e := p.Wait()
 		done <- out{r, e}

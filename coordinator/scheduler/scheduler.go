@@ -376,9 +376,9 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		TimeoutMs: timeout,
 		Source:    checkoutSource(b),
 		Inputs:    s.inputs(job),
-		// The step's artifact globs (JobAssignment.artifacts, added by the
-		// agent side, not yet committed).
+		// The step's artifact and JUnit report globs.
 		Artifacts: job.GetSpec().GetArtifacts(),
+		Junit:     job.GetSpec().GetJunit(),
 	}
 }
 

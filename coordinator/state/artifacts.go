@@ -227,13 +227,19 @@ func (s *Store) ArtifactDigests() map[string]bool {
 	return out
 }
 
-// SourceArchiveDigests returns the digest of every build's uploaded source
-// archive (source.archive_sha256).
+// SourceArchiveDigests returns the digest of the uploaded source archive
+// (source.archive_sha256) of every build whose retention has not ended
+// (artifacts_expired false): unfinished builds and finished ones within
+// their artifact retention. These are the source blobs the cluster keeps.
 func (s *Store) SourceArchiveDigests() map[string]bool {
 	out := map[string]bool{}
 	it := mustGet(s.read(), tableBuilds, "id")
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if sha := raw.(*buildRow).Build.GetSource().GetArchiveSha256(); sha != "" {
+		b := raw.(*buildRow).Build
+		if b.GetArtifactsExpired() {
+			continue
+		}
+		if sha := b.GetSource().GetArchiveSha256(); sha != "" {
 			out[sha] = true
 		}
 	}

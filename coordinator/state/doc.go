@@ -152,6 +152,33 @@
 // them, for a later GC) but Artifacts(build) returns only each job's
 // current attempt, sorted by step then path.
 //
+// RecordTests: fenced like RegisterArtifacts (ErrStaleAttempt and a stale
+// Ack). Every report's file must be a valid artifact-style path and its
+// summary counts non-negative, else ErrInvalidCommand and nothing changes.
+// A (job, attempt, file) recorded before is left unchanged (a resend is a
+// no-op); the others are stored with job, step and attempt taken from the
+// job. An attempt holds at most 1,000 reports and 50,000 kept cases
+// (ErrInvalidCommand beyond). Build.tests is computed on read: the sum of
+// the summaries of each job's current attempt's reports, and flaky = the
+// number of distinct (classname, name) cases of the build that failed or
+// errored and passed in a later report (any attempt, any job, recording
+// order), or were marked flaky in a report (Surefire flakyFailure).
+//
+// SubmitBuild also stores artifact_retention_ms on the build (negative is
+// ErrInvalidCommand; 0 means the cluster default).
+//
+// ExpireArtifacts: default_retention_ms < 0 is ErrInvalidCommand. A
+// finished build with artifacts_expired false is due when finished time +
+// its retention <= time_unix_ms, its retention being artifact_retention_ms,
+// or default_retention_ms when that is 0 (both 0: never due). At most
+// MaxExpiredBuildsPerCommand due builds, earliest deadline first (then
+// lowest build number), have every artifact record (of any attempt)
+// deleted and artifacts_expired set; their ids are returned. Running it
+// again changes nothing. ArtifactDigests then no longer lists their blobs,
+// and SourceArchiveDigests lists only builds with artifacts_expired false.
+// RetryBuild of a build whose artifacts expired is ErrInvalidState (its
+// artifacts and source may be gone).
+//
 // RegisterAgent upserts an agent (labels, slots, version, session, CONNECTED
 // or DRAINING, connected time). DisconnectAgent marks it DISCONNECTED only
 // when session_id is the current one and the agent is connected.

@@ -134,6 +134,9 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 			return fmt.Errorf("retry build %s: the build is %s; only a finished build can be retried: %w",
 				row.ID, strings.ToLower(strings.TrimPrefix(st.String(), "BUILD_STATE_")), ErrInvalidState)
 		}
+		if row.Build.GetArtifactsExpired() {
+			return fmt.Errorf("retry build %s: its artifacts and uploaded source expired (artifact retention): %w", row.ID, ErrInvalidState)
+		}
 		jobs := w.buildJobs(row)
 		retry := map[string]bool{}
 		revive := map[string]bool{}

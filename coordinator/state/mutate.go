@@ -112,6 +112,9 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		if group == "" && cmd.GetConcurrencyLimit() != 0 {
 			return fmt.Errorf("submit build: concurrency limit without a group: %w", ErrInvalidCommand)
 		}
+		if cmd.GetArtifactRetentionMs() < 0 {
+			return fmt.Errorf("submit build: artifact retention %dms is negative: %w", cmd.GetArtifactRetentionMs(), ErrInvalidCommand)
+		}
 
 		m := *readMeta(w.tx)
 		bid := strconv.FormatUint(m.NextBuild, 10)
@@ -133,6 +136,8 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 			RequestId:        cmd.GetRequestId(),
 			Event:            event,
 			ConcurrencyGroup: group,
+
+			ArtifactRetentionMs: cmd.GetArtifactRetentionMs(),
 		}
 		if cmd.GetSource() != nil {
 			b.Source = proto.Clone(cmd.GetSource()).(*kilnv1.Source)

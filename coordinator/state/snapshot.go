@@ -90,9 +90,19 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	}); err != nil {
 		return err
 	}
-	return each(tableArtifacts, func(raw interface{}) error {
+	if err := each(tableArtifacts, func(raw interface{}) error {
 		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Artifact{Artifact: raw.(*kilnv1.Artifact)}})
-	})
+	}); err != nil {
+		return err
+	}
+	// Test reports in recording order (Restore renumbers them in this order).
+	it := mustGet(tx, tableTestReports, "seq")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		if err := fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_TestReport{TestReport: raw.(*testReportRow).Report}}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Restore replaces the whole store with the records returned by next, which
@@ -115,6 +125,7 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 	}
 	first := true
 	rows := map[string]*buildRow{}
+	var testSeq uint64
 	for {
 		rec, err := next()
 		if errors.Is(err, io.EOF) {
@@ -184,6 +195,15 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 				return fmt.Errorf("restore: invalid artifact of job %q: %v", r.Artifact.GetJobId(), err)
 			}
 			if err := insert(tableArtifacts, proto.Clone(r.Artifact)); err != nil {
+				return err
+			}
+		case *fsmv1.SnapshotRecord_TestReport:
+			j := getJob(tx, r.TestReport.GetJobId())
+			if err := ValidArtifactPath(r.TestReport.GetFile()); err != nil || j == nil {
+				return fmt.Errorf("restore: invalid test report of job %q (its build must come first): %v", r.TestReport.GetJobId(), err)
+			}
+			testSeq++
+			if err := insert(tableTestReports, &testReportRow{Report: proto.Clone(r.TestReport).(*kilnv1.TestReport), BuildID: j.GetBuildId(), Seq: testSeq}); err != nil {
 				return err
 			}
 		default:

@@ -98,8 +98,9 @@ func schema() *memdb.DBSchema {
 		tableMeta:  {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
 		tableRepos: {Name: tableRepos, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableBuilds: {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{
-			"id":    id("ID"),
-			"group": {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
+			"id":     id("ID"),
+			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
+			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -113,7 +114,8 @@ func schema() *memdb.DBSchema {
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
 		}},
-		tableArtifacts: artifactTable(),
+		tableArtifacts:   artifactTable(),
+		tableTestReports: testReportTable(),
 	}}
 }
 
@@ -350,6 +352,7 @@ func assembleBuild(tx *memdb.Txn, row *buildRow) *kilnv1.Build {
 			b.Jobs = append(b.Jobs, j)
 		}
 	}
+	b.Tests = buildTestSummary(tx, row.ID) // computed on read: always the current attempts
 	return b
 }
 

@@ -8,6 +8,8 @@
 package buildfile
 
 import (
+	"time"
+
 	"bytes"
 	"path"
 
@@ -130,6 +132,15 @@ func (f *File) Concurrency() *pipeline.Concurrency {
 		return f.Pipeline.Concurrency
 	}
 	return nil
+}
+
+// ArtifactRetention returns how long the build's artifacts are kept after
+// it finishes; 0 (the cluster default) when the file sets none.
+func (f *File) ArtifactRetention() time.Duration {
+	if f.Pipeline != nil {
+		return f.Pipeline.ArtifactRetention
+	}
+	return 0
 }
 
 // Env returns the build-wide environment: the pipeline's env for the kiln

@@ -21,7 +21,7 @@ import (
 // Keys known at each level of the file. Adding a key to the language means
 // adding it here and handling it in the matching function below.
 var (
-	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "stages", "steps"}
+	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
 	stageKeys       = []string{"name", "steps"}
 	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
@@ -188,6 +188,9 @@ func (p *parser) pipeline(root *yaml.Node) *Pipeline {
 	}
 	if x, ok := f["concurrency"]; ok {
 		pl.Concurrency = p.concurrency(x.Val)
+	}
+	if x, ok := f["artifact_retention"]; ok {
+		pl.ArtifactRetention = p.retention(x.Val, "artifact_retention")
 	}
 	stages, hasStages := f["stages"]
 	steps, hasSteps := f["steps"]
@@ -790,6 +793,29 @@ func (p *parser) duration(n *yaml.Node, what string) time.Duration {
 			h = "leave it out to wait the default of 7 days"
 		}
 		p.errorf(n, h, "%s must be positive, not %q", what, s)
+		return 0
+	case d < time.Millisecond:
+		p.errorf(n, hint, "%s %q is shorter than a millisecond", what, s)
+		return 0
+	}
+	return d
+}
+
+// retention parses a positive retention: a Go duration or whole days
+// ("7d").
+func (p *parser) retention(n *yaml.Node, what string) time.Duration {
+	s, ok := p.str(n, what)
+	if !ok {
+		return 0
+	}
+	const hint = "use days such as 7d or a Go duration such as 36h"
+	d, err := ParseRetention(s)
+	switch {
+	case err != nil:
+		p.errorf(n, hint, "%s: %v", what, err)
+		return 0
+	case d <= 0:
+		p.errorf(n, "leave it out to use the cluster default (--artifact-retention)", "%s must be positive, not %q", what, s)
 		return 0
 	case d < time.Millisecond:
 		p.errorf(n, hint, "%s %q is shorter than a millisecond", what, s)

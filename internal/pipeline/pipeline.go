@@ -8,6 +8,7 @@
 //	timeout: 30m               # default step timeout (Go duration)
 //	retry: {on_agent_lost: 1, on_failure: 0}   # default retry policy
 //	concurrency: {group: deploy, limit: 1}      # builds of a group at once
+//	artifact_retention: 7d     # keep artifacts 7 days after the build ends
 //	stages:                    # run in order
 //	  - name: build
 //	    steps:                 # run in parallel
@@ -92,6 +93,9 @@ type Pipeline struct {
 	// Concurrency limits the builds of this pipeline's group that run at
 	// once; nil when the file sets none.
 	Concurrency *Concurrency
+	// ArtifactRetention is how long the build's artifacts are kept after
+	// it finishes; 0 when the file sets none (the cluster default).
+	ArtifactRetention time.Duration
 	// Stages run in order. A file using the top-level steps shorthand has
 	// one stage with an empty name.
 	Stages []*Stage

@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// TestSummaryJSON is a test summary as `kilnctl status -o json` and
+// `kilnctl tests -o json` print it.
+type TestSummaryJSON struct {
+	Total      int32 `json:"total"`
+	Passed     int32 `json:"passed"`
+	Failed     int32 `json:"failed"`
+	Errored    int32 `json:"errored"`
+	Skipped    int32 `json:"skipped"`
+	Flaky      int32 `json:"flaky"`
+	DurationMs int64 `json:"duration_ms"`
+}
+
+func toTestSummaryJSON(s *kilnv1.TestSummary) TestSummaryJSON {
+	return TestSummaryJSON{Total: s.GetTotal(), Passed: s.GetPassed(), Failed: s.GetFailed(), Errored: s.GetErrored(),
+		Skipped: s.GetSkipped(), Flaky: s.GetFlaky(), DurationMs: s.GetDurationMs()}
+}
+
+// TestCaseJSON is one case as `kilnctl tests -o json` prints it.
+type TestCaseJSON struct {
+	Step       string `json:"step"`
+	Attempt    uint32 `json:"attempt"`
+	File       string `json:"file"`
+	Suite      string `json:"suite"`
+	Classname  string `json:"classname"`
+	Name       string `json:"name"`
+	Result     string `json:"result"`
+	DurationMs int64  `json:"duration_ms"`
+	Message    string `json:"message"`
+	Flaky      bool   `json:"flaky"`
+}
+
+// TestReportErrorJSON is a report file that could not be parsed.
+type TestReportErrorJSON struct {
+	Step  string `json:"step"`
+	File  string `json:"file"`
+	Error string `json:"error"`
+}
+
+// TestsJSON is the output of `kilnctl tests -o json`.
+type TestsJSON struct {
+	Summary TestSummaryJSON       `json:"summary"`
+	Cases   []TestCaseJSON        `json:"cases"`
+	Errors  []TestReportErrorJSON `json:"errors"`
+}
+
+// FlakyTestJSON is one case of `kilnctl tests flaky -o json`.
+type FlakyTestJSON struct {
+	Classname   string `json:"classname"`
+	Name        string `json:"name"`
+	FlakyBuilds int32  `json:"flaky_builds"`
+	Builds      int32  `json:"builds"`
+	LastBuildID string `json:"last_build_id"`
+}
+
+func summaryLine(s *kilnv1.TestSummary) string {
+	line := fmt.Sprintf("%d tests, %d passed, %d failed, %d errored, %d skipped", s.GetTotal(), s.GetPassed(), s.GetFailed(), s.GetErrored(), s.GetSkipped())
+	if s.GetFlaky() > 0 {
+		line += fmt.Sprintf(", %d flaky", s.GetFlaky())
+	}
+	return line + fmt.Sprintf(" (%v)", time.Duration(s.GetDurationMs())*time.Millisecond)
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 120 {
+		s = s[:117] + "..."
+	}
+	return s
+}
+
+func (a *app) testsCommand() *cobra.Command {
+	var (
+		output string
+		failed bool
+	)
+	cmd := &cobra.Command{
+		Use:   "tests BUILD",
+		Short: "Show a build's test results (flaky: the flakiest cases)",
+		Long: "tests shows the JUnit results of a build's steps (each step's current attempt):\n" +
+			"a summary line, then one row per case. --failed shows failed and errored cases only.\n" +
+			"'kilnctl tests flaky' lists the cases that flipped most over the recent builds.",
+		Args: exactArgs(1, "one build id"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var resp *kilnv1.ListTestsResponse
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				r, err := kilnv1.NewControlServiceClient(conn).ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed})
+				resp = r
+				return err
+			})
+			if err != nil {
+				return rpcError("list tests of build "+args[0], err, buildNotFoundHint)
+			}
+			return printTests(a.stdout, resp, output == "json")
+		}),
+	}
+	cmd.Flags().BoolVar(&failed, "failed", false, "show failed and errored cases only")
+	addOutputFlag(cmd, &output)
+	cmd.AddCommand(a.testsFlakyCommand())
+	return cmd
+}
+
+func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error {
+	if asJSON {
+		out := TestsJSON{Summary: toTestSummaryJSON(resp.GetSummary()), Cases: []TestCaseJSON{}, Errors: []TestReportErrorJSON{}}
+		for _, r := range resp.GetReports() {
+			if r.GetError() != "" {
+				out.Errors = append(out.Errors, TestReportErrorJSON{Step: r.GetStep(), File: r.GetFile(), Error: r.GetError()})
+			}
+			for _, c := range r.GetCases() {
+				out.Cases = append(out.Cases, TestCaseJSON{Step: r.GetStep(), Attempt: r.GetAttempt(), File: r.GetFile(), Suite: c.GetSuite(),
+					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky()})
+			}
+		}
+		return writeJSON(w, out)
+	}
+	fmt.Fprintln(w, summaryLine(resp.GetSummary()))
+	for _, r := range resp.GetReports() {
+		if r.GetError() != "" {
+			fmt.Fprintf(w, "%s: %s: parse error: %s\n", r.GetStep(), r.GetFile(), firstLine(r.GetError()))
+		}
+	}
+	t := newTable(w)
+	fmt.Fprintln(t, "RESULT\tSTEP\tCLASS\tNAME\tDURATION\tMESSAGE")
+	for _, r := range resp.GetReports() {
+		for _, c := range r.GetCases() {
+			res := c.GetResult()
+			if c.GetFlaky() {
+				res += " (flaky)"
+			}
+			fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%v\t%s\n", res, r.GetStep(), orDash(c.GetClassname()), c.GetName(),
+				time.Duration(c.GetDurationMs())*time.Millisecond, orDash(firstLine(c.GetMessage())))
+		}
+	}
+	return t.Flush()
+}
+
+func (a *app) testsFlakyCommand() *cobra.Command {
+	var (
+		output string
+		repo   string
+		builds int32
+		limit  int32
+	)
+	cmd := &cobra.Command{
+		Use:   "flaky",
+		Short: "List the cases that flipped between failing and passing most often",
+		Long: "flaky lists, over the newest builds of a registered repository (--repo; every\n" +
+			"build without it), the cases that failed and then passed within a build,\n" +
+			"most flaky first: FLAKY is the number of builds where the case flipped,\n" +
+			"BUILDS the number where it ran.",
+		Args: exactArgs(0, "no arguments"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			if builds < 0 || builds > 1000 {
+				return usageErrorf("--builds must be between 0 and 1000")
+			}
+			if limit < 0 || limit > 1000 {
+				return usageErrorf("--limit must be between 0 and 1000")
+			}
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var resp *kilnv1.FlakyTestsResponse
+			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+				r, err := kilnv1.NewControlServiceClient(conn).FlakyTests(ctx, &kilnv1.FlakyTestsRequest{Repo: repo, Builds: builds, Limit: limit})
+				resp = r
+				return err
+			})
+			if err != nil {
+				return rpcError("list flaky tests", err, "list repositories with 'kilnctl repo list'")
+			}
+			if output == "json" {
+				out := []FlakyTestJSON{}
+				for _, f := range resp.GetTests() {
+					out = append(out, FlakyTestJSON{Classname: f.GetClassname(), Name: f.GetName(), FlakyBuilds: f.GetFlakyBuilds(), Builds: f.GetBuilds(), LastBuildID: f.GetLastBuildId()})
+				}
+				return writeJSON(a.stdout, out)
+			}
+			t := newTable(a.stdout)
+			fmt.Fprintln(t, "FLAKY\tBUILDS\tCLASS\tNAME\tLAST")
+			for _, f := range resp.GetTests() {
+				fmt.Fprintf(t, "%d\t%d\t%s\t%s\t%s\n", f.GetFlakyBuilds(), f.GetBuilds(), orDash(f.GetClassname()), f.GetName(), orDash(f.GetLastBuildId()))
+			}
+			return t.Flush()
+		}),
+	}
+	cmd.Flags().StringVar(&repo, "repo", "", "registered repository name (default: every build)")
+	cmd.Flags().Int32Var(&builds, "builds", 0, "number of newest builds to look at (0: 50)")
+	cmd.Flags().Int32Var(&limit, "limit", 0, "at most this many cases (0: 20)")
+	addOutputFlag(cmd, &output)
+	return cmd
+}

@@ -1,0 +1,144 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// Defaults and bounds of FlakyTests.
+const (
+	defaultFlakyBuilds = 50
+	maxFlakyBuilds     = 1000
+	defaultFlakyLimit  = 20
+	maxFlakyLimit      = 1000
+)
+
+// recordTests commits a TestReports message of an attempt, fenced like
+// artifacts: a stale attempt gets a stale Ack. Reports never change a
+// job's result.
+func (s *AgentServer) recordTests(ctx context.Context, sess *scheduler.Session, log *zap.Logger, tr *kilnv1.TestReports, now int64) error {
+	if n := len(tr.GetReports()); n > state.MaxTestReportsPerAttempt {
+		return invalid("%d test reports in one message; the limit is %d", n, state.MaxTestReportsPerAttempt)
+	}
+	cases := 0
+	for _, r := range tr.GetReports() {
+		if err := state.ValidArtifactPath(r.GetFile()); err != nil {
+			return invalid("test report: %v", err)
+		}
+		cases += len(r.GetCases())
+	}
+	if cases > state.MaxTestCasesPerAttempt {
+		return invalid("%d test cases in one message; the limit is %d", cases, state.MaxTestCasesPerAttempt)
+	}
+	_, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS, &fsmv1.RecordTests{Agent: sess.Agent, Reports: tr, TimeUnixMs: now})
+	switch {
+	case err == nil:
+		log.Debug("test reports recorded", zap.String("job", tr.GetJobId()), zap.Uint32("attempt", tr.GetAttempt()), zap.Int("reports", len(tr.GetReports())))
+	case errors.Is(err, fsm.ErrStaleAttempt):
+		sess.Send(ackStale(tr.GetJobId(), tr.GetAttempt()))
+	default:
+		return s.d.toStatus(err)
+	}
+	return nil
+}
+
+// ListTests returns the test reports of a build's current attempts and the
+// build's summary; failed_only keeps the failed and errored cases. Served
+// by any node from its local state.
+func (s *ControlServer) ListTests(_ context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
+	switch {
+	case req.GetBuildId() == "":
+		return nil, invalid("build_id is required")
+	case len(req.GetBuildId()) > MaxNameBytes:
+		return nil, invalid("build_id: longer than %d bytes", MaxNameBytes)
+	}
+	if _, ok := s.d.Store.Build(req.GetBuildId()); !ok {
+		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
+	}
+	resp := &kilnv1.ListTestsResponse{Summary: s.d.Store.TestSummary(req.GetBuildId())}
+	if resp.Summary == nil {
+		resp.Summary = &kilnv1.TestSummary{}
+	}
+	for _, r := range s.d.Store.TestReports(req.GetBuildId(), true) {
+		if req.GetFailedOnly() {
+			out := &kilnv1.TestReport{JobId: r.GetJobId(), Step: r.GetStep(), Attempt: r.GetAttempt(), File: r.GetFile(), Summary: r.GetSummary(), Error: r.GetError()}
+			for _, c := range r.GetCases() {
+				if c.GetResult() == "failed" || c.GetResult() == "errored" {
+					out.Cases = append(out.Cases, c)
+				}
+			}
+			r = out
+		}
+		resp.Reports = append(resp.Reports, r)
+	}
+	return resp, nil
+}
+
+// FlakyTests lists the cases that were flaky in the newest builds of a
+// repository (every build when repo is empty): per case, the builds where
+// it was flaky and the builds where it ran, most flaky first.
+func (s *ControlServer) FlakyTests(_ context.Context, req *kilnv1.FlakyTestsRequest) (*kilnv1.FlakyTestsResponse, error) {
+	n, limit := int(req.GetBuilds()), int(req.GetLimit())
+	switch {
+	case len(req.GetRepo()) > MaxNameBytes:
+		return nil, invalid("repo: longer than %d bytes", MaxNameBytes)
+	case n < 0 || n > maxFlakyBuilds:
+		return nil, invalid("builds must be between 0 and %d", maxFlakyBuilds)
+	case limit < 0 || limit > maxFlakyLimit:
+		return nil, invalid("limit must be between 0 and %d", maxFlakyLimit)
+	}
+	if n == 0 {
+		n = defaultFlakyBuilds
+	}
+	if limit == 0 {
+		limit = defaultFlakyLimit
+	}
+	if req.GetRepo() != "" {
+		if _, ok := s.d.Store.Repo(req.GetRepo()); !ok {
+			return nil, status.Errorf(codes.NotFound, "repository %q not found", req.GetRepo())
+		}
+	}
+	stats := map[state.TestKey]*kilnv1.FlakyTest{}
+	for _, id := range s.d.Store.RecentBuildIDs(req.GetRepo(), n) { // newest first
+		ran, flaky := s.d.Store.TestCases(id)
+		for k := range ran {
+			ft := stats[k]
+			if ft == nil {
+				ft = &kilnv1.FlakyTest{Classname: k.Classname, Name: k.Name}
+				stats[k] = ft
+			}
+			ft.Builds++
+			if flaky[k] {
+				ft.FlakyBuilds++
+				if ft.LastBuildId == "" {
+					ft.LastBuildId = id
+				}
+			}
+		}
+	}
+	resp := &kilnv1.FlakyTestsResponse{}
+	for _, ft := range stats {
+		if ft.FlakyBuilds > 0 {
+			resp.Tests = append(resp.Tests, ft)
+		}
+	}
+	slices.SortFunc(resp.Tests, func(a, b *kilnv1.FlakyTest) int {
+		return cmp.Or(cmp.Compare(b.FlakyBuilds, a.FlakyBuilds), cmp.Compare(a.Classname, b.Classname), cmp.Compare(a.Name, b.Name))
+	})
+	if len(resp.Tests) > limit {
+		resp.Tests = resp.Tests[:limit]
+	}
+	return resp, nil
+}
