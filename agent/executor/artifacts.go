@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/kiln-ci/kiln/internal/glob"
 	"io"
 	"io/fs"
 	"os"
@@ -48,126 +49,6 @@ func (l ArtifactLimits) withDefaults() ArtifactLimits {
 // fail when the bytes do not match file.Sha256.
 type UploadFunc func(ctx context.Context, file *kilnv1.ArtifactFile, r io.ReaderAt) error
 
-// Glob is a compiled artifact pattern: slash-separated, relative to the
-// workspace. '*' matches any run of characters within a path component
-// (dot files included), '?' one character, '[...]' a class ('[!...]' or
-// '[^...]' negated; '\' escapes), and a '**' component any number of
-// components (zero included). A trailing '/' means everything below the
-// directory ("dir/" = "dir/**").
-type Glob struct {
-	src  string
-	segs []string
-}
-
-// CompileGlob checks and compiles an artifact pattern. Absolute patterns
-// and ".." components are refused.
-func CompileGlob(p string) (Glob, error) {
-	src := p
-	if p == "" {
-		return Glob{}, errors.New("empty artifact pattern")
-	}
-	if strings.HasPrefix(p, "/") {
-		return Glob{}, fmt.Errorf("artifact pattern %q: must be relative to the workspace", src)
-	}
-	if strings.HasSuffix(p, "/") {
-		p += "**"
-	}
-	var segs []string
-	for _, s := range strings.Split(p, "/") {
-		switch {
-		case s == "" || s == ".":
-			continue
-		case s == "..":
-			return Glob{}, fmt.Errorf("artifact pattern %q: \"..\" is not allowed", src)
-		case s == "**":
-			if len(segs) > 0 && segs[len(segs)-1] == "**" {
-				continue
-			}
-		default:
-			for strings.Contains(s, "**") {
-				s = strings.ReplaceAll(s, "**", "*")
-			}
-			s = negateClasses(s)
-			if _, err := path.Match(s, ""); err != nil {
-				return Glob{}, fmt.Errorf("artifact pattern %q: %w", src, err)
-			}
-		}
-		segs = append(segs, s)
-	}
-	if len(segs) == 0 {
-		return Glob{}, fmt.Errorf("artifact pattern %q: names the workspace itself", src)
-	}
-	return Glob{src: src, segs: segs}, nil
-}
-
-// negateClasses turns the shell's "[!" into path.Match's "[^".
-func negateClasses(s string) string {
-	b := []byte(s)
-	for i := 0; i < len(b); i++ {
-		switch {
-		case b[i] == '\\':
-			i++
-		case b[i] == '[' && i+1 < len(b) && b[i+1] == '!':
-			b[i+1] = '^'
-		}
-	}
-	return string(b)
-}
-
-// String returns the pattern as written.
-func (g Glob) String() string { return g.src }
-
-// Match reports whether the slash-separated relative path matches.
-func (g Glob) Match(rel string) bool {
-	return matchSegs(g.segs, strings.Split(rel, "/"))
-}
-
-// mayContain reports whether files below the directory dir ("" for the
-// workspace) can match.
-func (g Glob) mayContain(dir string) bool {
-	if dir == "" {
-		return true
-	}
-	return prefixSegs(g.segs, strings.Split(dir, "/"))
-}
-
-func matchSegs(pat, name []string) bool {
-	for len(pat) > 0 {
-		if pat[0] == "**" {
-			for i := 0; i <= len(name); i++ {
-				if matchSegs(pat[1:], name[i:]) {
-					return true
-				}
-			}
-			return false
-		}
-		if len(name) == 0 {
-			return false
-		}
-		if ok, _ := path.Match(pat[0], name[0]); !ok {
-			return false
-		}
-		pat, name = pat[1:], name[1:]
-	}
-	return len(name) == 0
-}
-
-func prefixSegs(pat, dir []string) bool {
-	for len(dir) > 0 {
-		if len(pat) == 0 {
-			return false
-		}
-		if pat[0] == "**" {
-			return true
-		}
-		if ok, _ := path.Match(pat[0], dir[0]); !ok {
-			return false
-		}
-		pat, dir = pat[1:], dir[1:]
-	}
-	return len(pat) > 0
-}
-
 // CollectedFile is a workspace file matched by an artifact pattern.
 type CollectedFile struct {
 	// Path is slash-separated and relative to the workspace.
@@ -183,9 +64,9 @@ type CollectedFile struct {
 // more than MaxFiles files or a file above MaxFileSize are errors.
 func CollectArtifacts(ctx context.Context, ws string, patterns []string, lim ArtifactLimits, out io.Writer) ([]CollectedFile, error) {
 	lim = lim.withDefaults()
-	globs := make([]Glob, 0, len(patterns))
+	globs := make([]glob.Glob, 0, len(patterns))
 	for _, p := range patterns {
-		g, err := CompileGlob(p)
+		g, err := glob.Compile(p)
 		if err != nil {
 			return nil, err
 		}
@@ -209,7 +90,7 @@ func CollectArtifacts(ctx context.Context, ws string, patterns []string, lim Art
 		}
 		rel := filepath.ToSlash(r)
 		if d.IsDir() {
-			if !slices.ContainsFunc(globs, func(g Glob) bool { return g.mayContain(rel) }) {
+			if !slices.ContainsFunc(globs, func(g glob.Glob) bool { return g.MayContain(rel) }) {
 				return filepath.SkipDir
 			}
 			return nil

@@ -65,3 +65,28 @@ func TestArtifactsPassAlongNeedsAndReachEveryCoordinator(t *testing.T) {
 	back := c.Restart(down)
 	Eventually(t, 20*time.Second, func() bool { return back.C.HasBlob(sha) }, "the returning coordinator catches up the artifact blob")
 }
+
+// TestArtifactsFromSelectsFiles takes only the selected files of one need.
+func TestArtifactsFromSelectsFiles(t *testing.T) {
+	c := Start(t, 1, Options{})
+	c.StartAgent("a1", nil, 2)
+	spec := `steps:
+  - key: produce
+    commands: ["echo a > a.txt", "echo b > b.log"]
+    artifacts: ["*"]
+  - key: other
+    commands: ["echo o > o.txt"]
+    artifacts: ["o.txt"]
+  - key: consume
+    needs: [produce, other]
+    commands: ["ls *.txt *.log 2>/dev/null | sort | tr '\n' ' '"]
+    artifacts: {from: produce, paths: ["*.txt"]}
+`
+	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 0), SpecYaml: spec, SpecFilename: "from.yaml"})
+	done := waitBuild(t, c, b.GetId(), 60*time.Second)
+	jobs := jobsByKey(done)
+	log := jobLog(c.Nodes[0], jobs["consume"])
+	if done.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED || !strings.HasSuffix(log, "\na.txt ") {
+		t.Fatalf("build %s; consume log %q: want only a.txt from produce", done.GetState(), log)
+	}
+}

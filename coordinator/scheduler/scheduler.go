@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/glob"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -382,18 +384,40 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 	}
 }
 
-// inputs are the artifacts an attempt receives: artifacts are passed along
-// `needs` edges, direct needs only. For every step named in spec.needs, the
-// artifacts of that job's current attempt (in needs order, then by path).
-// A need that produced none (or was skipped) contributes nothing.
+// inputs are the artifacts an attempt receives. With spec.artifacts_from
+// (artifacts: {from: STEP, paths}), the files of those steps' current
+// attempts that match the paths (all without paths). Otherwise artifacts
+// are passed along `needs` edges, direct needs only: for every step named
+// in spec.needs, the artifacts of that job's current attempt (in needs
+// order, then by path). A need that produced none contributes nothing.
 func (s *Scheduler) inputs(job *kilnv1.Job) []*kilnv1.Artifact {
-	var out []*kilnv1.Artifact
-	for _, key := range job.GetSpec().GetNeeds() {
+	current := func(key string) []*kilnv1.Artifact {
 		need, ok := s.store.Job(job.GetBuildId() + "." + key)
 		if !ok {
-			continue
+			return nil
 		}
-		out = append(out, s.store.JobArtifacts(need.GetId(), need.GetAttempt())...)
+		return s.store.JobArtifacts(need.GetId(), need.GetAttempt())
+	}
+	var out []*kilnv1.Artifact
+	if from := job.GetSpec().GetArtifactsFrom(); len(from) > 0 {
+		// artifacts: {from: STEP, paths: [...]} selects exactly these.
+		for _, src := range from {
+			var globs []glob.Glob
+			for _, p := range src.GetPaths() {
+				if g, err := glob.Compile(p); err == nil {
+					globs = append(globs, g)
+				}
+			}
+			for _, a := range current(src.GetStep()) {
+				if len(globs) == 0 || slices.ContainsFunc(globs, func(g glob.Glob) bool { return g.Match(a.GetFile().GetPath()) }) {
+					out = append(out, a)
+				}
+			}
+		}
+		return out
+	}
+	for _, key := range job.GetSpec().GetNeeds() {
+		out = append(out, current(key)...)
 	}
 	return out
 }

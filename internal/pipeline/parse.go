@@ -27,7 +27,7 @@ var (
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
-	artifactsKeys   = []string{"paths"}
+	artifactsKeys   = []string{"paths", "from"}
 	// approvalStepKeys are the step keys that apply to an approval step.
 	approvalStepKeys = []string{"key", "name", "needs", "if", "approval"}
 )
@@ -363,7 +363,7 @@ func (p *parser) step(n *yaml.Node) *Step {
 		st.Matrix = p.matrix(x.Key, x.Val, st.Env)
 	}
 	if x, ok := f["artifacts"]; ok {
-		st.Artifacts = p.artifacts(x.Key, x.Val)
+		st.Artifacts, st.ArtifactsFrom = p.artifacts(x.Key, x.Val)
 	}
 	if x, ok := f["junit"]; ok {
 		st.JUnit = p.globs(x.Key, x.Val, "junit")
@@ -559,20 +559,36 @@ func (p *parser) matrix(key, n *yaml.Node, env map[string]string) map[string][]s
 }
 
 // artifacts parses artifacts: [globs] or artifacts: {paths: [globs]}.
-func (p *parser) artifacts(key, n *yaml.Node) []string {
+func (p *parser) artifacts(key, n *yaml.Node) ([]string, *ArtifactsFrom) {
 	if n.Kind != yaml.MappingNode {
-		return p.globs(key, n, "artifacts")
+		return p.globs(key, n, "artifacts"), nil
 	}
 	f := p.fields(n, "artifacts", artifactsKeys)
 	if f == nil {
-		return nil
+		return nil, nil
+	}
+	if x, ok := f["from"]; ok {
+		// Input selection: files of an earlier step this one needs.
+		step, ok := p.str(x.Val, "artifacts.from")
+		if !ok {
+			return nil, nil
+		}
+		if step == "" {
+			p.errorf(x.Val, "name the step whose artifacts this one downloads", "artifacts.from is empty")
+			return nil, nil
+		}
+		from := &ArtifactsFrom{Step: step, at: posOf(x.Val)}
+		if y, ok := f["paths"]; ok {
+			from.Paths = p.globs(y.Key, y.Val, "artifacts.paths")
+		}
+		return nil, from
 	}
 	x, ok := f["paths"]
 	if !ok {
 		p.errorf(n, `add paths: ["dist/*"]`, "artifacts has no paths")
-		return nil
+		return nil, nil
 	}
-	return p.globs(x.Key, x.Val, "artifacts.paths")
+	return p.globs(x.Key, x.Val, "artifacts.paths"), nil
 }
 
 // globs parses a non-empty list of relative path globs.

@@ -120,6 +120,15 @@ type Stage struct {
 
 // Step is one step as written in the file, before defaults and before
 // matrix expansion.
+// ArtifactsFrom names an earlier step (one of the step's needs) and the
+// globs of its artifacts to download; no globs means all of them.
+type ArtifactsFrom struct {
+	Step  string
+	Paths []string
+	at    pos
+}
+
+// Step is one step as written in the file.
 type Step struct {
 	Key      string
 	Name     string
@@ -141,6 +150,9 @@ type Step struct {
 	// Artifacts and JUnit are relative path globs.
 	Artifacts []string
 	JUnit     []string
+	// ArtifactsFrom selects the artifacts the step downloads (artifacts:
+	// {from: STEP, paths: [...]}); nil means every artifact of its needs.
+	ArtifactsFrom *ArtifactsFrom
 	// Approval is set for an approval gate (which has no commands).
 	Approval *Approval
 	// Line and Column locate the step in the file.

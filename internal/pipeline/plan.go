@@ -292,6 +292,34 @@ func (p *Pipeline) plan() *planned {
 		spec.Needs = slices.Compact(keys)
 	}
 
+	// artifacts.from must name steps this one needs: artifacts only exist
+	// once the producer ended, which only needs guarantees.
+	for i, spec := range pl.specs {
+		st := pl.from[i]
+		if st.ArtifactsFrom == nil {
+			continue
+		}
+		af := st.ArtifactsFrom
+		var idx []int
+		if tw, ok := byKey[af.Step]; ok {
+			idx = tw.idx
+		} else if j, ok := finalKey[af.Step]; ok {
+			idx = []int{j}
+		} else {
+			errAt(st.at(af.at), "artifacts.from names a step key of this pipeline", "step %q takes artifacts from unknown step %q", st.Key, af.Step)
+			continue
+		}
+		for _, j := range idx {
+			key := pl.specs[j].Key
+			if _, ok := slices.BinarySearch(spec.Needs, key); !ok {
+				errAt(st.at(af.at), fmt.Sprintf("add %q to the step's needs", af.Step),
+					"step %q takes artifacts from %q, which it does not need", spec.Key, key)
+				continue
+			}
+			spec.ArtifactsFrom = append(spec.ArtifactsFrom, &kilnv1.ArtifactSource{Step: key, Paths: slices.Clone(af.Paths)})
+		}
+	}
+
 	// Cycles: a depth-first search; every back edge closes a cycle, which
 	// is reported at a needs entry on it (implicit edges only go back a
 	// stage, so every cycle has one).

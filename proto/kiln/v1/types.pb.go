@@ -328,7 +328,11 @@ type StepSpec struct {
 	// JUnit report globs to parse after the step (test results issue).
 	Junit []string `protobuf:"bytes,14,rep,name=junit,proto3" json:"junit,omitempty"`
 	// Matrix values of an expanded step (axis -> value); also in env.
-	Matrix        map[string]string `protobuf:"bytes,15,rep,name=matrix,proto3" json:"matrix,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Matrix map[string]string `protobuf:"bytes,15,rep,name=matrix,proto3" json:"matrix,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Artifacts to download before the commands: from these steps (each one
+	// of this step's needs), the files matching paths. Without it, the step
+	// gets every artifact of its needs.
+	ArtifactsFrom []*ArtifactSource `protobuf:"bytes,16,rep,name=artifacts_from,json=artifactsFrom,proto3" json:"artifacts_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -468,6 +472,67 @@ func (x *StepSpec) GetMatrix() map[string]string {
 	return nil
 }
 
+func (x *StepSpec) GetArtifactsFrom() []*ArtifactSource {
+	if x != nil {
+		return x.ArtifactsFrom
+	}
+	return nil
+}
+
+// ArtifactSource selects artifacts of one earlier step.
+type ArtifactSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Step  string                 `protobuf:"bytes,1,opt,name=step,proto3" json:"step,omitempty"`
+	// Globs over the artifact paths; empty means all.
+	Paths         []string `protobuf:"bytes,2,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ArtifactSource) Reset() {
+	*x = ArtifactSource{}
+	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ArtifactSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ArtifactSource) ProtoMessage() {}
+
+func (x *ArtifactSource) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ArtifactSource.ProtoReflect.Descriptor instead.
+func (*ArtifactSource) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ArtifactSource) GetStep() string {
+	if x != nil {
+		return x.Step
+	}
+	return ""
+}
+
+func (x *ArtifactSource) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
 // ApprovalSpec describes a manual approval gate.
 type ApprovalSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -483,7 +548,7 @@ type ApprovalSpec struct {
 
 func (x *ApprovalSpec) Reset() {
 	*x = ApprovalSpec{}
-	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	mi := &file_kiln_v1_types_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +560,7 @@ func (x *ApprovalSpec) String() string {
 func (*ApprovalSpec) ProtoMessage() {}
 
 func (x *ApprovalSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[2]
+	mi := &file_kiln_v1_types_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +573,7 @@ func (x *ApprovalSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApprovalSpec.ProtoReflect.Descriptor instead.
 func (*ApprovalSpec) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ApprovalSpec) GetApprovers() []string {
@@ -545,7 +610,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	mi := &file_kiln_v1_types_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +622,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[3]
+	mi := &file_kiln_v1_types_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +635,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{3}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Approval) GetApproved() bool {
@@ -626,7 +691,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	mi := &file_kiln_v1_types_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +703,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[4]
+	mi := &file_kiln_v1_types_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +716,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{4}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Source) GetGitUrl() string {
@@ -749,7 +814,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_kiln_v1_types_proto_msgTypes[5]
+	mi := &file_kiln_v1_types_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -761,7 +826,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[5]
+	mi := &file_kiln_v1_types_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -774,7 +839,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{5}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Job) GetId() string {
@@ -963,7 +1028,7 @@ type Build struct {
 
 func (x *Build) Reset() {
 	*x = Build{}
-	mi := &file_kiln_v1_types_proto_msgTypes[6]
+	mi := &file_kiln_v1_types_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1040,7 @@ func (x *Build) String() string {
 func (*Build) ProtoMessage() {}
 
 func (x *Build) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[6]
+	mi := &file_kiln_v1_types_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1053,7 @@ func (x *Build) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Build.ProtoReflect.Descriptor instead.
 func (*Build) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{6}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Build) GetId() string {
@@ -1149,7 +1214,7 @@ type Repo struct {
 
 func (x *Repo) Reset() {
 	*x = Repo{}
-	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	mi := &file_kiln_v1_types_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1226,7 @@ func (x *Repo) String() string {
 func (*Repo) ProtoMessage() {}
 
 func (x *Repo) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[7]
+	mi := &file_kiln_v1_types_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1239,7 @@ func (x *Repo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repo.ProtoReflect.Descriptor instead.
 func (*Repo) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{7}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Repo) GetName() string {
@@ -1246,7 +1311,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_kiln_v1_types_proto_msgTypes[8]
+	mi := &file_kiln_v1_types_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1323,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[8]
+	mi := &file_kiln_v1_types_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1336,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Agent) GetName() string {
@@ -1352,7 +1417,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_kiln_v1_types_proto_msgTypes[9]
+	mi := &file_kiln_v1_types_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1429,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[9]
+	mi := &file_kiln_v1_types_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1442,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LogChunk) GetJobId() string {
@@ -1430,7 +1495,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_kiln_v1_types_proto_msgTypes[10]
+	mi := &file_kiln_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1442,7 +1507,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[10]
+	mi := &file_kiln_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1455,7 +1520,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{10}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Node) GetId() string {
@@ -1506,7 +1571,7 @@ type NotLeader struct {
 
 func (x *NotLeader) Reset() {
 	*x = NotLeader{}
-	mi := &file_kiln_v1_types_proto_msgTypes[11]
+	mi := &file_kiln_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1583,7 @@ func (x *NotLeader) String() string {
 func (*NotLeader) ProtoMessage() {}
 
 func (x *NotLeader) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[11]
+	mi := &file_kiln_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1596,7 @@ func (x *NotLeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotLeader.ProtoReflect.Descriptor instead.
 func (*NotLeader) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{11}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NotLeader) GetLeaderId() string {
@@ -1564,7 +1629,7 @@ type ArtifactFile struct {
 
 func (x *ArtifactFile) Reset() {
 	*x = ArtifactFile{}
-	mi := &file_kiln_v1_types_proto_msgTypes[12]
+	mi := &file_kiln_v1_types_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1641,7 @@ func (x *ArtifactFile) String() string {
 func (*ArtifactFile) ProtoMessage() {}
 
 func (x *ArtifactFile) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[12]
+	mi := &file_kiln_v1_types_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1654,7 @@ func (x *ArtifactFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ArtifactFile.ProtoReflect.Descriptor instead.
 func (*ArtifactFile) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{12}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ArtifactFile) GetPath() string {
@@ -1635,7 +1700,7 @@ type Artifact struct {
 
 func (x *Artifact) Reset() {
 	*x = Artifact{}
-	mi := &file_kiln_v1_types_proto_msgTypes[13]
+	mi := &file_kiln_v1_types_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1712,7 @@ func (x *Artifact) String() string {
 func (*Artifact) ProtoMessage() {}
 
 func (x *Artifact) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[13]
+	mi := &file_kiln_v1_types_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1725,7 @@ func (x *Artifact) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Artifact.ProtoReflect.Descriptor instead.
 func (*Artifact) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{13}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Artifact) GetBuildId() string {
@@ -1722,7 +1787,7 @@ type TestSummary struct {
 
 func (x *TestSummary) Reset() {
 	*x = TestSummary{}
-	mi := &file_kiln_v1_types_proto_msgTypes[14]
+	mi := &file_kiln_v1_types_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +1799,7 @@ func (x *TestSummary) String() string {
 func (*TestSummary) ProtoMessage() {}
 
 func (x *TestSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[14]
+	mi := &file_kiln_v1_types_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +1812,7 @@ func (x *TestSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestSummary.ProtoReflect.Descriptor instead.
 func (*TestSummary) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{14}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TestSummary) GetTotal() int32 {
@@ -1819,7 +1884,7 @@ type TestCase struct {
 
 func (x *TestCase) Reset() {
 	*x = TestCase{}
-	mi := &file_kiln_v1_types_proto_msgTypes[15]
+	mi := &file_kiln_v1_types_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +1896,7 @@ func (x *TestCase) String() string {
 func (*TestCase) ProtoMessage() {}
 
 func (x *TestCase) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[15]
+	mi := &file_kiln_v1_types_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +1909,7 @@ func (x *TestCase) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestCase.ProtoReflect.Descriptor instead.
 func (*TestCase) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{15}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TestCase) GetSuite() string {
@@ -1930,7 +1995,7 @@ type TestReport struct {
 
 func (x *TestReport) Reset() {
 	*x = TestReport{}
-	mi := &file_kiln_v1_types_proto_msgTypes[16]
+	mi := &file_kiln_v1_types_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2007,7 @@ func (x *TestReport) String() string {
 func (*TestReport) ProtoMessage() {}
 
 func (x *TestReport) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_types_proto_msgTypes[16]
+	mi := &file_kiln_v1_types_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2020,7 @@ func (x *TestReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TestReport.ProtoReflect.Descriptor instead.
 func (*TestReport) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{16}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TestReport) GetJobId() string {
@@ -2015,7 +2080,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xba\x05\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xfa\x05\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2034,7 +2099,8 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\bapproval\x18\f \x01(\v2\x15.kiln.v1.ApprovalSpecR\bapproval\x12\x1c\n" +
 	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
-	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x1a9\n" +
+	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
+	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2043,7 +2109,10 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vMatrixEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"c\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
+	"\x0eArtifactSource\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\tR\x04step\x12\x14\n" +
+	"\x05paths\x18\x02 \x03(\tR\x05paths\"c\n" +
 	"\fApprovalSpec\x12\x1c\n" +
 	"\tapprovers\x18\x01 \x03(\tR\tapprovers\x12\x1d\n" +
 	"\n" +
@@ -2239,58 +2308,60 @@ func file_kiln_v1_types_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_kiln_v1_types_proto_goTypes = []any{
-	(BuildState)(0),      // 0: kiln.v1.BuildState
-	(JobState)(0),        // 1: kiln.v1.JobState
-	(AgentState)(0),      // 2: kiln.v1.AgentState
-	(*RetryPolicy)(nil),  // 3: kiln.v1.RetryPolicy
-	(*StepSpec)(nil),     // 4: kiln.v1.StepSpec
-	(*ApprovalSpec)(nil), // 5: kiln.v1.ApprovalSpec
-	(*Approval)(nil),     // 6: kiln.v1.Approval
-	(*Source)(nil),       // 7: kiln.v1.Source
-	(*Job)(nil),          // 8: kiln.v1.Job
-	(*Build)(nil),        // 9: kiln.v1.Build
-	(*Repo)(nil),         // 10: kiln.v1.Repo
-	(*Agent)(nil),        // 11: kiln.v1.Agent
-	(*LogChunk)(nil),     // 12: kiln.v1.LogChunk
-	(*Node)(nil),         // 13: kiln.v1.Node
-	(*NotLeader)(nil),    // 14: kiln.v1.NotLeader
-	(*ArtifactFile)(nil), // 15: kiln.v1.ArtifactFile
-	(*Artifact)(nil),     // 16: kiln.v1.Artifact
-	(*TestSummary)(nil),  // 17: kiln.v1.TestSummary
-	(*TestCase)(nil),     // 18: kiln.v1.TestCase
-	(*TestReport)(nil),   // 19: kiln.v1.TestReport
-	nil,                  // 20: kiln.v1.StepSpec.AgentsEntry
-	nil,                  // 21: kiln.v1.StepSpec.EnvEntry
-	nil,                  // 22: kiln.v1.StepSpec.MatrixEntry
-	nil,                  // 23: kiln.v1.Build.EnvEntry
-	nil,                  // 24: kiln.v1.Agent.LabelsEntry
+	(BuildState)(0),        // 0: kiln.v1.BuildState
+	(JobState)(0),          // 1: kiln.v1.JobState
+	(AgentState)(0),        // 2: kiln.v1.AgentState
+	(*RetryPolicy)(nil),    // 3: kiln.v1.RetryPolicy
+	(*StepSpec)(nil),       // 4: kiln.v1.StepSpec
+	(*ArtifactSource)(nil), // 5: kiln.v1.ArtifactSource
+	(*ApprovalSpec)(nil),   // 6: kiln.v1.ApprovalSpec
+	(*Approval)(nil),       // 7: kiln.v1.Approval
+	(*Source)(nil),         // 8: kiln.v1.Source
+	(*Job)(nil),            // 9: kiln.v1.Job
+	(*Build)(nil),          // 10: kiln.v1.Build
+	(*Repo)(nil),           // 11: kiln.v1.Repo
+	(*Agent)(nil),          // 12: kiln.v1.Agent
+	(*LogChunk)(nil),       // 13: kiln.v1.LogChunk
+	(*Node)(nil),           // 14: kiln.v1.Node
+	(*NotLeader)(nil),      // 15: kiln.v1.NotLeader
+	(*ArtifactFile)(nil),   // 16: kiln.v1.ArtifactFile
+	(*Artifact)(nil),       // 17: kiln.v1.Artifact
+	(*TestSummary)(nil),    // 18: kiln.v1.TestSummary
+	(*TestCase)(nil),       // 19: kiln.v1.TestCase
+	(*TestReport)(nil),     // 20: kiln.v1.TestReport
+	nil,                    // 21: kiln.v1.StepSpec.AgentsEntry
+	nil,                    // 22: kiln.v1.StepSpec.EnvEntry
+	nil,                    // 23: kiln.v1.StepSpec.MatrixEntry
+	nil,                    // 24: kiln.v1.Build.EnvEntry
+	nil,                    // 25: kiln.v1.Agent.LabelsEntry
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
-	20, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
-	21, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
+	21, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
+	22, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
 	3,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
-	5,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
-	22, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
-	1,  // 5: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	4,  // 6: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	6,  // 7: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	0,  // 8: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	8,  // 9: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	23, // 10: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	7,  // 11: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	17, // 12: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	24, // 13: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	2,  // 14: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	15, // 15: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	17, // 16: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	18, // 17: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	6,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
+	23, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
+	5,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
+	1,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	4,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	7,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	0,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	9,  // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	24, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	8,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	18, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	25, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	2,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	16, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	18, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	19, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -2304,7 +2375,7 @@ func file_kiln_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_types_proto_rawDesc), len(file_kiln_v1_types_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
