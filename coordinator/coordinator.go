@@ -36,6 +36,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobgc"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
+	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
@@ -102,7 +103,21 @@ type Config struct {
 	// BlobGCGrace is the minimum age of a deleted blob, so an upload whose
 	// registration is not committed yet survives (default 1h).
 	BlobGCGrace time.Duration
+	// BlobStore is the blob store backend: BlobStoreDisk (default, under
+	// DataDir/blobs, replicated to a quorum of coordinators) or
+	// BlobStoreS3 (one bucket every coordinator shares).
+	BlobStore string
+	// S3 configures BlobStoreS3 (Endpoint, Bucket, Region, Insecure; the
+	// keys come from KILN_S3_ACCESS_KEY and KILN_S3_SECRET_KEY). TempDir
+	// and MaxBlobSize are filled from DataDir and MaxBlobSize.
+	S3 s3store.Config
 }
+
+// Blob store backends.
+const (
+	BlobStoreDisk = "disk"
+	BlobStoreS3   = "s3"
+)
 
 // NewConfig returns the defaults.
 func NewConfig() Config {
@@ -125,6 +140,7 @@ func NewConfig() Config {
 		ArtifactExpiryInterval: retention.DefaultInterval,
 		BlobGCInterval:         blobgc.DefaultInterval,
 		BlobGCGrace:            blobgc.DefaultGrace,
+		BlobStore:              BlobStoreDisk,
 	}
 }
 
@@ -155,8 +171,19 @@ func (c *Config) Validate() error {
 		return errors.New("blob-gc-interval: must be positive")
 	case c.BlobGCGrace <= 0:
 		return errors.New("blob-gc-grace: must be positive")
+	case c.BlobStore != BlobStoreDisk && c.BlobStore != BlobStoreS3:
+		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
+	}
+	if c.BlobStore == BlobStoreS3 {
+		s3 := c.s3Config()
+		if err := s3.Validate(); err != nil {
+			return err
+		}
+		if c.S3.RefreshAfter*2 > c.BlobGCGrace {
+			return fmt.Errorf("blob-gc-grace: %s must be at least twice the S3 refresh age (%s)", c.BlobGCGrace, c.S3.RefreshAfter)
+		}
 	}
 	if len(c.InitialCluster) > 0 {
 		if _, ok := c.InitialCluster[c.NodeID]; !ok && len(c.Join) == 0 {
@@ -164,6 +191,28 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// s3Config is the S3 configuration with the fields derived from the rest.
+func (c *Config) s3Config() s3store.Config {
+	s3 := c.S3
+	s3.TempDir = filepath.Join(c.DataDir, "s3-tmp")
+	s3.MaxBlobSize = c.MaxBlobSize
+	if s3.RefreshAfter == 0 {
+		// Re-uploads refresh a blob well inside the GC grace period.
+		s3.RefreshAfter = min(s3store.DefaultRefreshAfter, c.BlobGCGrace/2)
+	}
+	return s3
+}
+
+// openBlobs opens the configured blob store backend.
+func openBlobs(cfg Config) (blobstore.Backend, error) {
+	if cfg.BlobStore == BlobStoreS3 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return s3store.Open(ctx, cfg.s3Config())
+	}
+	return blobstore.Open(filepath.Join(cfg.DataDir, "blobs"), blobstore.Options{MaxBlobSize: cfg.MaxBlobSize})
 }
 
 // ParseInitialCluster parses "n1=host:port,n2=host:port".
@@ -197,7 +246,7 @@ type Coordinator struct {
 	sched   *scheduler.Scheduler
 	watch   *watcher.Watcher
 	blobs   *api.BlobServer
-	local   *blobstore.Store
+	local   blobstore.Backend
 	grpc    *grpc.Server
 	health  *health.Server
 	lis     net.Listener
@@ -224,7 +273,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	if advertise == "" {
 		advertise = lis.Addr().String()
 	}
-	blobs, err := blobstore.Open(filepath.Join(cfg.DataDir, "blobs"), blobstore.Options{MaxBlobSize: cfg.MaxBlobSize})
+	blobs, err := openBlobs(cfg)
 	if err != nil {
 		lis.Close()
 		return nil, err
@@ -310,11 +359,15 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
-	wg.Add(5)
+	wg.Add(4)
 	go func() { defer wg.Done(); serveErr <- c.grpc.Serve(c.lis) }()
 	go func() { defer wg.Done(); c.leadershipLoop(ctx) }()
 	go func() { defer wg.Done(); c.announceLoop(ctx) }()
-	go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
+	if !c.local.Shared() {
+		// A shared store has nothing to catch up: peers use the same one.
+		wg.Add(1)
+		go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
+	}
 	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
@@ -409,11 +462,16 @@ func (c *Coordinator) blobGCConfig() blobgc.Config {
 		// Never before the log this node holds is applied: the state
 		// would look empty.
 		Ready:    c.waitApplied,
+		Active:   c.gcActive,
 		Interval: c.cfg.BlobGCInterval,
 		Grace:    c.cfg.BlobGCGrace,
 		Log:      c.log.Named("blobgc"),
 	}
 }
+
+// gcActive: every node collects its own disk; a shared store is collected
+// by the leader only.
+func (c *Coordinator) gcActive() bool { return !c.local.Shared() || c.IsLeader() }
 
 // Crash stops the coordinator abruptly (tests and benchmarks): Run returns
 // without a graceful shutdown or leadership transfer.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
+	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -51,7 +52,7 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.DefaultJobTimeout, "default-job-timeout", cfg.DefaultJobTimeout, "timeout of steps that set none")
 	fs.DurationVar(&cfg.RaftHeartbeatTimeout, "raft-heartbeat-timeout", cfg.RaftHeartbeatTimeout, "raft heartbeat timeout")
 	fs.DurationVar(&cfg.RaftElectionTimeout, "raft-election-timeout", cfg.RaftElectionTimeout, "raft election timeout")
-	fs.Int64Var(&cfg.MaxBlobSize, "max-blob-size", cfg.MaxBlobSize, "largest blob (bytes) the local blob store under DATA_DIR/blobs accepts")
+	fs.Int64Var(&cfg.MaxBlobSize, "max-blob-size", cfg.MaxBlobSize, "largest blob (bytes) the blob store accepts")
 	fs.Func("artifact-retention", "how long a finished build's artifacts and uploaded source are kept when its pipeline sets no artifact_retention: a Go duration or days such as 30d; 0 keeps them forever (default 30d)", func(v string) error {
 		d, err := pipeline.ParseRetention(v)
 		if err != nil {
@@ -63,6 +64,11 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.ArtifactExpiryInterval, "artifact-expiry-interval", cfg.ArtifactExpiryInterval, "how often the leader looks for builds whose artifact retention ended")
 	fs.DurationVar(&cfg.BlobGCInterval, "blob-gc-interval", cfg.BlobGCInterval, "how often every node deletes the blobs no build refers to any more")
 	fs.DurationVar(&cfg.BlobGCGrace, "blob-gc-grace", cfg.BlobGCGrace, "minimum age of a blob the garbage collector deletes (covers uploads not yet registered)")
+	fs.StringVar(&cfg.BlobStore, "blob-store", cfg.BlobStore, "blob store backend: disk (DATA_DIR/blobs, replicated to a quorum of coordinators) or s3 (one S3-compatible bucket every coordinator shares; keys from $"+s3store.EnvAccessKey+" and $"+s3store.EnvSecretKey+")")
+	fs.StringVar(&cfg.S3.Endpoint, "s3-endpoint", "", "S3 API host[:port], without a scheme (with --blob-store s3)")
+	fs.StringVar(&cfg.S3.Bucket, "s3-bucket", "", "S3 bucket of the blobs, created if missing (with --blob-store s3)")
+	fs.StringVar(&cfg.S3.Region, "s3-region", "", "S3 region (with --blob-store s3)")
+	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
@@ -80,6 +86,10 @@ func run(args []string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
+	if cfg.BlobStore == coordinator.BlobStoreS3 {
+		// Secrets come from the environment: flag values show in ps.
+		cfg.S3.CredentialsFromEnv()
+	}
 	var err error
 	if cfg.InitialCluster, err = coordinator.ParseInitialCluster(initialCluster); err != nil {
 		return err

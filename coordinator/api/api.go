@@ -34,8 +34,9 @@ type Deps struct {
 	Store     *state.Store
 	Raft      *raftnode.Node
 	Scheduler *scheduler.Scheduler
-	// Blobs is this node's local blob store.
-	Blobs *blobstore.Store
+	// Blobs is this node's blob store: its local disk, or a bucket every
+	// coordinator shares (Blobs.Shared()).
+	Blobs blobstore.Backend
 	// FetchBlob copies a blob from a peer into Blobs (nil: no peers to ask).
 	FetchBlob func(ctx context.Context, sha string) error
 	Log       *zap.Logger

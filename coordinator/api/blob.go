@@ -47,10 +47,14 @@ var blobKindLimits = map[string]int64{BlobKindSource: MaxSourceArchiveBytes, Blo
 // the other voters; the upload is acknowledged once a majority of the
 // voters (the leader included) hold it. Copies still running at that point
 // continue in the background until done, their timeout, or Close.
+//
+// With a shared store (an object store every coordinator uses) the store
+// is the replica: an upload is acknowledged once Put returns, nothing is
+// copied to peers, and a blob the store lacks is not fetched from them.
 type BlobServer struct {
 	kilnv1.UnimplementedBlobServiceServer
 	d     *Deps
-	store *blobstore.Store
+	store blobstore.Backend
 
 	bg     context.Context
 	stop   context.CancelFunc
@@ -72,7 +76,7 @@ func (s *BlobServer) Close() {
 	s.wg.Wait()
 }
 
-// Has reports whether this node holds the blob.
+// Has reports whether this node's blob store holds the blob.
 func (s *BlobServer) Has(sha string) bool { return s.store.Has(sha) }
 
 // chunkSource is a stream of upload or replication messages.
@@ -195,8 +199,14 @@ func (s *BlobServer) Upload(stream kilnv1.BlobService_UploadServer) error {
 	if err != nil {
 		return s.blobStatus(err)
 	}
-	replicas, voters, err := s.replicate(ctx, h)
-	if err != nil {
+	var replicas, voters int
+	if s.store.Shared() {
+		// Durable in the shared store, which every voter reads.
+		if voters, _, _, err = s.voters(); err != nil {
+			return s.d.toStatus(err)
+		}
+		replicas = voters
+	} else if replicas, voters, err = s.replicate(ctx, h); err != nil {
 		return err
 	}
 	s.d.Log.Info("blob uploaded", zap.String("sha256", h.GetSha256()), zap.Int64("size", h.GetSize()),
@@ -354,7 +364,7 @@ func (s *BlobServer) Download(req *kilnv1.DownloadRequest, stream kilnv1.BlobSer
 	}
 	ctx := stream.Context()
 	if !s.store.Has(sha) {
-		if req.GetLocalOnly() {
+		if req.GetLocalOnly() || s.store.Shared() {
 			return status.Errorf(codes.NotFound, "blob %s is not stored on %s", sha, s.d.NodeID)
 		}
 		if err := s.fetch(ctx, sha); err != nil {
@@ -398,6 +408,10 @@ func (s *BlobServer) Fetch(ctx context.Context, sha string) error {
 	}
 	if s.store.Has(sha) {
 		return nil
+	}
+	if s.store.Shared() {
+		// The peers use the same store: none can have it.
+		return status.Errorf(codes.NotFound, "blob %s is not in the shared blob store", sha)
 	}
 	return s.fetch(ctx, sha)
 }

@@ -18,6 +18,11 @@
 // command references again; blobsync fetches it back from a peer once the
 // node has caught up (an upload is acknowledged only once a majority holds
 // it).
+//
+// With a store every coordinator shares (an object store bucket), Active
+// limits the passes to the leader: one collector per bucket, and the
+// store's Delete is ordered against Put (which only the leader serves) in
+// that process.
 package blobgc
 
 import (
@@ -35,7 +40,7 @@ const (
 	DefaultGrace    = time.Hour
 )
 
-// Blobs is the local blob store; *blobstore.Store implements it.
+// Blobs is the blob store; every blobstore.Backend implements it.
 type Blobs interface {
 	List() ([]blobstore.Info, error)
 	Delete(sha string, notAfter time.Time) (bool, int64, error)
@@ -49,6 +54,9 @@ type Config struct {
 	// Ready blocks until the node has applied its log (nil: ready at
 	// once). Without it a starting node would see an empty state.
 	Ready func(ctx context.Context) error
+	// Active reports whether this node collects now (nil: always); a pass
+	// while it is false does nothing.
+	Active func() bool
 	// Interval between passes (default 10m).
 	Interval time.Duration
 	// Grace is the minimum age of a deleted blob (default 1h).
@@ -97,6 +105,9 @@ func Run(ctx context.Context, cfg Config) {
 // returns how many it deleted and the bytes freed.
 func Pass(ctx context.Context, cfg Config) (deleted int, bytes int64) {
 	cfg.defaults()
+	if cfg.Active != nil && !cfg.Active() {
+		return 0, 0
+	}
 	// List first, then read the references: a blob registered between
 	// the two is then seen as referenced (or is young).
 	blobs, err := cfg.Blobs.List()

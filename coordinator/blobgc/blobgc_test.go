@@ -94,3 +94,26 @@ func TestRunWaitsUntilReady(t *testing.T) {
 	default:
 	}
 }
+
+// TestInactiveNodeDoesNotCollect: with a shared store only the active node
+// (the leader) deletes.
+func TestInactiveNodeDoesNotCollect(t *testing.T) {
+	s, err := blobstore.Open(t.TempDir(), blobstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("unreferenced")
+	if _, err := s.Put(context.Background(), bytes.NewReader(data), int64(len(data)), blobstore.Digest(data)); err != nil {
+		t.Fatal(err)
+	}
+	active := false
+	cfg := Config{Blobs: s, Referenced: func() map[string]bool { return nil }, Active: func() bool { return active },
+		Grace: time.Nanosecond, Now: func() time.Time { return time.Now().Add(time.Hour) }}
+	if n, _ := Pass(context.Background(), cfg); n != 0 {
+		t.Fatalf("an inactive node deleted %d blobs", n)
+	}
+	active = true
+	if n, _ := Pass(context.Background(), cfg); n != 1 {
+		t.Fatalf("the active node deleted %d blobs, want 1", n)
+	}
+}

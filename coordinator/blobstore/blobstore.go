@@ -340,3 +340,39 @@ func Digest(data []byte) string {
 	sum := sha256.Sum256(data)
 	return strings.ToLower(hex.EncodeToString(sum[:]))
 }
+
+// Backend is a blob store as the coordinator's services use it. *Store (the
+// default, local disk, replicated to a quorum of coordinators by the blob
+// service) implements it, and so does s3store.Store (an S3-compatible
+// bucket that every coordinator shares). Implementations keep the
+// contracts documented on *Store: Put verifies size and digest before
+// anything is stored and reports created=false for a blob already present;
+// Open and Size fail with ErrNotFound for a missing blob; Delete removes a
+// blob only when it was not written (or touched by a Put) after notAfter.
+type Backend interface {
+	Put(ctx context.Context, r io.Reader, size int64, sha string) (created bool, err error)
+	Open(sha string) (io.ReadCloser, int64, error)
+	Has(sha string) bool
+	Size(sha string) (int64, error)
+	List() ([]Info, error)
+	Delete(sha string, notAfter time.Time) (deleted bool, size int64, err error)
+	MaxBlobSize() int64
+	// Shared reports whether every coordinator uses this same store: an
+	// upload is then durable once Put returns, so the blob service does
+	// not replicate it to peers, peers never fetch blobs from each other,
+	// and only the leader collects garbage.
+	Shared() bool
+}
+
+// Shared is false: a Store is one coordinator's local disk.
+func (s *Store) Shared() bool { return false }
+
+var _ Backend = (*Store)(nil)
+
+// Verify copies exactly size bytes of r to w, checking that there are no
+// more and that their SHA-256 is sha (ErrSizeMismatch, ErrDigestMismatch).
+// Other backends use it to verify content before they store it.
+func Verify(r io.Reader, size int64, sha string, w io.Writer) error { return verify(r, size, sha, w) }
+
+// CtxReader returns r that stops reading once ctx ends.
+func CtxReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
+	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 	"google.golang.org/grpc"
@@ -33,6 +34,9 @@ type Options struct {
 	ArtifactRetention time.Duration
 	// BlobGCGrace; default the coordinator's (1h).
 	BlobGCGrace time.Duration
+	// S3, when set, makes every coordinator use this S3 bucket as its
+	// blob store (--blob-store s3) instead of its local disk.
+	S3 *s3store.Config
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -111,6 +115,10 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.BlobGCGrace > 0 {
 		cfg.BlobGCGrace = c.opts.BlobGCGrace
+	}
+	if c.opts.S3 != nil {
+		cfg.BlobStore = coordinator.BlobStoreS3
+		cfg.S3 = *c.opts.S3
 	}
 	return cfg
 }
