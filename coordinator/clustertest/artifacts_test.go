@@ -2,6 +2,8 @@ package clustertest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -88,5 +90,47 @@ func TestArtifactsFromSelectsFiles(t *testing.T) {
 	log := jobLog(c.Nodes[0], jobs["consume"])
 	if done.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED || !strings.HasSuffix(log, "\na.txt ") {
 		t.Fatalf("build %s; consume log %q: want only a.txt from produce", done.GetState(), log)
+	}
+}
+
+// TestLeaderKillDuringArtifactUploadStoresItOnce crashes the leader while
+// an agent streams an artifact to it: the agent uploads again to the new
+// leader, the build passes, and the artifact is registered once.
+func TestLeaderKillDuringArtifactUploadStoresItOnce(t *testing.T) {
+	c := Start(t, 3, Options{LeaseTTL: 3 * time.Second})
+	c.StartAgent("a1", nil, 1)
+	l := c.Leader()
+	spec := `steps:
+  - key: big
+    commands: ["head -c 100663296 /dev/urandom > big.bin"]
+    artifacts: [big.bin]
+`
+	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 0), SpecYaml: spec, SpecFilename: "big.yaml"})
+	// Wait until the leader is receiving the upload (a partial temp file).
+	tmp := filepath.Join(l.DataDir, "blobs", "tmp")
+	Eventually(t, 60*time.Second, func() bool {
+		ents, _ := os.ReadDir(tmp)
+		for _, e := range ents {
+			if info, err := e.Info(); err == nil && info.Size() > 0 {
+				return true
+			}
+		}
+		return false
+	}, "the leader receives the artifact upload")
+	c.Kill(l)
+	done := waitBuild(t, c, b.GetId(), 120*time.Second)
+	nl := c.Leader()
+	j := done.GetJobs()[0]
+	if done.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED || j.GetAttempt() != 1 {
+		t.Fatalf("build %s, attempt %d; log:\n%s", done.GetState(), j.GetAttempt(), jobLog(nl, j))
+	}
+	arts := nl.C.Store().Artifacts(b.GetId())
+	if len(arts) != 1 || arts[0].GetFile().GetSize() != 96<<20 {
+		t.Fatalf("artifacts %v, want big.bin once", arts)
+	}
+	for _, n := range c.Nodes {
+		if n.Running() && !n.C.HasBlob(arts[0].GetFile().GetSha256()) {
+			Eventually(t, 30*time.Second, func() bool { return n.C.HasBlob(arts[0].GetFile().GetSha256()) }, n.ID+" holds the artifact")
+		}
 	}
 }
