@@ -509,7 +509,7 @@ func TestMerge(t *testing.T) {
 }
 
 // pytest_shape.xml is hand-written in the exact shape pytest ≥7 emits with
-// --junitxml (pytest is not installed here; TestRealPytestReport covers the
+// --junitxml (TestRealPytestReport, which CI always runs, covers the
 // real thing when it is).
 func TestPytestShape(t *testing.T) {
 	r := mustParse(t, "pytest_shape.xml", Options{MaxOutputBytes: 100})
