@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -23,20 +22,16 @@ func (a *app) approvalCommand(approve bool) *cobra.Command {
 		Args:  exactArgs(2, "a build id and the key of an approval step"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id, step := args[0], args[1]
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			// One request id for every retry of this decision.
 			req := &kilnv1.DecideApprovalRequest{RequestId: newRequestID(), BuildId: id, Step: step,
 				Approve: approve, By: submitter(), Comment: comment}
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				_, err := kilnv1.NewControlServiceClient(conn).DecideApproval(ctx, req)
-				return err
-			})
+			err := a.control(cmd.Context(), verb+" "+id+" "+step, buildNotFoundHint+"; 'kilnctl status "+id+"' shows its steps",
+				func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					_, err := cs.DecideApproval(ctx, req)
+					return err
+				})
 			if err != nil {
-				return rpcError(verb+" "+id+" "+step, err, buildNotFoundHint+"; 'kilnctl status "+id+"' shows its steps")
+				return err
 			}
 			fmt.Fprintf(a.stdout, "build %s: step %s %s\n", id, step, done)
 			return nil
@@ -56,15 +51,10 @@ func (a *app) retryCommand() *cobra.Command {
 		Args: exactArgs(1, "one build id"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			req := &kilnv1.RetryBuildRequest{RequestId: newRequestID(), BuildId: id, Step: step}
 			var b *kilnv1.Build
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).RetryBuild(ctx, req)
+			err := a.control(cmd.Context(), "retry build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.RetryBuild(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -72,7 +62,7 @@ func (a *app) retryCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("retry build "+id, err, buildNotFoundHint)
+				return err
 			}
 			fmt.Fprintf(a.stdout, "build %s retried (%s)\n", id, buildState(b.GetState()))
 			return nil

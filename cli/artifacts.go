@@ -84,8 +84,8 @@ func (a *app) artifactsCommand() *cobra.Command {
 
 func (a *app) listArtifacts(ctx context.Context, c *client.Client, build string) ([]*kilnv1.Artifact, error) {
 	var out []*kilnv1.Artifact
-	err := a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		resp, err := kilnv1.NewControlServiceClient(conn).ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build})
+	err := a.controlOn(ctx, c, "list artifacts of build "+build, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+		resp, err := cs.ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build})
 		if err != nil {
 			return err
 		}
@@ -93,7 +93,7 @@ func (a *app) listArtifacts(ctx context.Context, c *client.Client, build string)
 		return nil
 	})
 	if err != nil {
-		return nil, rpcError("list artifacts of build "+build, err, buildNotFoundHint)
+		return nil, err
 	}
 	return out, nil
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -154,8 +153,8 @@ func newTable(w io.Writer) *tabwriter.Writer {
 
 func (a *app) getBuild(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
 	var b *kilnv1.Build
-	err := a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		resp, err := kilnv1.NewControlServiceClient(conn).GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+	err := a.controlOn(ctx, c, "get build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+		resp, err := cs.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
 		if err != nil {
 			return err
 		}
@@ -163,7 +162,7 @@ func (a *app) getBuild(ctx context.Context, c *client.Client, id string) (*kilnv
 		return nil
 	})
 	if err != nil {
-		return nil, rpcError("get build "+id, err, buildNotFoundHint)
+		return nil, err
 	}
 	return b, nil
 }
@@ -249,14 +248,9 @@ func (a *app) buildsCommand() *cobra.Command {
 			if limit < 0 || limit > 1000 {
 				return usageErrorf("--limit must be between 0 and 1000")
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var builds []*kilnv1.Build
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit})
+			err := a.control(cmd.Context(), "list builds", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit})
 				if err != nil {
 					return err
 				}
@@ -264,7 +258,7 @@ func (a *app) buildsCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("list builds", err, "")
+				return err
 			}
 			if output == "json" {
 				out := make([]BuildJSON, 0, len(builds))
@@ -304,15 +298,10 @@ func (a *app) cancelCommand() *cobra.Command {
 		Args:  exactArgs(1, "one build id"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			req := &kilnv1.CancelBuildRequest{RequestId: newRequestID(), BuildId: id, Reason: reason}
 			var b *kilnv1.Build
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).CancelBuild(ctx, req)
+			err := a.control(cmd.Context(), "cancel build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.CancelBuild(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -320,7 +309,7 @@ func (a *app) cancelCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("cancel build "+id, err, buildNotFoundHint)
+				return err
 			}
 			switch s := b.GetState(); s {
 			case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED:
@@ -354,14 +343,9 @@ func (a *app) agentsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var agents []*kilnv1.Agent
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).ListAgents(ctx, &kilnv1.ListAgentsRequest{})
+			err := a.control(cmd.Context(), "list agents", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.ListAgents(ctx, &kilnv1.ListAgentsRequest{})
 				if err != nil {
 					return err
 				}
@@ -369,7 +353,7 @@ func (a *app) agentsCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("list agents", err, "")
+				return err
 			}
 			out := make([]AgentJSON, 0, len(agents))
 			for _, ag := range agents {

@@ -6,7 +6,6 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	"github.com/kiln-ci/kiln/internal/buildfile"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -47,19 +46,14 @@ func (a *app) clusterCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var resp *kilnv1.StatusResponse
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				r, err := kilnv1.NewClusterServiceClient(conn).Status(ctx, &kilnv1.StatusRequest{})
+			err := a.cluster(cmd.Context(), "cluster status", "", func(ctx context.Context, cs kilnv1.ClusterServiceClient) error {
+				r, err := cs.Status(ctx, &kilnv1.StatusRequest{})
 				resp = r
 				return err
 			})
 			if err != nil {
-				return rpcError("cluster status", err, "")
+				return err
 			}
 			out := ClusterJSON{Leader: resp.GetLeader(), LeaderGRPCAddr: resp.GetLeaderGrpcAddr(), Nodes: []NodeJSON{}}
 			for _, n := range resp.GetNodes() {
@@ -87,17 +81,12 @@ func (a *app) clusterCommand() *cobra.Command {
 		Short: "Remove a coordinator from the cluster",
 		Args:  exactArgs(1, "one node id"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				_, err := kilnv1.NewClusterServiceClient(conn).Leave(ctx, &kilnv1.LeaveRequest{NodeId: args[0]})
+			err := a.cluster(cmd.Context(), "remove node "+args[0], "list the nodes with 'kilnctl cluster status'", func(ctx context.Context, cs kilnv1.ClusterServiceClient) error {
+				_, err := cs.Leave(ctx, &kilnv1.LeaveRequest{NodeId: args[0]})
 				return err
 			})
 			if err != nil {
-				return rpcError("remove node "+args[0], err, "list the nodes with 'kilnctl cluster status'")
+				return err
 			}
 			fmt.Fprintf(a.stdout, "node %s removed from the cluster\n", args[0])
 			return nil

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -68,14 +67,9 @@ func (a *app) repoAddCommand() *cobra.Command {
 			}
 			req := &kilnv1.AddRepoRequest{Name: args[0], Url: args[1], Branch: branch, Pipeline: pipelineFile,
 				PollIntervalMs: poll.Milliseconds()}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var repo *kilnv1.Repo
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).AddRepo(ctx, req)
+			err := a.control(cmd.Context(), "add repository", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.AddRepo(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -83,7 +77,7 @@ func (a *app) repoAddCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("add repository", err, "")
+				return err
 			}
 			r := toRepoJSON(repo)
 			fmt.Fprintf(a.stdout, "repository %s watches %s of %s every %s (pipeline %s)\n", r.Name, r.Branch, r.URL, r.Poll, r.Pipeline)
@@ -107,14 +101,9 @@ func (a *app) repoListCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var repos []*kilnv1.Repo
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).ListRepos(ctx, &kilnv1.ListReposRequest{})
+			err := a.control(cmd.Context(), "list repositories", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.ListRepos(ctx, &kilnv1.ListReposRequest{})
 				if err != nil {
 					return err
 				}
@@ -122,7 +111,7 @@ func (a *app) repoListCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("list repositories", err, "")
+				return err
 			}
 			out := make([]RepoJSON, 0, len(repos))
 			for _, r := range repos {

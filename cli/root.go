@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/client"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 // Exit codes of kilnctl.
@@ -212,6 +213,47 @@ func (a *app) unary(ctx context.Context, c *client.Client, fn func(ctx context.C
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	return c.Do(ctx, fn)
+}
+
+// control opens a cluster client, runs call against the ControlService
+// through a.unary (so with the --timeout deadline and client.Do's retries
+// and leader following), closes the client and maps a failure with
+// rpcError(what, err, notFoundHint). call may run more than once: build
+// any request carrying a request id outside it, so every retry reuses it.
+func (a *app) control(ctx context.Context, what, notFoundHint string, call func(context.Context, kilnv1.ControlServiceClient) error) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return a.controlOn(ctx, c, what, notFoundHint, call)
+}
+
+// controlOn is control on the open client c, which the caller keeps.
+func (a *app) controlOn(ctx context.Context, c *client.Client, what, notFoundHint string, call func(context.Context, kilnv1.ControlServiceClient) error) error {
+	return a.call(ctx, c, what, notFoundHint, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		return call(ctx, kilnv1.NewControlServiceClient(conn))
+	})
+}
+
+// cluster is control for the ClusterService.
+func (a *app) cluster(ctx context.Context, what, notFoundHint string, call func(context.Context, kilnv1.ClusterServiceClient) error) error {
+	c, err := a.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return a.call(ctx, c, what, notFoundHint, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		return call(ctx, kilnv1.NewClusterServiceClient(conn))
+	})
+}
+
+// call runs fn on c through a.unary and maps a failure with rpcError.
+func (a *app) call(ctx context.Context, c *client.Client, what, notFoundHint string, fn func(context.Context, grpc.ClientConnInterface) error) error {
+	if err := a.unary(ctx, c, fn); err != nil {
+		return rpcError(what, err, notFoundHint)
+	}
+	return nil
 }
 
 // rpcError turns a failed call into the error kilnctl prints:

@@ -109,8 +109,8 @@ func (a *app) runCommand() *cobra.Command {
 			var build *kilnv1.Build
 			// req (and its request_id) is the same on every retry, so a
 			// retry after a failover never creates a second build.
-			err = a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				resp, err := kilnv1.NewControlServiceClient(conn).SubmitBuild(ctx, req)
+			err = a.controlOn(ctx, c, "submit build", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				resp, err := cs.SubmitBuild(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -118,7 +118,7 @@ func (a *app) runCommand() *cobra.Command {
 				return nil
 			})
 			if err != nil {
-				return rpcError("submit build", err, "")
+				return err
 			}
 			if !wait {
 				fmt.Fprintln(a.stdout, build.GetId())

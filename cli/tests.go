@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -101,19 +100,14 @@ func (a *app) testsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var resp *kilnv1.ListTestsResponse
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				r, err := kilnv1.NewControlServiceClient(conn).ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed})
+			err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed})
 				resp = r
 				return err
 			})
 			if err != nil {
-				return rpcError("list tests of build "+args[0], err, buildNotFoundHint)
+				return err
 			}
 			return printTests(a.stdout, resp, output == "json")
 		}),
@@ -184,19 +178,14 @@ func (a *app) testsFlakyCommand() *cobra.Command {
 			if limit < 0 || limit > 1000 {
 				return usageErrorf("--limit must be between 0 and 1000")
 			}
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var resp *kilnv1.FlakyTestsResponse
-			err = a.unary(cmd.Context(), c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-				r, err := kilnv1.NewControlServiceClient(conn).FlakyTests(ctx, &kilnv1.FlakyTestsRequest{Repo: repo, Builds: builds, Limit: limit})
+			err := a.control(cmd.Context(), "list flaky tests", "list repositories with 'kilnctl repo list'", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+				r, err := cs.FlakyTests(ctx, &kilnv1.FlakyTestsRequest{Repo: repo, Builds: builds, Limit: limit})
 				resp = r
 				return err
 			})
 			if err != nil {
-				return rpcError("list flaky tests", err, "list repositories with 'kilnctl repo list'")
+				return err
 			}
 			if output == "json" {
 				out := []FlakyTestJSON{}
