@@ -337,14 +337,7 @@ func TestJobRoundTrip(t *testing.T) {
 
 	// Nothing is held any more, so a drain completes at once.
 	a.Drain()
-	select {
-	case err := <-res:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("Run did not return after drain")
-	}
+	waitRunOK(t, res, "Run did not return after drain")
 }
 
 func TestResendAfterDisconnect(t *testing.T) {
@@ -417,9 +410,25 @@ func TestNotLeaderRedirect(t *testing.T) {
 	}
 }
 
-// processGone reports whether pid has gone away (absent or a zombie); it
-// polls briefly because a killed process closes its files just before it
-// turns into a zombie.
+// waitRunOK waits up to waitLimit for Run to return nil on res; failing
+// that, the test fails with Run's error or with timeoutMsg.
+func waitRunOK(t *testing.T, res <-chan error, timeoutMsg string) {
+	t.Helper()
+	select {
+	case err := <-res:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal(timeoutMsg)
+	}
+}
+
+// processGone reports whether pid has gone away (absent or a zombie). pid
+// is a job's process, not the test's child, so there is no exit to wait
+// for (and PID 1 here may never reap an orphan): this is a bounded poll of
+// /proc. A killed process closes its files just before it turns into a
+// zombie, so the poll covers that last step.
 func processGone(pid int) bool {
 	deadline := time.Now().Add(5 * time.Second)
 	for !processDead(pid) {
@@ -475,14 +484,7 @@ func TestStaleAckKillsJob(t *testing.T) {
 	}
 	// The stale attempt is forgotten: no slot held, so the drain ends at once.
 	a.Drain()
-	select {
-	case err := <-res:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("Run did not return: stale attempt still held")
-	}
+	waitRunOK(t, res, "Run did not return: stale attempt still held")
 }
 
 func TestCancelJob(t *testing.T) {
@@ -553,14 +555,7 @@ func TestDrainFinishesRunningJob(t *testing.T) {
 		t.Fatalf("log = %q", got)
 	}
 	s.send(t, ack("6.d", 1, lastSeq, true, false))
-	select {
-	case err := <-res:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("Run did not return after the drain")
-	}
+	waitRunOK(t, res, "Run did not return after the drain")
 }
 
 func TestBackpressure(t *testing.T) {

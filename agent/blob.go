@@ -7,9 +7,6 @@ import (
 	"io"
 	"slices"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -43,9 +40,7 @@ func (a *Agent) fetchBlob(ctx context.Context, sha string, w io.Writer) error {
 }
 
 func downloadFrom(ctx context.Context, addr, sha string, w io.Writer) (wrote bool, err error) {
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+	conn, err := dial(addr)
 	if err != nil {
 		return false, err
 	}

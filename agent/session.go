@@ -24,6 +24,14 @@ var keepaliveParams = keepalive.ClientParameters{
 	PermitWithoutStream: true,
 }
 
+// dial opens a client connection to a coordinator with the agent's
+// keepalive parameters.
+func dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithKeepaliveParams(keepaliveParams))
+}
+
 // errDrained ends the session loop after a completed drain.
 var errDrained = errors.New("drained")
 
@@ -80,9 +88,7 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 		if hint, ok := leader.Hint(err); ok && hint != "" && hint != addr {
 			a.log.Info("coordinator is not the leader; redirecting", zap.String("addr", addr), zap.String("leader", hint))
 			redirect = hint
-			// Follow a redirect at once, but not forever (elections can
-			// bounce us between nodes that each name another).
-			if redirects < 2*len(a.cfg.Coordinators)+1 {
+			if redirects < a.maxRedirects() {
 				redirects++
 				continue
 			}
@@ -90,18 +96,34 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			a.log.Warn("session ended", zap.String("addr", addr), zap.Error(err))
 		}
 		redirects = 0
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, a.reconnectCap())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-a.idle:
-			t.Stop()
-			return nil
-		case <-t.C:
+		if err := a.sleepBackoff(ctx, &backoff, a.idle); err != nil {
+			if errors.Is(err, errDrained) {
+				return nil
+			}
+			return err
 		}
+	}
+}
+
+// maxRedirects bounds how many NotLeader hints in a row are followed at
+// once: elections can bounce us between nodes that each name another.
+func (a *Agent) maxRedirects() int { return 2*len(a.cfg.Coordinators) + 1 }
+
+// sleepBackoff waits a jittered duration in [*backoff/2, *backoff], then
+// doubles *backoff up to reconnectCap. It returns ctx.Err() if ctx ends
+// first and errDrained if idle (nil: never) is closed first.
+func (a *Agent) sleepBackoff(ctx context.Context, backoff *time.Duration, idle <-chan struct{}) error {
+	wait := *backoff/2 + rand.N(*backoff/2+1)
+	*backoff = min(2**backoff, a.reconnectCap())
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-idle:
+		return errDrained
+	case <-t.C:
+		return nil
 	}
 }
 
@@ -120,9 +142,7 @@ func (a *Agent) reconnectCap() time.Duration {
 // runSession dials addr, registers and serves one session until the stream
 // breaks, ctx ends or a drain completes (errDrained).
 func (a *Agent) runSession(ctx context.Context, addr string) error {
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+	conn, err := dial(addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -7,13 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/agent/executor"
@@ -58,7 +54,8 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if hint, ok := leader.Hint(err); ok && hint != "" && hint != addr && redirects < 2*len(a.cfg.Coordinators)+1 {
+		hint, _ := leader.Hint(err) // "" when err names no leader
+		if hint != "" && hint != addr && redirects < a.maxRedirects() {
 			redirects++
 			redirect = hint
 			continue
@@ -68,19 +65,13 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 			return err
 		}
 		a.log.Info("artifact upload unavailable; retrying", zap.String("addr", addr), zap.String("path", file.GetPath()), zap.Error(err))
-		if hint, ok := leader.Hint(err); ok && hint != "" {
+		if hint != "" {
 			redirect = hint
 		} else {
 			next = 0 // start again from the (maybe new) session address
 		}
-		wait := backoff/2 + rand.N(backoff/2+1)
-		backoff = min(2*backoff, a.reconnectCap())
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
+		if err := a.sleepBackoff(ctx, &backoff, nil); err != nil {
+			return err
 		}
 	}
 }
@@ -88,9 +79,7 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 // uploadTo makes one upload attempt at addr. The bytes are hashed as they
 // are sent; a mismatch with file.Sha256 aborts the stream.
 func uploadTo(ctx context.Context, addr string, file *kilnv1.ArtifactFile, r io.ReaderAt) error {
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+	conn, err := dial(addr)
 	if err != nil {
 		return err
 	}

@@ -52,14 +52,8 @@ func (a *app) retryCommand() *cobra.Command {
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			req := &kilnv1.RetryBuildRequest{RequestId: newRequestID(), BuildId: id, Step: step}
-			var b *kilnv1.Build
-			err := a.control(cmd.Context(), "retry build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.RetryBuild(ctx, req)
-				if err != nil {
-					return err
-				}
-				b = resp.GetBuild()
-				return nil
+			b, err := controlBuild(cmd.Context(), a, nil, "retry build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.RetryBuildResponse, error) {
+				return cs.RetryBuild(ctx, req)
 			})
 			if err != nil {
 				return err

@@ -152,15 +152,30 @@ func newTable(w io.Writer) *tabwriter.Writer {
 }
 
 func (a *app) getBuild(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
+	return controlBuild(ctx, a, c, "get build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.GetBuildResponse, error) {
+		return cs.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+	})
+}
+
+// controlBuild is controlOn (control when c is nil) for a call answering
+// with a build, which it returns.
+func controlBuild[R interface{ GetBuild() *kilnv1.Build }](ctx context.Context, a *app, c *client.Client, what, notFoundHint string,
+	call func(context.Context, kilnv1.ControlServiceClient) (R, error)) (*kilnv1.Build, error) {
 	var b *kilnv1.Build
-	err := a.controlOn(ctx, c, "get build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-		resp, err := cs.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+	keep := func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+		resp, err := call(ctx, cs)
 		if err != nil {
 			return err
 		}
 		b = resp.GetBuild()
 		return nil
-	})
+	}
+	var err error
+	if c == nil {
+		err = a.control(ctx, what, notFoundHint, keep)
+	} else {
+		err = a.controlOn(ctx, c, what, notFoundHint, keep)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -299,14 +314,8 @@ func (a *app) cancelCommand() *cobra.Command {
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			req := &kilnv1.CancelBuildRequest{RequestId: newRequestID(), BuildId: id, Reason: reason}
-			var b *kilnv1.Build
-			err := a.control(cmd.Context(), "cancel build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.CancelBuild(ctx, req)
-				if err != nil {
-					return err
-				}
-				b = resp.GetBuild()
-				return nil
+			b, err := controlBuild(cmd.Context(), a, nil, "cancel build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.CancelBuildResponse, error) {
+				return cs.CancelBuild(ctx, req)
 			})
 			if err != nil {
 				return err

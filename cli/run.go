@@ -106,16 +106,10 @@ func (a *app) runCommand() *cobra.Command {
 					return err
 				}
 			}
-			var build *kilnv1.Build
 			// req (and its request_id) is the same on every retry, so a
 			// retry after a failover never creates a second build.
-			err = a.controlOn(ctx, c, "submit build", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.SubmitBuild(ctx, req)
-				if err != nil {
-					return err
-				}
-				build = resp.GetBuild()
-				return nil
+			build, err := controlBuild(ctx, a, c, "submit build", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.SubmitBuildResponse, error) {
+				return cs.SubmitBuild(ctx, req)
 			})
 			if err != nil {
 				return err

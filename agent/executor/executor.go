@@ -325,17 +325,8 @@ type prepStep struct {
 // too.
 func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	stopWatch := make(chan struct{})
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-p.cancelCh:
-			cancel()
-		case <-stopWatch:
-		}
-	}()
+	dctx, cancelDeadline := context.WithDeadline(context.Background(), deadline)
+	ctx, release := p.untilCanceled(dctx)
 	var what, phase string
 	var err error
 	for _, st := range steps {
@@ -345,15 +336,10 @@ func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Du
 		}
 	}
 	ctxErr := ctx.Err()
-	close(stopWatch)
-	<-watchDone
-	cancel()
-	if err == nil {
-		select {
-		case <-p.cancelCh:
-			err = context.Canceled // canceled right after the checkout
-		default:
-		}
+	release()
+	cancelDeadline()
+	if err == nil && p.canceled() {
+		err = context.Canceled // canceled right after the checkout
 	}
 	if err != nil {
 		switch {
@@ -376,6 +362,28 @@ func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Du
 		return
 	}
 	p.run(r, out, time.Until(deadline), timeout)
+}
+
+// untilCanceled derives from parent a context that is also canceled when
+// the attempt is canceled or killed. release ends the watch and cancels
+// the context; read ctx.Err() before calling it if the cause matters.
+func (p *Process) untilCanceled(parent context.Context) (ctx context.Context, release func()) {
+	ctx, cancel := context.WithCancel(parent)
+	stop := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case <-p.cancelCh:
+			cancel()
+		case <-stop:
+		}
+	}()
+	return ctx, func() {
+		close(stop)
+		<-watchDone
+		cancel()
+	}
 }
 
 func (p *Process) canceled() bool {
@@ -554,21 +562,9 @@ func (p *Process) collectTests(ran kilnv1.JobResult, out io.Writer) {
 	if len(p.spec.JUnit) == 0 || (ran != kilnv1.JobResult_JOB_RESULT_PASSED && ran != kilnv1.JobResult_JOB_RESULT_FAILED) || p.canceled() {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stop := make(chan struct{})
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-p.cancelCh:
-			cancel()
-		case <-stop:
-		}
-	}()
+	ctx, release := p.untilCanceled(context.Background())
 	reports, err := CollectTests(ctx, p.workspace, p.spec.JUnit, p.spec.TestLimits, out)
-	close(stop)
-	<-watchDone
-	cancel()
+	release()
 	if err != nil {
 		fmt.Fprintf(out, "kiln: test reports: %v\n", err)
 	}
@@ -587,21 +583,9 @@ func (p *Process) collectArtifacts(out io.Writer) {
 	if len(p.spec.Artifacts) == 0 || (res != kilnv1.JobResult_JOB_RESULT_PASSED && res != kilnv1.JobResult_JOB_RESULT_FAILED) {
 		return
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stop := make(chan struct{})
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-p.cancelCh:
-			cancel()
-		case <-stop:
-		}
-	}()
+	ctx, release := p.untilCanceled(context.Background())
 	files, err := uploadArtifacts(ctx, p.workspace, p.spec.Artifacts, p.spec.ArtifactLimits, p.spec.Upload, out)
-	close(stop)
-	<-watchDone
-	cancel()
+	release()
 	p.outcome.Artifacts = files
 	if err == nil {
 		return

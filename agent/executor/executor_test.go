@@ -157,9 +157,10 @@ func TestTimeout(t *testing.T) {
 }
 
 // processGone reports whether pid has gone away (absent, or a zombie
-// waiting for a reaper that is not us). A process closes its files (the
-// executor's pipe EOF) just before it turns into a zombie, so the check
-// polls briefly for that last step.
+// waiting for a reaper that is not us). pid is not our child, so there is
+// no exit to wait for: this is a bounded poll of /proc. A process closes
+// its files (the executor's pipe EOF) just before it turns into a zombie,
+// so the poll covers that last step.
 func processGone(pid int) bool {
 	deadline := time.Now().Add(5 * time.Second)
 	for !processDead(pid) {

@@ -13,14 +13,23 @@ import (
 // attempt only, sorted by step then path. Served by any node from its local
 // state; the content is downloaded with BlobService.Download.
 func (s *ControlServer) ListArtifacts(_ context.Context, req *kilnv1.ListArtifactsRequest) (*kilnv1.ListArtifactsResponse, error) {
-	switch {
-	case req.GetBuildId() == "":
-		return nil, invalid("build_id is required")
-	case len(req.GetBuildId()) > MaxNameBytes:
-		return nil, invalid("build_id: longer than %d bytes", MaxNameBytes)
-	}
-	if _, ok := s.d.Store.Build(req.GetBuildId()); !ok {
-		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
+	if err := s.knownBuild(req.GetBuildId()); err != nil {
+		return nil, err
 	}
 	return &kilnv1.ListArtifactsResponse{Artifacts: s.d.Store.Artifacts(req.GetBuildId())}, nil
+}
+
+// knownBuild checks the build_id of a read request: present, not too long,
+// and naming a build in the local state.
+func (s *ControlServer) knownBuild(id string) error {
+	switch {
+	case id == "":
+		return invalid("build_id is required")
+	case len(id) > MaxNameBytes:
+		return invalid("build_id: longer than %d bytes", MaxNameBytes)
+	}
+	if _, ok := s.d.Store.Build(id); !ok {
+		return status.Errorf(codes.NotFound, "build %q not found", id)
+	}
+	return nil
 }

@@ -58,14 +58,8 @@ func (s *AgentServer) recordTests(ctx context.Context, sess *scheduler.Session, 
 // build's summary; failed_only keeps the failed and errored cases. Served
 // by any node from its local state.
 func (s *ControlServer) ListTests(_ context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
-	switch {
-	case req.GetBuildId() == "":
-		return nil, invalid("build_id is required")
-	case len(req.GetBuildId()) > MaxNameBytes:
-		return nil, invalid("build_id: longer than %d bytes", MaxNameBytes)
-	}
-	if _, ok := s.d.Store.Build(req.GetBuildId()); !ok {
-		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
+	if err := s.knownBuild(req.GetBuildId()); err != nil {
+		return nil, err
 	}
 	resp := &kilnv1.ListTestsResponse{Summary: s.d.Store.TestSummary(req.GetBuildId())}
 	if resp.Summary == nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 )
 
-func put(t *testing.T, s *blobstore.Store, data string, _ time.Duration) string {
+func put(t *testing.T, s *blobstore.Store, data string) string {
 	t.Helper()
 	sha := blobstore.Digest([]byte(data))
 	if _, err := s.Put(context.Background(), bytes.NewReader([]byte(data)), int64(len(data)), sha); err != nil {
@@ -32,11 +32,11 @@ func TestPassDeletesOnlyOldUnreferencedBlobs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ref := put(t, s, "referenced", 0)
+	ref := put(t, s, "referenced")
 	age(ref, 2*time.Hour)
-	stale := put(t, s, "unreferenced and old", 0)
+	stale := put(t, s, "unreferenced and old")
 	age(stale, 2*time.Hour)
-	young := put(t, s, "unreferenced but young", 0)
+	young := put(t, s, "unreferenced but young")
 	age(young, 10*time.Minute)
 
 	cfg := Config{Referenced: func() map[string]bool { return map[string]bool{ref: true} }, Blobs: s, Grace: time.Hour}
@@ -49,7 +49,7 @@ func TestPassDeletesOnlyOldUnreferencedBlobs(t *testing.T) {
 	}
 	// A Put of an old blob makes it young again, so it survives.
 	age(young, 2*time.Hour)
-	put(t, s, "unreferenced but young", 0)
+	put(t, s, "unreferenced but young")
 	if n, _ := Pass(context.Background(), cfg); n != 0 || !s.Has(young) {
 		t.Fatalf("a re-put blob was collected (%d)", n)
 	}
@@ -72,6 +72,7 @@ func TestRunWaitsUntilReady(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	called := make(chan struct{}, 1)
+	waiting := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -83,9 +84,9 @@ func TestRunWaitsUntilReady(t *testing.T) {
 				}
 				return nil
 			},
-			Ready: func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }})
+			Ready: func(ctx context.Context) error { close(waiting); <-ctx.Done(); return ctx.Err() }})
 	}()
-	time.Sleep(20 * time.Millisecond)
+	<-waiting
 	cancel()
 	<-done
 	select {

@@ -17,6 +17,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type fakeNode struct {
 	mu       sync.Mutex
 	local    map[string]bool
+	stored   chan struct{} // closed (and replaced) when local gains a blob
 	peers    map[string]bool
 	inFlight atomic.Int32
 	maxSeen  atomic.Int32
@@ -27,6 +28,33 @@ func (n *fakeNode) has(sha string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.local[sha]
+}
+
+// storedCh returns the channel closed when local next gains a blob; n.mu held.
+func (n *fakeNode) storedCh() chan struct{} {
+	if n.stored == nil {
+		n.stored = make(chan struct{})
+	}
+	return n.stored
+}
+
+// waitHas waits until the local store holds sha.
+func (n *fakeNode) waitHas(t *testing.T, sha string) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		n.mu.Lock()
+		ok, ch := n.local[sha], n.storedCh()
+		n.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			t.Fatalf("%s never fetched", sha)
+		}
+	}
 }
 
 func (n *fakeNode) fetch(ctx context.Context, sha string) error {
@@ -50,6 +78,8 @@ func (n *fakeNode) fetch(ctx context.Context, sha string) error {
 		return errors.New("not on any peer")
 	}
 	n.local[sha] = true
+	close(n.storedCh())
+	n.stored = nil
 	return nil
 }
 
@@ -83,6 +113,7 @@ func TestRunWaitsForReadyAndStopsWithContext(t *testing.T) {
 	var mu sync.Mutex
 	want := map[string]bool{"x": true}
 	ready := make(chan struct{})
+	waiting := make(chan struct{})
 	cfg := Config{
 		Wanted: func() map[string]bool {
 			mu.Lock()
@@ -95,6 +126,7 @@ func TestRunWaitsForReadyAndStopsWithContext(t *testing.T) {
 		},
 		Has: n.has, Fetch: n.fetch,
 		Ready: func(ctx context.Context) error {
+			close(waiting)
 			select {
 			case <-ready:
 				return nil
@@ -107,31 +139,20 @@ func TestRunWaitsForReadyAndStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); Run(ctx, cfg) }()
-	time.Sleep(30 * time.Millisecond)
+	<-waiting
 	if n.fetches.Load() != 0 {
 		t.Fatal("fetched before ready")
 	}
 	close(ready)
-	waitFor(t, func() bool { return n.has("x") })
+	n.waitHas(t, "x")
 	mu.Lock()
 	want["y"] = true // a blob referenced later is caught up by a periodic pass
 	mu.Unlock()
-	waitFor(t, func() bool { return n.has("y") })
+	n.waitHas(t, "y")
 	cancel()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not stop")
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -67,6 +67,9 @@ steps:
 		}, "node "+n.ID+" deletes the expired blob")
 	}
 	// The shared blob outlives several GC passes past its grace period.
+	// The sleep is the observation window (five passes at the test
+	// cluster's 200ms BlobGCInterval, over three grace periods): no GC pass
+	// counter is exposed to wait on instead.
 	time.Sleep(time.Second)
 	for _, n := range c.Nodes {
 		if !n.C.HasBlob(shared) {

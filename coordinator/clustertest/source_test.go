@@ -212,7 +212,9 @@ func TestWatcherBuildsEachCommitOnceAcrossFailover(t *testing.T) {
 	c4 := r.Commit("four", pipeline("four"))
 	checkBuild(waitCommitBuilt(c4), c4, "four", 4)
 
-	// Give the watcher a few more polls: still one build per commit.
+	// Give the watcher a few more polls: still one build per commit. The
+	// sleep is the observation window (two or more polls at the repo's 1s
+	// poll interval): the watcher exposes no poll counter to wait on.
 	time.Sleep(2500 * time.Millisecond)
 	l := c.Leader()
 	byCommit := buildsByCommit(l, "web")

@@ -298,14 +298,18 @@ func TestDuplicateSubmitRequestIDCreatesOneBuild(t *testing.T) {
 	}
 }
 
+// attemptCase is a command for (job, attempt, agent) and the error it must
+// be rejected with (nil: accepted).
+type attemptCase struct {
+	name    string
+	job     string
+	attempt uint32
+	agent   string
+	want    error
+}
+
 func TestAssignJob(t *testing.T) {
-	tests := []struct {
-		name    string
-		job     string
-		attempt uint32
-		agent   string
-		want    error
-	}{
+	tests := []attemptCase{
 		{"happy", "1.a", 1, "ag", nil},
 		{"unknown job", "1.zz", 1, "ag", ErrNotFound},
 		{"waiting job", "1.b", 1, "ag", ErrInvalidState},
@@ -341,13 +345,7 @@ func TestAssignJob(t *testing.T) {
 }
 
 func TestStartJob(t *testing.T) {
-	tests := []struct {
-		name    string
-		job     string
-		attempt uint32
-		agent   string
-		want    error
-	}{
+	tests := []attemptCase{
 		{"happy", "1.a", 1, "ag", nil},
 		{"wrong agent", "1.a", 1, "other", ErrStaleAttempt},
 		{"wrong attempt", "1.a", 2, "ag", ErrStaleAttempt},

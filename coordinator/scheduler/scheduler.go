@@ -347,7 +347,7 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 // assignment builds what the agent needs to run an attempt.
 func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssignment {
 	env := map[string]string{}
-	b, ok := s.store.Build(job.GetBuildId())
+	b, ok := s.store.BuildHeader(job.GetBuildId()) // jobs and test summary are not needed here
 	if ok {
 		for k, v := range b.GetEnv() {
 			env[k] = v

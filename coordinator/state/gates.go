@@ -42,39 +42,37 @@ func mayApprove(approvers []string, by string) bool {
 // DecideApproval approves, rejects or times out a BLOCKED approval gate and
 // advances its build (see the package doc).
 func (s *Store) DecideApproval(index uint64, cmd *fsmv1.DecideApproval) (*kilnv1.Build, error) {
-	var out *kilnv1.Build
-	err := s.write(index, func(w *wtx) error {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Build, error) {
 		if b, ok, err := w.seenRequest(cmd.GetRequestId()); ok || err != nil {
-			out = b
-			return err
+			return b, err
 		}
 		row := getBuildRow(w.tx, cmd.GetBuildId())
 		if row == nil {
-			return fmt.Errorf("decide approval: build %q: %w", cmd.GetBuildId(), ErrNotFound)
+			return nil, fmt.Errorf("decide approval: build %q: %w", cmd.GetBuildId(), ErrNotFound)
 		}
 		j := w.job(row.ID + "." + cmd.GetStep())
 		if j == nil || cmd.GetStep() == "" {
-			return fmt.Errorf("decide approval: build %s has no step %q: %w", row.ID, cmd.GetStep(), ErrNotFound)
+			return nil, fmt.Errorf("decide approval: build %s has no step %q: %w", row.ID, cmd.GetStep(), ErrNotFound)
 		}
 		a := j.GetSpec().GetApproval()
 		if a == nil {
-			return fmt.Errorf("decide approval: step %s of build %s is not an approval step: %w", j.Key, row.ID, ErrInvalidCommand)
+			return nil, fmt.Errorf("decide approval: step %s of build %s is not an approval step: %w", j.Key, row.ID, ErrInvalidCommand)
 		}
 		if j.GetState() != jBlocked {
-			return fmt.Errorf("decide approval: step %s of build %s is %s, not waiting for approval: %w", j.Key, row.ID, jobStateWord(j.State), ErrInvalidState)
+			return nil, fmt.Errorf("decide approval: step %s of build %s is %s, not waiting for approval: %w", j.Key, row.ID, jobStateWord(j.State), ErrInvalidState)
 		}
 		now := cmd.GetTimeUnixMs()
 		by := cmd.GetBy()
 		if cmd.GetTimedOut() {
 			if now < ApprovalDeadline(j) {
-				return fmt.Errorf("decide approval: step %s of build %s does not time out before %d: %w", j.Key, row.ID, ApprovalDeadline(j), ErrInvalidState)
+				return nil, fmt.Errorf("decide approval: step %s of build %s does not time out before %d: %w", j.Key, row.ID, ApprovalDeadline(j), ErrInvalidState)
 			}
 		} else {
 			if by == "" {
-				return fmt.Errorf("decide approval: no approver named: %w", ErrInvalidCommand)
+				return nil, fmt.Errorf("decide approval: no approver named: %w", ErrInvalidCommand)
 			}
 			if !mayApprove(a.GetApprovers(), by) {
-				return fmt.Errorf("%s may not approve %s; approvers: %s: %w", by, j.Key, strings.Join(a.GetApprovers(), ", "), ErrNotPermitted)
+				return nil, fmt.Errorf("%s may not approve %s; approvers: %s: %w", by, j.Key, strings.Join(a.GetApprovers(), ", "), ErrNotPermitted)
 			}
 		}
 		j = cloneJob(j)
@@ -100,13 +98,8 @@ func (s *Store) DecideApproval(index uint64, cmd *fsmv1.DecideApproval) (*kilnv1
 		w.putJob(j)
 		w.advance(row.ID, now)
 		w.recordRequest(cmd.GetRequestId(), row.ID)
-		out = assembleBuild(w.tx, getBuildRow(w.tx, row.ID))
-		return nil
+		return assembleBuild(w.tx, getBuildRow(w.tx, row.ID)), nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 func retryable(s kilnv1.JobState) bool {
@@ -120,22 +113,20 @@ func retryable(s kilnv1.JobState) bool {
 // RetryBuild runs failed jobs of a finished build again (see the package
 // doc).
 func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, error) {
-	var out *kilnv1.Build
-	err := s.write(index, func(w *wtx) error {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Build, error) {
 		if b, ok, err := w.seenRequest(cmd.GetRequestId()); ok || err != nil {
-			out = b
-			return err
+			return b, err
 		}
 		row := getBuildRow(w.tx, cmd.GetBuildId())
 		if row == nil {
-			return fmt.Errorf("retry build %q: %w", cmd.GetBuildId(), ErrNotFound)
+			return nil, fmt.Errorf("retry build %q: %w", cmd.GetBuildId(), ErrNotFound)
 		}
 		if st := row.Build.GetState(); !IsTerminalBuild(st) {
-			return fmt.Errorf("retry build %s: the build is %s; only a finished build can be retried: %w",
+			return nil, fmt.Errorf("retry build %s: the build is %s; only a finished build can be retried: %w",
 				row.ID, strings.ToLower(strings.TrimPrefix(st.String(), "BUILD_STATE_")), ErrInvalidState)
 		}
 		if row.Build.GetArtifactsExpired() {
-			return fmt.Errorf("retry build %s: its artifacts and uploaded source expired (artifact retention): %w", row.ID, ErrInvalidState)
+			return nil, fmt.Errorf("retry build %s: its artifacts and uploaded source expired (artifact retention): %w", row.ID, ErrInvalidState)
 		}
 		jobs := w.buildJobs(row)
 		retry := map[string]bool{}
@@ -143,10 +134,10 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 		if step := cmd.GetStep(); step != "" {
 			i := slices.IndexFunc(jobs, func(j *kilnv1.Job) bool { return j.GetKey() == step })
 			if i < 0 {
-				return fmt.Errorf("retry build %s: no step %q: %w", row.ID, step, ErrNotFound)
+				return nil, fmt.Errorf("retry build %s: no step %q: %w", row.ID, step, ErrNotFound)
 			}
 			if !retryable(jobs[i].GetState()) {
-				return fmt.Errorf("retry build %s: step %s %s; only a failed, timed out, lost or canceled step can be retried: %w",
+				return nil, fmt.Errorf("retry build %s: step %s %s; only a failed, timed out, lost or canceled step can be retried: %w",
 					row.ID, step, jobStateWord(jobs[i].GetState()), ErrInvalidState)
 			}
 			retry[step] = true
@@ -186,7 +177,7 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 			}
 		}
 		if len(retry) == 0 && len(revive) == 0 {
-			return fmt.Errorf("retry build %s: no failed step to retry: %w", row.ID, ErrInvalidState)
+			return nil, fmt.Errorf("retry build %s: no failed step to retry: %w", row.ID, ErrInvalidState)
 		}
 		now := cmd.GetTimeUnixMs()
 		for _, j := range jobs {
@@ -225,23 +216,17 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 		w.putBuild(row, b)
 		w.advance(row.ID, now)
 		w.recordRequest(cmd.GetRequestId(), row.ID)
-		out = assembleBuild(w.tx, getBuildRow(w.tx, row.ID))
-		return nil
+		return assembleBuild(w.tx, getBuildRow(w.tx, row.ID)), nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // AddRepo registers a repository or updates its settings; an existing
 // repository keeps its last commit and build counter.
 func (s *Store) AddRepo(index uint64, cmd *fsmv1.AddRepo) (*kilnv1.Repo, error) {
-	var out *kilnv1.Repo
-	err := s.write(index, func(w *wtx) error {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Repo, error) {
 		r := cmd.GetRepo()
 		if r.GetName() == "" {
-			return fmt.Errorf("add repo: no name: %w", ErrInvalidCommand)
+			return nil, fmt.Errorf("add repo: no name: %w", ErrInvalidCommand)
 		}
 		r = proto.Clone(r).(*kilnv1.Repo)
 		if old := getRepo(w.tx, r.GetName()); old != nil {
@@ -249,31 +234,20 @@ func (s *Store) AddRepo(index uint64, cmd *fsmv1.AddRepo) (*kilnv1.Repo, error) 
 			r.Builds = old.GetBuilds()
 		}
 		mustInsert(w.tx, tableRepos, r)
-		out = r
-		return nil
+		return r, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // RepoPolled records the commit a repository's branch was last built at.
 func (s *Store) RepoPolled(index uint64, cmd *fsmv1.RepoPolled) (*kilnv1.Repo, error) {
-	var out *kilnv1.Repo
-	err := s.write(index, func(w *wtx) error {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Repo, error) {
 		r := getRepo(w.tx, cmd.GetName())
 		if r == nil {
-			return fmt.Errorf("repo polled: repository %q: %w", cmd.GetName(), ErrNotFound)
+			return nil, fmt.Errorf("repo polled: repository %q: %w", cmd.GetName(), ErrNotFound)
 		}
 		r = proto.Clone(r).(*kilnv1.Repo)
 		r.LastCommit = cmd.GetCommit()
 		mustInsert(w.tx, tableRepos, r)
-		out = r
-		return nil
+		return r, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }

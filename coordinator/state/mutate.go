@@ -83,15 +83,13 @@ func (w *wtx) requeue(j *kilnv1.Job, now int64, reason string) {
 // SubmitBuild creates a build (see the package doc). A request id seen
 // before returns the earlier build and changes nothing.
 func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build, error) {
-	var out *kilnv1.Build
-	err := s.write(index, func(w *wtx) error {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Build, error) {
 		if b, ok, err := w.seenRequest(cmd.GetRequestId()); ok || err != nil {
-			out = b
-			return err
+			return b, err
 		}
 		steps := cmd.GetSteps()
 		if err := validateSteps(steps); err != nil {
-			return fmt.Errorf("submit build: %w", err)
+			return nil, fmt.Errorf("submit build: %w", err)
 		}
 		// Specs in stage order, then step order (the job order).
 		specs := make([]*kilnv1.StepSpec, len(steps))
@@ -103,17 +101,17 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		})
 		deriveStageNeeds(specs)
 		if err := validateNeeds(specs); err != nil {
-			return fmt.Errorf("submit build: %w", err)
+			return nil, fmt.Errorf("submit build: %w", err)
 		}
 		group := cmd.GetConcurrencyGroup()
 		if cmd.GetConcurrencyLimit() < 0 {
-			return fmt.Errorf("submit build: concurrency limit %d is negative: %w", cmd.GetConcurrencyLimit(), ErrInvalidCommand)
+			return nil, fmt.Errorf("submit build: concurrency limit %d is negative: %w", cmd.GetConcurrencyLimit(), ErrInvalidCommand)
 		}
 		if group == "" && cmd.GetConcurrencyLimit() != 0 {
-			return fmt.Errorf("submit build: concurrency limit without a group: %w", ErrInvalidCommand)
+			return nil, fmt.Errorf("submit build: concurrency limit without a group: %w", ErrInvalidCommand)
 		}
 		if cmd.GetArtifactRetentionMs() < 0 {
-			return fmt.Errorf("submit build: artifact retention %dms is negative: %w", cmd.GetArtifactRetentionMs(), ErrInvalidCommand)
+			return nil, fmt.Errorf("submit build: artifact retention %dms is negative: %w", cmd.GetArtifactRetentionMs(), ErrInvalidCommand)
 		}
 
 		m := *readMeta(w.tx)
@@ -149,7 +147,7 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		if name := b.GetSource().GetRepo(); name != "" {
 			r := getRepo(w.tx, name)
 			if r == nil {
-				return fmt.Errorf("submit build: unknown repository %q: %w", name, ErrInvalidCommand)
+				return nil, fmt.Errorf("submit build: unknown repository %q: %w", name, ErrInvalidCommand)
 			}
 			r = proto.Clone(r).(*kilnv1.Repo)
 			r.Builds++
@@ -183,13 +181,8 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		mustInsert(w.tx, tableBuilds, row)
 		w.recordRequest(cmd.GetRequestId(), bid)
 		w.advance(bid, now)
-		out = assembleBuild(w.tx, getBuildRow(w.tx, bid))
-		return nil
+		return assembleBuild(w.tx, getBuildRow(w.tx, bid)), nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
 }
 
 // seenRequest returns the build recorded for a request id, if any.
@@ -611,4 +604,20 @@ func (s *Store) RemoveNode(index uint64, cmd *fsmv1.RemoveNode) error {
 		}
 		return nil
 	})
+}
+
+// writeResult runs fn as one write (see write) and returns its result, or
+// the zero value and fn's error.
+func writeResult[T any](s *Store, index uint64, fn func(w *wtx) (T, error)) (T, error) {
+	var out T
+	err := s.write(index, func(w *wtx) error {
+		var err error
+		out, err = fn(w)
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return out, nil
 }

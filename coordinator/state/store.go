@@ -367,6 +367,16 @@ func (s *Store) Build(id string) (*kilnv1.Build, bool) {
 	return assembleBuild(tx, row), true
 }
 
+// BuildHeader returns a build's own fields without its jobs and test
+// summary, for readers that need neither (the scheduler's assignments).
+func (s *Store) BuildHeader(id string) (*kilnv1.Build, bool) {
+	row := getBuildRow(s.read(), id)
+	if row == nil {
+		return nil, false
+	}
+	return proto.Clone(row.Build).(*kilnv1.Build), true
+}
+
 // ListBuilds returns up to limit builds, newest (highest number) first, with
 // their jobs. limit <= 0 means all.
 func (s *Store) ListBuilds(limit int) []*kilnv1.Build {

@@ -132,10 +132,16 @@ func TestOneBuildPerCommit(t *testing.T) {
 	c1 := r.Commit("one", map[string]string{".kiln.yaml": "echo one"})
 	h := newHarness(t)
 	h.addRepo("web", r.URL())
-	h.run(Config{})
+	var resolves atomic.Int32
+	h.run(Config{Resolve: func(ctx context.Context, url, ref string) (gitsrc.Resolved, error) {
+		resolves.Add(1)
+		return gitsrc.Resolve(ctx, url, ref)
+	}})
 	eventually(t, "the head is built", func() bool { return h.lastCommit("web") == c1 })
-	// More polls of the same head start nothing.
-	time.Sleep(1500 * time.Millisecond)
+	// More polls of the same head start nothing: wait until a later poll
+	// has finished (the one after it has begun).
+	seen := resolves.Load()
+	eventually(t, "another poll of the same head", func() bool { return resolves.Load() >= seen+2 })
 	bs := h.builds()
 	if len(bs) != 1 {
 		t.Fatalf("%d builds for one commit", len(bs))

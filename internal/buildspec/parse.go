@@ -110,18 +110,9 @@ type Warning struct {
 }
 
 // String formats the warning as "file:line:col: warning: msg".
+// The position is written as in pipeline errors.
 func (w Warning) String() string {
-	var b strings.Builder
-	b.WriteString(w.File)
-	if w.Line > 0 {
-		fmt.Fprintf(&b, ":%d", w.Line)
-		if w.Column > 0 {
-			fmt.Fprintf(&b, ":%d", w.Column)
-		}
-	}
-	b.WriteString(": warning: ")
-	b.WriteString(w.Msg)
-	return b.String()
+	return (&pipeline.Error{File: w.File, Line: w.Line, Column: w.Column, Msg: "warning: " + w.Msg}).Error()
 }
 
 // Parse parses a buildspec file. filename is used in positions only. When
@@ -431,27 +422,36 @@ func (p *parser) variables(n *yaml.Node) map[string]string {
 		return nil
 	}
 	out := map[string]string{}
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(r.Content); i += 2 {
-		k, v := r.Content[i], r.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.Tag == "!!merge" {
-			p.errorf(k, "", "env.variables: keys must be variable names")
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			p.errorf(k, "", "duplicate variable %q (first at line %d)", k.Value, first.Line)
-			continue
-		}
-		seen[k.Value] = k
+	p.eachKey(r, "env.variables", "variable", func(k, v *yaml.Node) {
 		if !envNameRE.MatchString(k.Value) {
 			p.errorf(k, "use letters, digits and '_', not starting with a digit", "invalid variable name %q", k.Value)
-			continue
+			return
 		}
 		if val, ok := p.str(v, "env.variables."+k.Value); ok {
 			out[k.Value] = val
 		}
-	}
+	})
 	return out
+}
+
+// eachKey calls fn for each entry of the mapping r whose key is a scalar
+// not seen before in r, and reports the other keys: what names the mapping
+// and noun what its keys name.
+func (p *parser) eachKey(r *yaml.Node, what, noun string, fn func(k, v *yaml.Node)) {
+	seen := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(r.Content); i += 2 {
+		k, v := r.Content[i], r.Content[i+1]
+		if k.Kind != yaml.ScalarNode || k.Tag == "!!merge" {
+			p.errorf(k, "", "%s: keys must be %s names", what, noun)
+			continue
+		}
+		if first, dup := seen[k.Value]; dup {
+			p.errorf(k, "", "duplicate %s %q (first at line %d)", noun, k.Value, first.Line)
+			continue
+		}
+		seen[k.Value] = k
+		fn(k, v)
+	}
 }
 
 func (p *parser) phases(n *yaml.Node, s *Spec) {
@@ -602,22 +602,11 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 		return nil
 	}
 	var out []*Report
-	seen := map[string]*yaml.Node{}
-	for i := 0; i+1 < len(r.Content); i += 2 {
-		k, v := r.Content[i], r.Content[i+1]
-		if k.Kind != yaml.ScalarNode || k.Tag == "!!merge" {
-			p.errorf(k, "", "reports: keys must be report group names")
-			continue
-		}
-		if first, dup := seen[k.Value]; dup {
-			p.errorf(k, "", "duplicate report group %q (first at line %d)", k.Value, first.Line)
-			continue
-		}
-		seen[k.Value] = k
+	p.eachKey(r, "reports", "report group", func(k, v *yaml.Node) {
 		what := "reports." + k.Value
 		f := p.fields(v, what, reportKeys)
 		if f == nil {
-			continue
+			return
 		}
 		rep := &Report{Group: k.Value, FileFormat: "JUNITXML"}
 		rep.Files, rep.BaseDirectory, rep.Globs = p.globs(f, what)
@@ -641,7 +630,7 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 			}
 		}
 		out = append(out, rep)
-	}
+	})
 	return out
 }
 
