@@ -32,6 +32,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
+	"github.com/kiln-ci/kiln/internal/periodic"
 )
 
 // Defaults.
@@ -84,21 +85,7 @@ func (c *Config) defaults() {
 // Run makes passes until ctx ends.
 func Run(ctx context.Context, cfg Config) {
 	cfg.defaults()
-	if cfg.Ready != nil {
-		if err := cfg.Ready(ctx); err != nil {
-			return
-		}
-	}
-	t := time.NewTicker(cfg.Interval)
-	defer t.Stop()
-	for {
-		Pass(ctx, cfg)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	periodic.Run(ctx, cfg.Interval, cfg.Ready, func(ctx context.Context) { Pass(ctx, cfg) })
 }
 
 // Pass deletes every unreferenced blob older than the grace period and

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/kiln-ci/kiln/internal/periodic"
 )
 
 // Defaults.
@@ -56,21 +58,7 @@ func (c *Config) defaults() {
 // Run makes passes until ctx ends.
 func Run(ctx context.Context, cfg Config) {
 	cfg.defaults()
-	if cfg.Ready != nil {
-		if err := cfg.Ready(ctx); err != nil {
-			return
-		}
-	}
-	t := time.NewTicker(cfg.Interval)
-	defer t.Stop()
-	for {
-		Pass(ctx, cfg)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	periodic.Run(ctx, cfg.Interval, cfg.Ready, func(ctx context.Context) { Pass(ctx, cfg) })
 }
 
 // Pass fetches every wanted blob the local store lacks and returns how many

@@ -20,6 +20,7 @@ import (
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/periodic"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 )
 
@@ -64,16 +65,7 @@ func (c *Config) defaults() {
 // lost or shutdown).
 func Run(ctx context.Context, cfg Config) {
 	cfg.defaults()
-	t := time.NewTicker(cfg.Interval)
-	defer t.Stop()
-	for {
-		Pass(ctx, cfg)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	periodic.Run(ctx, cfg.Interval, nil, func(ctx context.Context) { Pass(ctx, cfg) })
 }
 
 // Pass commits ExpireArtifacts while some build is due and returns the
