@@ -64,10 +64,17 @@ type StatusResponse struct {
 	LeaderGrpcAddr string  `protobuf:"bytes,2,opt,name=leader_grpc_addr,json=leaderGrpcAddr,proto3" json:"leader_grpc_addr,omitempty"`
 	Nodes          []*Node `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Id of the node that answered.
-	NodeId        string `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	CommitIndex   uint64 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	AppliedIndex  uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Term          uint64 `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
+	NodeId       string `protobuf:"bytes,4,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	CommitIndex  uint64 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	Term         uint64 `protobuf:"varint,7,opt,name=term,proto3" json:"term,omitempty"`
+	// Index of the last entry in this node's Raft log.
+	LastLogIndex uint64 `protobuf:"varint,8,opt,name=last_log_index,json=lastLogIndex,proto3" json:"last_log_index,omitempty"`
+	// Milliseconds since this node last heard from the leader (0 on the
+	// leader itself).
+	LastContactMs int64 `protobuf:"varint,9,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
+	// Raft term of the last entry in this node's log.
+	LastLogTerm   uint64 `protobuf:"varint,10,opt,name=last_log_term,json=lastLogTerm,proto3" json:"last_log_term,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -147,6 +154,27 @@ func (x *StatusResponse) GetAppliedIndex() uint64 {
 func (x *StatusResponse) GetTerm() uint64 {
 	if x != nil {
 		return x.Term
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastLogIndex() uint64 {
+	if x != nil {
+		return x.LastLogIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastContactMs() int64 {
+	if x != nil {
+		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastLogTerm() uint64 {
+	if x != nil {
+		return x.LastLogTerm
 	}
 	return 0
 }
@@ -327,12 +355,93 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_kiln_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
+type ReadIndexRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexRequest) Reset() {
+	*x = ReadIndexRequest{}
+	mi := &file_kiln_v1_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexRequest) ProtoMessage() {}
+
+func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
+func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+type ReadIndexResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Index of the last command the leader's state store has applied.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadIndexResponse) Reset() {
+	*x = ReadIndexResponse{}
+	mi := &file_kiln_v1_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadIndexResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadIndexResponse) ProtoMessage() {}
+
+func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
+func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReadIndexResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_kiln_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_cluster_proto_rawDesc = "" +
 	"\n" +
 	"\x15kiln/v1/cluster.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\x0f\n" +
-	"\rStatusRequest\"\xec\x01\n" +
+	"\rStatusRequest\"\xde\x02\n" +
 	"\x0eStatusResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12(\n" +
 	"\x10leader_grpc_addr\x18\x02 \x01(\tR\x0eleaderGrpcAddr\x12#\n" +
@@ -340,7 +449,11 @@ const file_kiln_v1_cluster_proto_rawDesc = "" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12!\n" +
 	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x12\n" +
-	"\x04term\x18\a \x01(\x04R\x04term\"`\n" +
+	"\x04term\x18\a \x01(\x04R\x04term\x12$\n" +
+	"\x0elast_log_index\x18\b \x01(\x04R\flastLogIndex\x12&\n" +
+	"\x0flast_contact_ms\x18\t \x01(\x03R\rlastContactMs\x12\"\n" +
+	"\rlast_log_term\x18\n" +
+	" \x01(\x04R\vlastLogTerm\"`\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
@@ -348,11 +461,15 @@ const file_kiln_v1_cluster_proto_rawDesc = "" +
 	"\fJoinResponse\"'\n" +
 	"\fLeaveRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\x0f\n" +
-	"\rLeaveResponse2\xb8\x01\n" +
+	"\rLeaveResponse\"\x12\n" +
+	"\x10ReadIndexRequest\")\n" +
+	"\x11ReadIndexResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index2\xfc\x01\n" +
 	"\x0eClusterService\x129\n" +
 	"\x06Status\x12\x16.kiln.v1.StatusRequest\x1a\x17.kiln.v1.StatusResponse\x123\n" +
 	"\x04Join\x12\x14.kiln.v1.JoinRequest\x1a\x15.kiln.v1.JoinResponse\x126\n" +
-	"\x05Leave\x12\x15.kiln.v1.LeaveRequest\x1a\x16.kiln.v1.LeaveResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
+	"\x05Leave\x12\x15.kiln.v1.LeaveRequest\x1a\x16.kiln.v1.LeaveResponse\x12B\n" +
+	"\tReadIndex\x12\x19.kiln.v1.ReadIndexRequest\x1a\x1a.kiln.v1.ReadIndexResponseB.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
 
 var (
 	file_kiln_v1_cluster_proto_rawDescOnce sync.Once
@@ -366,26 +483,30 @@ func file_kiln_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_cluster_proto_rawDescData
 }
 
-var file_kiln_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_kiln_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_kiln_v1_cluster_proto_goTypes = []any{
-	(*StatusRequest)(nil),  // 0: kiln.v1.StatusRequest
-	(*StatusResponse)(nil), // 1: kiln.v1.StatusResponse
-	(*JoinRequest)(nil),    // 2: kiln.v1.JoinRequest
-	(*JoinResponse)(nil),   // 3: kiln.v1.JoinResponse
-	(*LeaveRequest)(nil),   // 4: kiln.v1.LeaveRequest
-	(*LeaveResponse)(nil),  // 5: kiln.v1.LeaveResponse
-	(*Node)(nil),           // 6: kiln.v1.Node
+	(*StatusRequest)(nil),     // 0: kiln.v1.StatusRequest
+	(*StatusResponse)(nil),    // 1: kiln.v1.StatusResponse
+	(*JoinRequest)(nil),       // 2: kiln.v1.JoinRequest
+	(*JoinResponse)(nil),      // 3: kiln.v1.JoinResponse
+	(*LeaveRequest)(nil),      // 4: kiln.v1.LeaveRequest
+	(*LeaveResponse)(nil),     // 5: kiln.v1.LeaveResponse
+	(*ReadIndexRequest)(nil),  // 6: kiln.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil), // 7: kiln.v1.ReadIndexResponse
+	(*Node)(nil),              // 8: kiln.v1.Node
 }
 var file_kiln_v1_cluster_proto_depIdxs = []int32{
-	6, // 0: kiln.v1.StatusResponse.nodes:type_name -> kiln.v1.Node
+	8, // 0: kiln.v1.StatusResponse.nodes:type_name -> kiln.v1.Node
 	0, // 1: kiln.v1.ClusterService.Status:input_type -> kiln.v1.StatusRequest
 	2, // 2: kiln.v1.ClusterService.Join:input_type -> kiln.v1.JoinRequest
 	4, // 3: kiln.v1.ClusterService.Leave:input_type -> kiln.v1.LeaveRequest
-	1, // 4: kiln.v1.ClusterService.Status:output_type -> kiln.v1.StatusResponse
-	3, // 5: kiln.v1.ClusterService.Join:output_type -> kiln.v1.JoinResponse
-	5, // 6: kiln.v1.ClusterService.Leave:output_type -> kiln.v1.LeaveResponse
-	4, // [4:7] is the sub-list for method output_type
-	1, // [1:4] is the sub-list for method input_type
+	6, // 4: kiln.v1.ClusterService.ReadIndex:input_type -> kiln.v1.ReadIndexRequest
+	1, // 5: kiln.v1.ClusterService.Status:output_type -> kiln.v1.StatusResponse
+	3, // 6: kiln.v1.ClusterService.Join:output_type -> kiln.v1.JoinResponse
+	5, // 7: kiln.v1.ClusterService.Leave:output_type -> kiln.v1.LeaveResponse
+	7, // 8: kiln.v1.ClusterService.ReadIndex:output_type -> kiln.v1.ReadIndexResponse
+	5, // [5:9] is the sub-list for method output_type
+	1, // [1:5] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -403,7 +524,7 @@ func file_kiln_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_cluster_proto_rawDesc), len(file_kiln_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

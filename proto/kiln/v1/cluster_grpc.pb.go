@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClusterService_Status_FullMethodName = "/kiln.v1.ClusterService/Status"
-	ClusterService_Join_FullMethodName   = "/kiln.v1.ClusterService/Join"
-	ClusterService_Leave_FullMethodName  = "/kiln.v1.ClusterService/Leave"
+	ClusterService_Status_FullMethodName    = "/kiln.v1.ClusterService/Status"
+	ClusterService_Join_FullMethodName      = "/kiln.v1.ClusterService/Join"
+	ClusterService_Leave_FullMethodName     = "/kiln.v1.ClusterService/Leave"
+	ClusterService_ReadIndex_FullMethodName = "/kiln.v1.ClusterService/ReadIndex"
 )
 
 // ClusterServiceClient is the client API for ClusterService service.
@@ -32,11 +33,16 @@ const (
 type ClusterServiceClient interface {
 	// Status returns the leader and the members with their addresses.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
-	// Join adds a coordinator as a voter (or refreshes its addresses when it
-	// is already a member). Leader only.
+	// Join adds a coordinator as a non-voter (or refreshes its addresses when
+	// it is already a member); the leader's autopilot promotes it to voter
+	// once it has caught up. Leader only.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes a coordinator from the cluster. Leader only.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// ReadIndex confirms leadership with a quorum and returns the index of
+	// the last command the leader has applied: a follower that has applied
+	// that far can serve a linearizable read. Leader only.
+	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
 }
 
 type clusterServiceClient struct {
@@ -77,6 +83,16 @@ func (c *clusterServiceClient) Leave(ctx context.Context, in *LeaveRequest, opts
 	return out, nil
 }
 
+func (c *clusterServiceClient) ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadIndexResponse)
+	err := c.cc.Invoke(ctx, ClusterService_ReadIndex_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServiceServer is the server API for ClusterService service.
 // All implementations must embed UnimplementedClusterServiceServer
 // for forward compatibility.
@@ -85,11 +101,16 @@ func (c *clusterServiceClient) Leave(ctx context.Context, in *LeaveRequest, opts
 type ClusterServiceServer interface {
 	// Status returns the leader and the members with their addresses.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
-	// Join adds a coordinator as a voter (or refreshes its addresses when it
-	// is already a member). Leader only.
+	// Join adds a coordinator as a non-voter (or refreshes its addresses when
+	// it is already a member); the leader's autopilot promotes it to voter
+	// once it has caught up. Leader only.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes a coordinator from the cluster. Leader only.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// ReadIndex confirms leadership with a quorum and returns the index of
+	// the last command the leader has applied: a follower that has applied
+	// that far can serve a linearizable read. Leader only.
+	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
 	mustEmbedUnimplementedClusterServiceServer()
 }
 
@@ -108,6 +129,9 @@ func (UnimplementedClusterServiceServer) Join(context.Context, *JoinRequest) (*J
 }
 func (UnimplementedClusterServiceServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedClusterServiceServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadIndex not implemented")
 }
 func (UnimplementedClusterServiceServer) mustEmbedUnimplementedClusterServiceServer() {}
 func (UnimplementedClusterServiceServer) testEmbeddedByValue()                        {}
@@ -184,6 +208,24 @@ func _ClusterService_Leave_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterService_ReadIndex_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadIndexRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServiceServer).ReadIndex(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterService_ReadIndex_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServiceServer).ReadIndex(ctx, req.(*ReadIndexRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterService_ServiceDesc is the grpc.ServiceDesc for ClusterService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -202,6 +244,10 @@ var ClusterService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Leave",
 			Handler:    _ClusterService_Leave_Handler,
+		},
+		{
+			MethodName: "ReadIndex",
+			Handler:    _ClusterService_ReadIndex_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

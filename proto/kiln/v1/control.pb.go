@@ -219,8 +219,10 @@ func (x *SubmitBuildResponse) GetBuild() *Build {
 }
 
 type GetBuildRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -260,6 +262,13 @@ func (x *GetBuildRequest) GetBuildId() string {
 		return x.BuildId
 	}
 	return ""
+}
+
+func (x *GetBuildRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type GetBuildResponse struct {
@@ -309,7 +318,9 @@ func (x *GetBuildResponse) GetBuild() *Build {
 type ListBuildsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// At most this many builds; 0 means 50; at most 1000.
-	Limit         int32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +360,13 @@ func (x *ListBuildsRequest) GetLimit() int32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *ListBuildsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type ListBuildsResponse struct {
@@ -396,8 +414,10 @@ func (x *ListBuildsResponse) GetBuilds() []*Build {
 }
 
 type WatchBuildRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -437,6 +457,13 @@ func (x *WatchBuildRequest) GetBuildId() string {
 		return x.BuildId
 	}
 	return ""
+}
+
+func (x *WatchBuildRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type WatchBuildResponse struct {
@@ -492,7 +519,9 @@ type StreamLogsRequest struct {
 	Follow bool `protobuf:"varint,3,opt,name=follow,proto3" json:"follow,omitempty"`
 	// Resume points: chunks at or below these positions are not sent again.
 	// A client that reconnects during a follow passes what it has printed.
-	After         []*LogPosition `protobuf:"bytes,4,rep,name=after,proto3" json:"after,omitempty"`
+	After []*LogPosition `protobuf:"bytes,4,rep,name=after,proto3" json:"after,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -553,6 +582,13 @@ func (x *StreamLogsRequest) GetAfter() []*LogPosition {
 		return x.After
 	}
 	return nil
+}
+
+func (x *StreamLogsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 // LogPosition is the last chunk a client has of one job attempt.
@@ -797,7 +833,9 @@ func (x *CancelBuildResponse) GetBuild() *Build {
 }
 
 type ListAgentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -830,6 +868,13 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
 	return file_kiln_v1_control_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListAgentsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type ListAgentsResponse struct {
@@ -1232,7 +1277,9 @@ func (x *AddRepoResponse) GetRepo() *Repo {
 }
 
 type ListReposRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1265,6 +1312,13 @@ func (x *ListReposRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListReposRequest.ProtoReflect.Descriptor instead.
 func (*ListReposRequest) Descriptor() ([]byte, []int) {
 	return file_kiln_v1_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListReposRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type ListReposResponse struct {
@@ -1312,8 +1366,10 @@ func (x *ListReposResponse) GetRepos() []*Repo {
 }
 
 type ListArtifactsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	BuildId       string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1353,6 +1409,13 @@ func (x *ListArtifactsRequest) GetBuildId() string {
 		return x.BuildId
 	}
 	return ""
+}
+
+func (x *ListArtifactsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type ListArtifactsResponse struct {
@@ -1403,7 +1466,9 @@ type ListTestsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
 	// Only failed and errored cases.
-	FailedOnly    bool `protobuf:"varint,2,opt,name=failed_only,json=failedOnly,proto3" json:"failed_only,omitempty"`
+	FailedOnly bool `protobuf:"varint,2,opt,name=failed_only,json=failedOnly,proto3" json:"failed_only,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,3,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1450,6 +1515,13 @@ func (x *ListTestsRequest) GetFailedOnly() bool {
 		return x.FailedOnly
 	}
 	return false
+}
+
+func (x *ListTestsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 type ListTestsResponse struct {
@@ -1511,7 +1583,9 @@ type FlakyTestsRequest struct {
 	// How many of the newest builds to look at; 0 means 50.
 	Builds int32 `protobuf:"varint,2,opt,name=builds,proto3" json:"builds,omitempty"`
 	// At most this many cases; 0 means 20.
-	Limit         int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// How fresh the answer must be; unspecified means linearizable.
+	Consistency   Consistency `protobuf:"varint,4,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1565,6 +1639,13 @@ func (x *FlakyTestsRequest) GetLimit() int32 {
 		return x.Limit
 	}
 	return 0
+}
+
+func (x *FlakyTestsRequest) GetConsistency() Consistency {
+	if x != nil {
+		return x.Consistency
+	}
+	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
 // FlakyTest is a case that flipped between failing and passing.
@@ -1719,24 +1800,28 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\";\n" +
 	"\x13SubmitBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\",\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"d\n" +
 	"\x0fGetBuildRequest\x12\x19\n" +
-	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"8\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"8\n" +
 	"\x10GetBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\")\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"a\n" +
 	"\x11ListBuildsRequest\x12\x14\n" +
-	"\x05limit\x18\x01 \x01(\x05R\x05limit\"<\n" +
+	"\x05limit\x18\x01 \x01(\x05R\x05limit\x126\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"<\n" +
 	"\x12ListBuildsResponse\x12&\n" +
-	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\".\n" +
+	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\"f\n" +
 	"\x11WatchBuildRequest\x12\x19\n" +
-	"\bbuild_id\x18\x01 \x01(\tR\abuildId\":\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\":\n" +
 	"\x12WatchBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x8b\x01\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\xc3\x01\n" +
 	"\x11StreamLogsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x17\n" +
 	"\ajob_key\x18\x02 \x01(\tR\x06jobKey\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x12*\n" +
-	"\x05after\x18\x04 \x03(\v2\x14.kiln.v1.LogPositionR\x05after\"R\n" +
+	"\x05after\x18\x04 \x03(\v2\x14.kiln.v1.LogPositionR\x05after\x126\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"R\n" +
 	"\vLogPosition\x12\x17\n" +
 	"\ajob_key\x18\x01 \x01(\tR\x06jobKey\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
@@ -1753,8 +1838,9 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\";\n" +
 	"\x13CancelBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x13\n" +
-	"\x11ListAgentsRequest\"<\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"K\n" +
+	"\x11ListAgentsRequest\x126\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"<\n" +
 	"\x12ListAgentsResponse\x12&\n" +
 	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents\"\xa9\x01\n" +
 	"\x15DecideApprovalRequest\x12\x1d\n" +
@@ -1781,25 +1867,29 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bpipeline\x18\x04 \x01(\tR\bpipeline\x12(\n" +
 	"\x10poll_interval_ms\x18\x05 \x01(\x03R\x0epollIntervalMs\"4\n" +
 	"\x0fAddRepoResponse\x12!\n" +
-	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"\x12\n" +
-	"\x10ListReposRequest\"8\n" +
+	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"J\n" +
+	"\x10ListReposRequest\x126\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"8\n" +
 	"\x11ListReposResponse\x12#\n" +
-	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\"1\n" +
+	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\"i\n" +
 	"\x14ListArtifactsRequest\x12\x19\n" +
-	"\bbuild_id\x18\x01 \x01(\tR\abuildId\"H\n" +
+	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"H\n" +
 	"\x15ListArtifactsResponse\x12/\n" +
-	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts\"N\n" +
+	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts\"\x86\x01\n" +
 	"\x10ListTestsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1f\n" +
 	"\vfailed_only\x18\x02 \x01(\bR\n" +
-	"failedOnly\"r\n" +
+	"failedOnly\x126\n" +
+	"\vconsistency\x18\x03 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"r\n" +
 	"\x11ListTestsResponse\x12.\n" +
 	"\asummary\x18\x01 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12-\n" +
-	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\"U\n" +
+	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\"\x8d\x01\n" +
 	"\x11FlakyTestsRequest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06builds\x18\x02 \x01(\x05R\x06builds\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x05R\x05limit\"\x9c\x01\n" +
+	"\x05limit\x18\x03 \x01(\x05R\x05limit\x126\n" +
+	"\vconsistency\x18\x04 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"\x9c\x01\n" +
 	"\tFlakyTest\x12\x1c\n" +
 	"\tclassname\x18\x01 \x01(\tR\tclassname\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
@@ -1878,64 +1968,74 @@ var file_kiln_v1_control_proto_goTypes = []any{
 	nil,                            // 31: kiln.v1.SubmitBuildRequest.EnvEntry
 	(*Source)(nil),                 // 32: kiln.v1.Source
 	(*Build)(nil),                  // 33: kiln.v1.Build
-	(*Agent)(nil),                  // 34: kiln.v1.Agent
-	(*Repo)(nil),                   // 35: kiln.v1.Repo
-	(*Artifact)(nil),               // 36: kiln.v1.Artifact
-	(*TestSummary)(nil),            // 37: kiln.v1.TestSummary
-	(*TestReport)(nil),             // 38: kiln.v1.TestReport
+	(Consistency)(0),               // 34: kiln.v1.Consistency
+	(*Agent)(nil),                  // 35: kiln.v1.Agent
+	(*Repo)(nil),                   // 36: kiln.v1.Repo
+	(*Artifact)(nil),               // 37: kiln.v1.Artifact
+	(*TestSummary)(nil),            // 38: kiln.v1.TestSummary
+	(*TestReport)(nil),             // 39: kiln.v1.TestReport
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
 	30, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
 	31, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
 	32, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
 	33, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	33, // 4: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	33, // 5: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	33, // 6: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
-	9,  // 7: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
-	33, // 8: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	34, // 9: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	33, // 10: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
-	33, // 11: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	35, // 12: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
-	35, // 13: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
-	36, // 14: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
-	37, // 15: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
-	38, // 16: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
-	28, // 17: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
-	0,  // 18: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 19: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 20: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 21: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 22: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 23: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 24: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	15, // 25: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
-	17, // 26: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	19, // 27: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
-	21, // 28: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
-	23, // 29: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
-	25, // 30: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
-	27, // 31: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
-	1,  // 32: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 33: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 34: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 35: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 36: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 37: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 38: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // 39: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
-	18, // 40: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	20, // 41: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
-	22, // 42: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
-	24, // 43: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
-	26, // 44: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
-	29, // 45: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
-	32, // [32:46] is the sub-list for method output_type
-	18, // [18:32] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	34, // 4: kiln.v1.GetBuildRequest.consistency:type_name -> kiln.v1.Consistency
+	33, // 5: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	34, // 6: kiln.v1.ListBuildsRequest.consistency:type_name -> kiln.v1.Consistency
+	33, // 7: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	34, // 8: kiln.v1.WatchBuildRequest.consistency:type_name -> kiln.v1.Consistency
+	33, // 9: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	9,  // 10: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
+	34, // 11: kiln.v1.StreamLogsRequest.consistency:type_name -> kiln.v1.Consistency
+	33, // 12: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	34, // 13: kiln.v1.ListAgentsRequest.consistency:type_name -> kiln.v1.Consistency
+	35, // 14: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	33, // 15: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
+	33, // 16: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	36, // 17: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
+	34, // 18: kiln.v1.ListReposRequest.consistency:type_name -> kiln.v1.Consistency
+	36, // 19: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
+	34, // 20: kiln.v1.ListArtifactsRequest.consistency:type_name -> kiln.v1.Consistency
+	37, // 21: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
+	34, // 22: kiln.v1.ListTestsRequest.consistency:type_name -> kiln.v1.Consistency
+	38, // 23: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
+	39, // 24: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
+	34, // 25: kiln.v1.FlakyTestsRequest.consistency:type_name -> kiln.v1.Consistency
+	28, // 26: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
+	0,  // 27: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 28: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 29: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 30: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 31: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 32: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 33: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 34: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 35: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 36: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 37: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	23, // 38: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
+	25, // 39: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
+	27, // 40: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
+	1,  // 41: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 42: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 43: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 44: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 45: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 46: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 47: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 48: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 49: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 50: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	22, // 51: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	24, // 52: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
+	26, // 53: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
+	29, // 54: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
+	41, // [41:55] is the sub-list for method output_type
+	27, // [27:41] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }

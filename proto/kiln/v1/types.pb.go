@@ -24,6 +24,63 @@ const (
 // BuildState is the lifecycle of a build.
 //
 //	queued -> running -> passed | failed | canceled
+//
+// Consistency is how fresh a read must be.
+type Consistency int32
+
+const (
+	// Same as CONSISTENCY_LINEARIZABLE: the default.
+	Consistency_CONSISTENCY_UNSPECIFIED Consistency = 0
+	// The answer reflects every write acknowledged before the request was
+	// sent: a follower first learns the leader's applied index (a
+	// ReadIndex round trip) and waits until it has applied that far.
+	Consistency_CONSISTENCY_LINEARIZABLE Consistency = 1
+	// The answering node's local state, however far behind it is: no round
+	// trip to the leader. For dashboards and scripts that prefer speed.
+	Consistency_CONSISTENCY_STALE Consistency = 2
+)
+
+// Enum value maps for Consistency.
+var (
+	Consistency_name = map[int32]string{
+		0: "CONSISTENCY_UNSPECIFIED",
+		1: "CONSISTENCY_LINEARIZABLE",
+		2: "CONSISTENCY_STALE",
+	}
+	Consistency_value = map[string]int32{
+		"CONSISTENCY_UNSPECIFIED":  0,
+		"CONSISTENCY_LINEARIZABLE": 1,
+		"CONSISTENCY_STALE":        2,
+	}
+)
+
+func (x Consistency) Enum() *Consistency {
+	p := new(Consistency)
+	*p = x
+	return p
+}
+
+func (x Consistency) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Consistency) Descriptor() protoreflect.EnumDescriptor {
+	return file_kiln_v1_types_proto_enumTypes[0].Descriptor()
+}
+
+func (Consistency) Type() protoreflect.EnumType {
+	return &file_kiln_v1_types_proto_enumTypes[0]
+}
+
+func (x Consistency) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Consistency.Descriptor instead.
+func (Consistency) EnumDescriptor() ([]byte, []int) {
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{0}
+}
+
 type BuildState int32
 
 const (
@@ -75,11 +132,11 @@ func (x BuildState) String() string {
 }
 
 func (BuildState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kiln_v1_types_proto_enumTypes[0].Descriptor()
+	return file_kiln_v1_types_proto_enumTypes[1].Descriptor()
 }
 
 func (BuildState) Type() protoreflect.EnumType {
-	return &file_kiln_v1_types_proto_enumTypes[0]
+	return &file_kiln_v1_types_proto_enumTypes[1]
 }
 
 func (x BuildState) Number() protoreflect.EnumNumber {
@@ -88,7 +145,7 @@ func (x BuildState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BuildState.Descriptor instead.
 func (BuildState) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{0}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{1}
 }
 
 // JobState is the lifecycle of one job (one step of a build).
@@ -162,11 +219,11 @@ func (x JobState) String() string {
 }
 
 func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kiln_v1_types_proto_enumTypes[1].Descriptor()
+	return file_kiln_v1_types_proto_enumTypes[2].Descriptor()
 }
 
 func (JobState) Type() protoreflect.EnumType {
-	return &file_kiln_v1_types_proto_enumTypes[1]
+	return &file_kiln_v1_types_proto_enumTypes[2]
 }
 
 func (x JobState) Number() protoreflect.EnumNumber {
@@ -175,7 +232,7 @@ func (x JobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{1}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
 }
 
 // AgentState is what the cluster knows of an agent's session.
@@ -222,11 +279,11 @@ func (x AgentState) String() string {
 }
 
 func (AgentState) Descriptor() protoreflect.EnumDescriptor {
-	return file_kiln_v1_types_proto_enumTypes[2].Descriptor()
+	return file_kiln_v1_types_proto_enumTypes[3].Descriptor()
 }
 
 func (AgentState) Type() protoreflect.EnumType {
-	return &file_kiln_v1_types_proto_enumTypes[2]
+	return &file_kiln_v1_types_proto_enumTypes[3]
 }
 
 func (x AgentState) Number() protoreflect.EnumNumber {
@@ -235,7 +292,7 @@ func (x AgentState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AgentState.Descriptor instead.
 func (AgentState) EnumDescriptor() ([]byte, []int) {
-	return file_kiln_v1_types_proto_rawDescGZIP(), []int{2}
+	return file_kiln_v1_types_proto_rawDescGZIP(), []int{3}
 }
 
 // RetryPolicy says how often a step is run again automatically.
@@ -1487,8 +1544,11 @@ type Node struct {
 	GrpcAddr string                 `protobuf:"bytes,2,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
 	RaftAddr string                 `protobuf:"bytes,3,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
 	// "leader", "follower", "candidate", "nonvoter" or "unknown".
-	State         string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
-	Voter         bool   `protobuf:"varint,5,opt,name=voter,proto3" json:"voter,omitempty"`
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	Voter bool   `protobuf:"varint,5,opt,name=voter,proto3" json:"voter,omitempty"`
+	// Set by the leader's autopilot: the member replicates and is caught up
+	// (a non-voter is promoted once it has been healthy long enough).
+	Healthy       bool `protobuf:"varint,6,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1554,6 +1614,13 @@ func (x *Node) GetState() string {
 func (x *Node) GetVoter() bool {
 	if x != nil {
 		return x.Voter
+	}
+	return false
+}
+
+func (x *Node) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
 	}
 	return false
 }
@@ -2212,13 +2279,14 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\x12 \n" +
 	"\ftime_unix_ms\x18\x05 \x01(\x03R\n" +
-	"timeUnixMs\"|\n" +
+	"timeUnixMs\"\x96\x01\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x1b\n" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\x12\x14\n" +
 	"\x05state\x18\x04 \x01(\tR\x05state\x12\x14\n" +
-	"\x05voter\x18\x05 \x01(\bR\x05voter\"R\n" +
+	"\x05voter\x18\x05 \x01(\bR\x05voter\x12\x18\n" +
+	"\ahealthy\x18\x06 \x01(\bR\ahealthy\"R\n" +
 	"\tNotLeader\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12(\n" +
 	"\x10leader_grpc_addr\x18\x02 \x01(\tR\x0eleaderGrpcAddr\"b\n" +
@@ -2263,7 +2331,11 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x04file\x18\x04 \x01(\tR\x04file\x12.\n" +
 	"\asummary\x18\x05 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12'\n" +
 	"\x05cases\x18\x06 \x03(\v2\x11.kiln.v1.TestCaseR\x05cases\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error*\xbd\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05error*_\n" +
+	"\vConsistency\x12\x1b\n" +
+	"\x17CONSISTENCY_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x01\x12\x15\n" +
+	"\x11CONSISTENCY_STALE\x10\x02*\xbd\x01\n" +
 	"\n" +
 	"BuildState\x12\x1b\n" +
 	"\x17BUILD_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
@@ -2307,56 +2379,57 @@ func file_kiln_v1_types_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_types_proto_rawDescData
 }
 
-var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_kiln_v1_types_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_kiln_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_kiln_v1_types_proto_goTypes = []any{
-	(BuildState)(0),        // 0: kiln.v1.BuildState
-	(JobState)(0),          // 1: kiln.v1.JobState
-	(AgentState)(0),        // 2: kiln.v1.AgentState
-	(*RetryPolicy)(nil),    // 3: kiln.v1.RetryPolicy
-	(*StepSpec)(nil),       // 4: kiln.v1.StepSpec
-	(*ArtifactSource)(nil), // 5: kiln.v1.ArtifactSource
-	(*ApprovalSpec)(nil),   // 6: kiln.v1.ApprovalSpec
-	(*Approval)(nil),       // 7: kiln.v1.Approval
-	(*Source)(nil),         // 8: kiln.v1.Source
-	(*Job)(nil),            // 9: kiln.v1.Job
-	(*Build)(nil),          // 10: kiln.v1.Build
-	(*Repo)(nil),           // 11: kiln.v1.Repo
-	(*Agent)(nil),          // 12: kiln.v1.Agent
-	(*LogChunk)(nil),       // 13: kiln.v1.LogChunk
-	(*Node)(nil),           // 14: kiln.v1.Node
-	(*NotLeader)(nil),      // 15: kiln.v1.NotLeader
-	(*ArtifactFile)(nil),   // 16: kiln.v1.ArtifactFile
-	(*Artifact)(nil),       // 17: kiln.v1.Artifact
-	(*TestSummary)(nil),    // 18: kiln.v1.TestSummary
-	(*TestCase)(nil),       // 19: kiln.v1.TestCase
-	(*TestReport)(nil),     // 20: kiln.v1.TestReport
-	nil,                    // 21: kiln.v1.StepSpec.AgentsEntry
-	nil,                    // 22: kiln.v1.StepSpec.EnvEntry
-	nil,                    // 23: kiln.v1.StepSpec.MatrixEntry
-	nil,                    // 24: kiln.v1.Build.EnvEntry
-	nil,                    // 25: kiln.v1.Agent.LabelsEntry
+	(Consistency)(0),       // 0: kiln.v1.Consistency
+	(BuildState)(0),        // 1: kiln.v1.BuildState
+	(JobState)(0),          // 2: kiln.v1.JobState
+	(AgentState)(0),        // 3: kiln.v1.AgentState
+	(*RetryPolicy)(nil),    // 4: kiln.v1.RetryPolicy
+	(*StepSpec)(nil),       // 5: kiln.v1.StepSpec
+	(*ArtifactSource)(nil), // 6: kiln.v1.ArtifactSource
+	(*ApprovalSpec)(nil),   // 7: kiln.v1.ApprovalSpec
+	(*Approval)(nil),       // 8: kiln.v1.Approval
+	(*Source)(nil),         // 9: kiln.v1.Source
+	(*Job)(nil),            // 10: kiln.v1.Job
+	(*Build)(nil),          // 11: kiln.v1.Build
+	(*Repo)(nil),           // 12: kiln.v1.Repo
+	(*Agent)(nil),          // 13: kiln.v1.Agent
+	(*LogChunk)(nil),       // 14: kiln.v1.LogChunk
+	(*Node)(nil),           // 15: kiln.v1.Node
+	(*NotLeader)(nil),      // 16: kiln.v1.NotLeader
+	(*ArtifactFile)(nil),   // 17: kiln.v1.ArtifactFile
+	(*Artifact)(nil),       // 18: kiln.v1.Artifact
+	(*TestSummary)(nil),    // 19: kiln.v1.TestSummary
+	(*TestCase)(nil),       // 20: kiln.v1.TestCase
+	(*TestReport)(nil),     // 21: kiln.v1.TestReport
+	nil,                    // 22: kiln.v1.StepSpec.AgentsEntry
+	nil,                    // 23: kiln.v1.StepSpec.EnvEntry
+	nil,                    // 24: kiln.v1.StepSpec.MatrixEntry
+	nil,                    // 25: kiln.v1.Build.EnvEntry
+	nil,                    // 26: kiln.v1.Agent.LabelsEntry
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
-	21, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
-	22, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
-	3,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
-	6,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
-	23, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
-	5,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
-	1,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	4,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	7,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	0,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	9,  // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	24, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	8,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	18, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	25, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	2,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	16, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	18, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	19, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	22, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
+	23, // 1: kiln.v1.StepSpec.env:type_name -> kiln.v1.StepSpec.EnvEntry
+	4,  // 2: kiln.v1.StepSpec.retry:type_name -> kiln.v1.RetryPolicy
+	7,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
+	24, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
+	6,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
+	2,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	5,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	8,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	10, // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	25, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	9,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	26, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	3,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	17, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	19, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	20, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
 	19, // [19:19] is the sub-list for method output_type
 	19, // [19:19] is the sub-list for method input_type
 	19, // [19:19] is the sub-list for extension type_name
@@ -2374,7 +2447,7 @@ func file_kiln_v1_types_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_types_proto_rawDesc), len(file_kiln_v1_types_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   0,
