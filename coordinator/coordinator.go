@@ -25,6 +25,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,13 +40,15 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/membership"
+	"github.com/kiln-ci/kiln/coordinator/peers"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/leader"
-	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -111,6 +114,9 @@ type Config struct {
 	// keys come from KILN_S3_ACCESS_KEY and KILN_S3_SECRET_KEY). TempDir
 	// and MaxBlobSize are filled from DataDir and MaxBlobSize.
 	S3 s3store.Config
+	// Autopilot tunes the promotion of joined coordinators from
+	// non-voter to voter (zero fields: defaults).
+	Autopilot membership.Config
 }
 
 // Blob store backends.
@@ -252,8 +258,15 @@ type Coordinator struct {
 	lis     net.Listener
 	addr    string
 	raftAdr string
-	crash   chan struct{}
-	once    sync.Once
+	peers   *peers.Pool
+	reads   *readindex.Reader
+	// autopilot promotes caught-up non-voters while this node leads.
+	autopilot *membership.Autopilot
+	crash     chan struct{}
+	once      sync.Once
+	// establishHook, when set (tests), runs before each attempt to
+	// establish leadership; an error fails the attempt.
+	establishHook func() error
 }
 
 // New opens the Raft member and binds the API port; Run serves.
@@ -301,8 +314,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{})}
-	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs, Log: log.Named("api")}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
+	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
+	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
+	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
 	c.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
@@ -331,6 +347,37 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	return c, nil
 }
 
+// leaderGRPCAddr is the leader's gRPC address as the replicated node table
+// knows it; empty when there is no leader or its address is unknown.
+func (c *Coordinator) leaderGRPCAddr() string {
+	id, _ := c.node.Leader()
+	if id == "" {
+		return ""
+	}
+	for _, n := range c.store.Nodes() {
+		if n.GetId() == id {
+			return n.GetGrpcAddr()
+		}
+	}
+	return ""
+}
+
+// Voters counts the voting members of the Raft configuration as this node
+// knows it.
+func (c *Coordinator) Voters() (int, error) {
+	members, err := c.node.Members()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range members {
+		if m.Suffrage == raft.Voter {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // GRPCAddr is the address clients use to reach this coordinator.
 func (c *Coordinator) GRPCAddr() string { return c.addr }
 
@@ -350,7 +397,7 @@ func (c *Coordinator) HasBlob(sha string) bool { return c.blobs.Has(sha) }
 func (c *Coordinator) IsLeader() bool { return c.node.IsLeader() && c.sched.Active() }
 
 // Snapshot forces a Raft snapshot (tests, operators).
-func (c *Coordinator) Snapshot() error { return c.node.Raft.Snapshot().Error() }
+func (c *Coordinator) Snapshot() error { return c.node.Snapshot() }
 
 // Run serves until ctx is canceled, then stops everything it started.
 func (c *Coordinator) Run(ctx context.Context) error {
@@ -384,6 +431,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		c.grpc.Stop()
 		wg.Wait()
 		c.blobs.Close()
+		c.peers.Close()
 		c.log.Info("coordinator crashed on purpose")
 		return nil
 	}
@@ -391,7 +439,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.health.Shutdown()
 	if c.node.IsLeader() {
 		// Hand leadership over so the cluster does not wait an election timeout.
-		if terr := c.node.Raft.LeadershipTransfer().Error(); terr != nil {
+		if terr := c.node.TransferLeadership(); terr != nil {
 			c.log.Debug("leadership transfer", zap.Error(terr))
 		}
 	}
@@ -407,6 +455,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	c.blobs.Close()
+	c.peers.Close()
 	if cerr := c.node.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close raft: %w", cerr)
 	}
@@ -428,19 +477,22 @@ func (c *Coordinator) blobSyncConfig() blobsync.Config {
 	}
 }
 
-// waitApplied blocks until the log this node held when called is applied.
+// waitApplied blocks until this node's state has caught up with the
+// leader's (a linearizable read barrier), retrying while no leader answers.
 func (c *Coordinator) waitApplied(ctx context.Context) error {
-	last := c.node.Raft.LastIndex()
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for c.node.Raft.AppliedIndex() < last {
+	const retry = 250 * time.Millisecond
+	for {
+		err := c.reads.Barrier(ctx, kilnv1.Consistency_CONSISTENCY_LINEARIZABLE)
+		if err == nil {
+			return nil
+		}
+		c.log.Debug("waiting to catch up with the leader", zap.Error(err))
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case <-time.After(retry):
 		}
 	}
-	return nil
 }
 
 // referencedBlobs are the blobs the replicated state refers to: artifacts
@@ -476,75 +528,6 @@ func (c *Coordinator) gcActive() bool { return !c.local.Shared() || c.IsLeader()
 // Crash stops the coordinator abruptly (tests and benchmarks): Run returns
 // without a graceful shutdown or leadership transfer.
 func (c *Coordinator) Crash() { c.once.Do(func() { close(c.crash) }) }
-
-// leadershipLoop runs the leader-only work while this member leads.
-func (c *Coordinator) leadershipLoop(ctx context.Context) {
-	var (
-		stop func()
-		done chan struct{}
-	)
-	revoke := func() {
-		if stop != nil {
-			stop()
-			<-done
-			stop, done = nil, nil
-		}
-	}
-	defer revoke()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case leading := <-c.node.Raft.LeaderCh():
-			revoke()
-			if !leading {
-				c.log.Info("leadership lost")
-				continue
-			}
-			lctx, lcancel := context.WithCancel(ctx)
-			stop, done = lcancel, make(chan struct{})
-			go func(done chan struct{}) {
-				defer close(done)
-				c.establishLeadership(lctx)
-			}(done)
-		}
-	}
-}
-
-// establishLeadership waits for a barrier, records this node's addresses,
-// and runs the scheduler and the branch watcher until leadership ends.
-func (c *Coordinator) establishLeadership(ctx context.Context) {
-	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err := c.node.Barrier(bctx)
-	cancel()
-	if err != nil {
-		c.log.Warn("leadership barrier failed", zap.Error(err))
-		return
-	}
-	if _, err := c.node.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_SET_NODE, &fsmv1.SetNode{
-		Id: c.cfg.NodeID, GrpcAddr: c.addr, RaftAddr: c.raftAdr,
-	}); err != nil {
-		c.log.Warn("could not record own addresses", zap.Error(err))
-		return
-	}
-	c.log.Info("leadership established")
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		c.watch.Run(ctx)
-	}()
-	expiry := make(chan struct{})
-	go func() {
-		defer close(expiry)
-		retention.Run(ctx, retention.Config{
-			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention,
-			Interval: c.cfg.ArtifactExpiryInterval, Log: c.log.Named("retention"),
-		})
-	}()
-	c.sched.Run(ctx)
-	<-watched
-	<-expiry
-}
 
 // announceLoop makes sure the cluster knows this node's gRPC address (and,
 // for a node started with Join, that it is a member at all).

@@ -18,9 +18,11 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/leader"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 // Deps is what the services need from the coordinator.
@@ -39,7 +41,13 @@ type Deps struct {
 	Blobs blobstore.Backend
 	// FetchBlob copies a blob from a peer into Blobs (nil: no peers to ask).
 	FetchBlob func(ctx context.Context, sha string) error
-	Log       *zap.Logger
+	// MemberHealth reports whether the leader's autopilot sees a member as
+	// healthy (false on followers, which do not run it).
+	MemberHealth func(id string) bool
+	// Reads runs the read barrier of every read (linearizable by
+	// default, stale on request).
+	Reads *readindex.Reader
+	Log   *zap.Logger
 	// Now is the clock used for command timestamps.
 	Now func() time.Time
 }
@@ -89,6 +97,25 @@ func (d *Deps) requireLeader() error {
 		return d.notLeader()
 	}
 	return nil
+}
+
+// readBarrier waits until this node may answer a read at consistency c.
+// When no leader can confirm a read index, or this node cannot catch up in
+// time, the client is sent to the leader (Unavailable with its address).
+func (d *Deps) readBarrier(ctx context.Context, c kilnv1.Consistency) error {
+	err := d.Reads.Barrier(ctx, c)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
+	case errors.Is(err, readindex.ErrNoLeader), errors.Is(err, context.DeadlineExceeded):
+		d.Log.Debug("consistent read refused", zap.Error(err))
+		if st := d.notLeader(); status.Code(st) == codes.Unavailable {
+			return st
+		}
+	}
+	return d.toStatus(err)
 }
 
 // toStatus maps internal errors to gRPC status codes.

@@ -15,7 +15,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/peers"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/leader"
@@ -48,6 +50,9 @@ func newDeps(t *testing.T, lead bool) *Deps {
 	sched := scheduler.New(scheduler.Config{}, store, node, log.Named("scheduler"))
 	d := &Deps{NodeID: "n1", GRPCAddr: "127.0.0.1:1", RaftAddr: node.RaftAddr(), Store: store, Raft: node,
 		Scheduler: sched, Log: log.Named("api"), Now: func() time.Time { return time.UnixMilli(1_700_000_000_000) }}
+	pool := peers.New()
+	t.Cleanup(pool.Close)
+	d.Reads = readindex.New(node, store, func() bool { return node.IsLeader() && sched.Active() }, func() string { return "" }, pool)
 	if !lead {
 		t.Cleanup(func() { _ = node.Close() })
 		return d

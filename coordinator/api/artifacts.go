@@ -12,7 +12,10 @@ import (
 // ListArtifacts returns the artifacts of a build's jobs, each job's current
 // attempt only, sorted by step then path. Served by any node from its local
 // state; the content is downloaded with BlobService.Download.
-func (s *ControlServer) ListArtifacts(_ context.Context, req *kilnv1.ListArtifactsRequest) (*kilnv1.ListArtifactsResponse, error) {
+func (s *ControlServer) ListArtifacts(ctx context.Context, req *kilnv1.ListArtifactsRequest) (*kilnv1.ListArtifactsResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	if err := s.knownBuild(req.GetBuildId()); err != nil {
 		return nil, err
 	}

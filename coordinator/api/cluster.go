@@ -50,30 +50,38 @@ func (s *ClusterServer) Status(context.Context, *kilnv1.StatusRequest) (*kilnv1.
 			n.State = "follower"
 		}
 		if id == s.d.NodeID && leaderID != id {
-			n.State = stateName(s.d.Raft.Raft.State())
+			n.State = s.d.Raft.State()
+		}
+		if s.d.MemberHealth != nil {
+			n.Healthy = s.d.MemberHealth(id)
 		}
 		resp.Nodes = append(resp.Nodes, n)
 	}
 	sort.Slice(resp.Nodes, func(i, j int) bool { return resp.Nodes[i].GetId() < resp.Nodes[j].GetId() })
-	resp.AppliedIndex = s.d.Raft.Raft.AppliedIndex()
-	resp.CommitIndex = s.d.Raft.Raft.CommitIndex()
-	resp.Term = s.d.Raft.Raft.CurrentTerm()
+	p := s.d.Raft.Progress()
+	// The applied index is the state store's: Raft's own counts entries
+	// handed to the state machine, not yet applied.
+	resp.AppliedIndex = s.d.Store.LastIndex()
+	resp.CommitIndex = p.CommitIndex
+	resp.Term = p.Term
+	resp.LastLogIndex = p.LastLogIndex
+	resp.LastLogTerm = p.LastLogTerm
+	resp.LastContactMs = p.LastContact.Milliseconds()
 	return resp, nil
 }
 
-func stateName(st raft.RaftState) string {
-	switch st {
-	case raft.Leader:
-		return "leader"
-	case raft.Follower:
-		return "follower"
-	case raft.Candidate:
-		return "candidate"
+// ReadIndex is the leader's half of a linearizable read on a follower.
+func (s *ClusterServer) ReadIndex(ctx context.Context, _ *kilnv1.ReadIndexRequest) (*kilnv1.ReadIndexResponse, error) {
+	idx, err := s.d.Reads.ReadIndex(ctx)
+	if err != nil {
+		return nil, s.d.toStatus(err)
 	}
-	return "unknown"
+	return &kilnv1.ReadIndexResponse{Index: idx}, nil
 }
 
-// Join adds a coordinator as a voter and records its addresses.
+// Join adds a coordinator as a non-voter and records its addresses. The
+// leader's autopilot promotes it to voter once it has caught up and stayed
+// healthy, so a slow or unreachable joiner never counts toward the quorum.
 func (s *ClusterServer) Join(ctx context.Context, req *kilnv1.JoinRequest) (*kilnv1.JoinResponse, error) {
 	if req.GetNodeId() == "" || req.GetRaftAddr() == "" || req.GetGrpcAddr() == "" {
 		return nil, invalid("node_id, raft_addr and grpc_addr are required")
@@ -92,8 +100,8 @@ func (s *ClusterServer) Join(ctx context.Context, req *kilnv1.JoinRequest) (*kil
 		}
 	}
 	if !present {
-		s.d.Log.Info("adding coordinator", zap.String("node", req.GetNodeId()), zap.String("raft_addr", req.GetRaftAddr()))
-		if err := s.d.Raft.AddVoter(req.GetNodeId(), req.GetRaftAddr()); err != nil {
+		s.d.Log.Info("adding coordinator as a non-voter", zap.String("node", req.GetNodeId()), zap.String("raft_addr", req.GetRaftAddr()))
+		if err := s.d.Raft.AddNonvoter(req.GetNodeId(), req.GetRaftAddr()); err != nil {
 			return nil, s.d.toStatus(err)
 		}
 	}

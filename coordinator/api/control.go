@@ -192,7 +192,10 @@ func firstLine(s string, max int) string {
 }
 
 // GetBuild serves a build from the local state.
-func (s *ControlServer) GetBuild(_ context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
+func (s *ControlServer) GetBuild(ctx context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	b, ok := s.d.Store.Build(req.GetBuildId())
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
@@ -201,7 +204,7 @@ func (s *ControlServer) GetBuild(_ context.Context, req *kilnv1.GetBuildRequest)
 }
 
 // ListBuilds serves the newest builds from the local state.
-func (s *ControlServer) ListBuilds(_ context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
+func (s *ControlServer) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
 	limit := int(req.GetLimit())
 	switch {
 	case limit < 0:
@@ -211,11 +214,17 @@ func (s *ControlServer) ListBuilds(_ context.Context, req *kilnv1.ListBuildsRequ
 	case limit > MaxListBuilds:
 		limit = MaxListBuilds
 	}
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	return &kilnv1.ListBuildsResponse{Builds: s.d.Store.ListBuilds(limit)}, nil
 }
 
 // WatchBuild sends the build on every change until it finishes.
 func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.ControlService_WatchBuildServer) error {
+	if err := s.d.readBarrier(stream.Context(), req.GetConsistency()); err != nil {
+		return err
+	}
 	var last *kilnv1.Build
 	for {
 		changed := s.d.Store.Changed()
@@ -265,6 +274,9 @@ const logBatch = 256
 // StreamLogs sends the committed log of the current attempt of each job.
 // With follow it keeps going until every selected job is finished.
 func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.ControlService_StreamLogsServer) error {
+	if err := s.d.readBarrier(stream.Context(), req.GetConsistency()); err != nil {
+		return err
+	}
 	type pos struct {
 		attempt uint32
 		seq     uint64
@@ -361,6 +373,9 @@ func (s *ControlServer) CancelBuild(ctx context.Context, req *kilnv1.CancelBuild
 }
 
 // ListAgents serves the agents from the local state.
-func (s *ControlServer) ListAgents(context.Context, *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+func (s *ControlServer) ListAgents(ctx context.Context, req *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	return &kilnv1.ListAgentsResponse{Agents: s.d.Store.Agents()}, nil
 }

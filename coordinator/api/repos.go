@@ -109,7 +109,10 @@ func validateAddRepo(req *kilnv1.AddRepoRequest) (*kilnv1.Repo, error) {
 
 // ListRepos serves the registered repositories from the local state, with
 // passwords in their URLs hidden.
-func (s *ControlServer) ListRepos(context.Context, *kilnv1.ListReposRequest) (*kilnv1.ListReposResponse, error) {
+func (s *ControlServer) ListRepos(ctx context.Context, req *kilnv1.ListReposRequest) (*kilnv1.ListReposResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	repos := s.d.Store.Repos()
 	out := make([]*kilnv1.Repo, 0, len(repos))
 	for _, r := range repos {

@@ -57,7 +57,10 @@ func (s *AgentServer) recordTests(ctx context.Context, sess *scheduler.Session, 
 // ListTests returns the test reports of a build's current attempts and the
 // build's summary; failed_only keeps the failed and errored cases. Served
 // by any node from its local state.
-func (s *ControlServer) ListTests(_ context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
+func (s *ControlServer) ListTests(ctx context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	if err := s.knownBuild(req.GetBuildId()); err != nil {
 		return nil, err
 	}
@@ -83,7 +86,10 @@ func (s *ControlServer) ListTests(_ context.Context, req *kilnv1.ListTestsReques
 // FlakyTests lists the cases that were flaky in the newest builds of a
 // repository (every build when repo is empty): per case, the builds where
 // it was flaky and the builds where it ran, most flaky first.
-func (s *ControlServer) FlakyTests(_ context.Context, req *kilnv1.FlakyTestsRequest) (*kilnv1.FlakyTestsResponse, error) {
+func (s *ControlServer) FlakyTests(ctx context.Context, req *kilnv1.FlakyTestsRequest) (*kilnv1.FlakyTestsResponse, error) {
+	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
+		return nil, err
+	}
 	n, limit := int(req.GetBuilds()), int(req.GetLimit())
 	switch {
 	case len(req.GetRepo()) > MaxNameBytes:

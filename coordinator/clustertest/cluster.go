@@ -105,6 +105,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
 	cfg.BlobSyncInterval = 200 * time.Millisecond
+	cfg.Autopilot.Stabilization = 300 * time.Millisecond
+	cfg.Autopilot.Interval = 100 * time.Millisecond
 	cfg.ArtifactExpiryInterval = 100 * time.Millisecond
 	cfg.BlobGCInterval = 200 * time.Millisecond
 	switch {
@@ -242,9 +244,13 @@ func (c *Cluster) WaitMembers(n int) {
 					return false
 				}
 			}
+			// Joiners start as non-voters; autopilot promotes them.
+			if voters, err := node.C.Voters(); err != nil || voters != n {
+				return false
+			}
 		}
 		return true
-	}, fmt.Sprintf("%d members known", n))
+	}, fmt.Sprintf("%d members known and voting", n))
 }
 
 // StartAgent runs an in-process agent connected to every coordinator.

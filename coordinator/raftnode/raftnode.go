@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
@@ -71,19 +72,51 @@ func (c *Config) Defaults() {
 	}
 }
 
-// Node is a running Raft member.
+// Node is a running Raft member. The raft handle stays inside this
+// package: callers use the typed methods below.
 type Node struct {
-	Raft      *raft.Raft
+	raft      *raft.Raft
 	cfg       Config
 	log       *zap.Logger
 	wal       *wal.WAL
 	meta      *metadb.BoltMetaDB
 	transport *raft.NetworkTransport
+	hlog      hclog.Logger
 }
 
-// Open starts the Raft member with the given FSM.
-func Open(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
+// ErrDamagedState marks an Open failure caused by the member's own files
+// (the Raft log, its metadata or the snapshots): restarting will not help.
+var ErrDamagedState = errors.New("the raft state on disk cannot be opened")
+
+// Open starts the Raft member with the given FSM. A log store or snapshot
+// that cannot be read gives an error wrapping ErrDamagedState that names the
+// data directory and how to recover the member, never a panic: the storage
+// libraries panic on some damaged files, and a node that panics on start
+// would be restarted into the same panic forever by its supervisor.
+func Open(cfg Config, f raft.FSM, log *zap.Logger) (n *Node, err error) {
 	cfg.Defaults()
+	raftDir := filepath.Join(cfg.DataDir, "raft")
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w: %v", ErrDamagedState, p)
+		}
+		if errors.Is(err, ErrDamagedState) {
+			err = fmt.Errorf("%w\n%s", err, recoveryHint(raftDir))
+		}
+	}()
+	return openNode(cfg, f, log)
+}
+
+// recoveryHint tells the operator how to bring back a member whose raft
+// directory cannot be opened.
+func recoveryHint(raftDir string) string {
+	return fmt.Sprintf("The Raft state in %s is damaged. To recover this member: stop it, move %s aside "+
+		"(keep it for a bug report), and start it again with an empty data directory and --join ADDR of a running "+
+		"coordinator; it copies the state back from the other members, which keep every committed entry. "+
+		"For a single-member cluster, restore the data directory from a backup.", raftDir, raftDir)
+}
+
+func openNode(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("raft: node id is empty")
 	}
@@ -93,13 +126,14 @@ func Open(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 		return nil, fmt.Errorf("raft: create %s: %w", walDir, err)
 	}
 	hlog := newHCLogger(log.Named("raft"))
-	// raft-wal's Close leaves its metadata database open (and locked), so
-	// the node owns it and closes it itself.
+	// The node owns the metadata database so that a failed Open releases
+	// its file lock; raft-wal v0.4.1's Close closes it too, and a second
+	// Close is a no-op.
 	meta := &metadb.BoltMetaDB{}
 	logStore, err := wal.Open(walDir, wal.WithSegmentSize(16<<20), wal.WithLogger(hlog), wal.WithMetaStore(meta))
 	if err != nil {
 		_ = meta.Close()
-		return nil, fmt.Errorf("raft: open log store %s: %w", walDir, err)
+		return nil, fmt.Errorf("%w: open log store %s: %w", ErrDamagedState, walDir, err)
 	}
 	closeLog := func() {
 		_ = logStore.Close()
@@ -108,7 +142,7 @@ func Open(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 2, hlog)
 	if err != nil {
 		closeLog()
-		return nil, fmt.Errorf("raft: open snapshot store %s: %w", snapDir, err)
+		return nil, fmt.Errorf("%w: open snapshot store %s: %w", ErrDamagedState, snapDir, err)
 	}
 	// With port 0 the transport advertises the port it bound.
 	var advertise net.Addr
@@ -143,7 +177,7 @@ func Open(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 	if err != nil {
 		transport.Close()
 		closeLog()
-		return nil, fmt.Errorf("raft: inspect existing state: %w", err)
+		return nil, fmt.Errorf("%w: inspect existing state: %w", ErrDamagedState, err)
 	}
 	if !existing && len(cfg.InitialCluster) > 0 {
 		var servers []raft.Server
@@ -164,14 +198,16 @@ func Open(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 	if err != nil {
 		transport.Close()
 		closeLog()
-		return nil, fmt.Errorf("raft: start: %w", err)
+		// NewRaft fails only on what it reads back: the log, the snapshots
+		// or the stable store.
+		return nil, fmt.Errorf("%w: start raft: %w", ErrDamagedState, err)
 	}
-	return &Node{Raft: r, cfg: cfg, log: log, wal: logStore, meta: meta, transport: transport}, nil
+	return &Node{raft: r, hlog: hlog, cfg: cfg, log: log, wal: logStore, meta: meta, transport: transport}, nil
 }
 
 // Close stops the member and releases its files and port.
 func (n *Node) Close() error {
-	err := n.Raft.Shutdown().Error()
+	err := n.raft.Shutdown().Error()
 	if cerr := n.transport.Close(); err == nil {
 		err = cerr
 	}
@@ -185,7 +221,7 @@ func (n *Node) Close() error {
 }
 
 // IsLeader reports whether this member is the leader now.
-func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // ErrOutcomeUnknown wraps failures after which the command may or may not
 // have been committed (leadership lost mid-apply). Clients retry with the
@@ -225,7 +261,7 @@ func (n *Node) ApplyAsync(t fsmv1.CommandType, msg proto.Message) (Pending, erro
 	if err != nil {
 		return Pending{}, fmt.Errorf("encode %s: %w", t, err)
 	}
-	return NewPending(n.Raft.Apply(data, n.cfg.ApplyTimeout)), nil
+	return NewPending(n.raft.Apply(data, n.cfg.ApplyTimeout)), nil
 }
 
 // Apply commits a command and returns the FSM's result. The context bounds
@@ -272,7 +308,7 @@ func (n *Node) Barrier(ctx context.Context) error {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
-	if err := n.Raft.Barrier(timeout).Error(); err != nil {
+	if err := n.raft.Barrier(timeout).Error(); err != nil {
 		return mapApplyErr(err)
 	}
 	return nil
@@ -280,13 +316,13 @@ func (n *Node) Barrier(ctx context.Context) error {
 
 // Leader returns the leader's id and Raft address as this member sees them.
 func (n *Node) Leader() (id, raftAddr string) {
-	addr, sid := n.Raft.LeaderWithID()
+	addr, sid := n.raft.LeaderWithID()
 	return string(sid), string(addr)
 }
 
 // Members returns the current Raft configuration.
 func (n *Node) Members() ([]raft.Server, error) {
-	f := n.Raft.GetConfiguration()
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, fmt.Errorf("raft configuration: %w", err)
 	}
@@ -295,7 +331,7 @@ func (n *Node) Members() ([]raft.Server, error) {
 
 // AddVoter adds (or re-addresses) a voting member. Leader only.
 func (n *Node) AddVoter(id, raftAddr string) error {
-	if err := n.Raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, 30*time.Second).Error(); err != nil {
+	if err := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(raftAddr), 0, 30*time.Second).Error(); err != nil {
 		return mapApplyErr(err)
 	}
 	return nil
@@ -303,7 +339,7 @@ func (n *Node) AddVoter(id, raftAddr string) error {
 
 // RemoveServer removes a member. Leader only.
 func (n *Node) RemoveServer(id string) error {
-	if err := n.Raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error(); err != nil {
+	if err := n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error(); err != nil {
 		return mapApplyErr(err)
 	}
 	return nil

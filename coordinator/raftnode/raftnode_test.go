@@ -72,7 +72,7 @@ func waitLeader(t *testing.T, n *Node) {
 	defer tick.Stop()
 	for !n.IsLeader() {
 		if time.Now().After(deadline) {
-			t.Fatalf("node did not become leader (state %s)", n.Raft.State())
+			t.Fatalf("node did not become leader (state %s)", n.State())
 		}
 		<-tick.C
 	}
@@ -103,7 +103,7 @@ func TestRestartFromSnapshotAndLogTail(t *testing.T) {
 	for i := 1; i <= before; i++ {
 		submit(t, n, i)
 	}
-	if err := n.Raft.Snapshot().Error(); err != nil {
+	if err := n.Snapshot(); err != nil {
 		_ = n.Close()
 		t.Fatalf("snapshot: %v", err)
 	}

@@ -59,6 +59,7 @@ func (s *Store) write(index uint64, fn func(w *wtx) error) error {
 	mustInsert(tx, tableMeta, &m)
 	tx.Commit()
 	s.notify()
+	s.applied.advance()
 	return err
 }
 

@@ -221,5 +221,6 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 	tx.Commit()
 	s.db.Store(db)
 	s.notify()
+	s.applied.advance()
 	return nil
 }

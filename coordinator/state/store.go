@@ -70,6 +70,8 @@ type Store struct {
 
 	mu      sync.Mutex
 	changed chan struct{}
+
+	applied appliedSignal
 }
 
 // New returns an empty store (next build number 1, last index 0).

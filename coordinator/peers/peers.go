@@ -1,0 +1,53 @@
+// Package peers keeps one gRPC connection per peer coordinator address, so
+// that coordinator-to-coordinator calls (read index, joins) do not dial
+// for every request.
+package peers
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// Pool hands out shared client connections by address. The zero value is
+// not usable; call New.
+type Pool struct {
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
+}
+
+// New returns an empty pool.
+func New() *Pool { return &Pool{conns: map[string]*grpc.ClientConn{}} }
+
+// Conn returns the connection to addr, creating it on first use. gRPC
+// connections reconnect by themselves, so one per address is enough.
+func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, fmt.Errorf("peer pool closed")
+	}
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+// Close closes every connection; later Conn calls fail.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.closed = true
+	for addr, c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, addr)
+	}
+}
