@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -163,7 +164,7 @@ func (d *dag) jobVerdict(n *kilnv1.Job) verdict {
 		return v
 	case (st == jFailed || st == jTimedOut) && n.GetSpec().GetAllowFailure() && n.GetSpec().GetApproval() == nil:
 		return verdict{st: needSatisfied}
-	case IsTerminalJob(st):
+	case lifecycle.JobFinished(st):
 		return verdict{st: needUnsatisfied, culprit: n}
 	}
 	return verdict{st: needPending}
@@ -205,7 +206,7 @@ func (w *wtx) buildJobs(row *buildRow) []*kilnv1.Job {
 // doc). Held and finished builds are left alone.
 func (w *wtx) advance(buildID string, now int64) {
 	row := getBuildRow(w.tx, buildID)
-	if row == nil || IsTerminalBuild(row.Build.GetState()) || row.Build.GetHeld() {
+	if row == nil || lifecycle.BuildFinished(row.Build.GetState()) || row.Build.GetHeld() {
 		return
 	}
 	jobs := w.buildJobs(row)
@@ -260,10 +261,10 @@ func (w *wtx) settleBuild(row *buildRow, jobs []*kilnv1.Job, now int64) {
 		switch st := j.GetState(); {
 		case st == jBlocked:
 			blocked = true
-		case st == jQueued || isActive(st):
+		case st == jQueued || lifecycle.JobActive(st):
 			active = true
 		}
-		if !IsTerminalJob(j.GetState()) {
+		if !lifecycle.JobFinished(j.GetState()) {
 			done = false
 		}
 	}
@@ -313,7 +314,7 @@ func (w *wtx) groupRows(group string) []*buildRow {
 func (w *wtx) groupActive(group string) int {
 	n := 0
 	for _, r := range w.groupRows(group) {
-		if !IsTerminalBuild(r.Build.GetState()) && !r.Build.GetHeld() {
+		if !lifecycle.BuildFinished(r.Build.GetState()) && !r.Build.GetHeld() {
 			n++
 		}
 	}
@@ -332,7 +333,7 @@ func (w *wtx) releaseGroup(group string, now int64) {
 		var oldest *buildRow
 		var oldestN uint64
 		for _, r := range rows {
-			if IsTerminalBuild(r.Build.GetState()) {
+			if lifecycle.BuildFinished(r.Build.GetState()) {
 				continue
 			}
 			if !r.Build.GetHeld() {
