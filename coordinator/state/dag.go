@@ -2,84 +2,61 @@ package state
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/internal/lifecycle"
+	"github.com/kiln-ci/kiln/internal/pipeline"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 // deriveStageNeeds gives old-style builds (no step names any needs) the
-// edges of the stage model: every step needs all the steps of the previous
-// stage present. specs are in stage order. A single-stage build is left
-// alone (every step is a root).
+// edges of the stage model (pipeline.StageEdges): every step needs all the
+// steps of the nearest earlier stage present. specs are in stage order. A
+// single-stage build is left alone (every step is a root).
 func deriveStageNeeds(specs []*kilnv1.StepSpec) {
 	for _, sp := range specs {
 		if len(sp.GetNeeds()) > 0 {
 			return
 		}
 	}
-	var prev, cur []string
-	stage := specs[0].GetStage()
-	for _, sp := range specs {
-		if sp.GetStage() != stage {
-			prev, cur, stage = cur, nil, sp.GetStage()
+	for i, e := range pipeline.StageEdges(specs) {
+		sp := specs[i]
+		sp.Needs = nil
+		for _, j := range e {
+			sp.Needs = append(sp.Needs, specs[j].GetKey())
 		}
-		sp.Needs = slices.Clone(prev)
-		cur = append(cur, sp.GetKey())
 	}
 }
 
 // validateNeeds checks that needs name other steps of the build and that
-// the graph has no cycle.
+// the graph has no cycle (the first pipeline.Cycles finds is reported).
 func validateNeeds(specs []*kilnv1.StepSpec) error {
-	byKey := make(map[string]*kilnv1.StepSpec, len(specs))
-	for _, sp := range specs {
-		byKey[sp.GetKey()] = sp
+	index := make(map[string]int, len(specs))
+	for i, sp := range specs {
+		index[sp.GetKey()] = i
 	}
-	for _, sp := range specs {
+	edges := make([][]int, len(specs))
+	for i, sp := range specs {
 		for _, n := range sp.GetNeeds() {
+			j, ok := index[n]
 			switch {
 			case n == sp.GetKey():
 				return fmt.Errorf("step %q needs itself: %w", sp.GetKey(), ErrInvalidCommand)
-			case byKey[n] == nil:
+			case !ok:
 				return fmt.Errorf("step %q needs %q, which is not a step of the build: %w", sp.GetKey(), n, ErrInvalidCommand)
 			}
+			edges[i] = append(edges[i], j)
 		}
 	}
-	const (
-		white = iota
-		grey
-		black
-	)
-	color := make(map[string]int, len(specs))
-	var path []string
-	var visit func(k string) error
-	visit = func(k string) error {
-		switch color[k] {
-		case grey:
-			i := slices.Index(path, k)
-			return fmt.Errorf("needs form a cycle: %v: %w", append(slices.Clone(path[i:]), k), ErrInvalidCommand)
-		case black:
-			return nil
+	for cycle := range pipeline.Cycles(edges) {
+		path := make([]string, 0, len(cycle)+1)
+		for _, i := range cycle {
+			path = append(path, specs[i].GetKey())
 		}
-		color[k] = grey
-		path = append(path, k)
-		for _, n := range byKey[k].GetNeeds() {
-			if err := visit(n); err != nil {
-				return err
-			}
-		}
-		path = path[:len(path)-1]
-		color[k] = black
-		return nil
-	}
-	for _, sp := range specs {
-		if err := visit(sp.GetKey()); err != nil {
-			return err
-		}
+		path = append(path, path[0])
+		return fmt.Errorf("needs form a cycle: %v: %w", path, ErrInvalidCommand)
 	}
 	return nil
 }
