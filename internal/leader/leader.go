@@ -1,8 +1,9 @@
 // Package leader carries "not the leader" answers between coordinators and
 // their clients. A coordinator that cannot serve a request because it is not
 // the Raft leader answers codes.Unavailable with a kilnv1.NotLeader detail;
-// clients read the detail with Hint and retry at the named address. Nothing
-// here matches error strings.
+// clients read the detail with Hint and retry at the named address; Follow
+// is the one loop that does so (the CLI client, the agent and coordinators
+// joining the cluster use it). Nothing here matches error strings.
 package leader
 
 import (
