@@ -284,10 +284,3 @@ func pick(step, def *int32, fallback int32) int32 {
 		return fallback
 	}
 }
-
-// Validate parses a pipeline file and reports only whether it is valid; the
-// error is an *Errors listing every problem.
-func Validate(filename string, data []byte) error {
-	_, err := Parse(filename, data)
-	return err
-}
