@@ -59,7 +59,6 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 	backoff := a.cfg.ReconnectMin
 	next := 0      // index into Coordinators
 	redirect := "" // leader address named by the last answer
-	redirects := 0 // consecutive immediate redirects
 	for {
 		select {
 		case <-ctx.Done():
@@ -74,28 +73,37 @@ func (a *Agent) connectLoop(ctx context.Context) error {
 			next++
 		}
 		redirect = ""
-		began := time.Now()
-		err := a.runSession(ctx, addr)
+		// NotLeader hints are followed at once, a bounded number in a row.
+		err := leader.Follow(ctx, []string{addr}, a.maxRedirects(), func(ctx context.Context, at string) error {
+			if at != addr { // addr answered that at is the leader
+				a.log.Info("coordinator is not the leader; redirecting", zap.String("addr", addr), zap.String("leader", at))
+				addr = at
+				select {
+				case <-a.idle:
+					return errDrained
+				default:
+				}
+			}
+			began := time.Now()
+			err := a.runSession(ctx, at)
+			if time.Since(began) >= a.cfg.StableSession {
+				backoff = a.cfg.ReconnectMin
+			}
+			return err
+		})
 		switch {
 		case errors.Is(err, errDrained):
 			return nil
 		case ctx.Err() != nil:
 			return ctx.Err()
 		}
-		if time.Since(began) >= a.cfg.StableSession {
-			backoff = a.cfg.ReconnectMin
-		}
 		if hint, ok := leader.Hint(err); ok && hint != "" && hint != addr {
+			// Too many redirects in a row: follow this one after the backoff.
 			a.log.Info("coordinator is not the leader; redirecting", zap.String("addr", addr), zap.String("leader", hint))
 			redirect = hint
-			if redirects < a.maxRedirects() {
-				redirects++
-				continue
-			}
 		} else {
 			a.log.Warn("session ended", zap.String("addr", addr), zap.Error(err))
 		}
-		redirects = 0
 		if err := a.sleepBackoff(ctx, &backoff, a.idle); err != nil {
 			if errors.Is(err, errDrained) {
 				return nil

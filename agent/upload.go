@@ -35,7 +35,6 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 	backoff := a.cfg.ReconnectMin
 	next := 0
 	redirect := ""
-	redirects := 0
 	for {
 		addr := redirect
 		redirect = ""
@@ -47,23 +46,20 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 			}
 			next++
 		}
-		err := uploadTo(ctx, addr, file, r)
+		err := leader.Follow(ctx, []string{addr}, a.maxRedirects(), func(ctx context.Context, at string) error {
+			addr = at
+			return uploadTo(ctx, at, file, r)
+		})
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		hint, _ := leader.Hint(err) // "" when err names no leader
-		if hint != "" && hint != addr && redirects < a.maxRedirects() {
-			redirects++
-			redirect = hint
-			continue
-		}
-		redirects = 0
 		if status.Code(err) != codes.Unavailable {
 			return err
 		}
+		hint, _ := leader.Hint(err) // "" when err names no leader
 		a.log.Info("artifact upload unavailable; retrying", zap.String("addr", addr), zap.String("path", file.GetPath()), zap.Error(err))
 		if hint != "" {
 			redirect = hint

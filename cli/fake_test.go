@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/leader"
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -125,7 +126,7 @@ func (f *fake) CancelBuild(_ context.Context, req *kilnv1.CancelBuildRequest) (*
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "build %s not found", req.BuildId)
 	}
-	if !isTerminal(b.State) {
+	if !lifecycle.BuildFinished(b.State) {
 		b.State = kilnv1.BuildState_BUILD_STATE_CANCELED
 		b.Reason = req.Reason
 	}

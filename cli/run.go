@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -179,7 +180,7 @@ func (a *app) waitTerminal(ctx context.Context, c *client.Client, id string) (*k
 		if err != nil {
 			return nil, err
 		}
-		if isTerminal(b.GetState()) {
+		if lifecycle.BuildFinished(b.GetState()) {
 			return b, nil
 		}
 		t := time.NewTimer(delay)
@@ -191,14 +192,6 @@ func (a *app) waitTerminal(ctx context.Context, c *client.Client, id string) (*k
 		}
 		delay = min(delay*2, time.Second)
 	}
-}
-
-func isTerminal(s kilnv1.BuildState) bool {
-	switch s {
-	case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED, kilnv1.BuildState_BUILD_STATE_CANCELED:
-		return true
-	}
-	return false
 }
 
 // parsePairs parses repeated k=v flag values.

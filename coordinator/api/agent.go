@@ -17,6 +17,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -99,7 +100,7 @@ func (s *AgentServer) Connect(stream kilnv1.AgentService_ConnectServer) error {
 	}
 	for _, r := range reg.GetRunning() {
 		j, ok := s.d.Store.Job(r.GetJobId())
-		if !ok || j.GetAttempt() != r.GetAttempt() || j.GetAgent() != reg.GetName() || JobFinished(j.GetState()) ||
+		if !ok || j.GetAttempt() != r.GetAttempt() || j.GetAgent() != reg.GetName() || lifecycle.JobFinished(j.GetState()) ||
 			j.GetState() == kilnv1.JobState_JOB_STATE_QUEUED {
 			sess.Send(ackStale(r.GetJobId(), r.GetAttempt()))
 		}
@@ -369,7 +370,7 @@ func (s *AgentServer) registerArtifacts(ctx context.Context, sess *scheduler.Ses
 			cancel()
 		}
 		if !s.d.Blobs.Has(f.GetSha256()) {
-			if j, ok := s.d.Store.Job(up.GetJobId()); !ok || j.GetAttempt() != up.GetAttempt() || j.GetAgent() != sess.Agent || !isActiveJob(j.GetState()) {
+			if j, ok := s.d.Store.Job(up.GetJobId()); !ok || j.GetAttempt() != up.GetAttempt() || j.GetAgent() != sess.Agent || !lifecycle.JobActive(j.GetState()) {
 				sess.Send(ackStale(up.GetJobId(), up.GetAttempt()))
 				return nil
 			}
@@ -387,8 +388,4 @@ func (s *AgentServer) registerArtifacts(ctx context.Context, sess *scheduler.Ses
 		return s.d.toStatus(err)
 	}
 	return nil
-}
-
-func isActiveJob(st kilnv1.JobState) bool {
-	return st == kilnv1.JobState_JOB_STATE_ASSIGNED || st == kilnv1.JobState_JOB_STATE_RUNNING
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/internal/buildfile"
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -238,7 +239,7 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 			}
 			last = b
 		}
-		if BuildFinished(b.GetState()) {
+		if lifecycle.BuildFinished(b.GetState()) {
 			return nil
 		}
 		select {
@@ -247,25 +248,6 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 		case <-changed:
 		}
 	}
-}
-
-// BuildFinished reports whether a build state is final.
-func BuildFinished(st kilnv1.BuildState) bool {
-	switch st {
-	case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED, kilnv1.BuildState_BUILD_STATE_CANCELED:
-		return true
-	}
-	return false
-}
-
-// JobFinished reports whether a job state is final.
-func JobFinished(st kilnv1.JobState) bool {
-	switch st {
-	case kilnv1.JobState_JOB_STATE_PASSED, kilnv1.JobState_JOB_STATE_FAILED, kilnv1.JobState_JOB_STATE_CANCELED,
-		kilnv1.JobState_JOB_STATE_TIMED_OUT, kilnv1.JobState_JOB_STATE_LOST, kilnv1.JobState_JOB_STATE_SKIPPED:
-		return true
-	}
-	return false
 }
 
 // logBatch bounds the chunks read from the store per job per pass.
@@ -302,7 +284,7 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 		}
 		allDone := true
 		for _, j := range jobs {
-			if !JobFinished(j.GetState()) {
+			if !lifecycle.JobFinished(j.GetState()) {
 				allDone = false
 			}
 			if j.GetAttempt() == 0 {

@@ -3,9 +3,13 @@ package fsm
 import (
 	"bytes"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kiln-ci/kiln/internal/pipeline"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -634,5 +638,40 @@ func TestSnapshotRoundTripWithPipelineState(t *testing.T) {
 	h.wantJob("2.a", jQueued)
 	if b := fresh.build("3"); b.RepoBuildNumber != 2 {
 		t.Fatalf("repo build number %d", b.RepoBuildNumber)
+	}
+}
+
+// The stage model is one rule (pipeline.StageEdges) on both paths: the
+// needs Resolve gives the steps of a file that write none, and the needs
+// the state derives for a build whose client sent none. They used to
+// differ after a stage with no steps: Resolve made the next stage's steps
+// roots, the state made them wait for the last stage that has steps.
+func TestStageModelAgrees(t *testing.T) {
+	step := func(key string) *pipeline.Step { return &pipeline.Step{Key: key, Commands: []string{"echo " + key}} }
+	p := &pipeline.Pipeline{Stages: []*pipeline.Stage{
+		{Steps: []*pipeline.Step{step("a"), step("b")}},
+		{}, // no steps
+		{Steps: []*pipeline.Step{step("c"), step("d")}},
+		{Steps: []*pipeline.Step{step("e")}},
+	}}
+	resolved, err := p.Resolve(pipeline.Context{Event: "manual"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := make([]*kilnv1.StepSpec, len(resolved))
+	for i, sp := range resolved {
+		old[i] = proto.Clone(sp).(*kilnv1.StepSpec)
+		old[i].Needs = nil // a client older than needs
+	}
+	h := newHarness(t)
+	h.submit("r", old...)
+	for _, sp := range resolved {
+		got := h.job("1." + sp.Key).GetSpec().GetNeeds()
+		if !slices.Equal(slices.Sorted(slices.Values(got)), sp.Needs) {
+			t.Errorf("step %s (stage %d): state derived needs %v, Resolve %v", sp.Key, sp.Stage, got, sp.Needs)
+		}
+	}
+	if c := resolved[2]; c.Key != "c" || !slices.Equal(c.Needs, []string{"a", "b"}) {
+		t.Fatalf("c needs %v, want [a b]", c.Needs)
 	}
 }

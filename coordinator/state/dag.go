@@ -2,83 +2,61 @@ package state
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
+	"github.com/kiln-ci/kiln/internal/pipeline"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 // deriveStageNeeds gives old-style builds (no step names any needs) the
-// edges of the stage model: every step needs all the steps of the previous
-// stage present. specs are in stage order. A single-stage build is left
-// alone (every step is a root).
+// edges of the stage model (pipeline.StageEdges): every step needs all the
+// steps of the nearest earlier stage present. specs are in stage order. A
+// single-stage build is left alone (every step is a root).
 func deriveStageNeeds(specs []*kilnv1.StepSpec) {
 	for _, sp := range specs {
 		if len(sp.GetNeeds()) > 0 {
 			return
 		}
 	}
-	var prev, cur []string
-	stage := specs[0].GetStage()
-	for _, sp := range specs {
-		if sp.GetStage() != stage {
-			prev, cur, stage = cur, nil, sp.GetStage()
+	for i, e := range pipeline.StageEdges(specs) {
+		sp := specs[i]
+		sp.Needs = nil
+		for _, j := range e {
+			sp.Needs = append(sp.Needs, specs[j].GetKey())
 		}
-		sp.Needs = slices.Clone(prev)
-		cur = append(cur, sp.GetKey())
 	}
 }
 
 // validateNeeds checks that needs name other steps of the build and that
-// the graph has no cycle.
+// the graph has no cycle (the first pipeline.Cycles finds is reported).
 func validateNeeds(specs []*kilnv1.StepSpec) error {
-	byKey := make(map[string]*kilnv1.StepSpec, len(specs))
-	for _, sp := range specs {
-		byKey[sp.GetKey()] = sp
+	index := make(map[string]int, len(specs))
+	for i, sp := range specs {
+		index[sp.GetKey()] = i
 	}
-	for _, sp := range specs {
+	edges := make([][]int, len(specs))
+	for i, sp := range specs {
 		for _, n := range sp.GetNeeds() {
+			j, ok := index[n]
 			switch {
 			case n == sp.GetKey():
 				return fmt.Errorf("step %q needs itself: %w", sp.GetKey(), ErrInvalidCommand)
-			case byKey[n] == nil:
+			case !ok:
 				return fmt.Errorf("step %q needs %q, which is not a step of the build: %w", sp.GetKey(), n, ErrInvalidCommand)
 			}
+			edges[i] = append(edges[i], j)
 		}
 	}
-	const (
-		white = iota
-		grey
-		black
-	)
-	color := make(map[string]int, len(specs))
-	var path []string
-	var visit func(k string) error
-	visit = func(k string) error {
-		switch color[k] {
-		case grey:
-			i := slices.Index(path, k)
-			return fmt.Errorf("needs form a cycle: %v: %w", append(slices.Clone(path[i:]), k), ErrInvalidCommand)
-		case black:
-			return nil
+	for cycle := range pipeline.Cycles(edges) {
+		path := make([]string, 0, len(cycle)+1)
+		for _, i := range cycle {
+			path = append(path, specs[i].GetKey())
 		}
-		color[k] = grey
-		path = append(path, k)
-		for _, n := range byKey[k].GetNeeds() {
-			if err := visit(n); err != nil {
-				return err
-			}
-		}
-		path = path[:len(path)-1]
-		color[k] = black
-		return nil
-	}
-	for _, sp := range specs {
-		if err := visit(sp.GetKey()); err != nil {
-			return err
-		}
+		path = append(path, path[0])
+		return fmt.Errorf("needs form a cycle: %v: %w", path, ErrInvalidCommand)
 	}
 	return nil
 }
@@ -163,7 +141,7 @@ func (d *dag) jobVerdict(n *kilnv1.Job) verdict {
 		return v
 	case (st == jFailed || st == jTimedOut) && n.GetSpec().GetAllowFailure() && n.GetSpec().GetApproval() == nil:
 		return verdict{st: needSatisfied}
-	case IsTerminalJob(st):
+	case lifecycle.JobFinished(st):
 		return verdict{st: needUnsatisfied, culprit: n}
 	}
 	return verdict{st: needPending}
@@ -205,7 +183,7 @@ func (w *wtx) buildJobs(row *buildRow) []*kilnv1.Job {
 // doc). Held and finished builds are left alone.
 func (w *wtx) advance(buildID string, now int64) {
 	row := getBuildRow(w.tx, buildID)
-	if row == nil || IsTerminalBuild(row.Build.GetState()) || row.Build.GetHeld() {
+	if row == nil || lifecycle.BuildFinished(row.Build.GetState()) || row.Build.GetHeld() {
 		return
 	}
 	jobs := w.buildJobs(row)
@@ -260,10 +238,10 @@ func (w *wtx) settleBuild(row *buildRow, jobs []*kilnv1.Job, now int64) {
 		switch st := j.GetState(); {
 		case st == jBlocked:
 			blocked = true
-		case st == jQueued || isActive(st):
+		case st == jQueued || lifecycle.JobActive(st):
 			active = true
 		}
-		if !IsTerminalJob(j.GetState()) {
+		if !lifecycle.JobFinished(j.GetState()) {
 			done = false
 		}
 	}
@@ -313,7 +291,7 @@ func (w *wtx) groupRows(group string) []*buildRow {
 func (w *wtx) groupActive(group string) int {
 	n := 0
 	for _, r := range w.groupRows(group) {
-		if !IsTerminalBuild(r.Build.GetState()) && !r.Build.GetHeld() {
+		if !lifecycle.BuildFinished(r.Build.GetState()) && !r.Build.GetHeld() {
 			n++
 		}
 	}
@@ -332,7 +310,7 @@ func (w *wtx) releaseGroup(group string, now int64) {
 		var oldest *buildRow
 		var oldestN uint64
 		for _, r := range rows {
-			if IsTerminalBuild(r.Build.GetState()) {
+			if lifecycle.BuildFinished(r.Build.GetState()) {
 				continue
 			}
 			if !r.Build.GetHeld() {

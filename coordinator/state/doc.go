@@ -22,7 +22,7 @@
 // other steps of the same build and form no cycle, else ErrInvalidCommand.
 // Backward compatibility: when no step names any needs and the build has
 // more than one stage, every step needs all the steps of the previous stage
-// present (stored in the job's spec.needs). The build id is the next build
+// present (pipeline.StageEdges; stored in the job's spec.needs). The build id is the next build
 // number as a decimal string ("1", "2", ...). Job ids are "<build id>.<key>";
 // jobs are ordered by stage, then step order. A step with skip_reason (its
 // `if` was false) is created SKIPPED with that reason; the others are

@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -102,14 +103,6 @@ func (s *Store) DecideApproval(index uint64, cmd *fsmv1.DecideApproval) (*kilnv1
 	})
 }
 
-func retryable(s kilnv1.JobState) bool {
-	switch s {
-	case jFailed, jTimedOut, jLost, jCanceled:
-		return true
-	}
-	return false
-}
-
 // RetryBuild runs failed jobs of a finished build again (see the package
 // doc).
 func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, error) {
@@ -121,7 +114,7 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 		if row == nil {
 			return nil, fmt.Errorf("retry build %q: %w", cmd.GetBuildId(), ErrNotFound)
 		}
-		if st := row.Build.GetState(); !IsTerminalBuild(st) {
+		if st := row.Build.GetState(); !lifecycle.BuildFinished(st) {
 			return nil, fmt.Errorf("retry build %s: the build is %s; only a finished build can be retried: %w",
 				row.ID, strings.ToLower(strings.TrimPrefix(st.String(), "BUILD_STATE_")), ErrInvalidState)
 		}
@@ -136,7 +129,7 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 			if i < 0 {
 				return nil, fmt.Errorf("retry build %s: no step %q: %w", row.ID, step, ErrNotFound)
 			}
-			if !retryable(jobs[i].GetState()) {
+			if !lifecycle.JobRetryable(jobs[i].GetState()) {
 				return nil, fmt.Errorf("retry build %s: step %s %s; only a failed, timed out, lost or canceled step can be retried: %w",
 					row.ID, step, jobStateWord(jobs[i].GetState()), ErrInvalidState)
 			}
@@ -169,7 +162,7 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 		} else {
 			for _, j := range jobs {
 				switch {
-				case retryable(j.GetState()):
+				case lifecycle.JobRetryable(j.GetState()):
 					retry[j.GetKey()] = true
 				case j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "":
 					revive[j.GetKey()] = true

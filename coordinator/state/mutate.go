@@ -11,6 +11,7 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -284,7 +285,7 @@ func (s *Store) AssignJob(index uint64, cmd *fsmv1.AssignJob) error {
 // and agent.
 func (w *wtx) fenced(jobID string, attempt uint32, agent string) *kilnv1.Job {
 	j := w.job(jobID)
-	if j == nil || !isActive(j.GetState()) || j.GetAttempt() != attempt || agent == "" || j.GetAgent() != agent {
+	if j == nil || !lifecycle.JobActive(j.GetState()) || j.GetAttempt() != attempt || agent == "" || j.GetAgent() != agent {
 		return nil
 	}
 	return j
@@ -445,7 +446,7 @@ func (s *Store) CancelBuild(index uint64, cmd *fsmv1.CancelBuild) (*CancelOutcom
 		if row == nil {
 			return fmt.Errorf("cancel build %q: %w", cmd.GetBuildId(), ErrNotFound)
 		}
-		if IsTerminalBuild(row.Build.GetState()) {
+		if lifecycle.BuildFinished(row.Build.GetState()) {
 			out.Build = assembleBuild(w.tx, row)
 			return nil
 		}
@@ -573,7 +574,7 @@ func (s *Store) LoseAttempts(index uint64, cmd *fsmv1.LoseAttempts) error {
 	return s.write(index, func(w *wtx) error {
 		for _, ref := range cmd.GetAttempts() {
 			j := w.job(ref.GetJobId())
-			if j == nil || !isActive(j.State) || j.Attempt != ref.GetAttempt() {
+			if j == nil || !lifecycle.JobActive(j.State) || j.Attempt != ref.GetAttempt() {
 				continue
 			}
 			w.loseAttempt(j, cmd.GetReason(), cmd.GetTimeUnixMs())

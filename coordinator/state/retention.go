@@ -12,6 +12,7 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -53,7 +54,7 @@ func (expiryIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 		return false, nil, fmt.Errorf("expiry index: unexpected %T", raw)
 	}
 	b := row.Build
-	if !IsTerminalBuild(b.GetState()) || b.GetArtifactsExpired() {
+	if !lifecycle.BuildFinished(b.GetState()) || b.GetArtifactsExpired() {
 		return false, nil, nil
 	}
 	num, err := strconv.ParseUint(row.ID, 10, 64)

@@ -11,6 +11,7 @@ import (
 	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -155,7 +156,7 @@ func (activeAgentIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 	if !ok {
 		return false, nil, fmt.Errorf("active index: unexpected %T", raw)
 	}
-	if !isActive(j.GetState()) {
+	if !lifecycle.JobActive(j.GetState()) {
 		return false, nil, nil
 	}
 	return true, []byte(j.GetAgent() + "\x00"), nil
@@ -295,33 +296,6 @@ func mustGet(tx *memdb.Txn, table, index string, args ...interface{}) memdb.Resu
 		panic(fmt.Sprintf("state: scan %s.%s: %v", table, index, err))
 	}
 	return it
-}
-
-func isActive(s kilnv1.JobState) bool {
-	return s == kilnv1.JobState_JOB_STATE_ASSIGNED || s == kilnv1.JobState_JOB_STATE_RUNNING
-}
-
-// IsTerminalJob reports whether a job state is final (PASSED FAILED CANCELED
-// TIMED_OUT LOST SKIPPED).
-func IsTerminalJob(s kilnv1.JobState) bool {
-	switch s {
-	case kilnv1.JobState_JOB_STATE_PASSED, kilnv1.JobState_JOB_STATE_FAILED,
-		kilnv1.JobState_JOB_STATE_CANCELED, kilnv1.JobState_JOB_STATE_TIMED_OUT,
-		kilnv1.JobState_JOB_STATE_LOST, kilnv1.JobState_JOB_STATE_SKIPPED:
-		return true
-	}
-	return false
-}
-
-// IsTerminalBuild reports whether a build state is final (PASSED FAILED
-// CANCELED).
-func IsTerminalBuild(s kilnv1.BuildState) bool {
-	switch s {
-	case kilnv1.BuildState_BUILD_STATE_PASSED, kilnv1.BuildState_BUILD_STATE_FAILED,
-		kilnv1.BuildState_BUILD_STATE_CANCELED:
-		return true
-	}
-	return false
 }
 
 func (s *Store) read() *memdb.Txn { return s.db.Load().Txn(false) }

@@ -30,8 +30,8 @@ const (
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
 	// maxRedirects is how many "not leader" redirects in a row are followed
-	// at once; after that the client backs off (two nodes pointing at each
-	// other during a leadership change must not spin).
+	// at once (leader.Follow); after that the client backs off (two nodes
+	// pointing at each other during a leadership change must not spin).
 	maxRedirects = 3
 )
 
@@ -135,10 +135,9 @@ func (e *UnavailableError) GRPCStatus() *status.Status {
 // API's mutating calls carry a request_id for that).
 func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.ClientConnInterface) error) error {
 	var (
-		tried     []string
-		lastErr   error
-		failures  int // consecutive unavailable answers, for the backoff
-		redirects int // consecutive redirects followed without backoff
+		tried    []string
+		lastErr  error
+		failures int // consecutive unavailable answers, for the backoff
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -148,24 +147,27 @@ func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.
 			return &UnavailableError{Tried: tried, Last: lastErr}
 		}
 		addr := c.currentAddr()
-		if !slices.Contains(tried, addr) {
-			tried = append(tried, addr)
-		}
-		conn, err := c.conn(addr)
-		if err != nil {
-			return err
-		}
-		err = fn(ctx, conn)
+		var callErr error // of the last call, for lastErr on a redirect
+		err := leader.Follow(ctx, []string{addr}, maxRedirects, func(ctx context.Context, at string) error {
+			if at != addr { // addr answered that at is the leader
+				c.log.Debug("coordinator is not the leader; redirecting",
+					zap.String("addr", addr), zap.String("leader", at))
+				c.setCurrent(addr, at)
+				lastErr = callErr
+				addr = at
+			}
+			if !slices.Contains(tried, at) {
+				tried = append(tried, at)
+			}
+			conn, err := c.conn(at)
+			if err != nil {
+				return err
+			}
+			callErr = fn(ctx, conn)
+			return callErr
+		})
 		if err == nil {
 			return nil
-		}
-		if hint, ok := leader.Hint(err); ok && hint != "" && hint != addr && redirects < maxRedirects {
-			c.log.Debug("coordinator is not the leader; redirecting",
-				zap.String("addr", addr), zap.String("leader", hint))
-			c.setCurrent(addr, hint)
-			lastErr = err
-			redirects++
-			continue
 		}
 		if status.Code(err) != codes.Unavailable {
 			if ctx.Err() != nil && lastErr != nil && isContextCode(err) {
@@ -176,7 +178,6 @@ func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.
 			return err
 		}
 		lastErr = err
-		redirects = 0
 		next := c.advance(addr)
 		d := backoffDelay(failures)
 		failures++

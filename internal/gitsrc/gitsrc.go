@@ -303,14 +303,9 @@ func unreachable(ctx context.Context, rawURL string, err error) error {
 	return fmt.Errorf("%w: %s: %v", ErrUnreachable, Redact(rawURL), err)
 }
 
-// Checkout fetches commit from the repository at rawURL into dir (created
+// CheckoutTo fetches commit from the repository at rawURL into dir (created
 // if needed; a git repository is initialized there) and checks it out
-// detached. git's output is discarded; CheckoutTo keeps it.
-func Checkout(ctx context.Context, dir, rawURL, commit string) error {
-	return CheckoutTo(ctx, dir, rawURL, commit, io.Discard)
-}
-
-// CheckoutTo is Checkout writing git's output (and a line per step) to log.
+// detached, writing git's output (and a line per step) to log (nil: none).
 func CheckoutTo(ctx context.Context, dir, rawURL, commit string, log io.Writer) error {
 	if err := ValidateURL(rawURL); err != nil {
 		return err

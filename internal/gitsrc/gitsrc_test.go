@@ -153,7 +153,7 @@ func TestValidateURL(t *testing.T) {
 	if _, err := gitsrc.Resolve(ctx(t), "-oProxyCommand=x", "main"); !errors.Is(err, gitsrc.ErrInvalidURL) {
 		t.Errorf("Resolve with option-like URL: %v", err)
 	}
-	if err := gitsrc.Checkout(ctx(t), t.TempDir(), "--upload-pack=x", strings.Repeat("a", 40)); !errors.Is(err, gitsrc.ErrInvalidURL) {
+	if err := gitsrc.CheckoutTo(ctx(t), t.TempDir(), "--upload-pack=x", strings.Repeat("a", 40), nil); !errors.Is(err, gitsrc.ErrInvalidURL) {
 		t.Errorf("Checkout with option-like URL: %v", err)
 	}
 	if got := gitsrc.Redact("https://user:secret@example.com/r.git"); strings.Contains(got, "secret") {
@@ -198,7 +198,7 @@ func TestCheckoutFallsBackToFullFetch(t *testing.T) {
 	}
 	checkWorkspace(t, dir, mid, "four\n")
 	// A commit that exists nowhere fails clearly.
-	err := gitsrc.Checkout(ctx(t), t.TempDir(), f.r.URL(), strings.Repeat("ab", 20))
+	err := gitsrc.CheckoutTo(ctx(t), t.TempDir(), f.r.URL(), strings.Repeat("ab", 20), nil)
 	if !errors.Is(err, gitsrc.ErrRefNotFound) {
 		t.Errorf("unknown commit: %v, want ErrRefNotFound", err)
 	}
@@ -206,15 +206,15 @@ func TestCheckoutFallsBackToFullFetch(t *testing.T) {
 
 func TestCheckoutUnknownCommitAndRepo(t *testing.T) {
 	f := newFixture(t)
-	err := gitsrc.Checkout(ctx(t), t.TempDir(), f.r.URL(), strings.Repeat("ab", 20))
+	err := gitsrc.CheckoutTo(ctx(t), t.TempDir(), f.r.URL(), strings.Repeat("ab", 20), nil)
 	if err == nil {
 		t.Fatal("checkout of a commit that does not exist succeeded")
 	}
-	err = gitsrc.Checkout(ctx(t), t.TempDir(), "file:///nonexistent/repo", f.c1)
+	err = gitsrc.CheckoutTo(ctx(t), t.TempDir(), "file:///nonexistent/repo", f.c1, nil)
 	if !errors.Is(err, gitsrc.ErrUnreachable) {
 		t.Errorf("missing repo: %v, want ErrUnreachable", err)
 	}
-	if err := gitsrc.Checkout(ctx(t), t.TempDir(), f.r.URL(), "main"); !errors.Is(err, gitsrc.ErrInvalidRef) {
+	if err := gitsrc.CheckoutTo(ctx(t), t.TempDir(), f.r.URL(), "main", nil); !errors.Is(err, gitsrc.ErrInvalidRef) {
 		t.Errorf("checkout of a branch name: %v, want ErrInvalidRef (commits only)", err)
 	}
 }
@@ -224,7 +224,7 @@ func TestCheckoutCanceled(t *testing.T) {
 	c, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	err := gitsrc.Checkout(c, t.TempDir(), "git://"+addr+"/repo", strings.Repeat("ab", 20))
+	err := gitsrc.CheckoutTo(c, t.TempDir(), "git://"+addr+"/repo", strings.Repeat("ab", 20), nil)
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, gitsrc.ErrUnreachable) {
 		t.Fatalf("err = %v, want a deadline error", err)
 	}
@@ -275,7 +275,7 @@ func TestGitDaemon(t *testing.T) {
 		t.Fatalf("Resolve HEAD over git:// = %+v, %v", res, err)
 	}
 	dir := t.TempDir()
-	if err := gitsrc.Checkout(ctx(t), dir, url, f.feature); err != nil {
+	if err := gitsrc.CheckoutTo(ctx(t), dir, url, f.feature, nil); err != nil {
 		t.Fatalf("checkout over git://: %v", err)
 	}
 	checkWorkspace(t, dir, f.feature, "two\n")

@@ -41,8 +41,8 @@
 //     sum of its cases and child suites. Summary.Duration is the sum of all
 //     case durations (including cases not kept).
 //   - Case.Classname falls back to the enclosing suite's name when absent,
-//     and Case.File to the nearest enclosing suite's `file`, so CaseKey stays
-//     meaningful for every dialect.
+//     and Case.File to the nearest enclosing suite's `file`, so (Classname,
+//     Name) identifies a case for every dialect.
 //   - Properties (<properties><property name= value=>) are kept on suites and
 //     on cases (pytest record_property, JUnit 5); a property without a value
 //     attribute takes its text content. At most 1000 per owner.
@@ -142,13 +142,12 @@ func (o Options) normalized() Options {
 	return o
 }
 
-// Report is one parsed file (or, from Merge, several attempts combined).
+// Report is one parsed file.
 type Report struct {
 	Suites  []Suite
 	Summary Summary
 	// Dropped is the number of cases counted in Summary but not kept
-	// because of Options.MaxCases. For Parse results
-	// Summary.Total == kept cases + Dropped (see Merge for merged reports).
+	// because of Options.MaxCases: Summary.Total == kept cases + Dropped.
 	Dropped int
 }
 
@@ -178,15 +177,6 @@ type Case struct {
 	SystemErr  string
 	Properties map[string]string
 }
-
-// CaseKey identifies a case across attempts.
-type CaseKey struct {
-	Classname string
-	Name      string
-}
-
-// Key returns the case's identity.
-func (c *Case) Key() CaseKey { return CaseKey{Classname: c.Classname, Name: c.Name} }
 
 // Summary is computed from cases, never from header attributes.
 type Summary struct {

@@ -195,9 +195,6 @@ func TestSurefireFlakyAndRerun(t *testing.T) {
 	if a.Flaky || a.Result != Failed || a.Reruns != 2 || a.Message != "boom\n\njava.lang.AssertionError: boom" {
 		t.Errorf("alwaysFails = %+v", a)
 	}
-	if got := FlakyAcross([]*Report{r}); !reflect.DeepEqual(got, []CaseKey{{"com.example.FlakyTest", "sometimesFails"}}) {
-		t.Errorf("FlakyAcross = %v", got)
-	}
 }
 
 func TestCountsComputedNotTrusted(t *testing.T) {
@@ -426,85 +423,6 @@ func TestParseSeconds(t *testing.T) {
 		if got := parseSeconds(in); got != want {
 			t.Errorf("parseSeconds(%q) = %v, want %v", in, got, want)
 		}
-	}
-}
-
-func TestFlakyAcross(t *testing.T) {
-	mk := func(results ...Result) *Report {
-		r := &Report{Suites: []Suite{{Name: "s"}}}
-		for i, res := range results {
-			r.Suites[0].Cases = append(r.Suites[0].Cases, Case{Classname: "c", Name: string(rune('a' + i)), Result: res})
-		}
-		return r
-	}
-	// a: fail → pass (flaky); b: pass → fail (not); c: error → skip → pass (flaky);
-	// d: fail → fail (not)
-	a1 := mk(Failed, Passed, Errored, Failed)
-	a2 := mk(Passed, Failed, Skipped, Failed)
-	a3 := mk(Passed, Failed, Passed, Failed)
-	got := FlakyAcross([]*Report{a1, nil, a2, a3})
-	want := []CaseKey{{"c", "a"}, {"c", "c"}}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("FlakyAcross = %v, want %v", got, want)
-	}
-	// Order matters: pass then fail is not flaky.
-	if got := FlakyAcross([]*Report{mk(Passed), mk(Failed)}); len(got) != 0 {
-		t.Errorf("pass→fail reported flaky: %v", got)
-	}
-	// Repeats inside one report (go test -count=2).
-	r := &Report{Suites: []Suite{{Cases: []Case{{Classname: "p", Name: "T", Result: Failed}, {Classname: "p", Name: "T", Result: Passed}}}}}
-	if got := FlakyAcross([]*Report{r}); !reflect.DeepEqual(got, []CaseKey{{"p", "T"}}) {
-		t.Errorf("in-report retry = %v", got)
-	}
-}
-
-func TestMerge(t *testing.T) {
-	a1 := &Report{Suites: []Suite{
-		{Name: "s1", Properties: map[string]string{"k": "v"}, Cases: []Case{
-			{Classname: "c", Name: "flaky", Result: Failed, Message: "boom", Duration: time.Second},
-			{Classname: "c", Name: "stable", Result: Passed, Duration: time.Second},
-			{Classname: "c", Name: "broken", Result: Errored},
-		}},
-		{Name: "only-first", Cases: []Case{{Classname: "o", Name: "x", Result: Skipped}}},
-	}}
-	a2 := &Report{Suites: []Suite{
-		{Name: "s1", File: "f.go", Cases: []Case{
-			{Classname: "c", Name: "flaky", Result: Passed, Duration: 2 * time.Second},
-			{Classname: "c", Name: "broken", Result: Failed, Message: "still"},
-			{Classname: "c", Name: "new", Result: Passed},
-		}},
-	}}
-	m := Merge(a1, nil, a2)
-	checkInvariants(t, m, Options{})
-	if got := suiteNames(m); !reflect.DeepEqual(got, []string{"s1", "only-first"}) {
-		t.Fatalf("suites = %q", got)
-	}
-	s1 := m.Suites[0]
-	var names []string
-	for _, c := range s1.Cases {
-		names = append(names, c.Name)
-	}
-	if !reflect.DeepEqual(names, []string{"flaky", "stable", "broken", "new"}) {
-		t.Errorf("case order = %q", names)
-	}
-	if c := s1.Cases[0]; !c.Flaky || c.Result != Passed || c.Duration != 2*time.Second {
-		t.Errorf("flaky = %+v", c)
-	}
-	if c := s1.Cases[2]; c.Flaky || c.Result != Failed || c.Message != "still" {
-		t.Errorf("broken = %+v", c)
-	}
-	if s1.File != "f.go" || s1.Properties["k"] != "v" || s1.Duration != 3*time.Second {
-		t.Errorf("s1 meta = %+v", s1)
-	}
-	want := Summary{Total: 5, Passed: 3, Failed: 1, Skipped: 1, Flaky: 1, Duration: 3 * time.Second}
-	if m.Summary != want {
-		t.Errorf("summary = %+v, want %+v", m.Summary, want)
-	}
-	if a1.Suites[0].Cases[0].Flaky || a2.Suites[0].Cases[0].Flaky {
-		t.Error("Merge modified its input")
-	}
-	if e := Merge(); len(e.Suites) != 0 || e.Summary.Total != 0 {
-		t.Errorf("empty merge = %+v", e)
 	}
 }
 

@@ -1,13 +1,12 @@
 // Package leader carries "not the leader" answers between coordinators and
 // their clients. A coordinator that cannot serve a request because it is not
 // the Raft leader answers codes.Unavailable with a kilnv1.NotLeader detail;
-// clients read the detail with Hint and retry at the named address. Nothing
-// here matches error strings.
+// clients read the detail with Hint and retry at the named address. Follow
+// is the one loop that does so (internal/client and the agent use it).
+// Nothing here matches error strings.
 package leader
 
 import (
-	"errors"
-
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -55,7 +54,3 @@ func IsNotLeader(err error) bool {
 	_, ok := Hint(err)
 	return ok
 }
-
-// ErrNoLeader is returned by local code paths that need a leader while the
-// cluster has none.
-var ErrNoLeader = errors.New("no leader")

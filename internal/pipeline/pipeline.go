@@ -140,7 +140,8 @@ type Step struct {
 	Retry   Retry
 	// Needs are the step keys this step waits for, as written. nil means
 	// the file has no needs: key (the step then waits for every step of the
-	// previous stage); an empty non-nil list means it waits for nothing.
+	// previous stage that has steps, see StageEdges); an empty non-nil list
+	// means it waits for nothing.
 	Needs        []string
 	AllowFailure bool
 	// If is the step's condition as written; empty when it has none.
@@ -282,11 +283,4 @@ func pick(step, def *int32, fallback int32) int32 {
 	default:
 		return fallback
 	}
-}
-
-// Validate parses a pipeline file and reports only whether it is valid; the
-// error is an *Errors listing every problem.
-func Validate(filename string, data []byte) error {
-	_, err := Parse(filename, data)
-	return err
 }

@@ -165,7 +165,6 @@ func (p *Pipeline) plan() *planned {
 
 	// Expand and apply defaults.
 	finalKey := map[string]int{} // final key -> index
-	stageIdx := make([][]int, len(p.Stages))
 	tooMany := false
 	for _, w := range order {
 		st := w.st
@@ -200,7 +199,6 @@ func (p *Pipeline) plan() *planned {
 			i := len(pl.specs)
 			finalKey[e.key] = i
 			w.idx = append(w.idx, i)
-			stageIdx[w.stage] = append(stageIdx[w.stage], i)
 			pl.specs = append(pl.specs, p.spec(st, w.stage, e))
 			pl.from = append(pl.from, st)
 		}
@@ -210,19 +208,16 @@ func (p *Pipeline) plan() *planned {
 		return pl
 	}
 
-	// Needs.
+	// Needs: a step that writes none gets the stage model's.
+	stageModel := StageEdges(pl.specs)
 	edges := make([][]int, len(pl.specs))
 	explicit := make([]map[int]pos, len(pl.specs)) // edge -> needs entry
 	var names []string
 	for _, w := range order {
 		st := w.st
 		if st.Needs == nil {
-			if w.stage == 0 {
-				continue
-			}
-			prev := stageIdx[w.stage-1]
 			for _, i := range w.idx {
-				edges[i] = slices.Clone(prev)
+				edges[i] = stageModel[i]
 			}
 			continue
 		}
@@ -320,62 +315,35 @@ func (p *Pipeline) plan() *planned {
 		}
 	}
 
-	// Cycles: a depth-first search; every back edge closes a cycle, which
-	// is reported at a needs entry on it (implicit edges only go back a
-	// stage, so every cycle has one).
-	const (
-		white = iota
-		grey
-		black
-	)
-	color := make([]int, len(pl.specs))
-	var stack []int
+	// Cycles: each is reported at a needs entry on it (implicit edges only
+	// go back to an earlier stage, so every cycle has one).
 	reported := map[pos]bool{}
-	var visit func(u int)
-	visit = func(u int) {
-		color[u] = grey
-		stack = append(stack, u)
-		for _, v := range edges[u] {
-			switch color[v] {
-			case white:
-				visit(v)
-			case grey:
-				start := slices.Index(stack, v)
-				cycle := slices.Clone(stack[start:]) // v ... u, then back to v
-				// Start the path at the first step whose needs entry
-				// closes the cycle.
-				at, rot := pos{}, 0
-				for k, x := range cycle {
-					y := cycle[(k+1)%len(cycle)]
-					if e, ok := explicit[x][y]; ok {
-						at, rot = e, k
-						break
-					}
-				}
-				if at.line == 0 {
-					st := pl.from[u]
-					at = st.at(st.needsKey)
-				}
-				if reported[at] {
-					continue
-				}
-				reported[at] = true
-				path := make([]string, 0, len(cycle)+1)
-				for k := range cycle {
-					path = append(path, pl.specs[cycle[(rot+k)%len(cycle)]].Key)
-				}
-				path = append(path, path[0])
-				errAt(at, "remove one of these needs, or move a step to an earlier stage",
-					"needs cycle: %s", strings.Join(path, " -> "))
+	for cycle := range Cycles(edges) { // v ... u, then back to v
+		// Start the path at the first step whose needs entry closes the
+		// cycle.
+		at, rot := pos{}, 0
+		for k, x := range cycle {
+			y := cycle[(k+1)%len(cycle)]
+			if e, ok := explicit[x][y]; ok {
+				at, rot = e, k
+				break
 			}
 		}
-		stack = stack[:len(stack)-1]
-		color[u] = black
-	}
-	for i := range pl.specs {
-		if color[i] == white {
-			visit(i)
+		if at.line == 0 {
+			st := pl.from[cycle[len(cycle)-1]]
+			at = st.at(st.needsKey)
 		}
+		if reported[at] {
+			continue
+		}
+		reported[at] = true
+		path := make([]string, 0, len(cycle)+1)
+		for k := range cycle {
+			path = append(path, pl.specs[cycle[(rot+k)%len(cycle)]].Key)
+		}
+		path = append(path, path[0])
+		errAt(at, "remove one of these needs, or move a step to an earlier stage",
+			"needs cycle: %s", strings.Join(path, " -> "))
 	}
 	return pl
 }
