@@ -153,8 +153,8 @@ func (ss *session) finished(ctx context.Context, f *kilnv1.JobFinished, now int6
 // by this node: the agent uploads before it reports, and a quorum held
 // each upload, so after a leader change the new leader pulls a missing
 // blob from its peers first. One that no peer has ends the session with
-// ErrBlobMissing, unless the attempt is stale (a stale Ack). A stale
-// attempt gets a stale Ack.
+// ErrBlobMissing. A stale attempt (checked first when a blob is missing)
+// gets a stale Ack.
 func (ss *session) artifacts(ctx context.Context, up *kilnv1.ArtifactsUploaded, now int64) error {
 	if n := len(up.GetFiles()); n > state.MaxArtifactsPerAttempt {
 		return fmt.Errorf("%d artifact files in one report; the limit is %d: %w", n, state.MaxArtifactsPerAttempt, ErrInvalidReport)
