@@ -2,7 +2,8 @@
 // adapter: it validates the request, checks leadership for writes, commits a
 // command through Raft or reads the local state store, and maps errors to
 // status codes in one place (toStatus). No business rules live here; those
-// are in the FSM (coordinator/fsm) and the scheduler.
+// are in the FSM (coordinator/fsm), the scheduler and, for agent streams,
+// coordinator/agentsession.
 package api
 
 import (

@@ -3,17 +3,12 @@ package api
 import (
 	"cmp"
 	"context"
-	"errors"
 	"slices"
 
-	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/kiln-ci/kiln/coordinator/fsm"
-	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
-	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -24,35 +19,6 @@ const (
 	defaultFlakyLimit  = 20
 	maxFlakyLimit      = 1000
 )
-
-// recordTests commits a TestReports message of an attempt, fenced like
-// artifacts: a stale attempt gets a stale Ack. Reports never change a
-// job's result.
-func (s *AgentServer) recordTests(ctx context.Context, sess *scheduler.Session, log *zap.Logger, tr *kilnv1.TestReports, now int64) error {
-	if n := len(tr.GetReports()); n > state.MaxTestReportsPerAttempt {
-		return invalid("%d test reports in one message; the limit is %d", n, state.MaxTestReportsPerAttempt)
-	}
-	cases := 0
-	for _, r := range tr.GetReports() {
-		if err := state.ValidArtifactPath(r.GetFile()); err != nil {
-			return invalid("test report: %v", err)
-		}
-		cases += len(r.GetCases())
-	}
-	if cases > state.MaxTestCasesPerAttempt {
-		return invalid("%d test cases in one message; the limit is %d", cases, state.MaxTestCasesPerAttempt)
-	}
-	_, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS, &fsmv1.RecordTests{Agent: sess.Agent, Reports: tr, TimeUnixMs: now})
-	switch {
-	case err == nil:
-		log.Debug("test reports recorded", zap.String("job", tr.GetJobId()), zap.Uint32("attempt", tr.GetAttempt()), zap.Int("reports", len(tr.GetReports())))
-	case errors.Is(err, fsm.ErrStaleAttempt):
-		sess.Send(ackStale(tr.GetJobId(), tr.GetAttempt()))
-	default:
-		return s.d.toStatus(err)
-	}
-	return nil
-}
 
 // ListTests returns the test reports of a build's current attempts and the
 // build's summary; failed_only keeps the failed and errored cases. Served

@@ -52,8 +52,8 @@ func TestRegisterArtifactsFencing(t *testing.T) {
 	stale := func(res *Result) {
 		t.Helper()
 		wantErr(t, res.Err, ErrStaleAttempt)
-		if len(res.Acks) != 1 || !res.Acks[0].Stale || !strings.HasPrefix(res.Acks[0].JobId, "1.") {
-			t.Fatalf("acks %v", res.Acks)
+		if !staleOutcome(res) || !strings.HasPrefix(res.Outcomes[0].JobID, "1.") {
+			t.Fatalf("acks %v", res.Outcomes)
 		}
 	}
 	// Queued (not assigned), unknown job: stale.
@@ -61,8 +61,8 @@ func TestRegisterArtifactsFencing(t *testing.T) {
 	stale(h.artifacts("x", "1.nope", 1, "f"))
 	h.assign("1.a", 1, "x")
 	// Assigned: accepted; wrong agent or attempt: stale.
-	if res := h.artifacts("x", "1.a", 1, "f"); res.Err != nil || len(res.Acks) != 0 {
-		t.Fatalf("assigned: %v %v", res.Err, res.Acks)
+	if res := h.artifacts("x", "1.a", 1, "f"); res.Err != nil || len(res.Outcomes) != 1 || res.Outcomes[0].Outcome != state.OutcomeAccepted {
+		t.Fatalf("assigned: %v %v", res.Err, res.Outcomes)
 	}
 	stale(h.artifacts("y", "1.a", 1, "g"))
 	stale(h.artifacts("x", "1.a", 2, "g"))
@@ -129,7 +129,7 @@ func TestRegisterArtifactsValidation(t *testing.T) {
 	h.assign("1.a", 1, "x")
 	bad := []string{"", ".", "/abs", "../up", "a/../b", "a/./b", "a//b", "a/", `a\b`, "a\x00b", "..", strings.Repeat("x", 1025)}
 	for _, p := range bad {
-		if res := h.artifacts("x", "1.a", 1, "ok", p); res.Err == nil || len(res.Acks) != 0 {
+		if res := h.artifacts("x", "1.a", 1, "ok", p); res.Err == nil || len(res.Outcomes) != 0 {
 			t.Fatalf("path %q accepted", p)
 		} else {
 			wantErr(t, res.Err, ErrInvalidCommand)

@@ -18,7 +18,6 @@ package fsm
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io"
 
@@ -63,12 +62,11 @@ type Result struct {
 	Build *kilnv1.Build
 	// Repo is the repository after AddRepo or RepoPolled.
 	Repo *kilnv1.Repo
-	// Acks: AppendLogs gives one per (job_id, attempt) in the batch;
-	// StartJob and FinishJob rejected as stale, and RegisterArtifacts and
-	// RecordTests rejected with ErrStaleAttempt, give one stale Ack; FinishJob
-	// accepted gives one finished Ack; FinishJob rejected with
-	// ErrLogsIncomplete gives one Ack with the committed log_seq.
-	Acks []*kilnv1.Ack
+	// Outcomes are what the agent reports did, for the leader to
+	// acknowledge: AppendLogs gives one per (job_id, attempt) in the batch;
+	// StartJob, FinishJob, RegisterArtifacts and RecordTests give one,
+	// except for a malformed command (see state.AttemptOutcome).
+	Outcomes []state.AttemptOutcome
 	// Canceled lists the attempts CancelBuild canceled while ASSIGNED or
 	// RUNNING; the leader tells their agents.
 	Canceled []*kilnv1.AttemptRef
@@ -182,21 +180,11 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 	case *fsmv1.AssignJob:
 		return &Result{Err: s.AssignJob(idx, c)}
 	case *fsmv1.StartJob:
-		err := s.StartJob(idx, c)
-		res := &Result{Err: err}
-		if err != nil {
-			res.Acks = []*kilnv1.Ack{{JobId: c.GetJobId(), Attempt: c.GetAttempt(), Stale: true}}
-		}
-		return res
+		return outcome(s.StartJob(idx, c))
 	case *fsmv1.AppendLogs:
-		return &Result{Acks: s.AppendLogs(idx, c)}
+		return &Result{Outcomes: s.AppendLogs(idx, c)}
 	case *fsmv1.FinishJob:
-		ack, err := s.FinishJob(idx, c)
-		res := &Result{Err: err}
-		if ack != nil {
-			res.Acks = []*kilnv1.Ack{ack}
-		}
-		return res
+		return outcome(s.FinishJob(idx, c))
 	case *fsmv1.CancelBuild:
 		out, err := s.CancelBuild(idx, c)
 		if err != nil {
@@ -228,27 +216,25 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		r, err := s.RepoPolled(idx, c)
 		return &Result{Repo: r, Err: err}
 	case *fsmv1.RegisterArtifacts:
-		err := s.RegisterArtifacts(idx, c)
-		res := &Result{Err: err}
-		if errors.Is(err, ErrStaleAttempt) {
-			up := c.GetUploaded()
-			res.Acks = []*kilnv1.Ack{{JobId: up.GetJobId(), Attempt: up.GetAttempt(), Stale: true}}
-		}
-		return res
+		return outcome(s.RegisterArtifacts(idx, c))
 	case *fsmv1.RecordTests:
-		err := s.RecordTests(idx, c)
-		res := &Result{Err: err}
-		if errors.Is(err, ErrStaleAttempt) {
-			rep := c.GetReports()
-			res.Acks = []*kilnv1.Ack{{JobId: rep.GetJobId(), Attempt: rep.GetAttempt(), Stale: true}}
-		}
-		return res
+		return outcome(s.RecordTests(idx, c))
 	case *fsmv1.ExpireArtifacts:
 		ids, err := s.ExpireArtifacts(idx, c)
 		return &Result{Expired: ids, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))
+}
+
+// outcome is the Result of a fenced agent report: its outcome, if it has
+// one (a malformed command has none), and its error.
+func outcome(o state.AttemptOutcome, err error) *Result {
+	res := &Result{Err: err}
+	if o.Outcome != 0 {
+		res.Outcomes = []state.AttemptOutcome{o}
+	}
+	return res
 }
 
 // Snapshot captures a consistent point-in-time view (a memdb read

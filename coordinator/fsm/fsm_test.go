@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 
@@ -92,6 +93,11 @@ func (h *harness) finish(job string, attempt uint32, agent string, r kilnv1.JobR
 	h.t.Helper()
 	return h.apply(fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB, &fsmv1.FinishJob{Agent: agent, TimeUnixMs: h.now,
 		Finished: &kilnv1.JobFinished{JobId: job, Attempt: attempt, Result: r, ExitCode: exitCode(r), Reason: "done", LastSeq: lastSeq, TimeUnixMs: 7}})
+}
+
+// staleOutcome reports whether res holds exactly one outcome, a stale one.
+func staleOutcome(res *Result) bool {
+	return len(res.Outcomes) == 1 && res.Outcomes[0].Outcome == state.OutcomeStale
 }
 
 func exitCode(r kilnv1.JobResult) int32 {
@@ -360,8 +366,8 @@ func TestStartJob(t *testing.T) {
 			res := h.start(tc.job, tc.attempt, tc.agent)
 			wantErr(t, res.Err, tc.want)
 			if tc.want != nil {
-				if len(res.Acks) != 1 || !res.Acks[0].Stale || res.Acks[0].JobId != tc.job {
-					t.Fatalf("acks %v", res.Acks)
+				if !staleOutcome(res) || res.Outcomes[0].JobID != tc.job {
+					t.Fatalf("acks %v", res.Outcomes)
 				}
 				h.wantJob("1.a", kilnv1.JobState_JOB_STATE_ASSIGNED)
 				return
@@ -373,8 +379,8 @@ func TestStartJob(t *testing.T) {
 			}
 			// A resend after a reconnect is a no-op success.
 			res = h.start("1.a", 1, "ag")
-			if res.Err != nil || len(res.Acks) != 0 {
-				t.Fatalf("repeat start: %v %v", res.Err, res.Acks)
+			if res.Err != nil || len(res.Outcomes) != 1 || res.Outcomes[0].Outcome != state.OutcomeAccepted {
+				t.Fatalf("repeat start: %v %v", res.Err, res.Outcomes)
 			}
 			if h.job("1.a").StartedUnixMs != started {
 				t.Fatal("repeat start changed the started time")
@@ -391,15 +397,15 @@ func TestAppendLogs(t *testing.T) {
 
 	// Logs on an ASSIGNED job move it to RUNNING.
 	res := h.logs("ag", "1.a", 1, 1, 2)
-	if res.Err != nil || len(res.Acks) != 1 || res.Acks[0].LogSeq != 2 || res.Acks[0].Stale {
-		t.Fatalf("acks %v", res.Acks)
+	if res.Err != nil || len(res.Outcomes) != 1 || res.Outcomes[0].LogSeq != 2 || res.Outcomes[0].Outcome != state.OutcomeLogCommitted {
+		t.Fatalf("acks %v", res.Outcomes)
 	}
 	h.wantJob("1.a", kilnv1.JobState_JOB_STATE_RUNNING)
 
 	// Duplicate chunk (2) dropped, gap chunk (5) dropped, 3 kept.
 	res = h.logs("ag", "1.a", 1, 2, 3, 5)
-	if res.Acks[0].LogSeq != 3 {
-		t.Fatalf("acks %v", res.Acks)
+	if res.Outcomes[0].LogSeq != 3 {
+		t.Fatalf("acks %v", res.Outcomes)
 	}
 	got := h.s.Logs("1.a", 1, 0, 0)
 	if len(got) != 3 {
@@ -424,19 +430,14 @@ func TestAppendLogs(t *testing.T) {
 		{JobId: "1.b", Attempt: 1, Seq: 2}, // same key as the first
 	}}
 	res = h.ok(fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS, cmd)
-	want := []*kilnv1.Ack{
-		{JobId: "1.b", Attempt: 1, Stale: true},
-		{JobId: "1.a", Attempt: 1, LogSeq: 5},
-		{JobId: "1.a", Attempt: 2, Stale: true},
-		{JobId: "9.x", Attempt: 1, Stale: true},
+	want := []state.AttemptOutcome{
+		{JobID: "1.b", Attempt: 1, Outcome: state.OutcomeStale, Fence: state.FenceOtherAgent},
+		{JobID: "1.a", Attempt: 1, Outcome: state.OutcomeLogCommitted, LogSeq: 5},
+		{JobID: "1.a", Attempt: 2, Outcome: state.OutcomeStale, Fence: state.FenceOtherAttempt},
+		{JobID: "9.x", Attempt: 1, Outcome: state.OutcomeStale, Fence: state.FenceUnknownJob},
 	}
-	if len(res.Acks) != len(want) {
-		t.Fatalf("acks %v", res.Acks)
-	}
-	for i := range want {
-		if !proto.Equal(res.Acks[i], want[i]) {
-			t.Fatalf("ack %d: %v, want %v", i, res.Acks[i], want[i])
-		}
+	if !slices.Equal(res.Outcomes, want) {
+		t.Fatalf("outcomes %v, want %v", res.Outcomes, want)
 	}
 	if len(h.s.Logs("1.b", 1, 0, 0)) != 0 || h.job("1.b").LogSeq != 0 {
 		t.Fatal("stale chunks were kept")
@@ -453,14 +454,14 @@ func TestFinishJobWithMissingLogsRejected(t *testing.T) {
 	h.logs("ag", "1.a", 1, 1, 2)
 	res := h.finish("1.a", 1, "ag", passed, 4)
 	wantErr(t, res.Err, ErrLogsIncomplete)
-	if len(res.Acks) != 1 || res.Acks[0].LogSeq != 2 || res.Acks[0].Finished || res.Acks[0].Stale {
-		t.Fatalf("acks %v", res.Acks)
+	if len(res.Outcomes) != 1 || res.Outcomes[0] != (state.AttemptOutcome{JobID: "1.a", Attempt: 1, Outcome: state.OutcomeLogIncomplete, LogSeq: 2}) {
+		t.Fatalf("acks %v", res.Outcomes)
 	}
 	h.wantJob("1.a", kilnv1.JobState_JOB_STATE_RUNNING)
 	h.logs("ag", "1.a", 1, 3, 4)
 	res = h.finish("1.a", 1, "ag", passed, 4)
-	if res.Err != nil || !proto.Equal(res.Acks[0], &kilnv1.Ack{JobId: "1.a", Attempt: 1, LogSeq: 4, Finished: true}) {
-		t.Fatalf("finish: %v %v", res.Err, res.Acks)
+	if res.Err != nil || len(res.Outcomes) != 1 || res.Outcomes[0] != (state.AttemptOutcome{JobID: "1.a", Attempt: 1, Outcome: state.OutcomeFinished, LogSeq: 4}) {
+		t.Fatalf("finish: %v %v", res.Err, res.Outcomes)
 	}
 	j := h.wantJob("1.a", kilnv1.JobState_JOB_STATE_PASSED)
 	if j.FinishedUnixMs == 0 || j.Reason != "done" {
@@ -472,8 +473,8 @@ func TestFinishJobWithMissingLogsRejected(t *testing.T) {
 	// A resent finish report is now stale.
 	res = h.finish("1.a", 1, "ag", passed, 4)
 	wantErr(t, res.Err, ErrStaleAttempt)
-	if len(res.Acks) != 1 || !res.Acks[0].Stale {
-		t.Fatalf("acks %v", res.Acks)
+	if !staleOutcome(res) {
+		t.Fatalf("acks %v", res.Outcomes)
 	}
 }
 
@@ -496,8 +497,8 @@ func TestFinishJobRejections(t *testing.T) {
 			h.assign("1.a", 1, "ag")
 			res := h.apply(fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB, tc.cmd)
 			wantErr(t, res.Err, tc.want)
-			if errors.Is(tc.want, ErrStaleAttempt) && (len(res.Acks) != 1 || !res.Acks[0].Stale) {
-				t.Fatalf("acks %v", res.Acks)
+			if errors.Is(tc.want, ErrStaleAttempt) && (!staleOutcome(res)) {
+				t.Fatalf("acks %v", res.Outcomes)
 			}
 			h.wantJob("1.a", kilnv1.JobState_JOB_STATE_ASSIGNED)
 		})
@@ -623,13 +624,13 @@ func TestStaleAttemptCannotCompleteJob(t *testing.T) {
 	res := h.start("1.a", 1, "zombie")
 	wantErr(t, res.Err, ErrStaleAttempt)
 	res = h.logs("zombie", "1.a", 1, 2)
-	if len(res.Acks) != 1 || !res.Acks[0].Stale {
-		t.Fatalf("log acks %v", res.Acks)
+	if !staleOutcome(res) {
+		t.Fatalf("log acks %v", res.Outcomes)
 	}
 	res = h.finish("1.a", 1, "zombie", passed, 1)
 	wantErr(t, res.Err, ErrStaleAttempt)
-	if len(res.Acks) != 1 || !res.Acks[0].Stale {
-		t.Fatalf("finish acks %v", res.Acks)
+	if !staleOutcome(res) {
+		t.Fatalf("finish acks %v", res.Outcomes)
 	}
 	// Even naming the current attempt, a different agent is fenced out.
 	wantErr(t, h.finish("1.a", 2, "zombie", passed, 0).Err, ErrStaleAttempt)

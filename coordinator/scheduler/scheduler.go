@@ -1,6 +1,7 @@
 // Package scheduler is the leader-only part of the coordinator: it keeps
-// the open agent sessions, hands queued jobs to agents with free slots and
-// matching labels, and declares agents lost when their lease lapses.
+// the open agent sessions (their streams are run by package agentsession),
+// hands queued jobs to agents with free slots and matching labels, and
+// declares agents lost when their lease lapses.
 //
 // Everything here lives in the leader's memory and is rebuilt from the
 // replicated state each time leadership is gained (after a Raft barrier):

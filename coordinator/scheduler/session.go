@@ -11,8 +11,16 @@ import (
 // this far behind is disconnected rather than let the leader's memory grow.
 const sendBuffer = 4096
 
-// Session is one open agent stream as the scheduler sees it. The stream's
-// handler owns the gRPC stream; the scheduler only queues messages for it.
+// Session is one open agent stream as the scheduler sees it: the agent's
+// identity, labels, slots and drain flag, and the queue of messages for it.
+//
+// It lives in this package because the scheduler owns the set of open
+// sessions: it dispatches assignments and cancellations to them, renews and
+// expires their leases, and closes them (lease lapsed, replaced by a newer
+// session of the agent, leadership lost). Package agentsession runs the
+// stream: it creates a Session per Connect stream, attaches it, is the only
+// sender on the stream (draining Out) and detaches it when the stream ends.
+// (agentsession imports the scheduler, so the type cannot live there.)
 type Session struct {
 	// Agent is the agent's unique name.
 	Agent string
@@ -54,7 +62,7 @@ func (s *Session) Send(msg *kilnv1.ConnectResponse) bool {
 	}
 }
 
-// Out is the queue the stream handler sends from.
+// Out is the queue the session's sender (package agentsession) sends from.
 func (s *Session) Out() <-chan *kilnv1.ConnectResponse { return s.out }
 
 // Done is closed when the scheduler ends the session (lease expired,

@@ -123,13 +123,16 @@ func validDigest(sha string) bool {
 }
 
 // RegisterArtifacts records the uploaded files of an attempt (see the
-// package doc).
-func (s *Store) RegisterArtifacts(index uint64, cmd *fsmv1.RegisterArtifacts) error {
+// package doc). The outcome is OutcomeAccepted, OutcomeStale with
+// ErrStaleAttempt, or none (zero) with another error.
+func (s *Store) RegisterArtifacts(index uint64, cmd *fsmv1.RegisterArtifacts) (AttemptOutcome, error) {
 	up := cmd.GetUploaded()
-	return s.write(index, func(w *wtx) error {
-		j := w.fenced(up.GetJobId(), up.GetAttempt(), cmd.GetAgent())
+	var out AttemptOutcome
+	err := s.write(index, func(w *wtx) error {
+		j, fence := w.fenced(up.GetJobId(), up.GetAttempt(), cmd.GetAgent())
 		if j == nil {
-			return fmt.Errorf("register artifacts of %q attempt %d on %q: %w", up.GetJobId(), up.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+			out = stale(up.GetJobId(), up.GetAttempt(), fence)
+			return staleErr("register artifacts of", up.GetJobId(), up.GetAttempt(), cmd.GetAgent(), fence)
 		}
 		for _, f := range up.GetFiles() {
 			if err := ValidArtifactPath(f.GetPath()); err != nil {
@@ -162,8 +165,10 @@ func (s *Store) RegisterArtifacts(index uint64, cmd *fsmv1.RegisterArtifacts) er
 				TimeUnixMs: cmd.GetTimeUnixMs(),
 			})
 		}
+		out = accepted(j.GetId(), j.GetAttempt())
 		return nil
 	})
+	return out, err
 }
 
 func scanArtifacts(tx *memdb.Txn, jobID string, attempt uint32, fn func(*kilnv1.Artifact)) {

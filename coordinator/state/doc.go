@@ -42,22 +42,26 @@
 // times of the previous attempt cleared. A QUEUED (or BLOCKED) build becomes
 // RUNNING; its started time is set the first time only.
 //
+// Fencing (CheckAttempt, the one rule every agent report goes through): a
+// report may change its job only when the job exists, is ASSIGNED or
+// RUNNING, its current attempt is the report's and the command's agent holds
+// it; else the report is stale (OutcomeStale, with the Fence saying why).
+//
 // StartJob: an ASSIGNED job with the same attempt and agent becomes RUNNING
 // (started time). A RUNNING job with the same attempt and agent is a no-op
 // success (agents resend after a reconnect). Anything else, an unknown job
-// included, is ErrStaleAttempt.
+// included, is ErrStaleAttempt (OutcomeStale).
 //
-// AppendLogs: each chunk is fenced: the job exists, is ASSIGNED or RUNNING,
-// job.attempt == chunk.attempt and job.agent == the command's agent; else the
-// chunk is stale. A current chunk is kept only when seq == job.log_seq+1
+// AppendLogs: each chunk is fenced; a chunk that fails is stale. A current chunk is kept only when seq == job.log_seq+1
 // (then log_seq++); other chunks (duplicates or gaps) are dropped silently;
 // the agent resends. An ASSIGNED job receiving a kept chunk becomes RUNNING.
-// One Ack is returned per (job_id, attempt) in order of first appearance:
-// log_seq is the committed seq of that attempt (0 when stale).
+// One AttemptOutcome is returned per (job_id, attempt) in order of first
+// appearance: OutcomeLogCommitted with the committed seq of that attempt, or
+// OutcomeStale.
 //
-// FinishJob: fenced like StartJob (ErrStaleAttempt plus a stale Ack). If
+// FinishJob: fenced like StartJob (ErrStaleAttempt, OutcomeStale). If
 // finished.last_seq > job.log_seq it is ErrLogsIncomplete and nothing changes
-// (the returned Ack carries the committed log_seq, finished false). The job
+// (OutcomeLogIncomplete carries the committed log_seq). The job
 // takes the result's state (PASSED, FAILED, TIMED_OUT, CANCELED), exit code,
 // reason and finished time. FAILED or TIMED_OUT with failure_retries <
 // spec.retry.on_failure: failure_retries++ and the job goes back to QUEUED
@@ -139,7 +143,7 @@
 //
 // RegisterArtifacts: fenced like StartJob (the job ASSIGNED or RUNNING,
 // the attempt current, held by the command's agent; an unknown job
-// included) else ErrStaleAttempt, and the FSM answers a stale Ack. Every
+// included) else ErrStaleAttempt and OutcomeStale. Every
 // file is checked before anything is stored: the path is clean, relative,
 // slash-separated, valid UTF-8 without NUL or backslash, has no ".."
 // element and is at most 1024 bytes; sha256 is 64 lower-case hex digits;
@@ -152,8 +156,8 @@
 // them, for a later GC) but Artifacts(build) returns only each job's
 // current attempt, sorted by step then path.
 //
-// RecordTests: fenced like RegisterArtifacts (ErrStaleAttempt and a stale
-// Ack). Every report's file must be a valid artifact-style path and its
+// RecordTests: fenced like RegisterArtifacts (ErrStaleAttempt and
+// OutcomeStale). Every report's file must be a valid artifact-style path and its
 // summary counts non-negative, else ErrInvalidCommand and nothing changes.
 // A (job, attempt, file) recorded before is left unchanged (a resend is a
 // no-op); the others are stored with job, step and attempt taken from the

@@ -281,22 +281,15 @@ func (s *Store) AssignJob(index uint64, cmd *fsmv1.AssignJob) error {
 	})
 }
 
-// fenced returns the job when it is ASSIGNED or RUNNING under this attempt
-// and agent.
-func (w *wtx) fenced(jobID string, attempt uint32, agent string) *kilnv1.Job {
-	j := w.job(jobID)
-	if j == nil || !lifecycle.JobActive(j.GetState()) || j.GetAttempt() != attempt || agent == "" || j.GetAgent() != agent {
-		return nil
-	}
-	return j
-}
-
 // StartJob marks an ASSIGNED attempt RUNNING; a repeat is a no-op success.
-func (s *Store) StartJob(index uint64, cmd *fsmv1.StartJob) error {
-	return s.write(index, func(w *wtx) error {
-		j := w.fenced(cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent())
+// The outcome is OutcomeAccepted, or OutcomeStale with ErrStaleAttempt.
+func (s *Store) StartJob(index uint64, cmd *fsmv1.StartJob) (AttemptOutcome, error) {
+	out := accepted(cmd.GetJobId(), cmd.GetAttempt())
+	err := s.write(index, func(w *wtx) error {
+		j, f := w.fenced(cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent())
 		if j == nil {
-			return fmt.Errorf("start job %q attempt %d on %q: %w", cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+			out = stale(cmd.GetJobId(), cmd.GetAttempt(), f)
+			return staleErr("start job", cmd.GetJobId(), cmd.GetAttempt(), cmd.GetAgent(), f)
 		}
 		if j.GetState() == jRunning {
 			return nil
@@ -307,30 +300,31 @@ func (s *Store) StartJob(index uint64, cmd *fsmv1.StartJob) error {
 		w.putJob(j)
 		return nil
 	})
+	return out, err
 }
 
 // AppendLogs commits the chunks that continue their attempt's log and returns
-// one Ack per (job_id, attempt) in the batch, in order of first appearance.
-func (s *Store) AppendLogs(index uint64, cmd *fsmv1.AppendLogs) []*kilnv1.Ack {
+// one outcome per (job_id, attempt) in the batch, in order of first
+// appearance: OutcomeLogCommitted with the committed seq, or OutcomeStale.
+func (s *Store) AppendLogs(index uint64, cmd *fsmv1.AppendLogs) []AttemptOutcome {
 	type key struct {
 		job     string
 		attempt uint32
 	}
-	var acks []*kilnv1.Ack
+	var outs []AttemptOutcome
 	_ = s.write(index, func(w *wtx) error {
-		pos := map[key]*kilnv1.Ack{}
+		pos := map[key]int{}
 		for _, c := range cmd.GetChunks() {
 			k := key{c.GetJobId(), c.GetAttempt()}
-			ack, ok := pos[k]
+			i, ok := pos[k]
 			if !ok {
-				ack = &kilnv1.Ack{JobId: k.job, Attempt: k.attempt}
-				pos[k] = ack
-				acks = append(acks, ack)
+				i = len(outs)
+				pos[k] = i
+				outs = append(outs, AttemptOutcome{JobID: k.job, Attempt: k.attempt, Outcome: OutcomeLogCommitted})
 			}
-			j := w.fenced(k.job, k.attempt, cmd.GetAgent())
+			j, f := w.fenced(k.job, k.attempt, cmd.GetAgent())
 			if j == nil {
-				ack.Stale = true
-				ack.LogSeq = 0
+				outs[i] = stale(k.job, k.attempt, f)
 				continue
 			}
 			if c.GetSeq() == j.GetLogSeq()+1 {
@@ -343,18 +337,19 @@ func (s *Store) AppendLogs(index uint64, cmd *fsmv1.AppendLogs) []*kilnv1.Ack {
 				w.putJob(j)
 				mustInsert(w.tx, tableLogs, proto.Clone(c))
 			}
-			ack.LogSeq = j.GetLogSeq()
+			outs[i].LogSeq = j.GetLogSeq()
 		}
 		return nil
 	})
-	return acks
+	return outs
 }
 
-// FinishJob ends an attempt. The returned Ack is nil only for a malformed
-// command; it is stale for a fenced-out attempt, carries the committed
-// log_seq on ErrLogsIncomplete, and is finished on success.
-func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (*kilnv1.Ack, error) {
-	var ack *kilnv1.Ack
+// FinishJob ends an attempt. The outcome is OutcomeFinished with the
+// committed log seq, OutcomeStale with ErrStaleAttempt, OutcomeLogIncomplete
+// with the committed log seq and ErrLogsIncomplete, or none (zero) with
+// ErrInvalidCommand for a malformed command.
+func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (AttemptOutcome, error) {
+	var out AttemptOutcome
 	err := s.write(index, func(w *wtx) error {
 		f := cmd.GetFinished()
 		if f == nil {
@@ -373,13 +368,13 @@ func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (*kilnv1.Ack, erro
 		default:
 			return fmt.Errorf("finish job %q: result %s: %w", f.GetJobId(), f.GetResult(), ErrInvalidCommand)
 		}
-		j := w.fenced(f.GetJobId(), f.GetAttempt(), cmd.GetAgent())
+		j, fence := w.fenced(f.GetJobId(), f.GetAttempt(), cmd.GetAgent())
 		if j == nil {
-			ack = &kilnv1.Ack{JobId: f.GetJobId(), Attempt: f.GetAttempt(), Stale: true}
-			return fmt.Errorf("finish job %q attempt %d on %q: %w", f.GetJobId(), f.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+			out = stale(f.GetJobId(), f.GetAttempt(), fence)
+			return staleErr("finish job", f.GetJobId(), f.GetAttempt(), cmd.GetAgent(), fence)
 		}
 		if f.GetLastSeq() > j.GetLogSeq() {
-			ack = &kilnv1.Ack{JobId: j.Id, Attempt: j.Attempt, LogSeq: j.LogSeq}
+			out = AttemptOutcome{JobID: j.Id, Attempt: j.Attempt, Outcome: OutcomeLogIncomplete, LogSeq: j.LogSeq}
 			return fmt.Errorf("finish job %q attempt %d: last seq %d, committed %d: %w", j.Id, j.Attempt, f.GetLastSeq(), j.LogSeq, ErrLogsIncomplete)
 		}
 		now := cmd.GetTimeUnixMs()
@@ -391,7 +386,7 @@ func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (*kilnv1.Ack, erro
 		j.ExitCode = f.GetExitCode()
 		j.Reason = f.GetReason()
 		j.FinishedUnixMs = now
-		ack = &kilnv1.Ack{JobId: j.Id, Attempt: j.Attempt, LogSeq: j.LogSeq, Finished: true}
+		out = AttemptOutcome{JobID: j.Id, Attempt: j.Attempt, Outcome: OutcomeFinished, LogSeq: j.LogSeq}
 		if (st == jFailed || st == jTimedOut) && j.FailureRetries < j.GetSpec().GetRetry().GetOnFailure() {
 			j.FailureRetries++
 			w.requeue(j, now, fmt.Sprintf("retrying after failure (attempt %d)", j.Attempt+1))
@@ -400,7 +395,7 @@ func (s *Store) FinishJob(index uint64, cmd *fsmv1.FinishJob) (*kilnv1.Ack, erro
 		w.advance(j.BuildId, now)
 		return nil
 	})
-	return ack, err
+	return out, err
 }
 
 // loseAttempt applies the agent-loss rule to an ASSIGNED or RUNNING job and

@@ -98,9 +98,9 @@ func TestLogsPaging(t *testing.T) {
 		cmd.Chunks = append(cmd.Chunks, &kilnv1.LogChunk{JobId: "1.a", Attempt: 1, Seq: seq})
 		cmd.Chunks = append(cmd.Chunks, &kilnv1.LogChunk{JobId: "1.a2", Attempt: 1, Seq: seq})
 	}
-	acks := s.AppendLogs(3, cmd)
-	if len(acks) != 2 || acks[0].LogSeq != 300 || acks[1].LogSeq != 300 {
-		t.Fatalf("acks %v", acks)
+	outs := s.AppendLogs(3, cmd)
+	if len(outs) != 2 || outs[0].LogSeq != 300 || outs[1].LogSeq != 300 {
+		t.Fatalf("outcomes %v", outs)
 	}
 	tests := []struct {
 		after   uint64

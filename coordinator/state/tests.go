@@ -72,13 +72,16 @@ func validTestReport(r *kilnv1.TestReport) error {
 }
 
 // RecordTests stores the parsed test reports of an attempt (see the
-// package doc).
-func (s *Store) RecordTests(index uint64, cmd *fsmv1.RecordTests) error {
+// package doc). The outcome is OutcomeAccepted, OutcomeStale with
+// ErrStaleAttempt, or none (zero) with another error.
+func (s *Store) RecordTests(index uint64, cmd *fsmv1.RecordTests) (AttemptOutcome, error) {
 	in := cmd.GetReports()
-	return s.write(index, func(w *wtx) error {
-		j := w.fenced(in.GetJobId(), in.GetAttempt(), cmd.GetAgent())
+	var out AttemptOutcome
+	err := s.write(index, func(w *wtx) error {
+		j, fence := w.fenced(in.GetJobId(), in.GetAttempt(), cmd.GetAgent())
 		if j == nil {
-			return fmt.Errorf("record tests of %q attempt %d on %q: %w", in.GetJobId(), in.GetAttempt(), cmd.GetAgent(), ErrStaleAttempt)
+			out = stale(in.GetJobId(), in.GetAttempt(), fence)
+			return staleErr("record tests of", in.GetJobId(), in.GetAttempt(), cmd.GetAgent(), fence)
 		}
 		for _, r := range in.GetReports() {
 			if err := validTestReport(r); err != nil {
@@ -104,8 +107,10 @@ func (s *Store) RecordTests(index uint64, cmd *fsmv1.RecordTests) error {
 			rep.JobId, rep.Step, rep.Attempt = j.GetId(), j.GetKey(), j.GetAttempt()
 			mustInsert(w.tx, tableTestReports, &testReportRow{Report: rep, BuildID: j.GetBuildId(), Seq: w.index<<16 | uint64(i)})
 		}
+		out = accepted(j.GetId(), j.GetAttempt())
 		return nil
 	})
+	return out, err
 }
 
 func scanTestReports(tx *memdb.Txn, jobID string, attempt uint32, fn func(*testReportRow)) {

@@ -1,0 +1,221 @@
+package agentsession
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
+	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// ack is the Ack the agent gets for an outcome, or nil when there is
+// nothing to acknowledge. It is the only place outcomes become Acks.
+func ack(o state.AttemptOutcome) *kilnv1.Ack {
+	a := &kilnv1.Ack{JobId: o.JobID, Attempt: o.Attempt}
+	switch o.Outcome {
+	case state.OutcomeLogCommitted, state.OutcomeLogIncomplete:
+		// An incomplete finish acknowledges the chunks the cluster holds:
+		// the agent keeps (and resends) the ones after LogSeq.
+		a.LogSeq = o.LogSeq
+	case state.OutcomeFinished:
+		a.LogSeq = o.LogSeq
+		a.Finished = true
+	case state.OutcomeStale:
+		a.Stale = true
+	default: // OutcomeAccepted, none: resent until the finish is acknowledged
+		return nil
+	}
+	return a
+}
+
+// acknowledge queues the Acks of outcomes for the agent.
+func (ss *session) acknowledge(outs []state.AttemptOutcome) {
+	for _, o := range outs {
+		if o.Outcome == state.OutcomeStale {
+			ss.log.Info("report for a stale attempt; telling the agent to drop it",
+				zap.String("job", o.JobID), zap.Uint32("attempt", o.Attempt), zap.Stringer("fence", o.Fence))
+		}
+		if a := ack(o); a != nil {
+			ss.s.Send(&kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Ack{Ack: a}})
+		}
+	}
+}
+
+// commit applies a report's command and acknowledges its outcomes, which a
+// rejection (stale, log incomplete) has too. The error is the commit's.
+func (ss *session) commit(ctx context.Context, t fsmv1.CommandType, cmd proto.Message) (*fsm.Result, error) {
+	res, err := ss.srv.cfg.Raft.Apply(ctx, t, cmd)
+	if res != nil {
+		ss.acknowledge(res.Outcomes)
+	}
+	return res, err
+}
+
+// handle applies one message other than a log chunk batch.
+func (ss *session) handle(ctx context.Context, m *kilnv1.ConnectRequest) error {
+	now := ss.srv.cfg.Now().UnixMilli()
+	switch msg := m.GetMsg().(type) {
+	case *kilnv1.ConnectRequest_Heartbeat:
+		return ss.heartbeat(ctx, msg.Heartbeat, now)
+	case *kilnv1.ConnectRequest_Log:
+		return ss.appendLogs(ctx, []*kilnv1.LogChunk{msg.Log})
+	case *kilnv1.ConnectRequest_Started:
+		return ss.started(ctx, msg.Started, now)
+	case *kilnv1.ConnectRequest_Finished:
+		return ss.finished(ctx, msg.Finished, now)
+	case *kilnv1.ConnectRequest_Artifacts:
+		return ss.artifacts(ctx, msg.Artifacts, now)
+	case *kilnv1.ConnectRequest_Tests:
+		return ss.tests(ctx, msg.Tests, now)
+	case *kilnv1.ConnectRequest_Register:
+		return fmt.Errorf("register may only be sent once per session: %w", ErrInvalidReport)
+	}
+	return fmt.Errorf("unknown agent message %T: %w", m.GetMsg(), ErrInvalidReport)
+}
+
+// heartbeat records a change of the agent's drain state (the lease was
+// renewed by process).
+func (ss *session) heartbeat(ctx context.Context, hb *kilnv1.Heartbeat, now int64) error {
+	if hb.GetDraining() == ss.s.Draining() {
+		return nil
+	}
+	ss.s.SetDraining(hb.GetDraining())
+	ss.log.Info("agent drain state changed", zap.Bool("draining", ss.s.Draining()))
+	a, _ := ss.srv.cfg.Store.Agent(ss.s.Agent)
+	if _, err := ss.srv.cfg.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_REGISTER_AGENT, &fsmv1.RegisterAgent{
+		Name: ss.s.Agent, Labels: ss.s.Labels, Slots: int32(ss.s.Slots), Version: a.GetVersion(),
+		SessionId: ss.s.ID, Draining: ss.s.Draining(), TimeUnixMs: now,
+	}); err != nil {
+		return fmt.Errorf("record drain state of agent %s: %w", ss.s.Agent, err)
+	}
+	return nil
+}
+
+// appendLogs commits a batch of log chunks as one command.
+func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) error {
+	for _, c := range batch {
+		if len(c.GetData()) > MaxLogChunkBytes {
+			return fmt.Errorf("log chunk of %d bytes; the limit is %d: %w", len(c.GetData()), MaxLogChunkBytes, ErrInvalidReport)
+		}
+	}
+	if _, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS, &fsmv1.AppendLogs{Agent: ss.s.Agent, Chunks: batch}); err != nil {
+		return fmt.Errorf("append %d log chunks: %w", len(batch), err)
+	}
+	return nil
+}
+
+// started commits JobStarted; a stale attempt gets a stale Ack.
+func (ss *session) started(ctx context.Context, st *kilnv1.JobStarted, now int64) error {
+	_, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_START_JOB, &fsmv1.StartJob{
+		JobId: st.GetJobId(), Attempt: st.GetAttempt(), Agent: ss.s.Agent, TimeUnixMs: now,
+	})
+	switch {
+	case err == nil:
+		ss.log.Debug("job started", zap.String("job", st.GetJobId()), zap.Uint32("attempt", st.GetAttempt()))
+	case !errors.Is(err, fsm.ErrStaleAttempt):
+		return fmt.Errorf("start job %s attempt %d: %w", st.GetJobId(), st.GetAttempt(), err)
+	}
+	return nil
+}
+
+// finished commits JobFinished. A stale attempt gets a stale Ack. A finish
+// ahead of the committed log gets an Ack with the committed seq and ends
+// the session: the agent resends its unacknowledged chunks, then the
+// finish, on the next one.
+func (ss *session) finished(ctx context.Context, f *kilnv1.JobFinished, now int64) error {
+	res, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB, &fsmv1.FinishJob{Agent: ss.s.Agent, Finished: f, TimeUnixMs: now})
+	switch {
+	case err == nil:
+		ss.log.Info("job finished", zap.String("job", f.GetJobId()), zap.Uint32("attempt", f.GetAttempt()),
+			zap.String("result", f.GetResult().String()), zap.Int32("exit_code", f.GetExitCode()))
+		ss.srv.cfg.Scheduler.Kick()
+	case errors.Is(err, fsm.ErrLogsIncomplete):
+		var committed uint64
+		if res != nil && len(res.Outcomes) == 1 {
+			committed = res.Outcomes[0].LogSeq
+		}
+		return fmt.Errorf("job %s attempt %d finished with last seq %d but its log is committed up to seq %d; reconnect and resend: %w",
+			f.GetJobId(), f.GetAttempt(), f.GetLastSeq(), committed, fsm.ErrLogsIncomplete)
+	case !errors.Is(err, fsm.ErrStaleAttempt):
+		return fmt.Errorf("finish job %s attempt %d: %w", f.GetJobId(), f.GetAttempt(), err)
+	}
+	return nil
+}
+
+// artifacts commits an ArtifactsUploaded report. Every blob must be held
+// by this node: the agent uploads before it reports, and a quorum held
+// each upload, so after a leader change the new leader pulls a missing
+// blob from its peers first. One that no peer has ends the session with
+// ErrBlobMissing. A stale attempt (checked first when a blob is missing)
+// gets a stale Ack.
+func (ss *session) artifacts(ctx context.Context, up *kilnv1.ArtifactsUploaded, now int64) error {
+	if n := len(up.GetFiles()); n > state.MaxArtifactsPerAttempt {
+		return fmt.Errorf("%d artifact files in one report; the limit is %d: %w", n, state.MaxArtifactsPerAttempt, ErrInvalidReport)
+	}
+	cfg := ss.srv.cfg
+	for _, f := range up.GetFiles() {
+		if err := state.ValidArtifactPath(f.GetPath()); err != nil {
+			return fmt.Errorf("artifact: %w: %w", err, ErrInvalidReport)
+		}
+		if !blobstore.ValidDigest(f.GetSha256()) {
+			return fmt.Errorf("artifact %s: sha256 %q is not 64 lower-case hex digits: %w", f.GetPath(), f.GetSha256(), ErrInvalidReport)
+		}
+		if !cfg.Blobs.Has(f.GetSha256()) && cfg.FetchBlob != nil {
+			fctx, cancel := context.WithTimeout(ctx, blobFetchTimeout)
+			if err := cfg.FetchBlob(fctx, f.GetSha256()); err != nil {
+				ss.log.Warn("artifact blob not found on any peer", zap.String("job", up.GetJobId()), zap.Uint32("attempt", up.GetAttempt()),
+					zap.String("sha256", f.GetSha256()), zap.Error(err))
+			}
+			cancel()
+		}
+		if !cfg.Blobs.Has(f.GetSha256()) {
+			if fence := cfg.Store.CheckAttempt(up.GetJobId(), up.GetAttempt(), ss.s.Agent); fence != state.FenceCurrent {
+				ss.acknowledge([]state.AttemptOutcome{{JobID: up.GetJobId(), Attempt: up.GetAttempt(), Outcome: state.OutcomeStale, Fence: fence}})
+				return nil
+			}
+			return fmt.Errorf("artifact %s of job %s attempt %d: blob %s is held neither by %s nor by any reachable peer; upload it again, then reconnect and resend: %w",
+				f.GetPath(), up.GetJobId(), up.GetAttempt(), f.GetSha256(), cfg.NodeID, ErrBlobMissing)
+		}
+	}
+	_, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS, &fsmv1.RegisterArtifacts{Agent: ss.s.Agent, Uploaded: up, TimeUnixMs: now})
+	switch {
+	case err == nil:
+		ss.log.Debug("artifacts registered", zap.String("job", up.GetJobId()), zap.Uint32("attempt", up.GetAttempt()), zap.Int("files", len(up.GetFiles())))
+	case !errors.Is(err, fsm.ErrStaleAttempt):
+		return fmt.Errorf("register artifacts of job %s attempt %d: %w", up.GetJobId(), up.GetAttempt(), err)
+	}
+	return nil
+}
+
+// tests commits a TestReports message, fenced like artifacts: a stale
+// attempt gets a stale Ack. Reports never change a job's result.
+func (ss *session) tests(ctx context.Context, tr *kilnv1.TestReports, now int64) error {
+	if n := len(tr.GetReports()); n > state.MaxTestReportsPerAttempt {
+		return fmt.Errorf("%d test reports in one message; the limit is %d: %w", n, state.MaxTestReportsPerAttempt, ErrInvalidReport)
+	}
+	cases := 0
+	for _, r := range tr.GetReports() {
+		if err := state.ValidArtifactPath(r.GetFile()); err != nil {
+			return fmt.Errorf("test report: %w: %w", err, ErrInvalidReport)
+		}
+		cases += len(r.GetCases())
+	}
+	if cases > state.MaxTestCasesPerAttempt {
+		return fmt.Errorf("%d test cases in one message; the limit is %d: %w", cases, state.MaxTestCasesPerAttempt, ErrInvalidReport)
+	}
+	_, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS, &fsmv1.RecordTests{Agent: ss.s.Agent, Reports: tr, TimeUnixMs: now})
+	switch {
+	case err == nil:
+		ss.log.Debug("test reports recorded", zap.String("job", tr.GetJobId()), zap.Uint32("attempt", tr.GetAttempt()), zap.Int("reports", len(tr.GetReports())))
+	case !errors.Is(err, fsm.ErrStaleAttempt):
+		return fmt.Errorf("record tests of job %s attempt %d: %w", tr.GetJobId(), tr.GetAttempt(), err)
+	}
+	return nil
+}
