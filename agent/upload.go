@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/agent/executor"
+	"github.com/kiln-ci/kiln/internal/blobio"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -102,22 +103,11 @@ func uploadTo(ctx context.Context, addr string, file *kilnv1.ArtifactFile, r io.
 		return err
 	}
 	h := sha256.New()
-	buf := make([]byte, executor.ArtifactChunkSize)
-	sr := io.NewSectionReader(r, 0, file.GetSize())
-	for {
-		n, rerr := io.ReadFull(sr, buf)
-		if n > 0 {
-			h.Write(buf[:n])
-			if err := send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: buf[:n]}}); err != nil {
-				return err
-			}
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
+	sr := io.TeeReader(io.NewSectionReader(r, 0, file.GetSize()), h)
+	if _, err := blobio.SendChunks(ctx, sr, executor.ArtifactChunkSize, func(chunk []byte) error {
+		return send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}})
+	}); err != nil {
+		return err
 	}
 	var probe [1]byte
 	if m, _ := r.ReadAt(probe[:], file.GetSize()); m > 0 || hex.EncodeToString(h.Sum(nil)) != file.GetSha256() {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kiln-ci/kiln/coordinator/clustertest"
+	"github.com/kiln-ci/kiln/internal/blobio"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -132,20 +133,10 @@ func upload(b *testing.B, ctx context.Context, addr, path string, size int64, sh
 	if err := stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Header{Header: &kilnv1.BlobHeader{Size: size, Sha256: sha, Kind: "artifact"}}}); err != nil {
 		b.Fatal(err)
 	}
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := f.Read(buf)
-		if n > 0 {
-			if serr := stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: buf[:n]}}); serr != nil {
-				b.Fatal(serr)
-			}
-		}
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+	if _, err := blobio.SendChunks(ctx, f, blobio.ChunkSize, func(chunk []byte) error {
+		return stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}})
+	}); err != nil {
+		b.Fatal(err)
 	}
 	if _, err := stream.CloseAndRecv(); err != nil {
 		b.Fatalf("upload: %v", err)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/kiln-ci/kiln/internal/archive"
+	"github.com/kiln-ci/kiln/internal/blobio"
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -19,7 +20,6 @@ import (
 // Upload limits; the coordinators enforce the same size limit.
 const (
 	maxUploadBytes   int64 = 512 << 20
-	uploadChunkBytes       = 1 << 20
 	minUploadTimeout       = 10 * time.Minute
 )
 
@@ -74,22 +74,15 @@ func sendBlob(ctx context.Context, conn grpc.ClientConnInterface, f *os.File, si
 	}
 	err = stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Header{Header: &kilnv1.BlobHeader{
 		Size: size, Sha256: sha, Kind: "source"}}})
-	buf := make([]byte, uploadChunkBytes)
-	for err == nil {
-		n, rerr := io.ReadFull(f, buf)
-		if n > 0 {
-			err = stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: buf[:n]}})
-		}
-		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
-			break
-		}
-		if rerr != nil {
-			return rerr
-		}
+	if err == nil {
+		_, err = blobio.SendChunks(ctx, f, blobio.ChunkSize, func(chunk []byte) error {
+			return stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}})
+		})
 	}
 	// io.EOF from Send means the server answered early (e.g. not the
-	// leader); CloseAndRecv returns that answer.
-	if err != nil && err != io.EOF {
+	// leader), and an ended ctx ended the stream too; CloseAndRecv returns
+	// the stream's status.
+	if err != nil && err != io.EOF && ctx.Err() == nil {
 		return err
 	}
 	_, err = stream.CloseAndRecv()

@@ -36,9 +36,11 @@ import (
 
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobgc"
+	"github.com/kiln-ci/kiln/coordinator/blobrepl"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/membership"
 	"github.com/kiln-ci/kiln/coordinator/peers"
@@ -251,7 +253,7 @@ type Coordinator struct {
 	node    *raftnode.Node
 	sched   *scheduler.Scheduler
 	watch   *watcher.Watcher
-	blobs   *api.BlobServer
+	blobs   *blobrepl.Replicator
 	local   blobstore.Backend
 	grpc    *grpc.Server
 	health  *health.Server
@@ -324,23 +326,23 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
 	)
+	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
+		Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
 		Store: store,
 		Raft:  node,
-		// Builds of new commits go through the API's own submit path.
-		Submit: func(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.Build, error) {
-			resp, err := control.SubmitBuild(ctx, req)
-			return resp.GetBuild(), err
-		},
-		Log: log.Named("watcher"),
+		// Builds of new commits go through the same service as SubmitBuild.
+		Submit: deps.Builds.Submit,
+		Log:    log.Named("watcher"),
 	})
-	c.blobs = api.NewBlobServer(deps)
+	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
+		Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
-	kilnv1.RegisterBlobServiceServer(c.grpc, c.blobs)
+	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

@@ -2,8 +2,9 @@
 // adapter: it validates the request, checks leadership for writes, commits a
 // command through Raft or reads the local state store, and maps errors to
 // status codes in one place (toStatus). No business rules live here; those
-// are in the FSM (coordinator/fsm), the scheduler and, for agent streams,
-// coordinator/agentsession.
+// are in the FSM (coordinator/fsm), the scheduler, the builds service
+// (coordinator/builds), the blob replicator (coordinator/blobrepl) and, for
+// agent streams, coordinator/agentsession.
 package api
 
 import (
@@ -16,7 +17,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/blobrepl"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/readindex"
@@ -51,6 +54,8 @@ type Deps struct {
 	Log   *zap.Logger
 	// Now is the clock used for command timestamps.
 	Now func() time.Time
+	// Builds submits builds (SubmitBuild): coordinator/builds.
+	Builds *builds.Service
 }
 
 // Limits on what clients may send. They are part of the API contract and
@@ -127,6 +132,7 @@ func (d *Deps) toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	var buildErr *builds.Error
 	switch {
 	case errors.Is(err, raftnode.ErrNotLeader):
 		return d.notLeader()
@@ -145,6 +151,17 @@ func (d *Deps) toStatus(err error) error {
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fsm.ErrStaleAttempt), errors.Is(err, fsm.ErrInvalidState), errors.Is(err, fsm.ErrLogsIncomplete):
 		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.As(err, &buildErr):
+		switch buildErr.Kind {
+		case builds.KindInvalid:
+			return status.Error(codes.InvalidArgument, err.Error())
+		case builds.KindFailedPrecondition:
+			return status.Error(codes.FailedPrecondition, err.Error())
+		}
+	case errors.Is(err, blobrepl.ErrNoQuorum):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, blobrepl.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, err.Error())
 	case errors.Is(err, context.Canceled):

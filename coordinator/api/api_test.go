@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/blobrepl"
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/peers"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
@@ -53,6 +55,8 @@ func newDeps(t *testing.T, lead bool) *Deps {
 	pool := peers.New()
 	t.Cleanup(pool.Close)
 	d.Reads = readindex.New(node, store, func() bool { return node.IsLeader() && sched.Active() }, func() string { return "" }, pool)
+	d.Builds = builds.New(builds.Config{Raft: node, Repos: store, Leading: func() bool { return node.IsLeader() && sched.Active() },
+		Kick: sched.Kick, Now: d.Now, Log: log.Named("builds")})
 	if !lead {
 		t.Cleanup(func() { _ = node.Close() })
 		return d
@@ -177,6 +181,10 @@ func TestToStatus(t *testing.T) {
 		{"logs incomplete", fmt.Errorf("finish: %w", fsm.ErrLogsIncomplete), codes.FailedPrecondition, false},
 		{"not leader", fmt.Errorf("%w: %w", raftnode.ErrNotLeader, errors.New("raft says no")), codes.Unavailable, true},
 		{"outcome unknown", fmt.Errorf("%w: %w", raftnode.ErrOutcomeUnknown, errors.New("leadership lost")), codes.Unavailable, true},
+		{"build refused", fmt.Errorf("submit: %w", &builds.Error{Kind: builds.KindInvalid, Msg: "invalid build file:\nx.yaml:1:1: bad"}), codes.InvalidArgument, false},
+		{"build precondition", &builds.Error{Kind: builds.KindFailedPrecondition, Msg: "upload the archive first"}, codes.FailedPrecondition, false},
+		{"no blob quorum", fmt.Errorf("upload: %w", blobrepl.ErrNoQuorum), codes.Unavailable, false},
+		{"blob on no peer", blobrepl.ErrNotFound, codes.NotFound, false},
 		{"deadline", fmt.Errorf("wait: %w", context.DeadlineExceeded), codes.DeadlineExceeded, false},
 		{"canceled", context.Canceled, codes.Canceled, false},
 		{"status passes through", status.Error(codes.ResourceExhausted, "slow down"), codes.ResourceExhausted, false},
@@ -278,7 +286,7 @@ func TestSubmitCommandBuild(t *testing.T) {
 		t.Fatalf("build %v", b)
 	}
 	spec := b.GetJobs()[0].GetSpec()
-	if spec.GetKey() != singleCommandKey || spec.GetAgents()["os"] != "linux" || spec.GetTimeoutMs() != 1234 ||
+	if spec.GetKey() != builds.SingleCommandKey || spec.GetAgents()["os"] != "linux" || spec.GetTimeoutMs() != 1234 ||
 		spec.GetRetry().GetOnAgentLost() != 1 || spec.GetCommands()[0] != "make test\necho done" {
 		t.Fatalf("spec %v", spec)
 	}

@@ -11,9 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/kiln-ci/kiln/internal/buildfile"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
-	"github.com/kiln-ci/kiln/internal/pipeline"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -27,100 +25,17 @@ type ControlServer struct {
 // NewControlServer returns the control service.
 func NewControlServer(d *Deps) *ControlServer { return &ControlServer{d: d} }
 
-// singleCommandKey is the job key of a build made from one command.
-const singleCommandKey = "run"
-
-// SubmitBuild validates, parses and commits a build.
+// SubmitBuild validates the request and has the builds service
+// (coordinator/builds) resolve its source and build file and commit it.
 func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.SubmitBuildResponse, error) {
 	if err := validateSubmit(req); err != nil {
 		return nil, err
 	}
-	cmd := &fsmv1.SubmitBuild{
-		RequestId:  req.GetRequestId(),
-		Submitter:  req.GetSubmitter(),
-		Name:       req.GetName(),
-		Env:        req.GetEnv(),
-		TimeUnixMs: s.d.now().UnixMilli(),
-	}
-	if err := s.resolveSource(ctx, req, cmd); err != nil {
-		return nil, err
-	}
-	if req.GetSpecYaml() != "" {
-		name := req.GetSpecFilename()
-		if name == "" {
-			name = "build.yaml"
-		}
-		f, err := buildfile.Load(name, []byte(req.GetSpecYaml()))
-		if err != nil {
-			return nil, status.Error(codes.InvalidArgument, "invalid build file:\n"+err.Error())
-		}
-		env := map[string]string{}
-		for k, v := range f.Env() {
-			env[k] = v
-		}
-		for k, v := range req.GetEnv() {
-			env[k] = v
-		}
-		cmd.Env = env
-		if cmd.Steps, err = f.Resolve(conditionContext(req, cmd)); err != nil {
-			return nil, status.Error(codes.InvalidArgument, "invalid build file:\n"+err.Error())
-		}
-		if cmd.Name == "" {
-			cmd.Name = f.Name()
-		}
-		if c := f.Concurrency(); c != nil {
-			cmd.ConcurrencyGroup, cmd.ConcurrencyLimit = c.Group, c.Limit
-		}
-		cmd.ArtifactRetentionMs = f.ArtifactRetention().Milliseconds()
-	} else {
-		cmd.Steps = []*kilnv1.StepSpec{{
-			Key:       singleCommandKey,
-			Name:      singleCommandKey,
-			Commands:  []string{req.GetCommand()},
-			Agents:    req.GetLabels(),
-			TimeoutMs: req.GetTimeoutMs(),
-			Retry:     &kilnv1.RetryPolicy{OnAgentLost: 1},
-		}}
-	}
-	if cmd.Name == "" {
-		cmd.Name = firstLine(req.GetCommand(), 80)
-	}
-	if err := s.d.requireLeader(); err != nil {
-		return nil, err
-	}
-	res, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, cmd)
+	b, err := s.d.Builds.Submit(ctx, req)
 	if err != nil {
 		return nil, s.d.toStatus(err)
 	}
-	s.d.Log.Info("build submitted", zap.String("build", res.Build.GetId()), zap.String("request", req.GetRequestId()),
-		zap.String("submitter", req.GetSubmitter()), zap.Int("jobs", len(res.Build.GetJobs())))
-	s.d.Scheduler.Kick()
-	return &kilnv1.SubmitBuildResponse{Build: res.Build}, nil
-}
-
-// conditionContext is what `if` conditions see: the branch and tag of the
-// resolved source unless the request names them, the event ("manual" when
-// unset) and the build's environment.
-func conditionContext(req *kilnv1.SubmitBuildRequest, cmd *fsmv1.SubmitBuild) pipeline.Context {
-	ctx := pipeline.Context{
-		Branch: req.GetBranch(),
-		Tag:    req.GetTag(),
-		Event:  cmd.GetEvent(),
-		Env:    cmd.GetEnv(),
-	}
-	if ctx.Branch == "" {
-		ctx.Branch = cmd.GetSource().GetBranch()
-	}
-	if ctx.Tag == "" {
-		ctx.Tag = cmd.GetSource().GetTag()
-	}
-	if ctx.Event == "" {
-		ctx.Event = req.GetEvent()
-	}
-	if ctx.Event == "" {
-		ctx.Event = "manual"
-	}
-	return ctx
+	return &kilnv1.SubmitBuildResponse{Build: b}, nil
 }
 
 func validateSubmit(req *kilnv1.SubmitBuildRequest) error {
@@ -180,16 +95,6 @@ func validateEnv(env map[string]string) error {
 		return invalid("env: %d bytes; the limit is %d", size, MaxEnvBytes)
 	}
 	return nil
-}
-
-func firstLine(s string, max int) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	if len(s) > max {
-		s = s[:max]
-	}
-	return s
 }
 
 // GetBuild serves a build from the local state.

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -46,7 +47,7 @@ func (s *ControlServer) AddRepo(ctx context.Context, req *kilnv1.AddRepoRequest)
 		if errors.Is(err, gitsrc.ErrRefNotFound) {
 			return nil, status.Errorf(codes.InvalidArgument, "branch: %s has no branch %q", gitsrc.Redact(repo.GetUrl()), repo.GetBranch())
 		}
-		return nil, sourceStatus(err)
+		return nil, s.d.toStatus(builds.GitError(err))
 	}
 	out, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_ADD_REPO, &fsmv1.AddRepo{Repo: repo})
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/archive"
+	"github.com/kiln-ci/kiln/internal/blobio"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -33,8 +34,10 @@ func uploadBlob(ctx context.Context, c *Cluster, data []byte, sha string) (*kiln
 		}
 		err = stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Header{Header: &kilnv1.BlobHeader{
 			Size: int64(len(data)), Sha256: sha, Kind: "source"}}})
-		for off := 0; err == nil && off < len(data); off += 1 << 20 {
-			err = stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: data[off:min(off+1<<20, len(data))]}})
+		if err == nil {
+			_, err = blobio.SendChunks(ctx, bytes.NewReader(data), blobio.ChunkSize, func(chunk []byte) error {
+				return stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}})
+			})
 		}
 		if err != nil && err != io.EOF {
 			return err

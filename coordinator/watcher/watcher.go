@@ -3,8 +3,9 @@
 // pipeline file for each new commit.
 //
 // Exactly once per commit, across failovers: a poll that sees a commit other
-// than the repository's last_commit submits the build through the API's own
-// SubmitBuild (in process) with the request id "watch/<repo>/<commit>", and
+// than the repository's last_commit submits the build through the builds
+// service (coordinator/builds, what the API's SubmitBuild calls) with the
+// request id "watch/<repo>/<commit>", and
 // only then commits RepoPolled{repo, commit}. A leader that dies between the
 // two leaves last_commit behind; the next leader polls, sees the same commit
 // and submits the same request id again, which the FSM answers with the
@@ -25,10 +26,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -60,7 +60,8 @@ type Applier interface {
 	Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message) (*fsm.Result, error)
 }
 
-// SubmitFunc submits a build the way the API does (ControlServer.SubmitBuild).
+// SubmitFunc submits a build: (*builds.Service).Submit. A rejected request
+// or build file is an error builds.IsInvalid reports.
 type SubmitFunc func(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.Build, error)
 
 // Config wires a Watcher.
@@ -235,7 +236,7 @@ func (w *Watcher) poll(ctx context.Context, r *kilnv1.Repo) error {
 		Branch: r.GetBranch(),
 		Event:  Event,
 	})
-	if status.Code(err) == codes.InvalidArgument {
+	if builds.IsInvalid(err) {
 		log.Warn("no build for the new commit: pipeline file rejected", zap.String("pipeline", r.GetPipeline()), zap.Error(err))
 		return w.recordPolled(ctx, name, commit)
 	}

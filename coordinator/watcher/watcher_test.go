@@ -12,10 +12,9 @@ import (
 	"github.com/hashicorp/raft"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
@@ -67,7 +66,7 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) submit(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.Build, error) {
 	h.submits.Add(1)
 	if strings.Contains(req.GetSpecYaml(), "invalid") {
-		return nil, status.Error(codes.InvalidArgument, "invalid build file")
+		return nil, &builds.Error{Kind: builds.KindInvalid, Msg: "invalid build file"}
 	}
 	res, err := h.ap.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, &fsmv1.SubmitBuild{
 		RequestId: req.GetRequestId(), Submitter: req.GetSubmitter(), Source: req.GetSource(), Event: req.GetEvent(),
