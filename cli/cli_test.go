@@ -141,6 +141,56 @@ func TestRunWaitFailed(t *testing.T) {
 	}
 }
 
+// run --wait follows the build with WatchBuild, not GetBuild polling, and
+// reopens a watch that breaks before the build finished.
+func TestRunWaitWatchesBuild(t *testing.T) {
+	f := newFake()
+	f.newBuild = finished(kilnv1.BuildState_BUILD_STATE_FAILED)
+	f.watchBreak = 1
+	_, errOut, code := runCLI(t, "--coordinators", f.serve(t), "run", "--wait", "--", "false")
+	must(t, code, 1, errOut)
+	if errOut != "build 1 submitted\nbuild 1 failed\n" {
+		t.Errorf("stderr = %q", errOut)
+	}
+	if f.watchReqs != 2 || f.gets != 0 {
+		t.Errorf("%d WatchBuild and %d GetBuild calls, want 2 and 0", f.watchReqs, f.gets)
+	}
+}
+
+// The leader dies in the middle of run --wait: the log and the watch move
+// to the other coordinator, which first answers as a node still catching
+// up would (NotFound), and every line is printed exactly once.
+func TestRunWaitSurvivesLeaderChange(t *testing.T) {
+	chunks := []*kilnv1.StreamLogsResponse{chunk("main", 1, 1, "a\n"), chunk("main", 1, 2, "b"), chunk("main", 1, 3, "\nc\n")}
+	ldr := newFake()
+	ldr.newBuild = finished(kilnv1.BuildState_BUILD_STATE_PASSED)
+	ldr.logs["1"] = chunks
+	ldr.breakAfter, ldr.downAfterBreak = 2, true
+	other := newFake()
+	replica := &kilnv1.Build{Id: "1", Jobs: []*kilnv1.Job{{Key: "main"}}}
+	finished(kilnv1.BuildState_BUILD_STATE_PASSED)(replica)
+	other.addBuild(replica)
+	other.logs["1"] = chunks
+	other.lagging = 1
+	out, errOut, code := runCLI(t, "--coordinators", ldr.serve(t)+","+other.serve(t), "run", "--wait", "--", "true")
+	must(t, code, 0, errOut)
+	if out != "a\nb\nc\n" {
+		t.Errorf("stdout = %q, want every line exactly once", out)
+	}
+	if errOut != "build 1 submitted\nbuild 1 passed\n" {
+		t.Errorf("stderr = %q", errOut)
+	}
+	if n := len(other.streamReqs); n != 2 {
+		t.Fatalf("the other coordinator got %d StreamLogs calls, want 2 (NotFound, resume)", n)
+	}
+	if after := other.streamReqs[1].After; len(after) != 1 || after[0].Seq != 2 {
+		t.Errorf("resume positions %v", after)
+	}
+	if other.watchReqs != 1 || ldr.gets+other.gets != 0 {
+		t.Errorf("watch calls %d, GetBuild calls %d", other.watchReqs, ldr.gets+other.gets)
+	}
+}
+
 func TestRunWaitSeveralJobs(t *testing.T) {
 	f := newFake()
 	f.newBuild = func(b *kilnv1.Build) {
@@ -317,6 +367,23 @@ func TestLogs(t *testing.T) {
 	must(t, code, 1, errOut)
 	if !strings.Contains(errOut, `build 3 has no job "zzz" (jobs: a, b)`) {
 		t.Errorf("stderr = %q", errOut)
+	}
+}
+
+// logs -f with several jobs resumes a broken stream without repeating a
+// line or losing a job's unfinished one.
+func TestLogsFollowResumes(t *testing.T) {
+	f := newFake()
+	f.addBuild(&kilnv1.Build{Id: "1", State: kilnv1.BuildState_BUILD_STATE_RUNNING, Jobs: []*kilnv1.Job{{Key: "a"}, {Key: "b"}}})
+	f.logs["1"] = []*kilnv1.StreamLogsResponse{chunk("a", 1, 1, "x\ny"), chunk("b", 1, 1, "1\n"), chunk("a", 1, 2, "z\n")}
+	f.breakAfter = 2
+	out, errOut, code := runCLI(t, "--coordinators", f.serve(t), "logs", "1", "-f")
+	must(t, code, 0, errOut)
+	if out != "[a] x\n[b] 1\n[a] yz\n" {
+		t.Errorf("stdout = %q", out)
+	}
+	if len(f.streamReqs) != 2 || len(f.streamReqs[1].After) != 2 || !f.streamReqs[1].Follow {
+		t.Errorf("stream requests %v", f.streamReqs)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/internal/leader"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
@@ -40,6 +41,18 @@ type fake struct {
 	logs map[string][]*kilnv1.StreamLogsResponse
 	// breakAfter > 0 breaks the first follow stream after that many chunks.
 	breakAfter int
+	// downAfterBreak takes the node down when breakAfter breaks a stream.
+	downAfterBreak bool
+	// down answers reads Unavailable, as a coordinator that died does.
+	down bool
+	// lagging > 0 answers that many stream calls NotFound, as a restarted
+	// coordinator still catching up does.
+	lagging int
+	// watchBreak > 0 makes that many WatchBuild streams send the build as
+	// running and then break.
+	watchBreak int
+	watchReqs  int
+	gets       int
 	streamReqs []*kilnv1.StreamLogsRequest
 	agents     []*kilnv1.Agent
 	status     *kilnv1.StatusResponse
@@ -95,9 +108,26 @@ func (f *fake) SubmitBuild(_ context.Context, req *kilnv1.SubmitBuildRequest) (*
 	return &kilnv1.SubmitBuildResponse{Build: b}, nil
 }
 
+// refuse is the answer of a node that is down or behind, if it is. Call it
+// with f.mu held.
+func (f *fake) refuse(id string) error {
+	switch {
+	case f.down:
+		return status.Error(codes.Unavailable, "coordinator down")
+	case f.lagging > 0:
+		f.lagging--
+		return status.Errorf(codes.NotFound, "build %s not found", id)
+	}
+	return nil
+}
+
 func (f *fake) GetBuild(_ context.Context, req *kilnv1.GetBuildRequest) (*kilnv1.GetBuildResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.gets++
+	if f.down {
+		return nil, status.Error(codes.Unavailable, "coordinator down")
+	}
 	b, ok := f.builds[req.BuildId]
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "build %s not found", req.BuildId)
@@ -139,7 +169,11 @@ func (f *fake) StreamLogs(req *kilnv1.StreamLogsRequest, stream grpc.ServerStrea
 	first := len(f.streamReqs) == 1
 	chunks := f.logs[req.BuildId]
 	breakAfter := f.breakAfter
+	err := f.refuse(req.BuildId)
 	f.mu.Unlock()
+	if err != nil {
+		return err
+	}
 	after := map[string]uint64{}
 	for _, p := range req.After {
 		after[fmt.Sprint(p.JobKey, "/", p.Attempt)] = p.Seq
@@ -155,6 +189,9 @@ func (f *fake) StreamLogs(req *kilnv1.StreamLogsRequest, stream grpc.ServerStrea
 			continue
 		}
 		if first && req.Follow && breakAfter > 0 && sent == breakAfter {
+			f.mu.Lock()
+			f.down = f.downAfterBreak
+			f.mu.Unlock()
 			return status.Error(codes.Unavailable, "stream broken")
 		}
 		if err := stream.Send(c); err != nil {
@@ -163,6 +200,35 @@ func (f *fake) StreamLogs(req *kilnv1.StreamLogsRequest, stream grpc.ServerStrea
 		sent++
 	}
 	return nil
+}
+
+func (f *fake) WatchBuild(req *kilnv1.WatchBuildRequest, stream grpc.ServerStreamingServer[kilnv1.WatchBuildResponse]) error {
+	f.mu.Lock()
+	f.watchReqs++
+	if err := f.refuse(req.BuildId); err != nil {
+		f.mu.Unlock()
+		return err
+	}
+	b, ok := f.builds[req.BuildId]
+	if !ok {
+		f.mu.Unlock()
+		return status.Errorf(codes.NotFound, "build %s not found", req.BuildId)
+	}
+	b = proto.Clone(b).(*kilnv1.Build)
+	broken := f.watchBreak > 0
+	if broken {
+		f.watchBreak--
+	}
+	f.mu.Unlock()
+	if broken {
+		running := proto.Clone(b).(*kilnv1.Build)
+		running.State = kilnv1.BuildState_BUILD_STATE_RUNNING
+		if err := stream.Send(&kilnv1.WatchBuildResponse{Build: running}); err != nil {
+			return err
+		}
+		return status.Error(codes.Unavailable, "stream broken")
+	}
+	return stream.Send(&kilnv1.WatchBuildResponse{Build: b})
 }
 
 func (f *fake) ListAgents(context.Context, *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {

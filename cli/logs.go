@@ -12,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -65,7 +67,7 @@ func (a *app) logsCommand() *cobra.Command {
 	return cmd
 }
 
-// errGaveUp ends a log stream's reconnect loop. It deliberately does not
+// errGaveUp ends a stream's reconnect loop. It deliberately does not
 // unwrap to the last gRPC error, so that client.Do returns it at once.
 type errGaveUp struct{ last error }
 
@@ -76,40 +78,78 @@ func (e errGaveUp) Error() string { return e.last.Error() }
 // if need be) and resumed after the chunks already printed. It gives up
 // when no stream could be reopened for --timeout.
 func (a *app) streamLogs(ctx context.Context, c *client.Client, id, job string, follow bool, p *logPrinter) error {
-	var failingSince time.Time
+	err := a.followStream(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error) {
+		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after()}
+		stream, err := kilnv1.NewControlServiceClient(conn).StreamLogs(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		return func() error {
+			m, err := stream.Recv()
+			if err != nil {
+				return err
+			}
+			if err := p.chunk(m); err != nil {
+				return fmt.Errorf("write log: %w", err)
+			}
+			return nil
+		}, nil
+	})
+	p.flush()
+	return err
+}
+
+// followStream runs a server stream of a build the caller knows exists
+// through c.Do, and reopens it when it breaks with codes.Unavailable
+// (c.Do then moves on to another coordinator if need be). open starts the
+// stream, resuming after what was already handled; the function it
+// returns receives and handles one message, and returns io.EOF when the
+// stream has ended. A coordinator answering NotFound lags behind (it
+// restarted and is catching up): it counts as unavailable. followStream
+// gives up when no stream could be reopened for --timeout; a stream that
+// lived a while counts the outage from when it broke.
+func (a *app) followStream(ctx context.Context, c *client.Client,
+	open func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error)) error {
+	var (
+		failingSince time.Time
+		lastErr      error // last stream error, for the give-up message
+	)
+	failed := func(err error) error {
+		if status.Code(err) == codes.NotFound {
+			err = status.Error(codes.Unavailable, "coordinator is behind: "+status.Convert(err).Message())
+		}
+		lastErr = err
+		return err
+	}
 	err := c.Do(ctx, func(ctx context.Context, conn grpc.ClientConnInterface) error {
 		start := time.Now()
 		if failingSince.IsZero() {
 			failingSince = start
-		} else if start.Sub(failingSince) > a.timeout && p.lastErr != nil {
-			return errGaveUp{last: p.lastErr}
+		} else if start.Sub(failingSince) > a.timeout && lastErr != nil {
+			return errGaveUp{last: lastErr}
 		}
-		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after()}
-		stream, err := kilnv1.NewControlServiceClient(conn).StreamLogs(ctx, req)
+		// The stream ends with this call (c.Do's retries open a new one).
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		next, err := open(ctx, conn)
 		if err != nil {
-			p.lastErr = err
-			return err
+			return failed(err)
 		}
 		for {
-			m, err := stream.Recv()
+			err := next()
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			if err != nil {
-				p.lastErr = err
 				if time.Since(start) > 2*time.Second {
 					// The stream lived a while: count the outage from now.
 					failingSince = time.Now()
 				}
-				return err
+				return failed(err)
 			}
 			failingSince = time.Now()
-			if err := p.chunk(m); err != nil {
-				return fmt.Errorf("write log: %w", err)
-			}
 		}
 	})
-	p.flush()
 	var gu errGaveUp
 	if errors.As(err, &gu) {
 		return &client.UnavailableError{Tried: c.Addrs(), Last: gu.last}
@@ -134,7 +174,6 @@ type logPrinter struct {
 	attempt map[string]uint32 // newest attempt written per job key
 	partial map[string][]byte // prefix mode: the unfinished line of a job
 	order   []string          // job keys in order of first output
-	lastErr error             // last stream error, for the give-up message
 }
 
 func newLogPrinter(out, notices io.Writer, prefix bool) *logPrinter {

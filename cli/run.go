@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/user"
 	"strings"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/client"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
@@ -164,34 +168,37 @@ func (a *app) waitForBuild(ctx context.Context, c *client.Client, id string, job
 	return nil
 }
 
-// waitTerminal polls the build until it is passed, failed or canceled.
+// waitTerminal follows the build with ControlService.WatchBuild until it
+// is passed, failed or canceled. A stream that breaks (leader change,
+// coordinator restart) is reopened through the client, on another
+// coordinator if need be; each stream starts with the build's current
+// state, so nothing is missed.
 func (a *app) waitTerminal(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
-	delay := 100 * time.Millisecond
-	for {
-		var b *kilnv1.Build
-		err := a.unary(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-			resp, err := kilnv1.NewControlServiceClient(conn).GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
-			if err != nil {
-				return err
-			}
-			b = resp.GetBuild()
-			return nil
-		})
+	var b *kilnv1.Build
+	err := a.followStream(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error) {
+		stream, err := kilnv1.NewControlServiceClient(conn).WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: id})
 		if err != nil {
 			return nil, err
 		}
-		if lifecycle.BuildFinished(b.GetState()) {
-			return b, nil
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, ctx.Err()
-		case <-t.C:
-		}
-		delay = min(delay*2, time.Second)
+		return func() error {
+			m, err := stream.Recv()
+			switch {
+			case errors.Is(err, io.EOF) && !lifecycle.BuildFinished(b.GetState()):
+				return status.Error(codes.Unavailable, "the build's watch ended before the build finished")
+			case err != nil:
+				return err
+			}
+			b = m.GetBuild()
+			if lifecycle.BuildFinished(b.GetState()) {
+				return io.EOF
+			}
+			return nil
+		}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return b, nil
 }
 
 // parsePairs parses repeated k=v flag values.

@@ -126,15 +126,17 @@ func (s *ControlServer) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRe
 	return &kilnv1.ListBuildsResponse{Builds: s.d.Store.ListBuilds(limit)}, nil
 }
 
-// WatchBuild sends the build on every change until it finishes.
+// WatchBuild sends the build now and on every change until it finishes. It
+// wakes only for changes of this build (its row, jobs, logs' progress and
+// test reports).
 func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.ControlService_WatchBuildServer) error {
 	if err := s.d.readBarrier(stream.Context(), req.GetConsistency()); err != nil {
 		return err
 	}
 	var last *kilnv1.Build
 	for {
-		changed := s.d.Store.Changed()
-		b, ok := s.d.Store.Build(req.GetBuildId())
+		view := s.d.Store.View()
+		b, ok := view.Build(req.GetBuildId())
 		if !ok {
 			return status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
 		}
@@ -147,10 +149,8 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 		if lifecycle.BuildFinished(b.GetState()) {
 			return nil
 		}
-		select {
-		case <-stream.Context().Done():
+		if err := view.Wait(stream.Context()); err != nil {
 			return status.FromContextError(stream.Context().Err()).Err()
-		case <-changed:
 		}
 	}
 }
@@ -159,7 +159,8 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 const logBatch = 256
 
 // StreamLogs sends the committed log of the current attempt of each job.
-// With follow it keeps going until every selected job is finished.
+// With follow it keeps going until every selected job is finished, waking
+// only for changes of the build and of the selected jobs and their logs.
 func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.ControlService_StreamLogsServer) error {
 	if err := s.d.readBarrier(stream.Context(), req.GetConsistency()); err != nil {
 		return err
@@ -173,16 +174,10 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 		positions[p.GetJobKey()] = pos{attempt: p.GetAttempt(), seq: p.GetSeq()}
 	}
 	for {
-		changed := s.d.Store.Changed()
-		b, ok := s.d.Store.Build(req.GetBuildId())
+		view := s.d.Store.View()
+		jobs, ok := view.BuildJobs(req.GetBuildId(), req.GetJobKey())
 		if !ok {
 			return status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
-		}
-		var jobs []*kilnv1.Job
-		for _, j := range b.GetJobs() {
-			if req.GetJobKey() == "" || j.GetKey() == req.GetJobKey() {
-				jobs = append(jobs, j)
-			}
 		}
 		if len(jobs) == 0 {
 			return status.Errorf(codes.NotFound, "build %s has no job %q", req.GetBuildId(), req.GetJobKey())
@@ -203,7 +198,7 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 				p = pos{attempt: j.GetAttempt()}
 			}
 			for {
-				chunks := s.d.Store.Logs(j.GetId(), p.attempt, p.seq, logBatch)
+				chunks := view.Logs(j.GetId(), p.attempt, p.seq, logBatch)
 				for _, c := range chunks {
 					if err := stream.Send(&kilnv1.StreamLogsResponse{
 						JobId: j.GetId(), JobKey: j.GetKey(), Attempt: c.GetAttempt(), Seq: c.GetSeq(), Data: c.GetData(),
@@ -221,10 +216,8 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 		if !req.GetFollow() || allDone {
 			return nil
 		}
-		select {
-		case <-stream.Context().Done():
+		if err := view.Wait(stream.Context()); err != nil {
 			return status.FromContextError(stream.Context().Err()).Err()
-		case <-changed:
 		}
 	}
 }

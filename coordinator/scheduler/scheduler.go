@@ -168,7 +168,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
 	for {
-		changed := s.store.Changed()
+		changed := s.store.DispatchChanged()
 		if err := s.dispatch(ctx); err != nil {
 			if errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raftnode.ErrOutcomeUnknown) {
 				s.log.Warn("dispatch stopped: leadership lost", zap.Error(err))

@@ -50,17 +50,23 @@ type wtx struct {
 func (s *Store) write(index uint64, fn func(w *wtx) error) error {
 	db := s.db.Load()
 	tx := db.Txn(true)
+	tx.TrackChanges()
 	err := fn(&wtx{tx: tx, index: index})
+	dispatch := false
 	if err != nil {
 		tx.Abort()
 		tx = db.Txn(true)
+	} else {
+		dispatch = affectsDispatch(tx.Changes())
 	}
 	m := *readMeta(tx)
 	m.LastIndex = index
 	mustInsert(tx, tableMeta, &m)
-	tx.Commit()
-	s.notify()
-	s.applied.advance()
+	tx.Commit() // closes the memdb watch channels of what changed (Views)
+	if dispatch {
+		s.dispatch.fire()
+	}
+	s.changed.fire()
 	return err
 }
 

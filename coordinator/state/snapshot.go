@@ -220,7 +220,8 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 	}
 	tx.Commit()
 	s.db.Store(db)
-	s.notify()
-	s.applied.advance()
+	s.restored.fire()
+	s.dispatch.fire()
+	s.changed.fire()
 	return nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"sync/atomic"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -69,15 +68,15 @@ type metaRow struct {
 type Store struct {
 	db atomic.Pointer[memdb.MemDB]
 
-	mu      sync.Mutex
-	changed chan struct{}
-
-	applied appliedSignal
+	// changed fires on every commit, dispatch on commits that matter to
+	// the scheduler, restored when a snapshot replaces the database (whose
+	// memdb watch channels then never fire).
+	changed, dispatch, restored *signal
 }
 
 // New returns an empty store (next build number 1, last index 0).
 func New() *Store {
-	s := &Store{changed: make(chan struct{})}
+	s := &Store{changed: newSignal(), dispatch: newSignal(), restored: newSignal()}
 	s.db.Store(newDB())
 	return s
 }
@@ -446,10 +445,13 @@ func (s *Store) Agents() []*kilnv1.Agent {
 // Logs returns the committed chunks of one job attempt with seq > afterSeq,
 // seq ascending, at most max of them (max <= 0: all).
 func (s *Store) Logs(jobID string, attempt uint32, afterSeq uint64, max int) []*kilnv1.LogChunk {
+	return readLogs(s.read(), jobID, attempt, afterSeq, max)
+}
+
+func readLogs(tx *memdb.Txn, jobID string, attempt uint32, afterSeq uint64, max int) []*kilnv1.LogChunk {
 	if afterSeq == ^uint64(0) {
 		return nil
 	}
-	tx := s.read()
 	it, err := tx.LowerBound(tableLogs, "id", jobID, attempt, afterSeq+1)
 	if err != nil {
 		panic(fmt.Sprintf("state: scan logs: %v", err))
@@ -521,16 +523,7 @@ func (s *Store) LastIndex() uint64 { return readMeta(s.read()).LastIndex }
 
 // Changed returns a channel that is closed at the next committed change of
 // the store (every applied command and every restore). It is a broadcast:
-// call Changed again, then re-read, to wait for the one after.
-func (s *Store) Changed() <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.changed
-}
-
-func (s *Store) notify() {
-	s.mu.Lock()
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
-}
+// call Changed again, then re-read, to wait for the one after. It wakes on
+// every log append anywhere: readers that follow particular builds, jobs
+// or logs use a View, the scheduler DispatchChanged.
+func (s *Store) Changed() <-chan struct{} { return s.changed.wait() }
