@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -232,7 +233,7 @@ func TestViewMissesNothing(t *testing.T) {
 				got = append(got, c.GetSeq())
 				after = c.GetSeq()
 			}
-			if len(jobs) == 1 && IsTerminalJob(jobs[0].GetState()) {
+			if len(jobs) == 1 && lifecycle.JobFinished(jobs[0].GetState()) {
 				return
 			}
 			if err := v.Wait(ctx); err != nil {
@@ -246,7 +247,7 @@ func TestViewMissesNothing(t *testing.T) {
 		for {
 			v := f.s.View()
 			bld, _ := v.Build(a)
-			if IsTerminalBuild(bld.GetState()) {
+			if lifecycle.BuildFinished(bld.GetState()) {
 				final = bld
 				return
 			}
