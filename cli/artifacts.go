@@ -85,7 +85,7 @@ func (a *app) artifactsCommand() *cobra.Command {
 func (a *app) listArtifacts(ctx context.Context, c *client.Client, build string) ([]*kilnv1.Artifact, error) {
 	var out []*kilnv1.Artifact
 	err := a.controlOn(ctx, c, "list artifacts of build "+build, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-		resp, err := cs.ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build})
+		resp, err := cs.ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build, Consistency: a.consistency})
 		if err != nil {
 			return err
 		}

@@ -153,7 +153,7 @@ func newTable(w io.Writer) *tabwriter.Writer {
 
 func (a *app) getBuild(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
 	return controlBuild(ctx, a, c, "get build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.GetBuildResponse, error) {
-		return cs.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id})
+		return cs.GetBuild(ctx, &kilnv1.GetBuildRequest{BuildId: id, Consistency: a.consistency})
 	})
 }
 
@@ -265,7 +265,7 @@ func (a *app) buildsCommand() *cobra.Command {
 			}
 			var builds []*kilnv1.Build
 			err := a.control(cmd.Context(), "list builds", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit})
+				resp, err := cs.ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit, Consistency: a.consistency})
 				if err != nil {
 					return err
 				}
@@ -354,7 +354,7 @@ func (a *app) agentsCommand() *cobra.Command {
 			}
 			var agents []*kilnv1.Agent
 			err := a.control(cmd.Context(), "list agents", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListAgents(ctx, &kilnv1.ListAgentsRequest{})
+				resp, err := cs.ListAgents(ctx, &kilnv1.ListAgentsRequest{Consistency: a.consistency})
 				if err != nil {
 					return err
 				}

@@ -79,7 +79,7 @@ func (e errGaveUp) Error() string { return e.last.Error() }
 // when no stream could be reopened for --timeout.
 func (a *app) streamLogs(ctx context.Context, c *client.Client, id, job string, follow bool, p *logPrinter) error {
 	err := a.followStream(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error) {
-		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after()}
+		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after(), Consistency: a.consistency}
 		stream, err := kilnv1.NewControlServiceClient(conn).StreamLogs(ctx, req)
 		if err != nil {
 			return nil, err

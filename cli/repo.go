@@ -103,7 +103,7 @@ func (a *app) repoListCommand() *cobra.Command {
 			}
 			var repos []*kilnv1.Repo
 			err := a.control(cmd.Context(), "list repositories", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListRepos(ctx, &kilnv1.ListReposRequest{})
+				resp, err := cs.ListRepos(ctx, &kilnv1.ListReposRequest{Consistency: a.consistency})
 				if err != nil {
 					return err
 				}

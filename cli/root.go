@@ -91,6 +91,8 @@ type app struct {
 	coordinators   []string
 	timeout        time.Duration
 	verbose        bool
+	// consistency is what reads ask for (--consistency).
+	consistency kilnv1.Consistency
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -117,6 +119,14 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
+	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
+		c, err := parseConsistency(v)
+		if err != nil {
+			return err
+		}
+		a.consistency = c
+		return nil
+	})
 
 	root.AddCommand(
 		a.runCommand(),
@@ -152,6 +162,17 @@ func action(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Comman
 		}
 		return err
 	}
+}
+
+// parseConsistency maps the --consistency values to the wire enum.
+func parseConsistency(v string) (kilnv1.Consistency, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "linearizable", "":
+		return kilnv1.Consistency_CONSISTENCY_LINEARIZABLE, nil
+	case "stale":
+		return kilnv1.Consistency_CONSISTENCY_STALE, nil
+	}
+	return 0, fmt.Errorf("%q is neither linearizable nor stale", v)
 }
 
 // usageErrorf returns an exit-2 error.

@@ -176,7 +176,7 @@ func (a *app) waitForBuild(ctx context.Context, c *client.Client, id string, job
 func (a *app) waitTerminal(ctx context.Context, c *client.Client, id string) (*kilnv1.Build, error) {
 	var b *kilnv1.Build
 	err := a.followStream(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error) {
-		stream, err := kilnv1.NewControlServiceClient(conn).WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: id})
+		stream, err := kilnv1.NewControlServiceClient(conn).WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: id, Consistency: a.consistency})
 		if err != nil {
 			return nil, err
 		}

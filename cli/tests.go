@@ -102,7 +102,7 @@ func (a *app) testsCommand() *cobra.Command {
 			}
 			var resp *kilnv1.ListTestsResponse
 			err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed})
+				r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed, Consistency: a.consistency})
 				resp = r
 				return err
 			})
@@ -180,7 +180,7 @@ func (a *app) testsFlakyCommand() *cobra.Command {
 			}
 			var resp *kilnv1.FlakyTestsResponse
 			err := a.control(cmd.Context(), "list flaky tests", "list repositories with 'kilnctl repo list'", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				r, err := cs.FlakyTests(ctx, &kilnv1.FlakyTestsRequest{Repo: repo, Builds: builds, Limit: limit})
+				r, err := cs.FlakyTests(ctx, &kilnv1.FlakyTestsRequest{Repo: repo, Builds: builds, Limit: limit, Consistency: a.consistency})
 				resp = r
 				return err
 			})

@@ -28,7 +28,6 @@ import (
 	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -571,35 +570,36 @@ func (c *Coordinator) tryJoin(ctx context.Context) {
 	}
 	targets = append(targets, c.cfg.Join...)
 	req := &kilnv1.JoinRequest{NodeId: c.cfg.NodeID, RaftAddr: c.raftAdr, GrpcAddr: c.addr}
+	var others []string
 	for _, addr := range targets {
-		if addr == c.addr {
-			continue
+		if addr != c.addr {
+			others = append(others, addr)
 		}
-		if err := joinAt(ctx, addr, req); err == nil {
-			c.log.Info("announced to the cluster", zap.String("via", addr))
-			return
-		} else {
+	}
+	err := leader.Follow(ctx, others, maxJoinHops, func(ctx context.Context, addr string) error {
+		if err := c.joinAt(ctx, addr, req); err != nil {
 			c.log.Debug("join attempt failed", zap.String("via", addr), zap.Error(err))
+			return err
 		}
+		c.log.Info("announced to the cluster", zap.String("via", addr))
+		return nil
+	})
+	if err != nil {
+		c.log.Debug("not announced yet", zap.Error(err))
 	}
 }
 
-func joinAt(ctx context.Context, addr string, req *kilnv1.JoinRequest) error {
+// maxJoinHops bounds how many "not leader" redirects one join follows.
+const maxJoinHops = 3
+
+// joinAt asks the coordinator at addr to add this node (leader only).
+func (c *Coordinator) joinAt(ctx context.Context, addr string, req *kilnv1.JoinRequest) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := c.peers.Conn(addr)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
 	_, err = kilnv1.NewClusterServiceClient(conn).Join(ctx, req)
-	if hint := leaderHint(err); hint != "" && hint != addr {
-		return joinAt(ctx, hint, req)
-	}
 	return err
-}
-
-func leaderHint(err error) string {
-	addr, _ := leader.Hint(err)
-	return addr
 }
