@@ -434,8 +434,8 @@ func TestAgents(t *testing.T) {
 func TestCluster(t *testing.T) {
 	ldr := newFake()
 	ldr.status = &kilnv1.StatusResponse{Leader: "n1", LeaderGrpcAddr: "127.0.0.1:7070", NodeId: "n1", Nodes: []*kilnv1.Node{
-		{Id: "n1", GrpcAddr: "127.0.0.1:7070", RaftAddr: "127.0.0.1:7080", State: "leader", Voter: true},
-		{Id: "n2", GrpcAddr: "127.0.0.1:7071", RaftAddr: "127.0.0.1:7081", State: "follower", Voter: true},
+		{Id: "n1", GrpcAddr: "127.0.0.1:7070", RaftAddr: "127.0.0.1:7080", State: "leader", Voter: true, Healthy: true},
+		{Id: "n2", GrpcAddr: "127.0.0.1:7071", RaftAddr: "127.0.0.1:7081", State: "nonvoter", Voter: false},
 	}}
 	ldrAddr := ldr.serve(t)
 	follower := newFake()
@@ -444,8 +444,8 @@ func TestCluster(t *testing.T) {
 	out, errOut, code := runCLI(t, "--coordinators", ldrAddr, "cluster", "status", "-o", "json")
 	must(t, code, 0, errOut)
 	want := `{"leader":"n1","leader_grpc_addr":"127.0.0.1:7070","nodes":[` +
-		`{"id":"n1","grpc_addr":"127.0.0.1:7070","raft_addr":"127.0.0.1:7080","state":"leader"},` +
-		`{"id":"n2","grpc_addr":"127.0.0.1:7071","raft_addr":"127.0.0.1:7081","state":"follower"}]}`
+		`{"id":"n1","grpc_addr":"127.0.0.1:7070","raft_addr":"127.0.0.1:7080","state":"leader","voter":true,"healthy":true},` +
+		`{"id":"n2","grpc_addr":"127.0.0.1:7071","raft_addr":"127.0.0.1:7081","state":"nonvoter","voter":false,"healthy":false}]}`
 	var compact bytes.Buffer
 	if err := json.Compact(&compact, []byte(out)); err != nil || compact.String() != want {
 		t.Errorf("json = %s (%v)", compact.String(), err)

@@ -24,6 +24,11 @@ type NodeJSON struct {
 	GRPCAddr string `json:"grpc_addr"`
 	RaftAddr string `json:"raft_addr"`
 	State    string `json:"state"`
+	Voter    bool   `json:"voter"`
+	// Healthy is the leader's autopilot verdict (caught up and in
+	// contact); nil when the answering coordinator is not the leader and
+	// so does not know.
+	Healthy *bool `json:"healthy,omitempty"`
 }
 
 func (a *app) clusterCommand() *cobra.Command {
@@ -57,7 +62,12 @@ func (a *app) clusterCommand() *cobra.Command {
 			}
 			out := ClusterJSON{Leader: resp.GetLeader(), LeaderGRPCAddr: resp.GetLeaderGrpcAddr(), Nodes: []NodeJSON{}}
 			for _, n := range resp.GetNodes() {
-				out.Nodes = append(out.Nodes, NodeJSON{ID: n.GetId(), GRPCAddr: n.GetGrpcAddr(), RaftAddr: n.GetRaftAddr(), State: n.GetState()})
+				nj := NodeJSON{ID: n.GetId(), GRPCAddr: n.GetGrpcAddr(), RaftAddr: n.GetRaftAddr(), State: n.GetState(), Voter: n.GetVoter()}
+				if resp.GetNodeId() != "" && resp.GetNodeId() == resp.GetLeader() {
+					healthy := n.GetHealthy()
+					nj.Healthy = &healthy
+				}
+				out.Nodes = append(out.Nodes, nj)
 			}
 			if output == "json" {
 				return writeJSON(a.stdout, out)
@@ -68,9 +78,13 @@ func (a *app) clusterCommand() *cobra.Command {
 			}
 			fmt.Fprintf(a.stdout, "leader: %s\n\n", leader)
 			t := newTable(a.stdout)
-			fmt.Fprintln(t, "ID\tSTATE\tGRPC\tRAFT")
+			fmt.Fprintln(t, "ID\tSTATE\tVOTER\tHEALTHY\tGRPC\tRAFT")
 			for _, n := range out.Nodes {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\n", n.ID, orDash(n.State), orDash(n.GRPCAddr), orDash(n.RaftAddr))
+				healthy := "-"
+				if n.Healthy != nil {
+					healthy = fmt.Sprint(*n.Healthy)
+				}
+				fmt.Fprintf(t, "%s\t%s\t%t\t%s\t%s\t%s\n", n.ID, orDash(n.State), n.Voter, healthy, orDash(n.GRPCAddr), orDash(n.RaftAddr))
 			}
 			return t.Flush()
 		}),

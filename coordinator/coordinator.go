@@ -176,6 +176,8 @@ func (c *Config) Validate() error {
 		return errors.New("artifact-expiry-interval: must be positive")
 	case c.BlobGCInterval <= 0:
 		return errors.New("blob-gc-interval: must be positive")
+	case c.Autopilot.Stabilization < 0:
+		return errors.New("promote-after: must not be negative")
 	case c.BlobGCGrace <= 0:
 		return errors.New("blob-gc-grace: must be positive")
 	case c.BlobStore != BlobStoreDisk && c.BlobStore != BlobStoreS3:

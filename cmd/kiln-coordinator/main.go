@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
@@ -69,6 +70,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.S3.Bucket, "s3-bucket", "", "S3 bucket of the blobs, created if missing (with --blob-store s3)")
 	fs.StringVar(&cfg.S3.Region, "s3-region", "", "S3 region (with --blob-store s3)")
 	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
+	fs.DurationVar(&cfg.Autopilot.Stabilization, "promote-after", 2*time.Second, "how long a joined coordinator must stay caught up and in contact before it is promoted from non-voter to voter")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
