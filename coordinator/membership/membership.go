@@ -161,7 +161,9 @@ func (a *Autopilot) FetchServerStats(ctx context.Context, servers map[raft.Serve
 	for id := range servers {
 		if string(id) == a.self {
 			p := a.node.Progress()
+			mu.Lock()
 			out[id] = &autopilot.ServerStats{LastContact: p.LastContact, LastTerm: p.LastLogTerm, LastIndex: p.LastLogIndex}
+			mu.Unlock()
 			continue
 		}
 		addr := addrs[string(id)]
