@@ -385,6 +385,28 @@ func (p *proc) destroy() {
 	}
 }
 
+// stderrTail returns the last max bytes of the current incarnation's
+// stderr, for failure messages about a process that exited or hung.
+func (p *proc) stderrTail(max int) string {
+	p.mu.Lock()
+	var f string
+	if n := len(p.files); n > 0 {
+		f = p.files[n-1] // start appends stdout, then stderr
+	}
+	p.mu.Unlock()
+	if f == "" {
+		return "(never started)"
+	}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", f, err)
+	}
+	if len(data) > max {
+		data = data[len(data)-max:]
+	}
+	return fmt.Sprintf("%s (last %d bytes):\n%s", filepath.Base(f), len(data), data)
+}
+
 // dumpLogs writes the tail of every output file to the test log.
 func (p *proc) dumpLogs() {
 	const max = 64 << 10
