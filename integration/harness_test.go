@@ -314,6 +314,15 @@ func (p *proc) current() (*exec.Cmd, chan struct{}) {
 	return p.cmd, p.done
 }
 
+// pid returns the process id of the current incarnation.
+func (p *proc) pid() int {
+	cmd, _ := p.current()
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	return cmd.Process.Pid
+}
+
 // running reports whether the current incarnation has not exited.
 func (p *proc) running() bool {
 	_, done := p.current()
