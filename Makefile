@@ -8,7 +8,7 @@ STATICCHECK_VERSION     := v0.8.2
 # Packages that must pass the race detector.
 CORE_PKGS := ./coordinator/... ./agent/... ./internal/...
 
-.PHONY: build demo test test-race lint proto proto-check tools bench clean
+.PHONY: build demo test test-race test-kill lint proto proto-check tools bench clean
 
 build:
 	@mkdir -p bin
@@ -27,6 +27,11 @@ test: build
 
 test-race:
 	$(GO) test -race -count=1 -timeout 15m $(CORE_PKGS)
+
+# Coordinators killed with SIGKILL and restarted, 50 rounds under build load
+# (the default run in `make test` does 6). KILN_KILL_SEED=N replays a run.
+test-kill:
+	KILN_KILL_ROUNDS=50 $(GO) test -count=1 -timeout 20m -v -run '^TestKillRestartRounds$$' ./integration/
 
 tools:
 	GOBIN=$(GOBIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)

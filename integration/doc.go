@@ -7,6 +7,9 @@
 //
 // The tests build the binaries once (TestMain) from the module root. Set
 // KILN_IT_BIN to a directory holding prebuilt binaries to skip the build.
+// TestKillRestartRounds runs KILN_KILL_ROUNDS rounds of kill -9 and restart
+// (default 6; `make test-kill` runs 50), with the random choices seeded by
+// KILN_KILL_SEED (default: the clock; the seed is logged).
 // Every process a test starts is killed in the test's cleanup, together
 // with its process group and any job process it left behind; the logs of
 // every process are printed when a test fails.

@@ -314,6 +314,15 @@ func (p *proc) current() (*exec.Cmd, chan struct{}) {
 	return p.cmd, p.done
 }
 
+// pid returns the process id of the current incarnation.
+func (p *proc) pid() int {
+	cmd, _ := p.current()
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	return cmd.Process.Pid
+}
+
 // running reports whether the current incarnation has not exited.
 func (p *proc) running() bool {
 	_, done := p.current()
@@ -383,6 +392,28 @@ func (p *proc) destroy() {
 	case <-time.After(10 * time.Second):
 		p.h.t.Errorf("%s (pid %d) did not die", p.name, cmd.Process.Pid)
 	}
+}
+
+// stderrTail returns the last max bytes of the current incarnation's
+// stderr, for failure messages about a process that exited or hung.
+func (p *proc) stderrTail(max int) string {
+	p.mu.Lock()
+	var f string
+	if n := len(p.files); n > 0 {
+		f = p.files[n-1] // start appends stdout, then stderr
+	}
+	p.mu.Unlock()
+	if f == "" {
+		return "(never started)"
+	}
+	data, err := os.ReadFile(f)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", f, err)
+	}
+	if len(data) > max {
+		data = data[len(data)-max:]
+	}
+	return fmt.Sprintf("%s (last %d bytes):\n%s", filepath.Base(f), len(data), data)
 }
 
 // dumpLogs writes the tail of every output file to the test log.
