@@ -59,6 +59,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'DispatchLatency' -benchtime 3000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Throughput' -benchtime 10000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench 'Reads' -benchtime 5000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'ArtifactUploadDownload' -benchtime 1x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Parse100MB' -benchtime 3x -timeout 20m ./internal/junit/
 
