@@ -157,9 +157,10 @@ func TestRunWaitWatchesBuild(t *testing.T) {
 	}
 }
 
-// The leader dies in the middle of run --wait: the log and the watch move
-// to the other coordinator, which first answers as a node still catching
-// up would (NotFound), and every line is printed exactly once.
+// The leader dies in the middle of run --wait --consistency=stale: the log
+// and the watch move to the other coordinator, which first answers as a
+// node still catching up would with stale reads (NotFound), and every line
+// is printed exactly once.
 func TestRunWaitSurvivesLeaderChange(t *testing.T) {
 	chunks := []*kilnv1.StreamLogsResponse{chunk("main", 1, 1, "a\n"), chunk("main", 1, 2, "b"), chunk("main", 1, 3, "\nc\n")}
 	ldr := newFake()
@@ -172,7 +173,7 @@ func TestRunWaitSurvivesLeaderChange(t *testing.T) {
 	other.addBuild(replica)
 	other.logs["1"] = chunks
 	other.lagging = 1
-	out, errOut, code := runCLI(t, "--coordinators", ldr.serve(t)+","+other.serve(t), "run", "--wait", "--", "true")
+	out, errOut, code := runCLI(t, "--coordinators", ldr.serve(t)+","+other.serve(t), "--consistency", "stale", "run", "--wait", "--", "true")
 	must(t, code, 0, errOut)
 	if out != "a\nb\nc\n" {
 		t.Errorf("stdout = %q, want every line exactly once", out)

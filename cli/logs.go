@@ -104,8 +104,10 @@ func (a *app) streamLogs(ctx context.Context, c *client.Client, id, job string, 
 // (c.Do then moves on to another coordinator if need be). open starts the
 // stream, resuming after what was already handled; the function it
 // returns receives and handles one message, and returns io.EOF when the
-// stream has ended. A coordinator answering NotFound lags behind (it
-// restarted and is catching up): it counts as unavailable. followStream
+// stream has ended. With --consistency=stale a coordinator answering
+// NotFound lags behind (it restarted and is catching up): it counts as
+// unavailable. Linearizable reads (the default) never lag, so there
+// NotFound is final. followStream
 // gives up when no stream could be reopened for --timeout; a stream that
 // lived a while counts the outage from when it broke.
 func (a *app) followStream(ctx context.Context, c *client.Client,
@@ -115,7 +117,7 @@ func (a *app) followStream(ctx context.Context, c *client.Client,
 		lastErr      error // last stream error, for the give-up message
 	)
 	failed := func(err error) error {
-		if status.Code(err) == codes.NotFound {
+		if status.Code(err) == codes.NotFound && a.consistency == kilnv1.Consistency_CONSISTENCY_STALE {
 			err = status.Error(codes.Unavailable, "coordinator is behind: "+status.Convert(err).Message())
 		}
 		lastErr = err
