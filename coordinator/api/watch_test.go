@@ -121,7 +121,9 @@ func TestFollowStreams(t *testing.T) {
 	}()
 	watch := newSink[kilnv1.WatchBuildResponse](ctx)
 	watchDone := make(chan error, 1)
-	go func() { watchDone <- srv.WatchBuild(&kilnv1.WatchBuildRequest{Consistency: stale, BuildId: "1"}, watch) }()
+	go func() {
+		watchDone <- srv.WatchBuild(&kilnv1.WatchBuildRequest{Consistency: stale, BuildId: "1"}, watch)
+	}()
 
 	if b := watch.next(t).GetBuild(); b.GetId() != "1" || b.GetJobs()[0].GetLogSeq() != 1 {
 		t.Fatalf("first watch message %v", b)
