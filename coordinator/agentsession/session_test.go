@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/logrepl"
+	"github.com/kiln-ci/kiln/coordinator/logstore"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
@@ -138,7 +140,15 @@ func newEnv(t *testing.T) *env {
 	store := state.New()
 	ap := &fakeApplier{fsm: fsm.New(store, log.Named("fsm"))}
 	sched := scheduler.New(scheduler.Config{LeaseTTL: time.Minute}, store, ap, log.Named("scheduler"))
-	e := &env{t: t, store: store, ap: ap, srv: New(Config{NodeID: "n1", Store: store, Raft: ap, Scheduler: sched, Log: log})}
+	logs, err := logstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A one-voter cluster: the local store is the quorum.
+	repl := logrepl.New(logrepl.Config{NodeID: "n1", Store: logs, Nodes: store.Nodes,
+		Members: func() ([]raft.Server, error) { return []raft.Server{{ID: "n1", Suffrage: raft.Voter}}, nil }})
+	t.Cleanup(repl.Close)
+	e := &env{t: t, store: store, ap: ap, srv: New(Config{NodeID: "n1", Store: store, Raft: ap, Scheduler: sched, Logs: repl, Log: log})}
 	e.ok(fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, &fsmv1.SubmitBuild{Name: "b", Steps: []*kilnv1.StepSpec{{Key: "a", Commands: []string{"true"}}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
