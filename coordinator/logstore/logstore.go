@@ -81,7 +81,15 @@ type segment struct {
 	loaded  bool
 	size    int64
 	entries []entry
+	// dropped: the segment left the cache (evicted or deleted); whoever
+	// locks it afterwards takes the cache's current one instead, so one
+	// file never has two writers.
+	dropped bool
 }
+
+// MaxCachedSegments bounds the segment indexes kept in memory; an evicted
+// one is read from disk again on its next use.
+const MaxCachedSegments = 1024
 
 type key struct {
 	job     string
@@ -95,6 +103,8 @@ type Store struct {
 	mu      sync.Mutex
 	segs    map[key]*segment
 	changed chan struct{}
+	// maxCached is MaxCachedSegments (lower in tests).
+	maxCached int
 }
 
 // Open returns the store rooted at dir, creating dir if needed. Segments
@@ -103,7 +113,7 @@ func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create log store %s: %w", dir, err)
 	}
-	return &Store{dir: dir, segs: map[key]*segment{}, changed: make(chan struct{})}, nil
+	return &Store{dir: dir, segs: map[key]*segment{}, changed: make(chan struct{}), maxCached: MaxCachedSegments}, nil
 }
 
 // Dir is the store's root directory.
@@ -144,7 +154,8 @@ func (s *Store) jobDir(jobID string) (string, error) {
 	return filepath.Join(s.dir, b.String()), nil
 }
 
-// segment returns the (possibly not yet loaded) segment of an attempt.
+// segment returns the loaded segment of an attempt, locked; the caller
+// unlocks seg.mu.
 func (s *Store) segment(jobID string, attempt uint32) (*segment, error) {
 	if attempt == 0 {
 		return nil, fmt.Errorf("job %q: attempt 0: %w", jobID, ErrInvalid)
@@ -153,15 +164,42 @@ func (s *Store) segment(jobID string, attempt uint32) (*segment, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	k := key{jobID, attempt}
-	seg, ok := s.segs[k]
-	if !ok {
-		seg = &segment{path: filepath.Join(dir, strconv.FormatUint(uint64(attempt), 10)+".log")}
-		s.segs[k] = seg
+	for {
+		s.mu.Lock()
+		seg, ok := s.segs[k]
+		if !ok {
+			s.evict()
+			seg = &segment{path: filepath.Join(dir, strconv.FormatUint(uint64(attempt), 10)+".log")}
+			s.segs[k] = seg
+		}
+		s.mu.Unlock()
+		seg.mu.Lock()
+		if seg.dropped {
+			seg.mu.Unlock()
+			continue
+		}
+		if err := seg.load(); err != nil {
+			seg.mu.Unlock()
+			return nil, err
+		}
+		return seg, nil
 	}
-	return seg, nil
+}
+
+// evict drops idle segments from a full cache (s.mu held). A segment in
+// use is skipped: its lock is held.
+func (s *Store) evict() {
+	for k, seg := range s.segs {
+		if len(s.segs) < s.maxCached {
+			return
+		}
+		if seg.mu.TryLock() {
+			seg.dropped = true
+			delete(s.segs, k)
+			seg.mu.Unlock()
+		}
+	}
 }
 
 // load reads the segment file once (seg.mu held), truncating a torn tail.
@@ -252,11 +290,7 @@ func (s *Store) Append(jobID string, attempt uint32, chunks []*kilnv1.LogChunk) 
 	if err != nil {
 		return 0, err
 	}
-	seg.mu.Lock()
 	defer seg.mu.Unlock()
-	if err := seg.load(); err != nil {
-		return 0, err
-	}
 	last := uint64(len(seg.entries))
 	var (
 		buf     []byte
@@ -336,11 +370,7 @@ func (s *Store) Last(jobID string, attempt uint32) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	seg.mu.Lock()
 	defer seg.mu.Unlock()
-	if err := seg.load(); err != nil {
-		return 0, err
-	}
 	return uint64(len(seg.entries)), nil
 }
 
@@ -351,11 +381,7 @@ func (s *Store) Totals(jobID string, attempt uint32, seq uint64) (Totals, error)
 	if err != nil {
 		return Totals{}, err
 	}
-	seg.mu.Lock()
 	defer seg.mu.Unlock()
-	if err := seg.load(); err != nil {
-		return Totals{}, err
-	}
 	if seq > uint64(len(seg.entries)) {
 		return Totals{}, fmt.Errorf("job %q attempt %d: totals through %d, stored through %d: %w", jobID, attempt, seq, len(seg.entries), ErrGap)
 	}
@@ -377,11 +403,6 @@ func (s *Store) Totals(jobID string, attempt uint32, seq uint64) (Totals, error)
 func (s *Store) Read(jobID string, attempt uint32, afterSeq, throughSeq uint64, maxBytes int) ([]*kilnv1.LogChunk, error) {
 	seg, err := s.segment(jobID, attempt)
 	if err != nil {
-		return nil, err
-	}
-	seg.mu.Lock()
-	if err := seg.load(); err != nil {
-		seg.mu.Unlock()
 		return nil, err
 	}
 	if throughSeq > uint64(len(seg.entries)) {
@@ -424,8 +445,9 @@ func (s *Store) Read(jobID string, attempt uint32, afterSeq, throughSeq uint64, 
 }
 
 // Delete removes every stored attempt of a job, on disk and in memory.
-// Build expiry calls it once the job's build is removed from the state; a
-// later append for the job starts a new segment.
+// Build expiry calls it once the job's build is removed from the state,
+// when nothing appends to the job any more (an append racing Delete may be
+// lost with it); a later append starts a new segment.
 func (s *Store) Delete(jobID string) error {
 	dir, err := s.jobDir(jobID)
 	if err != nil {
@@ -446,7 +468,7 @@ func (s *Store) Delete(jobID string) error {
 	}
 	err = os.RemoveAll(dir)
 	for _, seg := range segs {
-		seg.entries, seg.size, seg.loaded = nil, 0, false
+		seg.entries, seg.dropped = nil, true
 		seg.mu.Unlock()
 	}
 	if err != nil {

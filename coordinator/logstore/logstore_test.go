@@ -180,3 +180,30 @@ func TestDeleteAndBadInput(t *testing.T) {
 		t.Fatalf("a refused append stored something: last %d", last)
 	}
 }
+
+func TestEvictedSegmentsReload(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.maxCached = 4
+	for i := 0; i < 10; i++ {
+		job := fmt.Sprintf("%d.a", i)
+		if _, err := s.Append(job, 1, chunks(job, 1, 1, uint64(i+1))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(s.segs); n > 4 {
+		t.Fatalf("%d segments cached, the bound is 4", n)
+	}
+	for i := 0; i < 10; i++ {
+		job := fmt.Sprintf("%d.a", i)
+		if last, err := s.Last(job, 1); err != nil || last != uint64(i+1) {
+			t.Fatalf("%s: last %d, %v; want %d", job, last, err, i+1)
+		}
+		// An evicted segment appends after its reloaded end.
+		if last, err := s.Append(job, 1, chunks(job, 1, uint64(i+2), uint64(i+2))); err != nil || last != uint64(i+2) {
+			t.Fatalf("%s: append after reload: %d, %v", job, last, err)
+		}
+	}
+}
