@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -475,4 +476,27 @@ func (s *Store) Delete(jobID string) error {
 		return fmt.Errorf("delete log of job %q: %w", jobID, err)
 	}
 	return nil
+}
+
+// Jobs returns the ids of the jobs with a directory in the store, so that
+// a sweep can delete the logs of jobs the state no longer has (a node
+// restored from a snapshot never applies the removal of the builds the
+// snapshot no longer holds).
+func (s *Store) Jobs() ([]string, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list log store %s: %w", s.dir, err)
+	}
+	var out []string
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		id, err := url.PathUnescape(e.Name())
+		if err != nil {
+			continue // not a directory this store made
+		}
+		out = append(out, id)
+	}
+	return out, nil
 }

@@ -161,6 +161,9 @@ func TestDeleteAndBadInput(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "%2E.%2Fx", "1.log")); err != nil {
 		t.Fatalf("escaped job directory: %v", err)
 	}
+	if jobs, err := s.Jobs(); err != nil || len(jobs) != 1 || jobs[0] != "../x" {
+		t.Fatalf("jobs %q, %v; want [../x]", jobs, err)
+	}
 	for _, tc := range []struct {
 		name string
 		job  string
