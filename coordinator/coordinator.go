@@ -2,6 +2,8 @@
 // (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
 // store (coordinator/state), the blob catch-up loop every node runs
 // (coordinator/blobsync) and blob garbage collector (coordinator/blobgc),
+// the job log store and its replication and catch-up (coordinator/logstore,
+// coordinator/logrepl),
 // the leader-only scheduler (coordinator/scheduler), branch watcher
 // (coordinator/watcher) and artifact expiry timer (coordinator/retention),
 // and the
