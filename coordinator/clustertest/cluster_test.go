@@ -77,12 +77,15 @@ func jobLog(n *Node, job *kilnv1.Job) string {
 	var buf bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	chunks, err := n.C.Logs().Read(ctx, job.GetId(), job.GetAttempt(), 0, job.GetLogSeq(), 0)
-	if err != nil {
-		return "read log: " + err.Error()
-	}
-	for _, c := range chunks {
-		buf.Write(c.GetData())
+	for after := uint64(0); after < job.GetLogSeq(); {
+		chunks, err := n.C.Logs().Read(ctx, job.GetId(), job.GetAttempt(), after, job.GetLogSeq(), 0)
+		if err != nil {
+			return "read log: " + err.Error()
+		}
+		for _, c := range chunks {
+			buf.Write(c.GetData())
+			after = c.GetSeq()
+		}
 	}
 	return buf.String()
 }

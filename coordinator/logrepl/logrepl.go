@@ -371,16 +371,25 @@ func (r *Replicator) fetchFrom(ctx context.Context, p peer, jobID string, attemp
 	}
 }
 
-// Read returns the committed chunks with afterSeq < seq <= through of a
-// job attempt (through is the committed log_seq the caller read from the
-// state), at most maxBytes of data (at least one chunk), fetching them from
-// peers first when this node lacks them.
+// Read returns committed chunks with afterSeq < seq <= through of a job
+// attempt (through is the committed log_seq the caller read from the
+// state), in order, at most maxBytes of data (at least one chunk). It
+// serves what this node holds first and makes it fetch the rest (Ensure)
+// only when it holds nothing after afterSeq, so a reader never waits for
+// chunks it does not need yet. Fewer chunks than asked are not the end:
+// call again after the last one returned.
 func (r *Replicator) Read(ctx context.Context, jobID string, attempt uint32, afterSeq, through uint64, maxBytes int) ([]*kilnv1.LogChunk, error) {
 	if afterSeq >= through {
 		return nil, nil
 	}
-	if err := r.Ensure(ctx, jobID, attempt, through); err != nil {
+	last, err := r.cfg.Store.Last(jobID, attempt)
+	if err != nil {
 		return nil, err
+	}
+	if last <= afterSeq {
+		if err := r.Ensure(ctx, jobID, attempt, through); err != nil {
+			return nil, err
+		}
 	}
 	return r.cfg.Store.Read(jobID, attempt, afterSeq, through, maxBytes)
 }

@@ -212,8 +212,12 @@ func TestReadFetchesMissingChunksFromAPeer(t *testing.T) {
 	if l := last(t, c.nodes[2].store, "4.d"); l != 3000 {
 		t.Fatalf("n3 holds through %d after the read, want 3000", l)
 	}
+	// What the node holds is served without waiting for the rest.
+	if got, err := r.Read(ctx, "4.d", 1, 0, 3001, 4096); err != nil || len(got) != 2 || got[0].GetSeq() != 1 {
+		t.Fatalf("read of held chunks: %d chunks, %v", len(got), err)
+	}
 	// Chunks nobody holds are unavailable.
-	if _, err := r.Read(ctx, "4.d", 1, 0, 3001, 0); !errors.Is(err, ErrUnavailable) {
+	if _, err := r.Read(ctx, "4.d", 1, 3000, 3001, 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("read beyond every store: %v, want ErrUnavailable", err)
 	}
 }
