@@ -58,6 +58,11 @@ const (
 	inFlightWait = 200 * time.Millisecond
 	// rpcTimeout bounds one AppendLog or ReadLog call.
 	rpcTimeout = 10 * time.Second
+	// maxCopiesPerPeer bounds the copies running to one peer: a peer that
+	// hangs costs at most this many goroutines, and the batches it misses
+	// meanwhile reach it with the next copy that gets through (which sends
+	// what the peer lacks) or through its catch-up.
+	maxCopiesPerPeer = 8
 )
 
 // Errors; the API and the agent session map them to status codes.
@@ -98,6 +103,9 @@ type Replicator struct {
 	bg   context.Context
 	stop context.CancelFunc
 	wg   sync.WaitGroup
+
+	mu     sync.Mutex
+	copies map[string]chan struct{} // peer id → semaphore of running copies
 }
 
 // New returns a Replicator; Close it to stop the background copies.
@@ -112,7 +120,7 @@ func New(cfg Config) *Replicator {
 		cfg.Leader = func() string { return "" }
 	}
 	bg, stop := context.WithCancel(context.Background())
-	return &Replicator{cfg: cfg, bg: bg, stop: stop}
+	return &Replicator{cfg: cfg, bg: bg, stop: stop, copies: map[string]chan struct{}{}}
 }
 
 // Close stops the background copies and waits for them.
@@ -194,9 +202,17 @@ func (r *Replicator) Replicate(ctx context.Context, jobID string, attempt uint32
 	}
 	results := make(chan error, len(others))
 	for _, p := range others {
+		sem := r.copySlots(p.id)
+		select {
+		case sem <- struct{}{}:
+		default:
+			results <- fmt.Errorf("%s: %d earlier copies to it are still running", p.id, maxCopiesPerPeer)
+			continue
+		}
 		r.wg.Add(1)
 		go func(p peer) {
 			defer r.wg.Done()
+			defer func() { <-sem }()
 			// Copies outlive the call (they finish in the background once
 			// a quorum answered), bounded by their timeout and Close.
 			cctx, cancel := context.WithTimeout(r.bg, r.cfg.CopyTimeout)
@@ -230,6 +246,18 @@ func (r *Replicator) Replicate(ctx context.Context, jobID string, attempt uint32
 		}
 	}
 	return tot, nil
+}
+
+// copySlots is the semaphore of the copies running to one peer.
+func (r *Replicator) copySlots(id string) chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	sem, ok := r.copies[id]
+	if !ok {
+		sem = make(chan struct{}, maxCopiesPerPeer)
+		r.copies[id] = sem
+	}
+	return sem
 }
 
 // copyTo appends chunks first..through, read from the local store, to one
