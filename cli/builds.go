@@ -44,6 +44,9 @@ type JobJSON struct {
 	Agent    string `json:"agent"`
 	ExitCode int32  `json:"exit_code"`
 	Reason   string `json:"reason"`
+	// LogBytes and LogLines measure the current attempt's committed log.
+	LogBytes uint64 `json:"log_bytes"`
+	LogLines uint64 `json:"log_lines"`
 	// Approval is the decision on an approval step, once made.
 	Approval *ApprovalJSON `json:"approval,omitempty"`
 }
@@ -81,6 +84,8 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 			Agent:    j.GetAgent(),
 			ExitCode: j.GetExitCode(),
 			Reason:   j.GetReason(),
+			LogBytes: j.GetLogBytes(),
+			LogLines: j.GetLogLines(),
 		}
 		if ap := j.GetApproval(); ap != nil {
 			jj.Approval = &ApprovalJSON{Approved: ap.GetApproved(), By: ap.GetBy(), Comment: ap.GetComment(), Time: rfc3339(ap.GetTimeUnixMs())}

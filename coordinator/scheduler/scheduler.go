@@ -145,7 +145,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 			s.unstarted[j.GetId()] = unstarted{attempt: j.GetAttempt(), deadline: now.Add(s.cfg.LeaseTTL)}
 		}
 	}
-	agents := len(s.leases)
+	agents := len(s.leases) // read under the lock: sessions attach from now on
 	s.mu.Unlock()
 	s.log.Info("scheduler started", zap.Int("agents", agents))
 
