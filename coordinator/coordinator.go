@@ -98,9 +98,21 @@ type Config struct {
 	// uploaded source) are kept when its pipeline sets no
 	// artifact_retention (default 30 days); 0 keeps them forever.
 	ArtifactRetention time.Duration
-	// ArtifactExpiryInterval is how often the leader looks for builds
-	// whose retention ended (default 1m).
-	ArtifactExpiryInterval time.Duration
+	// ExpiryInterval is how often the leader looks for builds whose
+	// artifact or build retention ended (default 1m; --expiry-interval,
+	// formerly --artifact-expiry-interval).
+	ExpiryInterval time.Duration
+	// BuildRetention is how long a finished build is kept — with its jobs,
+	// logs, test reports, artifacts and uploaded source — before the
+	// leader deletes it (default 90 days); 0 keeps builds forever.
+	BuildRetention time.Duration
+	// MaxBuildBytes bounds a resolved build (after matrix expansion), the
+	// SubmitBuild command committed through Raft (default 1 MiB, at most
+	// 3 MiB so every read of the build fits a gRPC message).
+	MaxBuildBytes int
+	// MaxLogBytes is the log kept per job attempt (default 1 GiB): agents
+	// drop output past it and end the log with one marker line.
+	MaxLogBytes int64
 	// BlobGCInterval is how often every node deletes the blobs the state
 	// no longer refers to (default 10m).
 	BlobGCInterval time.Duration
@@ -143,11 +155,14 @@ func NewConfig() Config {
 		MaxBlobSize:          blobstore.DefaultMaxBlobSize,
 		BlobSyncInterval:     blobsync.DefaultInterval,
 
-		ArtifactRetention:      30 * 24 * time.Hour,
-		ArtifactExpiryInterval: retention.DefaultInterval,
-		BlobGCInterval:         blobgc.DefaultInterval,
-		BlobGCGrace:            blobgc.DefaultGrace,
-		BlobStore:              BlobStoreDisk,
+		ArtifactRetention: 30 * 24 * time.Hour,
+		ExpiryInterval:    retention.DefaultInterval,
+		BuildRetention:    DefaultBuildRetention,
+		MaxBuildBytes:     builds.DefaultMaxBuildBytes,
+		MaxLogBytes:       DefaultMaxLogBytes,
+		BlobGCInterval:    blobgc.DefaultInterval,
+		BlobGCGrace:       blobgc.DefaultGrace,
+		BlobStore:         BlobStoreDisk,
 	}
 }
 
@@ -172,8 +187,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("artifact-retention: %s is negative (0 keeps artifacts forever)", c.ArtifactRetention)
 	case c.ArtifactRetention > 0 && c.ArtifactRetention < time.Millisecond:
 		return fmt.Errorf("artifact-retention: %s is shorter than a millisecond", c.ArtifactRetention)
-	case c.ArtifactExpiryInterval <= 0:
-		return errors.New("artifact-expiry-interval: must be positive")
+	case c.ExpiryInterval <= 0:
+		return errors.New("expiry-interval: must be positive")
 	case c.BlobGCInterval <= 0:
 		return errors.New("blob-gc-interval: must be positive")
 	case c.Autopilot.Stabilization < 0:
@@ -184,6 +199,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
+	}
+	if err := c.validateLifecycle(); err != nil {
+		return err
 	}
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
@@ -328,7 +346,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		grpc.MaxRecvMsgSize(4<<20),
 	)
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		Log: log.Named("builds")})
+		MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{

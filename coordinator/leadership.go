@@ -138,7 +138,7 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 	run(func() {
 		retention.Run(ctx, retention.Config{
 			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention,
-			Interval: c.cfg.ArtifactExpiryInterval, Log: c.log.Named("retention"),
+			Interval: c.cfg.ExpiryInterval, Log: c.log.Named("retention"),
 		})
 	})
 	run(func() { c.autopilot.Run(ctx) })

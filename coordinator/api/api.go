@@ -68,8 +68,16 @@ const (
 	MaxRequestID    = 128
 	MaxNameBytes    = 256
 	MaxLabelEntries = 64
-	MaxAgentSlots   = 1024
-	MaxListBuilds   = 1000
+	// MaxLabelBytes bounds each label key and each label value.
+	MaxLabelBytes = 256
+	MaxAgentSlots = 1024
+	MaxListBuilds = 1000
+	// MaxListAgents bounds the agents of one ListAgents page.
+	MaxListAgents = 1000
+	// MaxListResponseBytes bounds the encoding of one list page (and of a
+	// build in GetBuild/WatchBuild): under the 4 MiB gRPC message limit
+	// whatever is stored.
+	MaxListResponseBytes = 3 << 20
 )
 
 func (d *Deps) now() time.Time {

@@ -107,7 +107,7 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	cfg.BlobSyncInterval = 200 * time.Millisecond
 	cfg.Autopilot.Stabilization = 300 * time.Millisecond
 	cfg.Autopilot.Interval = 100 * time.Millisecond
-	cfg.ArtifactExpiryInterval = 100 * time.Millisecond
+	cfg.ExpiryInterval = 100 * time.Millisecond
 	cfg.BlobGCInterval = 200 * time.Millisecond
 	switch {
 	case c.opts.ArtifactRetention > 0:

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -103,6 +102,7 @@ func schema() *memdb.DBSchema {
 			"id":     id("ID"),
 			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
 			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
+			"num":    {Name: "num", Unique: true, Indexer: numIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -350,22 +350,6 @@ func (s *Store) BuildHeader(id string) (*kilnv1.Build, bool) {
 		return nil, false
 	}
 	return proto.Clone(row.Build).(*kilnv1.Build), true
-}
-
-// ListBuilds returns up to limit builds, newest (highest number) first, with
-// their jobs. limit <= 0 means all.
-func (s *Store) ListBuilds(limit int) []*kilnv1.Build {
-	tx := s.read()
-	var out []*kilnv1.Build
-	for n := readMeta(tx).NextBuild - 1; n >= 1; n-- {
-		if limit > 0 && len(out) >= limit {
-			break
-		}
-		if row := getBuildRow(tx, strconv.FormatUint(n, 10)); row != nil {
-			out = append(out, assembleBuild(tx, row))
-		}
-	}
-	return out
 }
 
 // Job returns a job by id ("<build id>.<key>").
