@@ -285,6 +285,8 @@ type Coordinator struct {
 	autopilot *membership.Autopilot
 	crash     chan struct{}
 	once      sync.Once
+	// removed receives the builds the expiry deleted (removedLoop).
+	removed chan state.RemovedBuilds
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -313,6 +315,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		return nil, err
 	}
 	store := state.New()
+	removed := removedBuildsQueue(store, log)
 	f := fsm.New(store, log.Named("fsm"))
 	node, err := raftnode.Open(raftnode.Config{
 		NodeID:            cfg.NodeID,
@@ -334,7 +337,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
 	}, store, node, log.Named("scheduler"))
 
-	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
+	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
@@ -437,6 +440,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
 	}
 	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.removedLoop(ctx) }()
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
 	var err error

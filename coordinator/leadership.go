@@ -137,7 +137,7 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 	run(func() { c.watch.Run(ctx) })
 	run(func() {
 		retention.Run(ctx, retention.Config{
-			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention,
+			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention, BuildRetention: c.cfg.BuildRetention,
 			Interval: c.cfg.ExpiryInterval, Log: c.log.Named("retention"),
 		})
 	})

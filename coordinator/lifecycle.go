@@ -1,10 +1,14 @@
 package coordinator
 
 import (
+	"context"
 	"fmt"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/kiln-ci/kiln/coordinator/builds"
+	"github.com/kiln-ci/kiln/coordinator/state"
 )
 
 // Defaults of the build lifecycle limits.
@@ -31,4 +35,58 @@ func (c *Config) validateLifecycle() error {
 		return fmt.Errorf("max-log-bytes: %d is below the %d minimum", c.MaxLogBytes, MinMaxLogBytes)
 	}
 	return nil
+}
+
+// removedQueueLen bounds the expiries waiting for their blobs to be
+// deleted; past it the garbage collector deletes them on its next pass.
+const removedQueueLen = 64
+
+// removedBuildsQueue registers the store hook that hands every build
+// expiry this node applies to removedLoop. It is registered before Raft
+// opens so no applied command is missed. The hook never blocks the FSM.
+func removedBuildsQueue(store *state.Store, log *zap.Logger) chan state.RemovedBuilds {
+	q := make(chan state.RemovedBuilds, removedQueueLen)
+	store.OnBuildsRemoved(func(r state.RemovedBuilds) {
+		select {
+		case q <- r:
+		default:
+			log.Warn("blob deletion queue full; the garbage collector will delete these blobs",
+				zap.Uint64("index", r.Index), zap.Int("blobs", len(r.Blobs)))
+		}
+	})
+	return q
+}
+
+// removedLoop deletes, on this node, the blobs of the builds the expiry
+// deleted that nothing else refers to, until ctx ends. Blobs touched
+// within --blob-gc-grace are kept (a re-upload of the same content whose
+// registration is pending); the garbage collector deletes them later if
+// they stay unreferenced. With a shared store only the leader deletes.
+func (c *Coordinator) removedLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case r := <-c.removed:
+			if len(r.Blobs) == 0 || !c.gcActive() {
+				continue
+			}
+			cutoff := time.Now().Add(-c.cfg.BlobGCGrace)
+			var deleted int
+			var bytes int64
+			for _, sha := range r.Blobs {
+				ok, n, err := c.local.Delete(sha, cutoff)
+				if err != nil {
+					c.log.Warn("could not delete the blob of an expired build", zap.String("sha256", sha), zap.Error(err))
+					continue
+				}
+				if ok {
+					deleted++
+					bytes += n
+				}
+			}
+			c.log.Info("deleted the blobs of expired builds", zap.Uint64("index", r.Index), zap.Int("builds", len(r.BuildIDs)),
+				zap.Int("blobs", deleted), zap.Int64("bytes", bytes))
+		}
+	}
 }

@@ -34,6 +34,9 @@ type Options struct {
 	ArtifactRetention time.Duration
 	// BlobGCGrace; default the coordinator's (1h).
 	BlobGCGrace time.Duration
+	// BuildRetention is how long finished builds are kept; default the
+	// coordinator's (90d).
+	BuildRetention time.Duration
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
@@ -117,6 +120,9 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.BlobGCGrace > 0 {
 		cfg.BlobGCGrace = c.opts.BlobGCGrace
+	}
+	if c.opts.BuildRetention > 0 {
+		cfg.BuildRetention = c.opts.BuildRetention
 	}
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3

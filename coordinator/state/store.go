@@ -71,6 +71,9 @@ type Store struct {
 	// the scheduler, restored when a snapshot replaces the database (whose
 	// memdb watch channels then never fire).
 	changed, dispatch, restored *signal
+
+	// hooks are the OnBuildsRemoved callbacks.
+	hooks hooks
 }
 
 // New returns an empty store (next build number 1, last index 0).
@@ -103,6 +106,10 @@ func schema() *memdb.DBSchema {
 			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
 			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
 			"num":    {Name: "num", Unique: true, Indexer: numIndexer{}},
+			// Finished builds by finish time: the builds whose retention
+			// ended are at its start (ExpireBuilds).
+			"finished": {Name: "finished", AllowMissing: true, Indexer: finishedIndexer{}},
+			"archive":  {Name: "archive", AllowMissing: true, Indexer: archiveIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -243,6 +250,12 @@ func (logKeyIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 	}
 	a, s := c.GetAttempt(), c.GetSeq()
 	return true, logKey(c.GetJobId(), &a, &s), nil
+}
+
+// PrefixFromArgs is FromArgs: a job id alone is the prefix of all its
+// chunks (the "id_prefix" index DeletePrefix uses).
+func (x logKeyIndexer) PrefixFromArgs(args ...interface{}) ([]byte, error) {
+	return x.FromArgs(args...)
 }
 
 func (logKeyIndexer) FromArgs(args ...interface{}) ([]byte, error) {
