@@ -342,7 +342,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
-		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes}
 	c.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),

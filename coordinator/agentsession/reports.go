@@ -105,6 +105,11 @@ func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) err
 			return fmt.Errorf("log chunk of %d bytes; the limit is %d: %w", len(c.GetData()), MaxLogChunkBytes, ErrInvalidReport)
 		}
 	}
+	batch, dropped := ss.logs.clip(batch)
+	if dropped > 0 {
+		ss.log.Warn("log past --max-log-bytes clipped (the agent should have cut it)", zap.Int64("dropped_bytes", dropped),
+			zap.Int64("max_log_bytes", ss.logs.limit))
+	}
 	if _, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS, &fsmv1.AppendLogs{Agent: ss.s.Agent, Chunks: batch}); err != nil {
 		return fmt.Errorf("append %d log chunks: %w", len(batch), err)
 	}

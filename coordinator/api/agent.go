@@ -32,6 +32,8 @@ func NewAgentServer(d *Deps) *AgentServer {
 		FetchBlob: d.fetchBlob,
 		Log:       d.Log,
 		Now:       d.now,
+		// Set by the coordinator before the services are built.
+		MaxLogBytes: d.MaxLogBytes,
 	})}
 }
 

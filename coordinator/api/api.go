@@ -56,6 +56,9 @@ type Deps struct {
 	Now func() time.Time
 	// Builds submits builds (SubmitBuild): coordinator/builds.
 	Builds *builds.Service
+	// MaxLogBytes is the log kept per job attempt (--max-log-bytes; 0:
+	// no limit), announced to agents.
+	MaxLogBytes int64
 }
 
 // Limits on what clients may send. They are part of the API contract and

@@ -37,6 +37,8 @@ type Options struct {
 	// BuildRetention is how long finished builds are kept; default the
 	// coordinator's (90d).
 	BuildRetention time.Duration
+	// MaxLogBytes per job attempt; default the coordinator's (1 GiB).
+	MaxLogBytes int64
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
@@ -123,6 +125,9 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.BuildRetention > 0 {
 		cfg.BuildRetention = c.opts.BuildRetention
+	}
+	if c.opts.MaxLogBytes > 0 {
+		cfg.MaxLogBytes = c.opts.MaxLogBytes
 	}
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3

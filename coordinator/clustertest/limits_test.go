@@ -107,3 +107,21 @@ func TestOversizedBuildRefusedAndListsPage(t *testing.T) {
 		t.Fatalf("status and cancel after the refusal: %v", err)
 	}
 }
+
+// TestLogLimitAnnouncedToAgents: the agent learns --max-log-bytes at
+// registration; a job printing 1 MB passes with a log of the limit and
+// one marker line.
+func TestLogLimitAnnouncedToAgents(t *testing.T) {
+	c := Start(t, 1, Options{MaxLogBytes: 8 << 10})
+	c.StartAgent("a1", nil, 1)
+	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 0), Command: "head -c 1000000 /dev/zero | tr '\\0' z; echo; echo done"})
+	done := waitBuild(t, c, b.GetId(), 30*time.Second)
+	if done.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("build %s (%s)", done.GetState(), done.GetReason())
+	}
+	log := jobLog(c.Leader(), done.GetJobs()[0])
+	marker := "\nkiln: log limit of 8192 bytes reached (--max-log-bytes); 991814 further bytes of output were dropped\n"
+	if len(log) != 8192+len(marker) || !strings.HasSuffix(log, marker) || strings.Count(log, "kiln: log limit") != 1 {
+		t.Fatalf("log of %d bytes ends %q", len(log), log[max(0, len(log)-160):])
+	}
+}
