@@ -40,7 +40,9 @@ type TestCaseJSON struct {
 	Result     string `json:"result"`
 	DurationMs int64  `json:"duration_ms"`
 	Message    string `json:"message"`
-	Flaky      bool   `json:"flaky"`
+	// Output is the start and end of a failed case's system-out/err.
+	Output string `json:"output,omitempty"`
+	Flaky  bool   `json:"flaky"`
 }
 
 // TestReportErrorJSON is a report file that could not be parsed.
@@ -127,7 +129,7 @@ func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error 
 			}
 			for _, c := range r.GetCases() {
 				out.Cases = append(out.Cases, TestCaseJSON{Step: r.GetStep(), Attempt: r.GetAttempt(), File: r.GetFile(), Suite: c.GetSuite(),
-					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky()})
+					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky(), Output: c.GetOutput()})
 			}
 		}
 		return writeJSON(w, out)
