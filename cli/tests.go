@@ -102,14 +102,26 @@ func (a *app) testsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
+			// Every page, its reports gathered under the first's summary.
 			var resp *kilnv1.ListTestsResponse
-			err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed, Consistency: a.consistency})
-				resp = r
-				return err
-			})
-			if err != nil {
-				return err
+			for token := ""; ; {
+				var page *kilnv1.ListTestsResponse
+				err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed, PageToken: token, Consistency: a.consistency})
+					page = r
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				if resp == nil {
+					resp = page
+				} else {
+					resp.Reports = append(resp.Reports, page.GetReports()...)
+				}
+				if token = page.GetNextPageToken(); token == "" || len(page.GetReports()) == 0 {
+					break
+				}
 			}
 			return printTests(a.stdout, resp, output == "json")
 		}),
