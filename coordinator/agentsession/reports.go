@@ -114,6 +114,11 @@ func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) err
 			return fmt.Errorf("log chunk without job id, attempt or seq: %w", ErrInvalidReport)
 		}
 	}
+	batch, dropped := ss.logs.clip(batch)
+	if dropped > 0 {
+		ss.log.Warn("log past --max-log-bytes clipped (the agent should have cut it)", zap.Int64("dropped_bytes", dropped),
+			zap.Int64("max_log_bytes", ss.logs.limit))
+	}
 	type key struct {
 		job     string
 		attempt uint32

@@ -116,6 +116,10 @@ type Config struct {
 	Log *zap.Logger
 	// Now is the clock for command timestamps (nil: time.Now).
 	Now func() time.Time
+	// MaxLogBytes is the log kept per job attempt (--max-log-bytes),
+	// announced to agents in Registered; chunks past it (plus
+	// LogMarkerSlack) are clipped. 0: no limit.
+	MaxLogBytes int64
 }
 
 // Server runs agent sessions. It holds no per-session state; one Server
@@ -140,6 +144,8 @@ type session struct {
 	srv *Server
 	s   *scheduler.Session
 	log *zap.Logger
+	// logs clips log chunks past the per-attempt limit.
+	logs logCap
 }
 
 // Serve runs one session whose (already validated) register message is
@@ -202,7 +208,8 @@ func (srv *Server) open(ctx context.Context, reg *kilnv1.Register) (*session, er
 	}); err != nil {
 		return nil, fmt.Errorf("register agent %s: %w", name, err)
 	}
-	ss := &session{srv: srv, s: scheduler.NewSession(name, id, reg.GetLabels(), int(reg.GetSlots()), reg.GetDraining()), log: log}
+	ss := &session{srv: srv, s: scheduler.NewSession(name, id, reg.GetLabels(), int(reg.GetSlots()), reg.GetDraining()), log: log,
+		logs: logCap{limit: srv.cfg.MaxLogBytes, bytes: map[logKey]int64{}, committed: srv.committedLogBytes}}
 
 	if lost := lostAttempts(srv.cfg.Store, name, reg.GetRunning()); len(lost) > 0 {
 		log.Warn("agent re-registered without attempts it was given; declaring them lost", zap.Int("attempts", len(lost)))
@@ -218,6 +225,7 @@ func (srv *Server) open(ctx context.Context, reg *kilnv1.Register) (*session, er
 		NodeId:              srv.cfg.NodeID,
 		HeartbeatIntervalMs: sched.HeartbeatInterval.Milliseconds(),
 		LeaseTtlMs:          sched.LeaseTTL.Milliseconds(),
+		MaxLogBytes:         srv.cfg.MaxLogBytes,
 	}}}) {
 		return nil, fmt.Errorf("session of agent %s closed before registration: %w", name, ErrEnded)
 	}

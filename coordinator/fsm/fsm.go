@@ -73,7 +73,8 @@ type Result struct {
 	Canceled []*kilnv1.AttemptRef
 	// Agents are the agents of Canceled, in the same order.
 	Agents []string
-	// Expired lists the builds whose artifacts ExpireArtifacts expired.
+	// Expired lists the builds whose artifacts ExpireArtifacts expired, or
+	// the builds ExpireBuilds deleted.
 	Expired []string
 }
 
@@ -117,6 +118,7 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
 	fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS:        func() proto.Message { return &fsmv1.CommitLogs{} },
+	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_BUILDS:      func() proto.Message { return &fsmv1.ExpireBuilds{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -225,6 +227,9 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return outcome(s.RecordTests(idx, c))
 	case *fsmv1.ExpireArtifacts:
 		ids, err := s.ExpireArtifacts(idx, c)
+		return &Result{Expired: ids, Err: err}
+	case *fsmv1.ExpireBuilds:
+		ids, err := s.ExpireBuilds(idx, c)
 		return &Result{Expired: ids, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.

@@ -85,6 +85,8 @@ func artifactTable() *memdb.TableSchema {
 	return &memdb.TableSchema{Name: tableArtifacts, Indexes: map[string]*memdb.IndexSchema{
 		"id":    {Name: "id", Unique: true, Indexer: artifactKeyIndexer{}},
 		"build": {Name: "build", Indexer: &memdb.StringFieldIndex{Field: "BuildId"}},
+		// By digest: whether any record still refers to a blob (ExpireBuilds).
+		"sha": {Name: "sha", Indexer: artifactShaIndexer{}},
 	}}
 }
 

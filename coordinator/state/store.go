@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -72,6 +71,9 @@ type Store struct {
 	// the scheduler, restored when a snapshot replaces the database (whose
 	// memdb watch channels then never fire).
 	changed, dispatch, restored *signal
+
+	// hooks are the OnBuildsRemoved callbacks.
+	hooks hooks
 }
 
 // New returns an empty store (next build number 1, last index 0).
@@ -103,6 +105,11 @@ func schema() *memdb.DBSchema {
 			"id":     id("ID"),
 			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
 			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
+			"num":    {Name: "num", Unique: true, Indexer: numIndexer{}},
+			// Finished builds by finish time: the builds whose retention
+			// ended are at its start (ExpireBuilds).
+			"finished": {Name: "finished", AllowMissing: true, Indexer: finishedIndexer{}},
+			"archive":  {Name: "archive", AllowMissing: true, Indexer: archiveIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -245,6 +252,12 @@ func (logKeyIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 	return true, logKey(c.GetJobId(), &a, &s), nil
 }
 
+// PrefixFromArgs is FromArgs: a job id alone is the prefix of all its
+// chunks (the "id_prefix" index DeletePrefix uses).
+func (x logKeyIndexer) PrefixFromArgs(args ...interface{}) ([]byte, error) {
+	return x.FromArgs(args...)
+}
+
 func (logKeyIndexer) FromArgs(args ...interface{}) ([]byte, error) {
 	if len(args) == 0 {
 		return nil, nil
@@ -350,22 +363,6 @@ func (s *Store) BuildHeader(id string) (*kilnv1.Build, bool) {
 		return nil, false
 	}
 	return proto.Clone(row.Build).(*kilnv1.Build), true
-}
-
-// ListBuilds returns up to limit builds, newest (highest number) first, with
-// their jobs. limit <= 0 means all.
-func (s *Store) ListBuilds(limit int) []*kilnv1.Build {
-	tx := s.read()
-	var out []*kilnv1.Build
-	for n := readMeta(tx).NextBuild - 1; n >= 1; n-- {
-		if limit > 0 && len(out) >= limit {
-			break
-		}
-		if row := getBuildRow(tx, strconv.FormatUint(n, 10)); row != nil {
-			out = append(out, assembleBuild(tx, row))
-		}
-	}
-	return out
 }
 
 // Job returns a job by id ("<build id>.<key>").
