@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,6 +62,12 @@ func TestBuildRetentionDeletesBuildLogAndBlobs(t *testing.T) {
 	if log := jobLog(l, job); !strings.Contains(log, "uploaded source of the expiring build") {
 		t.Fatalf("log before expiry: %q", log)
 	}
+	for _, n := range c.Nodes {
+		Eventually(t, 10*time.Second, func() bool {
+			ids, err := n.C.Logs().Store().Jobs()
+			return err == nil && slices.Contains(ids, job.GetId())
+		}, "node "+n.ID+" holds the job's log before expiry")
+	}
 	if !l.C.HasBlob(art) || !l.C.HasBlob(src) || len(l.C.Store().TestReports(b.GetId(), false)) != 1 {
 		t.Fatal("the leader lacks the build's blobs or test report before expiry")
 	}
@@ -74,8 +81,12 @@ func TestBuildRetentionDeletesBuildLogAndBlobs(t *testing.T) {
 			t.Fatalf("node %s kept the job", n.ID)
 		}
 		if logs := n.C.Store().Logs(job.GetId(), job.GetAttempt(), 0, 0); len(logs) != 0 {
-			t.Fatalf("node %s kept %d log chunks", n.ID, len(logs))
+			t.Fatalf("node %s kept %d log chunks in the state", n.ID, len(logs))
 		}
+		Eventually(t, 10*time.Second, func() bool {
+			ids, err := n.C.Logs().Store().Jobs()
+			return err == nil && !slices.Contains(ids, job.GetId())
+		}, "node "+n.ID+" deletes the job's log from its log store")
 		if len(n.C.Store().TestReports(b.GetId(), false)) != 0 || len(n.C.Store().Artifacts(b.GetId())) != 0 {
 			t.Fatalf("node %s kept test reports or artifact records", n.ID)
 		}
