@@ -72,6 +72,9 @@ type Store struct {
 	// the scheduler, restored when a snapshot replaces the database (whose
 	// memdb watch channels then never fire).
 	changed, dispatch, restored *signal
+
+	// batch is the open Batch, if any (FSM goroutine only).
+	batch *batch
 }
 
 // New returns an empty store (next build number 1, last index 0).
