@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -77,6 +78,7 @@ type Stream interface {
 // Applier commits FSM commands on the leader; *raftnode.Node implements it.
 type Applier interface {
 	Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message) (*fsm.Result, error)
+	ApplyAsync(t fsmv1.CommandType, msg proto.Message) (raftnode.Pending, error)
 	IsLeader() bool
 }
 
@@ -126,8 +128,9 @@ func New(cfg Config) *Server {
 // session is one open stream as this package sees it.
 type session struct {
 	srv *Server
-	s   *scheduler.Session
-	log *zap.Logger
+	s    *scheduler.Session
+	log  *zap.Logger
+	pipe *pipeline
 }
 
 // Serve runs one session whose (already validated) register message is
@@ -159,8 +162,31 @@ func (srv *Server) Serve(stream Stream, reg *kilnv1.Register) error {
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- recvLoop(recvCtx, stream, recvCh) }()
 
+	// The pipeline handles the results of the reports handed to Raft; its
+	// acks are queued before the session is detached (and flushed below).
+	pipeCtx, stopPipe := context.WithCancel(ctx)
+	go ss.pipe.run(pipeCtx)
 	err = ss.process(ctx, recvCh, recvErr, sendDone, func() error { return sendErr })
 	stopRecv()
+	ss.pipe.close()
+	grace := time.NewTimer(applyGrace)
+	select {
+	case <-ss.pipe.done:
+	case <-grace.C:
+		ss.log.Warn("reports still in flight after the grace period; their outcomes are not acknowledged", zap.String("session", ss.s.ID))
+	}
+	grace.Stop()
+	stopPipe()
+	<-ss.pipe.done
+	if err == nil || errors.Is(err, io.EOF) {
+		// A clean end: a check that failed on the way still ends it with
+		// its error.
+		select {
+		case <-ss.pipe.failed:
+			err = ss.pipe.err
+		default:
+		}
+	}
 	srv.cfg.Scheduler.Detach(ss.s)
 	flush := time.NewTimer(applyGrace)
 	select {
@@ -191,6 +217,7 @@ func (srv *Server) open(ctx context.Context, reg *kilnv1.Register) (*session, er
 		return nil, fmt.Errorf("register agent %s: %w", name, err)
 	}
 	ss := &session{srv: srv, s: scheduler.NewSession(name, id, reg.GetLabels(), int(reg.GetSlots()), reg.GetDraining()), log: log}
+	ss.pipe = newPipeline(ss)
 
 	if lost := lostAttempts(srv.cfg.Store, name, reg.GetRunning()); len(lost) > 0 {
 		log.Warn("agent re-registered without attempts it was given; declaring them lost", zap.Int("attempts", len(lost)))
@@ -344,6 +371,8 @@ func (ss *session) process(ctx context.Context, recvCh <-chan *kilnv1.ConnectReq
 				return err
 			case <-sendDone:
 				return sendErr()
+			case <-ss.pipe.failed:
+				return ss.pipe.err
 			case m = <-recvCh:
 			}
 		}

@@ -272,6 +272,12 @@ func (n *Node) Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message
 	if err != nil {
 		return nil, err
 	}
+	return p.WaitCtx(ctx)
+}
+
+// WaitCtx is Wait bounded by ctx: an expired context gives
+// ErrOutcomeUnknown since the command may still commit.
+func (p Pending) WaitCtx(ctx context.Context) (*fsm.Result, error) {
 	type out struct {
 		res *fsm.Result
 		err error
