@@ -127,7 +127,7 @@ func New(cfg Config) *Server {
 
 // session is one open stream as this package sees it.
 type session struct {
-	srv *Server
+	srv  *Server
 	s    *scheduler.Session
 	log  *zap.Logger
 	pipe *pipeline
