@@ -1,0 +1,482 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/kiln-ci/kiln/bench"
+	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/lifecycle"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+var runID = strconv.FormatInt(time.Now().UnixNano(), 36)
+
+func control(ctx context.Context, cl *client.Client, fn func(context.Context, kilnv1.ControlServiceClient) error) error {
+	return cl.Do(ctx, func(ctx context.Context, conn grpc.ClientConnInterface) error {
+		return fn(ctx, kilnv1.NewControlServiceClient(conn))
+	})
+}
+
+// submit submits a one-command build and returns its id.
+func submit(ctx context.Context, cl *client.Client, rid, command string) (string, error) {
+	var id string
+	err := control(ctx, cl, func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		resp, err := cc.SubmitBuild(ctx, &kilnv1.SubmitBuildRequest{RequestId: runID + "-" + rid, Command: command, Submitter: "e2e"})
+		if err == nil {
+			id = resp.GetBuild().GetId()
+		}
+		return err
+	})
+	return id, err
+}
+
+// watch follows a build until until(build) holds (default: finished) and
+// returns it.
+func watch(ctx context.Context, cl *client.Client, id string, until func(*kilnv1.Build) bool) (*kilnv1.Build, error) {
+	if until == nil {
+		until = func(b *kilnv1.Build) bool { return lifecycle.BuildFinished(b.GetState()) }
+	}
+	var last *kilnv1.Build
+	err := control(ctx, cl, func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		st, err := cc.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: id})
+		if err != nil {
+			return err
+		}
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				return err
+			}
+			last = resp.GetBuild()
+			if until(last) {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch build %s: %w", id, err)
+	}
+	return last, nil
+}
+
+// logBytes streams the whole committed log of a build into w.
+func logBytes(ctx context.Context, cl *client.Client, id string, w io.Writer) error {
+	return control(ctx, cl, func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		st, err := cc.StreamLogs(ctx, &kilnv1.StreamLogsRequest{BuildId: id})
+		if err != nil {
+			return err
+		}
+		for {
+			resp, err := st.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			if _, err := w.Write(resp.GetData()); err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// lightAgents runs n light agents in this process on a shared connection
+// pool until stop is called.
+func lightAgents(addrs []string, n int, slots int32, prefix string) (events chan bench.Event, stop func()) {
+	events = make(chan bench.Event, 1<<20)
+	ctx, cancel := context.WithCancel(context.Background())
+	pool := bench.NewConnPool()
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		a := &bench.LightAgent{Name: fmt.Sprintf("%s-%05d", prefix, i), Slots: slots, Addrs: addrs, Events: events, Pool: pool}
+		wg.Add(1)
+		go func() { defer wg.Done(); a.Run(ctx) }()
+	}
+	return events, func() { cancel(); wg.Wait(); pool.Close() }
+}
+
+// latencyLight submits jobs one at a time and measures submit → finish
+// acknowledged to a light agent.
+func latencyLight(ctx context.Context, cl *client.Client, events <-chan bench.Event, jobs int, tag string) ([]time.Duration, error) {
+	var lat []time.Duration
+	for i := 0; i < jobs; i++ {
+		t0 := time.Now()
+		id, err := submit(ctx, cl, fmt.Sprintf("%s-%d", tag, i), "true")
+		if err != nil {
+			return nil, err
+		}
+		for done := false; !done; {
+			select {
+			case ev := <-events:
+				if ev.Finished && ev.BuildID == id {
+					lat = append(lat, ev.At.Sub(t0))
+					done = true
+				}
+			case <-ctx.Done():
+				return nil, fmt.Errorf("build %s not finished: %w", id, ctx.Err())
+			}
+		}
+	}
+	return lat, nil
+}
+
+// runDispatchLight: 3 coordinator processes, light agents in this process.
+// First one agent and jobs one at a time (submit → finished), then 50
+// agents of 4 slots and 64 submitters as fast as they can.
+func runDispatchLight(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	events, stop1 := lightAgents(c.grpc, 1, 1, "solo")
+	defer stop1()
+	if err := c.waitAgents(ctx, 1); err != nil {
+		return nil, err
+	}
+	if _, err := latencyLight(ctx, c.cl, events, 20, "warm"); err != nil {
+		return nil, err
+	}
+	lat, err := latencyLight(ctx, c.cl, events, o.latencyJobs, "lat")
+	if err != nil {
+		return nil, err
+	}
+	stop1()
+	events, stop := lightAgents(c.grpc, 50, 4, "light")
+	defer stop()
+	if err := c.waitAgents(ctx, 50); err != nil {
+		return nil, err
+	}
+	if _, err := bench.Load(ctx, c.cl, events, 200, 16, 0); err != nil {
+		return nil, err
+	}
+	r, err := bench.Load(ctx, c.cl, events, o.dispatchJobs, 64, 0)
+	if err != nil {
+		return nil, err
+	}
+	return []metric{
+		{name: "submit→finished p50, 1 light agent", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
+		{name: "submit→finished p99, 1 light agent", value: ms(percentile(lat, 99)), unit: "ms", better: "lower"},
+		{name: "jobs/s, 50 light agents", value: r.JobsPerSec, unit: "jobs/s", better: "higher"},
+		{name: "submit→assigned p50 under that load", value: ms(r.DispatchP50), unit: "ms", better: "lower"},
+	}, nil
+}
+
+// closedLoop runs jobs builds of command with workers submitters, each
+// submitting and following its build to the end; it returns jobs/s and the
+// submit → finished latencies.
+func closedLoop(ctx context.Context, cl *client.Client, jobs, workers int, tag, command string) (float64, []time.Duration, error) {
+	var (
+		next atomic.Int64
+		mu   sync.Mutex
+		lat  []time.Duration
+		ferr error
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.Add(1)
+				if i > int64(jobs) {
+					return
+				}
+				t0 := time.Now()
+				id, err := submit(ctx, cl, fmt.Sprintf("%s-%d", tag, i), command)
+				var b *kilnv1.Build
+				if err == nil {
+					b, err = watch(ctx, cl, id, nil)
+				}
+				if err == nil && b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+					err = fmt.Errorf("build %s ended %s: %s", id, b.GetState(), b.GetReason())
+				}
+				mu.Lock()
+				if err != nil && ferr == nil {
+					ferr = err
+				}
+				lat = append(lat, time.Since(t0))
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return float64(jobs) / time.Since(start).Seconds(), lat, ferr
+}
+
+// runDispatchReal: 3 coordinators and kiln-agent processes running `true`
+// in a shell; first one agent and one job at a time, then every agent.
+func runDispatchReal(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	if err := c.startAgents(ctx, 1, o.realSlots); err != nil {
+		return nil, err
+	}
+	if _, _, err := closedLoop(ctx, c.cl, 10, 1, "warm", "true"); err != nil {
+		return nil, err
+	}
+	_, lat, err := closedLoop(ctx, c.cl, o.latencyJobs/2, 1, "lat", "true")
+	if err != nil {
+		return nil, err
+	}
+	if err := c.startAgents(ctx, o.realAgents-1, o.realSlots); err != nil {
+		return nil, err
+	}
+	jobs := o.dispatchJobs / 3
+	rate, _, err := closedLoop(ctx, c.cl, jobs, o.realAgents*o.realSlots, "load", "true")
+	if err != nil {
+		return nil, err
+	}
+	return []metric{
+		{name: "submit→finished p50, 1 kiln-agent", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
+		{name: fmt.Sprintf("jobs/s, %d kiln-agents", o.realAgents), value: rate, unit: "jobs/s", better: "higher",
+			note: fmt.Sprintf("%d jobs, %d submitters each following its build", jobs, o.realAgents*o.realSlots)},
+	}, nil
+}
+
+// runLogBig: one job prints log-mb MiB (100-byte lines); the figure is
+// the log's size over submit → finished (the finish is accepted only once
+// the whole log is stored), then the log is read back and counted.
+func runLogBig(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	if err := c.startAgents(ctx, 1, 1); err != nil {
+		return nil, err
+	}
+	size := int64(o.logMB) << 20
+	line := strings.Repeat("0123456789", 10)[:99]
+	t0 := time.Now()
+	id, err := submit(ctx, c.cl, "biglog", fmt.Sprintf("yes %s | head -c %d", line, size))
+	if err != nil {
+		return nil, err
+	}
+	b, err := watch(ctx, c.cl, id, nil)
+	if err != nil {
+		return nil, err
+	}
+	took := time.Since(t0)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		return nil, fmt.Errorf("build %s ended %s: %s", id, b.GetState(), b.GetReason())
+	}
+	var n countWriter
+	r0 := time.Now()
+	if err := logBytes(ctx, c.cl, id, &n); err != nil {
+		return nil, err
+	}
+	read := time.Since(r0)
+	if int64(n) != size {
+		return nil, fmt.Errorf("stored log of build %s has %d bytes, the job printed %d", id, n, size)
+	}
+	mb := float64(size) / 1e6
+	return []metric{
+		{name: fmt.Sprintf("%d MiB log, agent → stored", o.logMB), value: mb / took.Seconds(), unit: "MB/s", better: "higher"},
+		{name: fmt.Sprintf("%d MiB log, read back", o.logMB), value: mb / read.Seconds(), unit: "MB/s", better: "higher"},
+	}, nil
+}
+
+type countWriter int64
+
+func (c *countWriter) Write(p []byte) (int, error) { *c += countWriter(len(p)); return len(p), nil }
+
+// runLogLines: log-jobs concurrent jobs each print log-lines numbered
+// lines; every stored log must equal what the job printed, byte for byte.
+func runLogLines(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	if err := c.startAgents(ctx, 2, (o.logJobs+1)/2); err != nil {
+		return nil, err
+	}
+	var want bytes.Buffer
+	for i := 1; i <= o.logLines; i++ {
+		want.WriteString(strconv.Itoa(i))
+		want.WriteByte('\n')
+	}
+	t0 := time.Now()
+	_, _, err = closedLoop(ctx, c.cl, o.logJobs, o.logJobs, "lines", fmt.Sprintf("seq 1 %d", o.logLines))
+	if err != nil {
+		return nil, err
+	}
+	took := time.Since(t0)
+	builds, err := listBuilds(ctx, c.cl)
+	if err != nil {
+		return nil, err
+	}
+	exact := 0
+	for _, b := range builds {
+		var got bytes.Buffer
+		if err := logBytes(ctx, c.cl, b.GetId(), &got); err != nil {
+			return nil, err
+		}
+		if bytes.Equal(got.Bytes(), want.Bytes()) {
+			exact++
+		}
+	}
+	if exact != o.logJobs || len(builds) != o.logJobs {
+		return nil, fmt.Errorf("%d of %d builds have exactly the %d lines printed (%d builds)", exact, o.logJobs, o.logLines, len(builds))
+	}
+	total := float64(o.logJobs * want.Len())
+	return []metric{
+		{name: fmt.Sprintf("%d jobs × %d lines, all exact", o.logJobs, o.logLines), value: total / 1e6 / took.Seconds(), unit: "MB/s", better: "higher",
+			note: fmt.Sprintf("%.0f lines/s", float64(o.logJobs*o.logLines)/took.Seconds())},
+	}, nil
+}
+
+func listBuilds(ctx context.Context, cl *client.Client) ([]*kilnv1.Build, error) {
+	var out []*kilnv1.Build
+	err := control(ctx, cl, func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		resp, err := cc.ListBuilds(ctx, &kilnv1.ListBuildsRequest{})
+		if err == nil {
+			out = resp.GetBuilds()
+		}
+		return err
+	})
+	return out, err
+}
+
+// runFailover: SIGKILL the leader process; the figure is the time until a
+// build submitted after the kill has its job assigned by the new leader
+// (submits retried through the client, as kilnctl does).
+func runFailover(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	var total, worst time.Duration
+	for i := 0; i < o.failovers; i++ {
+		sub := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.MkdirAll(sub, 0o750); err != nil {
+			return nil, err
+		}
+		d, err := failoverOnce(ctx, bin, sub, i)
+		if err != nil {
+			return nil, err
+		}
+		total += d
+		worst = max(worst, d)
+	}
+	return []metric{
+		{name: "leader kill → first dispatch, mean", value: ms(total / time.Duration(o.failovers)), unit: "ms", better: "lower",
+			note: fmt.Sprintf("%d kills", o.failovers)},
+		{name: "leader kill → first dispatch, max", value: ms(worst), unit: "ms", better: "lower"},
+	}, nil
+}
+
+func failoverOnce(ctx context.Context, bin, dir string, round int) (time.Duration, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return 0, err
+	}
+	defer c.stop()
+	if err := c.startAgents(ctx, 2, 2); err != nil {
+		return 0, err
+	}
+	if _, _, err := closedLoop(ctx, c.cl, 5, 2, fmt.Sprintf("fo-warm-%d", round), "true"); err != nil {
+		return 0, err
+	}
+	li, err := c.leader(ctx)
+	if err != nil {
+		return 0, err
+	}
+	killed := time.Now()
+	c.coords[li].kill()
+	id, err := submit(ctx, c.cl, fmt.Sprintf("fo-%d", round), "true")
+	if err != nil {
+		return 0, err
+	}
+	if _, err := watch(ctx, c.cl, id, func(b *kilnv1.Build) bool {
+		for _, j := range b.GetJobs() {
+			if j.GetAttempt() > 0 {
+				return true
+			}
+		}
+		return lifecycle.BuildFinished(b.GetState())
+	}); err != nil {
+		return 0, err
+	}
+	return time.Since(killed), nil
+}
+
+// runScale: scale-agents light agents (one slot each) connect to one
+// cluster; the figures are the coordinators' memory per agent, then the
+// dispatch and latency figures with all of them connected and
+// heartbeating.
+func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	li, err := c.leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	before := c.coords[li].rssBytes()
+	var followersBefore int64
+	for i, p := range c.coords {
+		if i != li {
+			followersBefore += p.rssBytes()
+		}
+	}
+	t0 := time.Now()
+	events, stop := lightAgents(c.grpc, o.scaleAgents, 1, "scale")
+	defer stop()
+	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
+		return nil, err
+	}
+	connect := time.Since(t0)
+	if _, err := bench.Load(ctx, c.cl, events, 200, 16, 0); err != nil {
+		return nil, err
+	}
+	r, err := bench.Load(ctx, c.cl, events, o.scaleJobs, 64, 0)
+	if err != nil {
+		return nil, err
+	}
+	lat, err := latencyLight(ctx, c.cl, events, 100, "scale-lat")
+	if err != nil {
+		return nil, err
+	}
+	after := c.coords[li].rssBytes()
+	var followersAfter int64
+	for i, p := range c.coords {
+		if i != li {
+			followersAfter += p.rssBytes()
+		}
+	}
+	// Every agent still connected: heartbeats kept every lease.
+	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
+		return nil, fmt.Errorf("after the load: %w", err)
+	}
+	n := float64(o.scaleAgents)
+	return []metric{
+		{name: fmt.Sprintf("%d agents connected in", o.scaleAgents), value: connect.Seconds(), unit: "s", better: "lower"},
+		{name: "leader RSS per agent", value: float64(after-before) / n / 1024, unit: "KiB", better: "lower",
+			note: fmt.Sprintf("leader RSS %d → %d MiB", before>>20, after>>20)},
+		{name: "follower RSS per agent", value: float64(followersAfter-followersBefore) / 2 / n / 1024, unit: "KiB", better: "lower"},
+		{name: fmt.Sprintf("jobs/s, %d light agents", o.scaleAgents), value: r.JobsPerSec, unit: "jobs/s", better: "higher"},
+		{name: "submit→assigned p50 under that load", value: ms(r.DispatchP50), unit: "ms", better: "lower"},
+		{name: "submit→finished p50, one at a time", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
+	}, nil
+}
