@@ -103,9 +103,10 @@ func schema() *memdb.DBSchema {
 		tableMeta:  {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
 		tableRepos: {Name: tableRepos, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableBuilds: {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{
-			"id":     id("ID"),
-			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
-			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
+			"id":      id("ID"),
+			"group":   {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
+			"expiry":  {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
+			"archive": {Name: "archive", AllowMissing: true, Indexer: archiveIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -193,6 +194,30 @@ func (blockedIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 func (blockedIndexer) FromArgs(args ...interface{}) ([]byte, error) {
 	if len(args) != 0 {
 		return nil, errors.New("blocked index: takes no arguments")
+	}
+	return nil, nil
+}
+
+// archiveIndexer indexes the builds whose uploaded source archive is kept
+// (artifacts_expired false) by its digest, so the blob collectors' list
+// does not scan every build.
+type archiveIndexer struct{}
+
+func (archiveIndexer) FromObject(raw interface{}) (bool, []byte, error) {
+	row, ok := raw.(*buildRow)
+	if !ok {
+		return false, nil, fmt.Errorf("archive index: unexpected %T", raw)
+	}
+	sha := row.Build.GetSource().GetArchiveSha256()
+	if sha == "" || row.Build.GetArtifactsExpired() {
+		return false, nil, nil
+	}
+	return true, []byte(sha + "\x00"), nil
+}
+
+func (archiveIndexer) FromArgs(args ...interface{}) ([]byte, error) {
+	if len(args) != 0 {
+		return nil, errors.New("archive index: takes no arguments")
 	}
 	return nil, nil
 }
