@@ -76,7 +76,13 @@ func (p *proc) stop(d time.Duration) {
 }
 
 // rssBytes is the process's resident set (VmRSS), 0 if unknown.
-func (p *proc) rssBytes() int64 {
+func (p *proc) rssBytes() int64 { return p.status("VmRSS:") }
+
+// peakRSSBytes is the process's peak resident set (VmHWM), 0 if unknown.
+func (p *proc) peakRSSBytes() int64 { return p.status("VmHWM:") }
+
+// status reads a kB field of /proc/PID/status.
+func (p *proc) status(field string) int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
 	if err != nil {
 		return 0
@@ -84,7 +90,7 @@ func (p *proc) rssBytes() int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kb << 10
 		}

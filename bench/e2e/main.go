@@ -27,6 +27,7 @@ type options struct {
 	realAgents   int
 	realSlots    int
 	logMB        int
+	artifactMB   int
 	logJobs      int
 	logLines     int
 	failovers    int
@@ -53,6 +54,7 @@ var scenarios = []scenario{
 	{"dispatch-real", runDispatchReal},
 	{"logs-big", runLogBig},
 	{"logs-lines", runLogLines},
+	{"artifact", runArtifact},
 	{"failover", runFailover},
 	{"scale", runScale},
 }
@@ -70,6 +72,7 @@ func main() {
 	flag.IntVar(&o.realAgents, "real-agents", 4, "kiln-agent processes of dispatch-real")
 	flag.IntVar(&o.realSlots, "real-slots", 8, "slots of each kiln-agent")
 	flag.IntVar(&o.logMB, "log-mb", 1024, "size of the one big log (MiB)")
+	flag.IntVar(&o.artifactMB, "artifact-mb", 1024, "size of the uploaded artifact (MiB)")
 	flag.IntVar(&o.logJobs, "log-jobs", 10, "concurrent jobs of logs-lines")
 	flag.IntVar(&o.logLines, "log-lines", 1000000, "lines each job of logs-lines prints")
 	flag.IntVar(&o.failovers, "failovers", 2, "leader kills (one fresh cluster each)")

@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,8 +18,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/kiln-ci/kiln/bench"
+	"github.com/kiln-ci/kiln/internal/blobio"
 	"github.com/kiln-ci/kiln/internal/client"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -478,5 +483,112 @@ func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error)
 		{name: fmt.Sprintf("jobs/s, %d light agents", o.scaleAgents), value: r.JobsPerSec, unit: "jobs/s", better: "higher"},
 		{name: "submit→assigned p50 under that load", value: ms(r.DispatchP50), unit: "ms", better: "lower"},
 		{name: "submit→finished p50, one at a time", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
+	}, nil
+}
+
+// chachaReader is size pseudo-random bytes (incompressible), the same for
+// the same seed: the digest is computed in one pass, the upload in another,
+// without holding the content in memory or on disk.
+type chachaReader struct {
+	rng  *rand.ChaCha8
+	left int64
+}
+
+func newChacha(seed byte, size int64) *chachaReader {
+	return &chachaReader{rng: rand.NewChaCha8([32]byte{seed, 'k', 'i', 'l', 'n'}), left: size}
+}
+
+func (r *chachaReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, _ := r.rng.Read(p)
+	r.left -= int64(n)
+	return n, nil
+}
+
+// runArtifact: one artifact of artifact-mb MiB uploaded to the leader until
+// a quorum holds it, then downloaded from a follower; the coordinators'
+// peak RSS shows whether memory stays flat in the size.
+func runArtifact(ctx context.Context, bin, dir string, o options) ([]metric, error) {
+	c, err := startCluster(ctx, bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	li, err := c.leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	size := int64(o.artifactMB) << 20
+	h := sha256.New()
+	if _, err := io.Copy(h, newChacha(7, size)); err != nil {
+		return nil, err
+	}
+	sha := hex.EncodeToString(h.Sum(nil))
+	conn, err := grpc.NewClient(c.grpc[li], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	t0 := time.Now()
+	up, err := kilnv1.NewBlobServiceClient(conn).Upload(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := up.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Header{Header: &kilnv1.BlobHeader{Size: size, Sha256: sha, Kind: "artifact"}}}); err != nil {
+		return nil, err
+	}
+	if _, err := blobio.SendChunks(ctx, newChacha(7, size), blobio.ChunkSize, func(b []byte) error {
+		return up.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: b}})
+	}); err != nil && err != io.EOF {
+		return nil, err
+	}
+	resp, err := up.CloseAndRecv()
+	if err != nil {
+		return nil, fmt.Errorf("upload: %w", err)
+	}
+	upTook := time.Since(t0)
+	fi := (li + 1) % 3
+	fconn, err := grpc.NewClient(c.grpc[fi], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	defer fconn.Close()
+	t1 := time.Now()
+	dl, err := kilnv1.NewBlobServiceClient(fconn).Download(ctx, &kilnv1.DownloadRequest{Sha256: sha})
+	if err != nil {
+		return nil, err
+	}
+	dh := sha256.New()
+	var got int64
+	for {
+		m, err := dl.Recv()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("download: %w", err)
+		}
+		got += int64(len(m.GetData()))
+		dh.Write(m.GetData())
+	}
+	downTook := time.Since(t1)
+	if got != size || hex.EncodeToString(dh.Sum(nil)) != sha {
+		return nil, fmt.Errorf("downloaded %d bytes with another digest", got)
+	}
+	var peak int64
+	for _, p := range c.coords {
+		peak = max(peak, p.peakRSSBytes())
+	}
+	mb := float64(size) / 1e6
+	return []metric{
+		{name: fmt.Sprintf("%d MiB upload, quorum ack", o.artifactMB), value: mb / upTook.Seconds(), unit: "MB/s", better: "higher",
+			note: fmt.Sprintf("%d replicas at the ack", resp.GetReplicas())},
+		{name: fmt.Sprintf("%d MiB download from a follower", o.artifactMB), value: mb / downTook.Seconds(), unit: "MB/s", better: "higher"},
+		{name: "largest coordinator peak RSS", value: float64(peak) / (1 << 20), unit: "MiB", better: "lower"},
 	}, nil
 }
