@@ -14,9 +14,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -33,6 +35,7 @@ type options struct {
 	failovers    int
 	scaleAgents  int
 	scaleJobs    int
+	scaleRamp    int
 }
 
 // metric is one figure of a scenario.
@@ -78,6 +81,7 @@ func main() {
 	flag.IntVar(&o.failovers, "failovers", 2, "leader kills (one fresh cluster each)")
 	flag.IntVar(&o.scaleAgents, "scale-agents", 10000, "light agents of the scale run")
 	flag.IntVar(&o.scaleJobs, "scale-jobs", 2000, "trivial jobs dispatched with the scale run's agents connected")
+	flag.IntVar(&o.scaleRamp, "scale-ramp", 500, "light agents started per second in the scale run (0: all at once)")
 	flag.DurationVar(&timeout, "timeout", 30*time.Minute, "bound of the whole run")
 	flag.Parse()
 	if err := run(bins, only, o, timeout); err != nil {
@@ -121,7 +125,10 @@ func run(bins, only string, o options, timeout time.Duration) error {
 			return fmt.Errorf("-run: unknown scenario %q (have %s)", n, names())
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	// An interrupt ends the run through ctx, so every process is stopped.
+	sigCtx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeout(sigCtx, timeout)
 	defer cancel()
 	work, err := os.MkdirTemp("", "kiln-e2e-")
 	if err != nil {

@@ -101,16 +101,31 @@ func logBytes(ctx context.Context, cl *client.Client, id string, w io.Writer) er
 
 // lightAgents runs n light agents in this process on a shared connection
 // pool until stop is called.
-func lightAgents(addrs []string, n int, slots int32, prefix string) (events chan bench.Event, stop func()) {
+// With perSec > 0 the agents are started at that rate (a fleet coming
+// up), else all at once.
+func lightAgents(addrs []string, n int, slots int32, prefix string, perSec int) (events chan bench.Event, stop func()) {
 	events = make(chan bench.Event, 1<<20)
 	ctx, cancel := context.WithCancel(context.Background())
 	pool := bench.NewConnPool()
 	var wg sync.WaitGroup
-	for i := 0; i < n; i++ {
-		a := &bench.LightAgent{Name: fmt.Sprintf("%s-%05d", prefix, i), Slots: slots, Addrs: addrs, Events: events, Pool: pool}
-		wg.Add(1)
-		go func() { defer wg.Done(); a.Run(ctx) }()
-	}
+	start := time.Now()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < n && ctx.Err() == nil; i++ {
+			if perSec > 0 {
+				due := start.Add(time.Duration(i) * time.Second / time.Duration(perSec))
+				select {
+				case <-time.After(time.Until(due)): // pacing, not synchronisation
+				case <-ctx.Done():
+					return
+				}
+			}
+			a := &bench.LightAgent{Name: fmt.Sprintf("%s-%05d", prefix, i), Slots: slots, Addrs: addrs, Events: events, Pool: pool}
+			wg.Add(1)
+			go func() { defer wg.Done(); a.Run(ctx) }()
+		}
+	}()
 	return events, func() { cancel(); wg.Wait(); pool.Close() }
 }
 
@@ -148,7 +163,7 @@ func runDispatchLight(ctx context.Context, bin, dir string, o options) ([]metric
 		return nil, err
 	}
 	defer c.stop()
-	events, stop1 := lightAgents(c.grpc, 1, 1, "solo")
+	events, stop1 := lightAgents(c.grpc, 1, 1, "solo", 0)
 	defer stop1()
 	if err := c.waitAgents(ctx, 1); err != nil {
 		return nil, err
@@ -161,7 +176,7 @@ func runDispatchLight(ctx context.Context, bin, dir string, o options) ([]metric
 		return nil, err
 	}
 	stop1()
-	events, stop := lightAgents(c.grpc, 50, 4, "light")
+	events, stop := lightAgents(c.grpc, 50, 4, "light", 0)
 	defer stop()
 	if err := c.waitAgents(ctx, 50); err != nil {
 		return nil, err
@@ -446,12 +461,28 @@ func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error)
 		}
 	}
 	t0 := time.Now()
-	events, stop := lightAgents(c.grpc, o.scaleAgents, 1, "scale")
+	events, stop := lightAgents(c.grpc, o.scaleAgents, 1, "scale", o.scaleRamp)
 	defer stop()
 	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
 		return nil, err
 	}
 	connect := time.Since(t0)
+	// Memory per agent: connected and heartbeating, before any job (jobs
+	// and their logs take memory of their own). Two heartbeat intervals
+	// (5 s by default) let the sessions settle; this is a measurement
+	// pause, not synchronisation.
+	select {
+	case <-time.After(10 * time.Second):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	after := c.coords[li].rssBytes()
+	var followersAfter int64
+	for i, p := range c.coords {
+		if i != li {
+			followersAfter += p.rssBytes()
+		}
+	}
 	if _, err := bench.Load(ctx, c.cl, events, 200, 16, 0); err != nil {
 		return nil, err
 	}
@@ -463,20 +494,14 @@ func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error)
 	if err != nil {
 		return nil, err
 	}
-	after := c.coords[li].rssBytes()
-	var followersAfter int64
-	for i, p := range c.coords {
-		if i != li {
-			followersAfter += p.rssBytes()
-		}
-	}
 	// Every agent still connected: heartbeats kept every lease.
 	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
 		return nil, fmt.Errorf("after the load: %w", err)
 	}
 	n := float64(o.scaleAgents)
 	return []metric{
-		{name: fmt.Sprintf("%d agents connected in", o.scaleAgents), value: connect.Seconds(), unit: "s", better: "lower"},
+		{name: fmt.Sprintf("%d agents connected in", o.scaleAgents), value: connect.Seconds(), unit: "s", better: "lower",
+			note: fmt.Sprintf("started at %d/s", o.scaleRamp)},
 		{name: "leader RSS per agent", value: float64(after-before) / n / 1024, unit: "KiB", better: "lower",
 			note: fmt.Sprintf("leader RSS %d → %d MiB", before>>20, after>>20)},
 		{name: "follower RSS per agent", value: float64(followersAfter-followersBefore) / 2 / n / 1024, unit: "KiB", better: "lower"},

@@ -10,7 +10,8 @@ import (
 
 // maxInflight bounds the reports of one session handed to Raft and not yet
 // acknowledged; the session stops reading the agent's messages beyond it.
-const maxInflight = 256
+// (The queue is allocated whole per session: 64 × 40 bytes.)
+const maxInflight = 64
 
 // inflight is a report handed to Raft whose result the session has not
 // handled yet, or (barrier set) a marker that drain waits for.

@@ -56,8 +56,9 @@ var (
 const (
 	// MaxLogChunkBytes is the largest log chunk an agent may send.
 	MaxLogChunkBytes = 1 << 20
-	// recvBuffer is how many received messages may wait for processing.
-	recvBuffer = 1024
+	// recvBuffer is how many received messages may wait for processing
+	// (allocated whole per session: 1 KiB).
+	recvBuffer = 128
 	// maxLogBatch is how many log chunks are committed in one command.
 	maxLogBatch = 256
 	// blobFetchTimeout bounds pulling one reported artifact from a peer.
