@@ -101,3 +101,24 @@ func TestBatchFiresDispatchOnce(t *testing.T) {
 		t.Fatal("DispatchChanged did not fire")
 	}
 }
+
+// TestActiveJobCounts: one count per agent holding ASSIGNED or RUNNING
+// jobs, equal to its AgentJobs.
+func TestActiveJobCounts(t *testing.T) {
+	s := New()
+	if _, err := s.SubmitBuild(1, &fsmv1.SubmitBuild{RequestId: "r1", Steps: steps("a", "b", "c"), TimeUnixMs: 5}); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range []struct{ job, agent string }{{"1.a", "x"}, {"1.b", "x"}, {"1.c", "y"}} {
+		if err := s.AssignJob(uint64(2+i), &fsmv1.AssignJob{JobId: a.job, Attempt: 1, Agent: a.agent}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.FinishJob(5, &fsmv1.FinishJob{Agent: "y", Finished: &kilnv1.JobFinished{JobId: "1.c", Attempt: 1, Result: kilnv1.JobResult_JOB_RESULT_PASSED}}); err != nil {
+		t.Fatal(err)
+	}
+	got := s.ActiveJobCounts()
+	if len(got) != 1 || got["x"] != 2 || got["x"] != len(s.AgentJobs("x")) {
+		t.Fatalf("ActiveJobCounts = %v", got)
+	}
+}

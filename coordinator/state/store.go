@@ -420,6 +420,18 @@ func (s *Store) BlockedJobs() []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "blocked"))
 }
 
+// ActiveJobCounts returns how many ASSIGNED or RUNNING jobs each agent
+// holds (agents without any are absent), from one read: the scheduler's
+// free slots for every session at once, however many agents there are.
+func (s *Store) ActiveJobCounts() map[string]int {
+	out := map[string]int{}
+	it := mustGet(s.read(), tableJobs, "active")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out[raw.(*kilnv1.Job).GetAgent()]++
+	}
+	return out
+}
+
 // AgentJobs returns the ASSIGNED and RUNNING jobs held by agent, by job id.
 func (s *Store) AgentJobs(agent string) []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "active", agent))
