@@ -84,7 +84,7 @@ type FSM struct {
 	log   *zap.Logger
 }
 
-var _ raft.FSM = (*FSM)(nil)
+var _ raft.BatchingFSM = (*FSM)(nil)
 
 // New returns an FSM over store; a nil log discards.
 func New(store *state.Store, log *zap.Logger) *FSM {
@@ -173,6 +173,44 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 		f.log.Debug("command rejected", zap.Uint64("index", l.Index), zap.Error(res.Err))
 	}
 	return res
+}
+
+// ApplyBatch applies the committed entries raft hands over together in one
+// state-store transaction (state.Store.Batch): one commit, one wake-up of
+// the readers, instead of one per entry. Each command still gets its own
+// *Result, the same it would get applied alone, and a rejected command
+// changes nothing, as alone. Entries other than commands (configuration
+// changes, which a BatchingFSM is also given) are not the store's: their
+// result is nil. It panics on a command it cannot decode, before applying
+// any of the batch.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	msgs := make([]proto.Message, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		_, msg, err := Decode(l.Data)
+		if err != nil {
+			f.log.Error("cannot apply raft log entry; stopping to avoid diverging",
+				zap.Uint64("index", l.Index), zap.Uint64("term", l.Term), zap.Error(err))
+			panic(fmt.Sprintf("fsm: log entry %d: %v", l.Index, err))
+		}
+		msgs[i] = msg
+	}
+	out := make([]interface{}, len(logs))
+	f.store.Batch(func() {
+		for i, l := range logs {
+			if msgs[i] == nil {
+				continue
+			}
+			res := f.apply(l.Index, msgs[i])
+			if res.Err != nil {
+				f.log.Debug("command rejected", zap.Uint64("index", l.Index), zap.Error(res.Err))
+			}
+			out[i] = res
+		}
+	})
+	return out
 }
 
 func (f *FSM) apply(idx uint64, msg proto.Message) *Result {

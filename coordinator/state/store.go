@@ -74,6 +74,8 @@ type Store struct {
 
 	// hooks are the OnBuildsRemoved callbacks.
 	hooks hooks
+	// batch is the open Batch, if any (FSM goroutine only).
+	batch *batch
 }
 
 // New returns an empty store (next build number 1, last index 0).
@@ -110,6 +112,8 @@ func schema() *memdb.DBSchema {
 			// ended are at its start (ExpireBuilds).
 			"finished": {Name: "finished", AllowMissing: true, Indexer: finishedIndexer{}},
 			"archive":  {Name: "archive", AllowMissing: true, Indexer: archiveIndexer{}},
+			// Builds whose source archive is still kept (blob collectors).
+			"kept_archive": {Name: "kept_archive", AllowMissing: true, Indexer: keptArchiveIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -197,6 +201,30 @@ func (blockedIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 func (blockedIndexer) FromArgs(args ...interface{}) ([]byte, error) {
 	if len(args) != 0 {
 		return nil, errors.New("blocked index: takes no arguments")
+	}
+	return nil, nil
+}
+
+// keptArchiveIndexer indexes the builds whose uploaded source archive is
+// kept (artifacts_expired false) by its digest, so the blob collectors'
+// list does not scan every build.
+type keptArchiveIndexer struct{}
+
+func (keptArchiveIndexer) FromObject(raw interface{}) (bool, []byte, error) {
+	row, ok := raw.(*buildRow)
+	if !ok {
+		return false, nil, fmt.Errorf("kept archive index: unexpected %T", raw)
+	}
+	sha := row.Build.GetSource().GetArchiveSha256()
+	if sha == "" || row.Build.GetArtifactsExpired() {
+		return false, nil, nil
+	}
+	return true, []byte(sha + "\x00"), nil
+}
+
+func (keptArchiveIndexer) FromArgs(args ...interface{}) ([]byte, error) {
+	if len(args) != 0 {
+		return nil, errors.New("kept archive index: takes no arguments")
 	}
 	return nil, nil
 }
@@ -387,6 +415,18 @@ func (s *Store) ActiveJobs() []*kilnv1.Job {
 // decision), ordered by job id.
 func (s *Store) BlockedJobs() []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "blocked"))
+}
+
+// ActiveJobCounts returns how many ASSIGNED or RUNNING jobs each agent
+// holds (agents without any are absent), from one read: the scheduler's
+// free slots for every session at once, however many agents there are.
+func (s *Store) ActiveJobCounts() map[string]int {
+	out := map[string]int{}
+	it := mustGet(s.read(), tableJobs, "active")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out[raw.(*kilnv1.Job).GetAgent()]++
+	}
+	return out
 }
 
 // AgentJobs returns the ASSIGNED and RUNNING jobs held by agent, by job id.
