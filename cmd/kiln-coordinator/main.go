@@ -115,6 +115,7 @@ func run(args []string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	warnDeprecatedFlags(log, set)
 
 	c, err := coordinator.New(cfg, log)
 	if err != nil {
