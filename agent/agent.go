@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kiln-ci/kiln/agent/executor"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -81,6 +82,10 @@ type Agent struct {
 	cfg  Config
 	log  *zap.Logger
 	exec *executor.Executor
+	// tls is the agent's certificate state and creds the transport
+	// credentials of every connection (both nil: plaintext).
+	tls   *agentTLS
+	creds credentials.TransportCredentials
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signals acks and drops to blocked output writers
@@ -133,9 +138,15 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	tlsState, creds, err := setupTLS(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
-		cfg: cfg,
-		log: log.With(zap.String("agent", cfg.Name)),
+		tls:   tlsState,
+		creds: creds,
+		cfg:   cfg,
+		log:   log.With(zap.String("agent", cfg.Name)),
 		exec: &executor.Executor{
 			WorkDir:        cfg.WorkDir,
 			DefaultTimeout: cfg.DefaultTimeout,

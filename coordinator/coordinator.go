@@ -50,6 +50,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/leader"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -118,6 +119,14 @@ type Config struct {
 	// Autopilot tunes the promotion of joined coordinators from
 	// non-voter to voter (zero fields: defaults).
 	Autopilot membership.Config
+	// TLS, when TLS.CA is set, serves gRPC over TLS only, runs Raft over
+	// mutual TLS between coordinator certificates, and authorizes every
+	// call by the caller's certificate role (coordinator/authn). Cert and
+	// Key are this node's coordinator certificate (named after NodeID).
+	TLS tlsutil.Files
+	// TLSCAKey is the cluster CA's private key; with it this coordinator
+	// issues agent certificates in exchange for join tokens.
+	TLSCAKey string
 }
 
 // Blob store backends.
@@ -184,6 +193,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
+	}
+	if err := c.validateTLS(); err != nil {
+		return err
 	}
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
@@ -267,6 +279,8 @@ type Coordinator struct {
 	autopilot *membership.Autopilot
 	crash     chan struct{}
 	once      sync.Once
+	// tls is the loaded TLS material (nil: plaintext).
+	tls *tlsSetup
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -280,6 +294,10 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	log = log.With(zap.String("node", cfg.NodeID))
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	tlsSet, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -305,6 +323,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		ElectionTimeout:   cfg.RaftElectionTimeout,
 		SnapshotThreshold: cfg.SnapshotThreshold,
 		SnapshotInterval:  cfg.SnapshotInterval,
+		TLS:               tlsSet.raft(),
 	}, f, log)
 	if err != nil {
 		lis.Close()
@@ -317,16 +336,16 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials()), tls: tlsSet}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
 		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
-	c.grpc = grpc.NewServer(
+	c.grpc = grpc.NewServer(append(tlsSet.serverOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
-	)
+	)...)
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
 		Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
@@ -339,7 +358,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		Log:    log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
-		Log: log.Named("blobrepl")})
+		Dial: dialPeer(tlsSet.peerCredentials()), Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))

@@ -72,6 +72,10 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
 	fs.DurationVar(&cfg.Autopilot.Stabilization, "promote-after", 2*time.Second, "how long a joined coordinator must stay caught up and in contact before it is promoted from non-voter to voter")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "cluster CA certificate: serve gRPC over TLS only, run Raft over mutual TLS, and authorize calls by certificate role")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "this coordinator's certificate (role coordinator, named after --node-id; kilnctl tls cert create)")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "key of --tls-cert")
+	fs.StringVar(&cfg.TLSCAKey, "tls-ca-key", "", "the CA's private key: lets this coordinator issue agent certificates for join tokens")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -116,6 +120,10 @@ func run(args []string) error {
 	}
 	defer func() { _ = log.Sync() }()
 
+	if dev && cfg.TLS.Enabled() {
+		return errors.New("--dev runs a plaintext single-node cluster on loopback; start without --dev to use TLS")
+	}
+	warnPlaintext(log, cfg, dev)
 	c, err := coordinator.New(cfg, log)
 	if err != nil {
 		return err
@@ -152,4 +160,20 @@ func run(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// warnPlaintext says loudly that a coordinator without TLS lets anyone who
+// reaches its ports act as any agent, client or coordinator.
+func warnPlaintext(log *zap.Logger, cfg coordinator.Config, dev bool) {
+	if cfg.TLS.Enabled() {
+		return
+	}
+	if dev {
+		log.Warn("dev mode: plaintext gRPC and Raft, no authentication; keep --grpc-addr on loopback",
+			zap.String("grpc_addr", cfg.GRPCAddr))
+		return
+	}
+	log.Warn("TLS is off: anyone who can reach the gRPC or Raft port can act as an agent, a client or a coordinator; "+
+		"see README 'TLS and identities' (--tls-ca, --tls-cert, --tls-key)",
+		zap.String("grpc_addr", cfg.GRPCAddr), zap.String("raft_addr", cfg.RaftAddr))
 }

@@ -138,7 +138,12 @@ func ClientConfig(pool *x509.CertPool, cert *Holder) *tls.Config {
 		VerifyConnection: requirePeerRole(RoleCoordinator),
 	}
 	if cert != nil {
-		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert.Get(), nil }
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			if c := cert.Get(); c != nil {
+				return c, nil
+			}
+			return &tls.Certificate{}, nil // none yet: connect anonymously
+		}
 	}
 	return cfg
 }
