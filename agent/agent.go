@@ -34,6 +34,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,9 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 			WorkDir:        cfg.WorkDir,
 			DefaultTimeout: cfg.DefaultTimeout,
 			KillGrace:      cfg.KillGrace,
+			// Jobs get an allow-list of the agent's environment, never
+			// its secrets.
+			Env: executor.BaseEnv(os.Environ(), cfg.PassEnv),
 		},
 		attempts: make(map[attemptKey]*attempt),
 		idle:     make(chan struct{}),

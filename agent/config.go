@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 
+	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
 	"net"
 	"os"
@@ -66,6 +67,10 @@ type Config struct {
 	// JoinToken is exchanged once for an agent certificate (with TLS.CA
 	// and no TLS.Cert).
 	JoinToken string
+	// PassEnv are patterns (path.Match) of the agent's environment
+	// variables jobs get on top of executor.DefaultPassEnv; the rest of
+	// the agent's environment never reaches a job.
+	PassEnv []string
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators
@@ -152,6 +157,9 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		return bad("ReconnectMax", "must be at least ReconnectMin (%v), got %v", c.ReconnectMin, c.ReconnectMax)
+	}
+	if err := executor.ValidatePassEnv(c.PassEnv); err != nil {
+		return bad("PassEnv", "%v", err)
 	}
 	if err := c.TLS.Validate(); err != nil {
 		return bad("TLS", "%v", err)

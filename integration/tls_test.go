@@ -155,7 +155,7 @@ func TestTLSClusterRefusesPlaintextAndForgedAgents(t *testing.T) {
 
 	// The real agent, named by its certificate.
 	a1cert, a1key := p.cert("agent", "a1")
-	h.startProc("agent-a1", "kiln-agent", "--coordinators", strings.Join(addrs, ","),
+	h.startProc("agent-a1", "kiln-agent", "--coordinators", strings.Join(addrs, ","), "--pass-env", ownerEnv,
 		"--labels", "pool=real", "--slots", "1", "--work-dir", filepath.Join(h.root, "work-a1"),
 		"--heartbeat", agentHeartbeat, "--tls-ca", p.ca(), "--tls-cert", a1cert, "--tls-key", a1key)
 

@@ -99,6 +99,10 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", os.Getenv("KILN_TLS_CERT"), "this agent's certificate (role agent; its name is the agent's name) (default $KILN_TLS_CERT)")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", os.Getenv("KILN_TLS_KEY"), "key of --tls-cert (default $KILN_TLS_KEY)")
 	fs.StringVar(&cfg.JoinToken, "join-token", "", "join token (kilnctl token create --agent) exchanged once for an agent certificate kept in the work dir; prefer $KILN_JOIN_TOKEN, flags show in ps")
+	fs.Func("pass-env", "also give jobs the agent's environment variables matching this glob (repeatable; default: only PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LANGUAGE, LC_*, TZ, TMPDIR)", func(v string) error {
+		cfg.PassEnv = append(cfg.PassEnv, v)
+		return nil
+	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err
