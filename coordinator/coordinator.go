@@ -49,6 +49,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/leader"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -127,6 +128,10 @@ type Config struct {
 	// TLSCAKey is the cluster CA's private key; with it this coordinator
 	// issues agent certificates in exchange for join tokens.
 	TLSCAKey string
+	// GitAllow lists the repository URLs the coordinator may contact for
+	// clients (gitsrc.ParsePolicy; nil: gitsrc.DefaultAllow, any https or
+	// ssh host that is not a local address).
+	GitAllow []string
 }
 
 // Blob store backends.
@@ -197,6 +202,10 @@ func (c *Config) Validate() error {
 	if err := c.validateTLS(); err != nil {
 		return err
 	}
+	if _, err := gitsrc.ParsePolicy(c.gitAllow()); err != nil {
+		return err
+	}
+
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
 		if err := s3.Validate(); err != nil {
@@ -345,17 +354,27 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
+		// No answer to a client carries git URL credentials.
+		grpc.ChainUnaryInterceptor(api.RedactUnary),
+		grpc.ChainStreamInterceptor(api.RedactStream),
 	)...)
+	if deps.Git, err = gitGuard(cfg, log); err != nil {
+		_ = node.Close()
+		lis.Close()
+		return nil, err
+	}
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		Log: log.Named("builds")})
+		Resolve: deps.Git.Resolve, Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
 		Store: store,
 		Raft:  node,
 		// Builds of new commits go through the same service as SubmitBuild.
-		Submit: deps.Builds.Submit,
-		Log:    log.Named("watcher"),
+		Submit:   deps.Builds.Submit,
+		Resolve:  deps.Git.Resolve,
+		ReadFile: deps.Git.ReadFile,
+		Log:      log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
 		Dial: dialPeer(tlsSet.peerCredentials()), Log: log.Named("blobrepl")})

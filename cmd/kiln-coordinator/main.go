@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -76,6 +77,14 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "this coordinator's certificate (role coordinator, named after --node-id; kilnctl tls cert create)")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "key of --tls-cert")
 	fs.StringVar(&cfg.TLSCAKey, "tls-ca-key", "", "the CA's private key: lets this coordinator issue agent certificates for join tokens")
+	fs.Func("git-allow", "repository URLs the coordinator may contact, comma-separated, repeatable: HOSTGLOB (https/ssh), SCHEME://HOSTGLOB, file:// or file:///DIR; local addresses only when named without wildcards (default *: any https/ssh host that is not a local address; --dev: everything)", func(v string) error {
+		for _, e := range strings.Split(v, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				cfg.GitAllow = append(cfg.GitAllow, e)
+			}
+		}
+		return nil
+	})
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -112,6 +121,10 @@ func run(args []string) error {
 		}
 		if len(cfg.InitialCluster) == 0 {
 			cfg.InitialCluster = map[string]string{cfg.NodeID: cfg.RaftAddr}
+		}
+		if cfg.GitAllow == nil {
+			// One user on one machine: local repositories are the point.
+			cfg.GitAllow = gitsrc.DevAllow
 		}
 	}
 	log, err := logging.New(logLevel, logFormat)

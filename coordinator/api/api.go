@@ -25,6 +25,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -56,6 +57,9 @@ type Deps struct {
 	Now func() time.Time
 	// Builds submits builds (SubmitBuild): coordinator/builds.
 	Builds *builds.Service
+	// Git reaches repositories for AddRepo behind the --git-allow policy
+	// (nil: any valid URL, git's messages not hidden).
+	Git *gitsrc.Guard
 }
 
 // Limits on what clients may send. They are part of the API contract and

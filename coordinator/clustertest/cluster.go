@@ -19,6 +19,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 	"google.golang.org/grpc"
 )
@@ -105,6 +106,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
 	cfg.BlobSyncInterval = 200 * time.Millisecond
+	// Test repositories are file:// URLs and git daemons on loopback.
+	cfg.GitAllow = gitsrc.DevAllow
 	cfg.Autopilot.Stabilization = 300 * time.Millisecond
 	cfg.Autopilot.Interval = 100 * time.Millisecond
 	cfg.ArtifactExpiryInterval = 100 * time.Millisecond
