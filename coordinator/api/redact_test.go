@@ -23,7 +23,9 @@ func TestAnswersCarryNoGitCredentials(t *testing.T) {
 		get    func(proto.Message) []string
 	}{
 		{"/kiln.v1.ControlService/GetBuild", &kilnv1.GetBuildResponse{Build: stored},
-			func(m proto.Message) []string { return []string{m.(*kilnv1.GetBuildResponse).GetBuild().GetSource().GetGitUrl()} }},
+			func(m proto.Message) []string {
+				return []string{m.(*kilnv1.GetBuildResponse).GetBuild().GetSource().GetGitUrl()}
+			}},
 		{"/kiln.v1.ControlService/ListBuilds", &kilnv1.ListBuildsResponse{Builds: []*kilnv1.Build{stored, {Id: "2"}, stored}},
 			func(m proto.Message) []string {
 				var out []string
