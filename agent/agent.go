@@ -139,7 +139,7 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tlsState, creds, err := setupTLS(&cfg)
+	tlsState, creds, err := setupTLS(&cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -195,6 +195,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
+	if err := a.ensureIdentity(ctx); err != nil {
+		a.log.Error("agent has no identity", zap.Error(err))
+		return fmt.Errorf("agent: %w", err)
+	}
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); a.renewLoop(renewCtx) }()
+	defer func() { stopRenew(); <-renewDone }()
 	err := a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()

@@ -40,6 +40,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/builds"
+	"github.com/kiln-ci/kiln/coordinator/enroll"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/membership"
 	"github.com/kiln-ci/kiln/coordinator/peers"
@@ -128,6 +129,12 @@ type Config struct {
 	// TLSCAKey is the cluster CA's private key; with it this coordinator
 	// issues agent certificates in exchange for join tokens.
 	TLSCAKey string
+	// JoinTokens redeems agent join tokens for enrollment (nil: agents
+	// cannot enroll; they use certificates made with kilnctl tls).
+	JoinTokens enroll.Tokens
+	// AgentCertValidity is how long certificates issued to enrolled
+	// agents are valid (default 30 days; agents renew at two thirds).
+	AgentCertValidity time.Duration
 	// GitAllow lists the repository URLs the coordinator may contact for
 	// clients (gitsrc.ParsePolicy; nil: gitsrc.DefaultAllow, any https or
 	// ssh host that is not a local address).
@@ -382,6 +389,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
+	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

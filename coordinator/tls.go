@@ -8,7 +8,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/authn"
+	"github.com/kiln-ci/kiln/coordinator/enroll"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
 )
@@ -100,4 +102,24 @@ func dialPeer(creds credentials.TransportCredentials) func(addr string) (*grpc.C
 	return func(addr string) (*grpc.ClientConn, error) {
 		return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	}
+}
+
+// identityService issues agent certificates: enrollment with a join token
+// (leader only) and renewal, signed with --tls-ca-key.
+func (c *Coordinator) identityService(deps *api.Deps) *enroll.Server {
+	var ca *tlsutil.CA
+	if c.tls != nil {
+		ca = c.tls.ca
+	}
+	return enroll.New(enroll.Config{
+		CA:            ca,
+		Tokens:        c.cfg.JoinTokens,
+		RequireLeader: deps.RequireLeader,
+		AgentKnown: func(name string) bool {
+			_, ok := c.store.Agent(name)
+			return ok
+		},
+		Validity: c.cfg.AgentCertValidity,
+		Log:      c.log.Named("enroll"),
+	})
 }

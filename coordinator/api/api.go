@@ -101,6 +101,10 @@ func (d *Deps) notLeader() error {
 	return leader.NotLeaderError(id, addr)
 }
 
+// RequireLeader is requireLeader for services outside this package: a
+// gRPC status (NotLeader with the leader's address) unless this node leads.
+func (d *Deps) RequireLeader() error { return d.requireLeader() }
+
 // requireLeader fails unless this node leads and its leader work started.
 func (d *Deps) requireLeader() error {
 	if !d.Raft.IsLeader() || !d.Scheduler.Active() {

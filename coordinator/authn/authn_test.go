@@ -32,6 +32,7 @@ func TestEveryServedMethodIsClassified(t *testing.T) {
 	kilnv1.RegisterAgentServiceServer(s, kilnv1.UnimplementedAgentServiceServer{})
 	kilnv1.RegisterClusterServiceServer(s, kilnv1.UnimplementedClusterServiceServer{})
 	kilnv1.RegisterBlobServiceServer(s, kilnv1.UnimplementedBlobServiceServer{})
+	kilnv1.RegisterIdentityServiceServer(s, kilnv1.UnimplementedIdentityServiceServer{})
 	healthpb.RegisterHealthServer(s, health.NewServer())
 	reflection.Register(s)
 	if err := Check(s.GetServiceInfo()); err != nil {

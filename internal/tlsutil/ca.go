@@ -188,7 +188,9 @@ func (ca *CA) Issue(req IssueRequest) ([]byte, error) {
 			OrganizationalUnit: []string{string(req.Identity.Role)},
 			Organization:       []string{"Kiln"},
 		},
-		NotBefore:   now.Add(-clockSkew),
+		// Backdated for hosts whose clocks lag, by at most a tenth of the
+		// validity so short-lived certificates are renewed on time.
+		NotBefore:   now.Add(-min(clockSkew, req.Validity/10)),
 		NotAfter:    notAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
