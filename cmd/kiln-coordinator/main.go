@@ -76,6 +76,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "cluster CA certificate: serve gRPC over TLS only, run Raft over mutual TLS, and authorize calls by certificate role")
 	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "this coordinator's certificate (role coordinator, named after --node-id; kilnctl tls cert create)")
 	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "key of --tls-cert")
+	fs.DurationVar(&cfg.AgentCertValidity, "agent-cert-validity", 30*24*time.Hour, "validity of certificates issued to enrolled agents (they renew at two thirds)")
 	fs.StringVar(&cfg.TLSCAKey, "tls-ca-key", "", "the CA's private key: lets this coordinator issue agent certificates for join tokens")
 	fs.Func("git-allow", "repository URLs the coordinator may contact, comma-separated, repeatable: HOSTGLOB (https/ssh), SCHEME://HOSTGLOB, file:// or file:///DIR; local addresses only when named without wildcards (default *: any https/ssh host that is not a local address; --dev: everything)", func(v string) error {
 		for _, e := range strings.Split(v, ",") {
