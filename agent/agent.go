@@ -34,12 +34,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kiln-ci/kiln/agent/executor"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -85,6 +87,10 @@ type Agent struct {
 	cfg  Config
 	log  *zap.Logger
 	exec *executor.Executor
+	// tls is the agent's certificate state and creds the transport
+	// credentials of every connection (both nil: plaintext).
+	tls   *agentTLS
+	creds credentials.TransportCredentials
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signals acks and drops to blocked output writers
@@ -140,13 +146,22 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	tlsState, creds, err := setupTLS(&cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
-		cfg: cfg,
-		log: log.With(zap.String("agent", cfg.Name)),
+		tls:   tlsState,
+		creds: creds,
+		cfg:   cfg,
+		log:   log.With(zap.String("agent", cfg.Name)),
 		exec: &executor.Executor{
 			WorkDir:        cfg.WorkDir,
 			DefaultTimeout: cfg.DefaultTimeout,
 			KillGrace:      cfg.KillGrace,
+			// Jobs get an allow-list of the agent's environment, never
+			// its secrets.
+			Env: executor.BaseEnv(os.Environ(), cfg.PassEnv),
 		},
 		attempts: make(map[attemptKey]*attempt),
 		idle:     make(chan struct{}),
@@ -187,6 +202,14 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
+	if err := a.ensureIdentity(ctx); err != nil {
+		a.log.Error("agent has no identity", zap.Error(err))
+		return fmt.Errorf("agent: %w", err)
+	}
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); a.renewLoop(renewCtx) }()
+	defer func() { stopRenew(); <-renewDone }()
 	err := a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()

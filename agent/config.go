@@ -2,6 +2,9 @@ package agent
 
 import (
 	"fmt"
+
+	"github.com/kiln-ci/kiln/agent/executor"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	"net"
 	"os"
 	"runtime"
@@ -55,6 +58,19 @@ type Config struct {
 	// StableSession is how long a session must have lasted for the backoff
 	// to start again from ReconnectMin (default 5s).
 	StableSession time.Duration
+	// TLS, when TLS.CA is set, talks TLS to the coordinators (which must
+	// present coordinator certificates of that CA) and authenticates with
+	// the agent certificate TLS.Cert/TLS.Key, whose name becomes the
+	// agent's Name; or, with JoinToken, with a certificate the cluster
+	// issues (kept in WorkDir/identity, renewed before it expires).
+	TLS tlsutil.Files
+	// JoinToken is exchanged once for an agent certificate (with TLS.CA
+	// and no TLS.Cert).
+	JoinToken string
+	// PassEnv are patterns (path.Match) of the agent's environment
+	// variables jobs get on top of executor.DefaultPassEnv; the rest of
+	// the agent's environment never reaches a job.
+	PassEnv []string
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators
@@ -141,6 +157,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		return bad("ReconnectMax", "must be at least ReconnectMin (%v), got %v", c.ReconnectMin, c.ReconnectMax)
+	}
+	if err := executor.ValidatePassEnv(c.PassEnv); err != nil {
+		return bad("PassEnv", "%v", err)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("TLS", "%v", err)
+	}
+	if c.JoinToken != "" && (c.TLS.CA == "" || c.TLS.Cert != "") {
+		return bad("JoinToken", "needs tls-ca and no tls-cert (the token is exchanged for a certificate)")
 	}
 	if c.LogFlushBytes < 1 {
 		return bad("LogFlushBytes", "must be at least 1, got %d", c.LogFlushBytes)

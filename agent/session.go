@@ -25,10 +25,15 @@ var keepaliveParams = keepalive.ClientParameters{
 }
 
 // dial opens a client connection to a coordinator with the agent's
-// keepalive parameters.
-func dial(addr string) (*grpc.ClientConn, error) {
+// keepalive parameters and transport credentials (TLS with the agent's
+// current certificate, or plaintext).
+func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
+	creds := a.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepaliveParams))
 }
 
@@ -150,7 +155,7 @@ func (a *Agent) reconnectCap() time.Duration {
 // runSession dials addr, registers and serves one session until the stream
 // breaks, ctx ends or a drain completes (errDrained).
 func (a *Agent) runSession(ctx context.Context, addr string) error {
-	conn, err := dial(addr)
+	conn, err := a.dial(addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -93,6 +94,8 @@ type app struct {
 	verbose        bool
 	// consistency is what reads ask for (--consistency).
 	consistency kilnv1.Consistency
+	// tls holds --tls-ca, --tls-cert and --tls-key (see tls.go).
+	tls tlsutil.Files
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -127,8 +130,10 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.consistency = c
 		return nil
 	})
+	a.addTLSFlags(root)
 
 	root.AddCommand(
+		a.tlsCommand(),
 		a.runCommand(),
 		a.statusCommand(),
 		a.logsCommand(),
@@ -222,7 +227,11 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
-	c, err := client.New(a.addrs(), a.logger())
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(a.addrs(), a.logger(), opts...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}

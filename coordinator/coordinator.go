@@ -42,6 +42,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/builds"
+	"github.com/kiln-ci/kiln/coordinator/enroll"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/logrepl"
 	"github.com/kiln-ci/kiln/coordinator/logstore"
@@ -53,8 +54,10 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/leader"
 	"github.com/kiln-ci/kiln/internal/periodic"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -135,6 +138,24 @@ type Config struct {
 	// Autopilot tunes the promotion of joined coordinators from
 	// non-voter to voter (zero fields: defaults).
 	Autopilot membership.Config
+	// TLS, when TLS.CA is set, serves gRPC over TLS only, runs Raft over
+	// mutual TLS between coordinator certificates, and authorizes every
+	// call by the caller's certificate role (coordinator/authn). Cert and
+	// Key are this node's coordinator certificate (named after NodeID).
+	TLS tlsutil.Files
+	// TLSCAKey is the cluster CA's private key; with it this coordinator
+	// issues agent certificates in exchange for join tokens.
+	TLSCAKey string
+	// JoinTokens redeems agent join tokens for enrollment (nil: agents
+	// cannot enroll; they use certificates made with kilnctl tls).
+	JoinTokens enroll.Tokens
+	// AgentCertValidity is how long certificates issued to enrolled
+	// agents are valid (default 30 days; agents renew at two thirds).
+	AgentCertValidity time.Duration
+	// GitAllow lists the repository URLs the coordinator may contact for
+	// clients (gitsrc.ParsePolicy; nil: gitsrc.DefaultAllow, any https or
+	// ssh host that is not a local address).
+	GitAllow []string
 }
 
 // Blob store backends.
@@ -208,6 +229,13 @@ func (c *Config) Validate() error {
 	if err := c.validateLifecycle(); err != nil {
 		return err
 	}
+	if err := c.validateTLS(); err != nil {
+		return err
+	}
+	if _, err := gitsrc.ParsePolicy(c.gitAllow()); err != nil {
+		return err
+	}
+
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
 		if err := s3.Validate(); err != nil {
@@ -293,6 +321,8 @@ type Coordinator struct {
 	once      sync.Once
 	// removed receives the builds the expiry deleted (removedLoop).
 	removed chan state.RemovedBuilds
+	// tls is the loaded TLS material (nil: plaintext).
+	tls *tlsSetup
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -306,6 +336,10 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	log = log.With(zap.String("node", cfg.NodeID))
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	tlsSet, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -337,6 +371,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		ElectionTimeout:   cfg.RaftElectionTimeout,
 		SnapshotThreshold: cfg.SnapshotThreshold,
 		SnapshotInterval:  cfg.SnapshotInterval,
+		TLS:               tlsSet.raft(),
 	}, f, log)
 	if err != nil {
 		lis.Close()
@@ -349,29 +384,39 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials()), tls: tlsSet}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
 		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes}
-	c.grpc = grpc.NewServer(
+	c.grpc = grpc.NewServer(append(tlsSet.serverOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
-	)
+		// No answer to a client carries git URL credentials.
+		grpc.ChainUnaryInterceptor(api.RedactUnary),
+		grpc.ChainStreamInterceptor(api.RedactStream),
+	)...)
+	if deps.Git, err = gitGuard(cfg, log); err != nil {
+		_ = node.Close()
+		lis.Close()
+		return nil, err
+	}
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
+		Resolve: deps.Git.Resolve, MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
 		Store: store,
 		Raft:  node,
 		// Builds of new commits go through the same service as SubmitBuild.
-		Submit: deps.Builds.Submit,
-		Log:    log.Named("watcher"),
+		Submit:   deps.Builds.Submit,
+		Resolve:  deps.Git.Resolve,
+		ReadFile: deps.Git.ReadFile,
+		Log:      log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
-		Log: log.Named("blobrepl")})
+		Dial: dialPeer(tlsSet.peerCredentials()), Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	c.logs = newLogReplicator(c, logs)
 	deps.Logs = c.logs
@@ -379,6 +424,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
+	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

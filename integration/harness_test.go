@@ -808,6 +808,8 @@ func (c *cluster) followers(l *node) []*node {
 func (c *cluster) startAgent(name string, slots int, labels string) *proc {
 	c.h.t.Helper()
 	return c.h.startProc("agent-"+name, "kiln-agent",
+		// Job processes carry the owner mark, so cleanup finds orphans.
+		"--pass-env", ownerEnv,
 		"--coordinators", strings.Join(c.addrs(), ","),
 		"--name", name,
 		"--labels", labels,

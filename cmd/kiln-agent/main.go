@@ -95,12 +95,28 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
 	fs.StringVar(&cfg.WorkDir, "work-dir", cfg.WorkDir, "directory holding one workspace per job attempt")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval when the leader names none")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", os.Getenv("KILN_TLS_CA"), "cluster CA certificate: talk TLS to coordinators it signed (default $KILN_TLS_CA)")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", os.Getenv("KILN_TLS_CERT"), "this agent's certificate (role agent; its name is the agent's name) (default $KILN_TLS_CERT)")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", os.Getenv("KILN_TLS_KEY"), "key of --tls-cert (default $KILN_TLS_KEY)")
+	fs.StringVar(&cfg.JoinToken, "join-token", "", "join token (kilnctl token create --agent) exchanged once for an agent certificate kept in the work dir; prefer $KILN_JOIN_TOKEN, flags show in ps")
+	fs.Func("pass-env", "also give jobs the agent's environment variables matching this glob (repeatable; default: only PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LANGUAGE, LC_*, TZ, TMPDIR)", func(v string) error {
+		cfg.PassEnv = append(cfg.PassEnv, v)
+		return nil
+	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err
 	}
 	if fs.NArg() > 0 {
 		return cfg, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if cfg.JoinToken == "" {
+		cfg.JoinToken = os.Getenv("KILN_JOIN_TOKEN")
+	}
+	nameSet := false
+	fs.Visit(func(f *flag.Flag) { nameSet = nameSet || f.Name == "name" })
+	if cfg.TLS.Cert != "" && nameSet {
+		return cfg, 0, errors.New("--name: the agent's name comes from its certificate (--tls-cert); drop --name")
 	}
 	var level zapcore.Level
 	if err := level.Set(*logLevel); err != nil {

@@ -19,6 +19,8 @@ import (
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 	"google.golang.org/grpc"
 )
@@ -42,6 +44,9 @@ type Options struct {
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
+	// TLS, when set, runs the cluster over TLS (see TLSOptions); agents
+	// started with StartAgent get agent certificates, Client a client one.
+	TLS *TLSOptions
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -52,6 +57,8 @@ type Cluster struct {
 	mu     sync.Mutex
 	Nodes  []*Node
 	Agents []*Agent
+	// pki is the TLS material (nil without Options.TLS).
+	pki *pki
 }
 
 // Node is one in-process coordinator.
@@ -85,6 +92,13 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	// data dirs are removed (a running node may still write, e.g. its log
 	// catch-up).
 	t.Cleanup(c.stopAll)
+	if opts.TLS != nil {
+		p, err := newPKI(filepath.Join(base, "pki"))
+		if err != nil {
+			t.Fatalf("test CA: %v", err)
+		}
+		c.pki = p
+	}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		cfg := c.config(id, filepath.Join(base, id), "127.0.0.1:0", "127.0.0.1:0")
@@ -113,6 +127,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
 	cfg.BlobSyncInterval = 200 * time.Millisecond
+	// Test repositories are file:// URLs and git daemons on loopback.
+	cfg.GitAllow = gitsrc.DevAllow
 	cfg.Autopilot.Stabilization = 300 * time.Millisecond
 	cfg.Autopilot.Interval = 100 * time.Millisecond
 	cfg.ExpiryInterval = 100 * time.Millisecond
@@ -135,6 +151,16 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3
 		cfg.S3 = *c.opts.S3
+	}
+	if c.pki != nil {
+		files, err := c.pki.files(tlsutil.RoleCoordinator, id)
+		if err != nil {
+			c.t.Fatalf("coordinator certificate: %v", err)
+		}
+		cfg.TLS = files
+		cfg.TLSCAKey = filepath.Join(c.pki.dir, tlsutil.CAKeyFile)
+		cfg.JoinTokens = c.opts.TLS.JoinTokens
+		cfg.AgentCertValidity = c.opts.TLS.AgentCertValidity
 	}
 	return cfg
 }
@@ -270,12 +296,33 @@ func (c *Cluster) WaitMembers(n int) {
 // StartAgent runs an in-process agent connected to every coordinator.
 func (c *Cluster) StartAgent(name string, labels map[string]string, slots int) *Agent {
 	c.t.Helper()
+	return c.StartAgentConfig(c.AgentConfig(name, labels, slots))
+}
+
+// AgentConfig is the configuration StartAgent uses; with TLS the agent
+// gets a certificate for name.
+func (c *Cluster) AgentConfig(name string, labels map[string]string, slots int) agent.Config {
+	c.t.Helper()
 	cfg := agent.NewConfig()
 	cfg.Coordinators = c.Addrs()
 	cfg.Name = name
 	cfg.Labels = labels
 	cfg.Slots = slots
 	cfg.WorkDir = filepath.Join(c.t.TempDir(), name)
+	if c.pki != nil {
+		files, err := c.pki.files(tlsutil.RoleAgent, name)
+		if err != nil {
+			c.t.Fatalf("agent certificate: %v", err)
+		}
+		cfg.TLS = files
+	}
+	return cfg
+}
+
+// StartAgentConfig runs an in-process agent with cfg.
+func (c *Cluster) StartAgentConfig(cfg agent.Config) *Agent {
+	c.t.Helper()
+	name := cfg.Name
 	a, err := agent.New(cfg, c.log.Named("agent-"+name))
 	if err != nil {
 		c.t.Fatalf("start agent %s: %v", name, err)
@@ -311,7 +358,15 @@ func (c *Cluster) stopAll() {
 // Client returns a leader-finding client over every node, closed at cleanup.
 func (c *Cluster) Client() *client.Client {
 	c.t.Helper()
-	cl, err := client.New(c.Addrs(), c.log.Named("client"))
+	var opts []client.Option
+	if c.pki != nil {
+		creds, err := c.pki.clientCreds()
+		if err != nil {
+			c.t.Fatalf("client certificate: %v", err)
+		}
+		opts = append(opts, client.WithCredentials(creds))
+	}
+	cl, err := client.New(c.Addrs(), c.log.Named("client"), opts...)
 	if err != nil {
 		c.t.Fatalf("client: %v", err)
 	}

@@ -8,19 +8,31 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Pool hands out shared client connections by address. The zero value is
 // not usable; call New.
 type Pool struct {
+	creds  credentials.TransportCredentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
 }
 
-// New returns an empty pool.
-func New() *Pool { return &Pool{conns: map[string]*grpc.ClientConn{}} }
+// New returns an empty pool whose connections use plaintext.
+func New() *Pool { return NewWithCredentials(nil) }
+
+// NewWithCredentials returns an empty pool whose connections use creds
+// (nil: plaintext). With TLS, creds present this coordinator's own
+// certificate, which the cluster-internal methods require.
+func NewWithCredentials(creds credentials.TransportCredentials) *Pool {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	return &Pool{creds: creds, conns: map[string]*grpc.ClientConn{}}
+}
 
 // Conn returns the connection to addr, creating it on first use. gRPC
 // connections reconnect by themselves, so one per address is enough.
@@ -33,7 +45,7 @@ func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
 	}

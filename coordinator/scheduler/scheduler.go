@@ -14,10 +14,8 @@ package scheduler
 import (
 	"context"
 	"errors"
-	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/glob"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -470,16 +469,9 @@ func checkoutSource(b *kilnv1.Build) *kilnv1.Source {
 	return src
 }
 
-// redactURL drops the password of a URL's user info, so that a token in
-// the repository URL does not end up in every job's environment.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil || !strings.Contains(raw, "://") {
-		return raw
-	}
-	u.User = url.User(u.User.Username())
-	return u.String()
-}
+// redactURL drops the credentials of a URL's user info, so that a token
+// in the repository URL does not end up in every job's environment.
+func redactURL(raw string) string { return gitsrc.StripCredentials(raw) }
 
 // expireLeases commits the loss of agents whose lease lapsed.
 func (s *Scheduler) expireLeases(ctx context.Context) {

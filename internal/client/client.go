@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
@@ -49,15 +50,26 @@ type Client struct {
 	log   *zap.Logger
 	addrs []string
 
+	creds credentials.TransportCredentials
+
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
 	current string // the address calls go to first
 	closed  bool
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithCredentials sets the transport credentials of every connection
+// (default: plaintext); see tlsutil.ClientConfig for TLS.
+func WithCredentials(creds credentials.TransportCredentials) Option {
+	return func(c *Client) { c.creds = creds }
+}
+
 // New returns a client for the coordinators at addrs (host:port). No
 // connection is made until the first call. log may be nil.
-func New(addrs []string, log *zap.Logger) (*Client, error) {
+func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
 	var clean []string
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
@@ -71,7 +83,11 @@ func New(addrs []string, log *zap.Logger) (*Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}, nil
+	c := &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0], creds: insecure.NewCredentials()}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
 }
 
 // Addrs returns the configured coordinator addresses.
@@ -251,7 +267,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		return conn, nil
 	}
 	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(c.creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                KeepaliveTime,
 			Timeout:             KeepaliveTimeout,
