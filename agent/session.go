@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -26,10 +27,16 @@ var keepaliveParams = keepalive.ClientParameters{
 
 // dial opens a client connection to a coordinator with the agent's
 // keepalive parameters.
-func dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
+// A non-empty token is sent as the bearer credential of every call.
+func dial(addr, token string) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+		grpc.WithKeepaliveParams(keepaliveParams),
+	}
+	if token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(authn.Bearer(token)))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // errDrained ends the session loop after a completed drain.
@@ -150,7 +157,7 @@ func (a *Agent) reconnectCap() time.Duration {
 // runSession dials addr, registers and serves one session until the stream
 // breaks, ctx ends or a drain completes (errDrained).
 func (a *Agent) runSession(ctx context.Context, addr string) error {
-	conn, err := dial(addr)
+	conn, err := dial(addr, a.cfg.Token)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

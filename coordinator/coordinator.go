@@ -33,6 +33,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobgc"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
@@ -47,6 +48,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/leader"
@@ -118,6 +120,14 @@ type Config struct {
 	// Autopilot tunes the promotion of joined coordinators from
 	// non-voter to voter (zero fields: defaults).
 	Autopilot membership.Config
+	// ACL turns on authorization of every RPC by token and role
+	// (coordinator/acl); it needs SecretsKeyFile, from which peers derive
+	// the credential they present to each other.
+	ACL bool
+	// SecretsKeyFile is the 32-byte cluster key (same file on every
+	// coordinator, never replicated): it seals secrets and, with ACL,
+	// authenticates coordinators to each other. Empty: no secrets.
+	SecretsKeyFile string
 }
 
 // Blob store backends.
@@ -182,6 +192,8 @@ func (c *Config) Validate() error {
 		return errors.New("blob-gc-grace: must be positive")
 	case c.BlobStore != BlobStoreDisk && c.BlobStore != BlobStoreS3:
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
+	case c.ACL && c.SecretsKeyFile == "":
+		return errors.New("secrets-key-file: required with --acl (coordinators prove to each other that they hold it)")
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
 	}
@@ -267,6 +279,8 @@ type Coordinator struct {
 	autopilot *membership.Autopilot
 	crash     chan struct{}
 	once      sync.Once
+	// tokens creates, revokes and redeems tokens (Tokens).
+	tokens *acl.Tokens
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -294,6 +308,13 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		lis.Close()
 		return nil, err
 	}
+	var keys *secrets.Keyring
+	if cfg.SecretsKeyFile != "" {
+		if keys, err = secrets.LoadKeyFile(cfg.SecretsKeyFile); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
 	store := state.New()
 	f := fsm.New(store, log.Named("fsm"))
 	node, err := raftnode.Open(raftnode.Config{
@@ -317,15 +338,20 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New(peerDialOptions(cfg, keys)...)}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
-		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"),
+		ACL: cfg.ACL, Tokens: acl.NewTokens(node, nil), Keyring: keys}
+	c.tokens = deps.Tokens
+	authz := c.authorizer(cfg, keys, store, node, log.Named("acl"))
 	c.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(authz.Unary()),
+		grpc.ChainStreamInterceptor(authz.Stream()),
 	)
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
 		Log: log.Named("builds")})
@@ -339,11 +365,12 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		Log:    log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
-		Log: log.Named("blobrepl")})
+		Dial: peerDial(cfg, keys), Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
+	kilnv1.RegisterAccessServiceServer(c.grpc, api.NewAccessServer(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

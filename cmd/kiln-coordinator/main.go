@@ -72,6 +72,8 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
 	fs.DurationVar(&cfg.Autopilot.Stabilization, "promote-after", 2*time.Second, "how long a joined coordinator must stay caught up and in contact before it is promoted from non-voter to voter")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
+	fs.BoolVar(&cfg.ACL, "acl", false, "authorize every call by API token and role (needs --secrets-key-file; see kilnctl token bootstrap)")
+	fs.StringVar(&cfg.SecretsKeyFile, "secrets-key-file", "", "32-byte cluster key, the same file on every coordinator (mode 600, never replicated): seals secrets and, with --acl, authenticates coordinators to each other")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -98,6 +100,9 @@ func run(args []string) error {
 	}
 	if join != "" {
 		cfg.Join = strings.Split(join, ",")
+	}
+	if dev && cfg.ACL {
+		return errors.New("--acl: not available with --dev (the built-in agent has no token); run a cluster without --dev")
 	}
 	if dev {
 		if !set["node-id"] {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/builds"
@@ -24,6 +25,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -56,6 +58,13 @@ type Deps struct {
 	Now func() time.Time
 	// Builds submits builds (SubmitBuild): coordinator/builds.
 	Builds *builds.Service
+	// ACL reports whether --acl is on (callers are then named by their
+	// token, see coordinator/acl).
+	ACL bool
+	// Tokens creates, revokes and redeems tokens.
+	Tokens *acl.Tokens
+	// Keyring seals secrets (nil: no --secrets-key-file).
+	Keyring *secrets.Keyring
 }
 
 // Limits on what clients may send. They are part of the API contract and

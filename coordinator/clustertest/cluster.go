@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -37,6 +38,11 @@ type Options struct {
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
+	// ACL starts every coordinator with --acl and a shared secrets key
+	// file (written by Start); SecretsKey alone (32 bytes) turns on
+	// secrets without ACLs.
+	ACL        bool
+	SecretsKey []byte
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -47,6 +53,9 @@ type Cluster struct {
 	mu     sync.Mutex
 	Nodes  []*Node
 	Agents []*Agent
+	// AgentToken is given to agents started after it is set (--acl).
+	AgentToken string
+	keyFile    string
 }
 
 // Node is one in-process coordinator.
@@ -77,6 +86,16 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	c := &Cluster{t: t, opts: opts, log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))}
 	t.Cleanup(c.stopAll)
 	base := t.TempDir()
+	if opts.ACL && opts.SecretsKey == nil {
+		opts.SecretsKey = []byte("0123456789abcdef0123456789abcdef")
+		c.opts = opts
+	}
+	if opts.SecretsKey != nil {
+		c.keyFile = filepath.Join(base, "cluster.key")
+		if err := os.WriteFile(c.keyFile, opts.SecretsKey, 0o600); err != nil {
+			t.Fatalf("write key file: %v", err)
+		}
+	}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		cfg := c.config(id, filepath.Join(base, id), "127.0.0.1:0", "127.0.0.1:0")
@@ -118,6 +137,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	if c.opts.BlobGCGrace > 0 {
 		cfg.BlobGCGrace = c.opts.BlobGCGrace
 	}
+	cfg.ACL = c.opts.ACL
+	cfg.SecretsKeyFile = c.keyFile
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3
 		cfg.S3 = *c.opts.S3
@@ -262,6 +283,7 @@ func (c *Cluster) StartAgent(name string, labels map[string]string, slots int) *
 	cfg.Labels = labels
 	cfg.Slots = slots
 	cfg.WorkDir = filepath.Join(c.t.TempDir(), name)
+	cfg.Token = c.AgentToken
 	a, err := agent.New(cfg, c.log.Named("agent-"+name))
 	if err != nil {
 		c.t.Fatalf("start agent %s: %v", name, err)
@@ -298,6 +320,17 @@ func (c *Cluster) stopAll() {
 func (c *Cluster) Client() *client.Client {
 	c.t.Helper()
 	cl, err := client.New(c.Addrs(), c.log.Named("client"))
+	if err != nil {
+		c.t.Fatalf("client: %v", err)
+	}
+	c.t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// ClientWithToken is Client sending token as its bearer credential.
+func (c *Cluster) ClientWithToken(token string) *client.Client {
+	c.t.Helper()
+	cl, err := client.New(c.Addrs(), c.log.Named("client"), client.WithToken(token))
 	if err != nil {
 		c.t.Fatalf("client: %v", err)
 	}

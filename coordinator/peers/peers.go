@@ -17,10 +17,15 @@ type Pool struct {
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
+	// opts are added to every dial (the peer credential with --acl).
+	opts []grpc.DialOption
 }
 
 // New returns an empty pool.
-func New() *Pool { return &Pool{conns: map[string]*grpc.ClientConn{}} }
+// opts are added to every dial (e.g. the peer credential with --acl).
+func New(opts ...grpc.DialOption) *Pool {
+	return &Pool{conns: map[string]*grpc.ClientConn{}, opts: opts}
+}
 
 // Conn returns the connection to addr, creating it on first use. gRPC
 // connections reconnect by themselves, so one per address is enough.
@@ -33,7 +38,7 @@ func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, p.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
 	}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/leader"
 )
 
@@ -49,15 +50,25 @@ type Client struct {
 	log   *zap.Logger
 	addrs []string
 
+	// token, when set, is sent as the bearer credential of every call.
+	token string
+
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
 	current string // the address calls go to first
 	closed  bool
 }
 
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sends token as "authorization: Bearer <token>" with every call
+// (coordinators started with --acl require one).
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
 // New returns a client for the coordinators at addrs (host:port). No
 // connection is made until the first call. log may be nil.
-func New(addrs []string, log *zap.Logger) (*Client, error) {
+func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
 	var clean []string
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
@@ -71,7 +82,11 @@ func New(addrs []string, log *zap.Logger) (*Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}, nil
+	c := &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
 }
 
 // Addrs returns the configured coordinator addresses.
@@ -250,7 +265,11 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if conn, ok := c.conns[addr]; ok {
 		return conn, nil
 	}
-	conn, err := grpc.NewClient(addr,
+	var extra []grpc.DialOption
+	if c.token != "" {
+		extra = append(extra, grpc.WithPerRPCCredentials(authn.Bearer(c.token)))
+	}
+	conn, err := grpc.NewClient(addr, append(extra,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                KeepaliveTime,
@@ -264,7 +283,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 3 * time.Second,
 		}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kiln-ci/kiln/internal/role"
 	"github.com/kiln-ci/kiln/internal/yamlpos"
 )
 
@@ -650,6 +651,8 @@ func (p *parser) approval(n *yaml.Node) *Approval {
 				p.errorf(e, "", "approver name is %d characters; the limit is %d", len(s), maxNameLen)
 			case seen[s]:
 				p.errorf(e, "", "duplicate approver %q", s)
+			case badRoleApprover(s) != "":
+				p.errorf(e, "", "%s", badRoleApprover(s))
 			default:
 				seen[s] = true
 				a.Approvers = append(a.Approvers, s)
@@ -882,4 +885,18 @@ func (p *parser) count(n *yaml.Node, what string, lo, hi int64) *int32 {
 	}
 	c := int32(v)
 	return &c
+}
+
+// badRoleApprover explains what is wrong with an approvers entry
+// "role:NAME" whose NAME is not a human role; "" when s is fine.
+func badRoleApprover(s string) string {
+	name, ok := strings.CutPrefix(s, role.ApproverPrefix)
+	if !ok {
+		return ""
+	}
+	r, err := role.Parse(name)
+	if err != nil || !r.Human() {
+		return fmt.Sprintf("approver %q: role must be viewer, developer, approver, operator or admin", s)
+	}
+	return ""
 }

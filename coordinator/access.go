@@ -1,0 +1,75 @@
+package coordinator
+
+import (
+	"context"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/kiln-ci/kiln/coordinator/acl"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
+	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/authn"
+	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// auditTimeout bounds the commit of one audit record after the call it
+// records has been answered by its handler.
+const auditTimeout = 5 * time.Second
+
+// authorizer is the interceptor pair of this coordinator: with cfg.ACL,
+// the ACL checks and the audit log (without ACLs every caller is
+// anonymous and nothing is recorded).
+func (c *Coordinator) authorizer(cfg Config, keys *secrets.Keyring, store *state.Store, node *raftnode.Node, log *zap.Logger) *acl.Authorizer {
+	peerCred := ""
+	if keys != nil {
+		peerCred = keys.PeerCredential()
+	}
+	if !cfg.ACL {
+		log.Warn("ACLs are off: anyone who reaches the gRPC port may do anything (start coordinators with --acl)")
+		return acl.New(acl.Config{Log: log})
+	}
+	return acl.New(acl.Config{
+		Enabled:        cfg.ACL,
+		Tokens:         store,
+		PeerCredential: peerCred,
+		Log:            log,
+		Audit: func(ctx context.Context, rec *kilnv1.AuditRecord) {
+			// The call is done; its record must not depend on the
+			// client still waiting.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditTimeout)
+			defer cancel()
+			res, err := node.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_APPEND_AUDIT, &fsmv1.AppendAudit{Record: rec})
+			if err == nil {
+				err = res.Err
+			}
+			if err != nil {
+				log.Error("audit record not committed", zap.String("who", rec.GetWho()), zap.String("method", rec.GetMethod()),
+					zap.String("what", rec.GetWhat()), zap.Error(err))
+			}
+		},
+	})
+}
+
+// peerDialOptions are added to every connection to a peer coordinator:
+// with --acl, the peer credential derived from the cluster key.
+func peerDialOptions(cfg Config, keys *secrets.Keyring) []grpc.DialOption {
+	if !cfg.ACL || keys == nil {
+		return nil
+	}
+	return []grpc.DialOption{grpc.WithPerRPCCredentials(authn.Bearer(keys.PeerCredential()))}
+}
+
+// peerDial dials a peer coordinator for blob copies.
+func peerDial(cfg Config, keys *secrets.Keyring) func(addr string) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, peerDialOptions(cfg, keys)...)
+	return func(addr string) (*grpc.ClientConn, error) { return grpc.NewClient(addr, opts...) }
+}
+
+// Tokens is this coordinator's token service. Its Redeem consumes an agent
+// join token through Raft (call it on the leader).
+func (c *Coordinator) Tokens() *acl.Tokens { return c.tokens }
