@@ -73,3 +73,31 @@ func peerDial(cfg Config, keys *secrets.Keyring) func(addr string) (*grpc.Client
 // Tokens is this coordinator's token service. Its Redeem consumes an agent
 // join token through Raft (call it on the leader).
 func (c *Coordinator) Tokens() *acl.Tokens { return c.tokens }
+
+// secretOpener opens the secrets a job names, for the scheduler's
+// assignments: the repository's own secret, else the global one.
+func secretOpener(store *state.Store, keys *secrets.Keyring, log *zap.Logger) func(repo string, names []string) (map[string]string, []string) {
+	if keys == nil {
+		return nil
+	}
+	return func(repo string, names []string) (map[string]string, []string) {
+		values := map[string]string{}
+		var missing []string
+		for _, name := range names {
+			rec := store.SealedSecret(repo, name)
+			if rec == nil {
+				missing = append(missing, name)
+				continue
+			}
+			v, err := keys.Open(rec.GetName(), rec.GetRepo(), rec.GetSealed())
+			if err != nil {
+				log.Error("cannot open a secret; is --secrets-key-file the same on every coordinator?", zap.String("secret", name),
+					zap.String("repo", rec.GetRepo()), zap.Error(err))
+				missing = append(missing, name)
+				continue
+			}
+			values[name] = string(v)
+		}
+		return values, missing
+	}
+}

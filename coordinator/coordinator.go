@@ -335,6 +335,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		LeaseTTL:          cfg.LeaseTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
+		Secrets:           secretOpener(store, keys, log.Named("secrets")),
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
@@ -354,7 +355,8 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		grpc.ChainStreamInterceptor(authz.Stream()),
 	)
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		Log: log.Named("builds")})
+		HasSecret: func(repo, name string) bool { return store.SealedSecret(repo, name) != nil },
+		Log:       log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{

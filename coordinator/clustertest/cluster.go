@@ -71,10 +71,12 @@ type Node struct {
 
 // Agent is one in-process agent.
 type Agent struct {
-	Name   string
-	cancel context.CancelFunc
-	done   chan error
-	A      *agent.Agent
+	Name string
+	// WorkDir holds the agent's workspaces.
+	WorkDir string
+	cancel  context.CancelFunc
+	done    chan error
+	A       *agent.Agent
 }
 
 // Start runs n coordinators: the first bootstraps, the others join it.
@@ -289,7 +291,7 @@ func (c *Cluster) StartAgent(name string, labels map[string]string, slots int) *
 		c.t.Fatalf("start agent %s: %v", name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ag := &Agent{Name: name, cancel: cancel, done: make(chan error, 1), A: a}
+	ag := &Agent{Name: name, WorkDir: cfg.WorkDir, cancel: cancel, done: make(chan error, 1), A: a}
 	go func() { ag.done <- a.Run(ctx) }()
 	c.mu.Lock()
 	c.Agents = append(c.Agents, ag)

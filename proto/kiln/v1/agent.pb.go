@@ -795,9 +795,13 @@ type JobAssignment struct {
 	Junit []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
 	// Secret values the step names (StepSpec.secrets), by variable name: the
 	// agent adds them to the environment and masks them in the log.
-	Secrets       map[string]string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Secrets map[string]string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Secrets the step names that the leader could not deliver (deleted
+	// since the submit, or sealed under another key): the agent fails the
+	// attempt instead of running without them.
+	MissingSecrets []string `protobuf:"bytes,81,rep,name=missing_secrets,json=missingSecrets,proto3" json:"missing_secrets,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JobAssignment) Reset() {
@@ -910,6 +914,13 @@ func (x *JobAssignment) GetJunit() []string {
 func (x *JobAssignment) GetSecrets() map[string]string {
 	if x != nil {
 		return x.Secrets
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetMissingSecrets() []string {
+	if x != nil {
+		return x.MissingSecrets
 	}
 	return nil
 }
@@ -1245,7 +1256,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\x96\x04\n" +
+	"timeUnixMs\"\xbf\x04\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1260,7 +1271,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\tartifacts\x18\n" +
 	" \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\v \x03(\tR\x05junit\x12=\n" +
-	"\asecrets\x18P \x03(\v2#.kiln.v1.JobAssignment.SecretsEntryR\asecrets\x1a6\n" +
+	"\asecrets\x18P \x03(\v2#.kiln.v1.JobAssignment.SecretsEntryR\asecrets\x12'\n" +
+	"\x0fmissing_secrets\x18Q \x03(\tR\x0emissingSecrets\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
