@@ -340,3 +340,66 @@ steps:
 		}, "node "+n.ID+" refuses the revoked token")
 	}
 }
+
+// A one-time agent join token is redeemed through Raft exactly once, even
+// by concurrent callers, and is never accepted as a bearer token.
+func TestJoinTokenRedeemsOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, toks := bootstrapACL(t, ctx)
+	var join string
+	err := accessCall(ctx, c.ClientWithToken(toks["admin"]), func(ctx context.Context, ac kilnv1.AccessServiceClient) error {
+		resp, err := ac.CreateToken(ctx, &kilnv1.CreateTokenRequest{Name: "linux-pool", Agent: true, TtlMs: 60_000})
+		join = resp.GetSecret()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Leader().GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(authn.Bearer(join)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := kilnv1.NewControlServiceClient(conn).ListBuilds(ctx, &kilnv1.ListBuildsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("join token as bearer: %v", err)
+	}
+	tokens := c.Leader().C.Tokens()
+	const n = 8
+	type result struct {
+		pool string
+		err  error
+	}
+	results := make(chan result, n)
+	for range n {
+		go func() {
+			pool, err := tokens.Redeem(ctx, join)
+			results <- result{pool, err}
+		}()
+	}
+	ok := 0
+	for range n {
+		if r := <-results; r.err == nil {
+			ok++
+			if r.pool != "linux-pool" {
+				t.Errorf("pool %q", r.pool)
+			}
+		} else if !strings.Contains(r.err.Error(), "already used") {
+			t.Errorf("redeem: %v", r.err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d successful redemptions, want 1", ok)
+	}
+	if _, err := tokens.Redeem(ctx, "kiln_nope"); err == nil {
+		t.Fatal("malformed join token redeemed")
+	}
+	// Every node sees the token used.
+	for _, n := range c.Nodes {
+		Eventually(t, 5*time.Second, func() bool {
+			tok := n.C.Store().Token("linux-pool")
+			return tok.GetRedeemed()
+		}, "node "+n.ID+" sees the join token used")
+	}
+}
