@@ -68,8 +68,10 @@ type Writer struct {
 	mu       sync.Mutex
 	w        io.Writer
 	patterns [][]byte // longest first
-	first    [256]bool
-	held     []byte
+	// byFirst lists the patterns by their first byte (longest first), so
+	// a position is compared only with the patterns that may start there.
+	byFirst [256][][]byte
+	held    []byte
 }
 
 // New returns a Writer to w masking the given secret values. With no
@@ -77,7 +79,7 @@ type Writer struct {
 func New(w io.Writer, values []string) *Writer {
 	m := &Writer{w: w, patterns: Patterns(values)}
 	for _, p := range m.patterns {
-		m.first[p[0]] = true
+		m.byFirst[p[0]] = append(m.byFirst[p[0]], p)
 	}
 	return m
 }
@@ -125,14 +127,15 @@ func (m *Writer) scan(buf []byte, final bool) (out, held []byte) {
 	out = make([]byte, 0, len(buf))
 	start := 0 // first byte not yet copied to out
 	for i := 0; i < len(buf); {
-		if !m.first[buf[i]] {
+		cands := m.byFirst[buf[i]]
+		if cands == nil {
 			i++
 			continue
 		}
 		rest := buf[i:]
 		matched := 0
 		partial := false
-		for _, p := range m.patterns {
+		for _, p := range cands {
 			if len(rest) >= len(p) {
 				if bytes.HasPrefix(rest, p) {
 					matched = len(p)
