@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/role"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -145,7 +146,7 @@ func (a *Authorizer) authenticate(ctx context.Context, method string, rule Rule)
 	switch {
 	case t == nil:
 		return Principal{}, status.Error(codes.Unauthenticated, "unknown token")
-	case t.GetKind() == "join":
+	case t.GetKind() == state.TokenKindJoin:
 		return Principal{}, status.Errorf(codes.Unauthenticated, "%q is an agent join token: it is redeemed for a certificate, not sent as a bearer token", t.GetName())
 	case t.GetRevoked():
 		return Principal{}, status.Errorf(codes.Unauthenticated, "token %q was revoked", t.GetName())
