@@ -35,7 +35,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"io"
+	"maps"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +47,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/kiln-ci/kiln/agent/executor"
+	"github.com/kiln-ci/kiln/agent/mask"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -295,12 +299,19 @@ func (a *Agent) runAttempt(at *attempt) {
 		a.finish(at, executor.Outcome{Result: kilnv1.JobResult_JOB_RESULT_CANCELED, ExitCode: -1, Reason: cancelWhy})
 		return
 	}
+	if missing := asg.GetMissingSecrets(); len(missing) > 0 {
+		a.markStarted(at, nil)
+		a.finish(at, executor.Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1,
+			Reason: "secrets not available: " + strings.Join(missing, ", ") + " (deleted since the submit, or the coordinators' --secrets-key-file differ)"})
+		return
+	}
+	env, out := jobEnvAndOutput(asg, &attemptWriter{a: a, at: at})
 	spec := executor.Spec{
 		JobID:    asg.GetJobId(),
 		BuildID:  asg.GetBuildId(),
 		Attempt:  asg.GetAttempt(),
 		Commands: asg.GetCommands(),
-		Env:      asg.GetEnv(),
+		Env:      env,
 		Timeout:  time.Duration(asg.GetTimeoutMs()) * time.Millisecond,
 		Source:   asg.GetSource(),
 		Fetch:    a.fetchBlob,
@@ -312,7 +323,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		JUnit:          asg.GetJunit(),
 		TestLimits:     a.testLimits,
 	}
-	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
+	proc, err := a.exec.Start(spec, out)
 	if err != nil {
 		at.log.Error("cannot start job", zap.Error(err))
 		a.markStarted(at, nil)
@@ -322,11 +333,33 @@ func (a *Agent) runAttempt(at *attempt) {
 	at.log.Info("job started", zap.Int("pid", proc.Pid()), zap.String("workspace", proc.WorkspacePath()))
 	a.markStarted(at, proc)
 	o := proc.Wait()
+	if err := out.Flush(); err != nil {
+		at.log.Debug("log tail not written", zap.Error(err))
+	}
 	at.log.Info("job ended", zap.Stringer("result", o.Result), zap.Int32("exit_code", o.ExitCode), zap.String("reason", o.Reason))
 	if h := a.testHookAttemptDone; h != nil {
 		h(at.key.job, at.key.attempt, o)
 	}
 	a.finish(at, o)
+}
+
+// jobEnvAndOutput is the environment of an attempt (the assignment's, plus
+// its secrets) and the writer of its output: the log writer behind a
+// masker that hides the secrets' values (agent/mask).
+func jobEnvAndOutput(asg *kilnv1.JobAssignment, w io.Writer) (map[string]string, *mask.Writer) {
+	env := asg.GetEnv()
+	values := make([]string, 0, len(asg.GetSecrets()))
+	if len(asg.GetSecrets()) > 0 {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		for k, v := range asg.GetSecrets() {
+			env[k] = v
+			values = append(values, v)
+		}
+	}
+	return env, mask.New(w, values)
 }
 
 // markStarted records the start of an attempt and reports it; it applies a

@@ -28,6 +28,9 @@ type Config struct {
 	Labels map[string]string
 	// Slots is how many jobs the agent runs at once (default 1).
 	Slots int
+	// Token is the agent's API token (role agent), sent with every call
+	// to a coordinator that runs with --acl; empty sends none.
+	Token string
 	// WorkDir holds one workspace per attempt (default ./kiln-work).
 	WorkDir string
 	// HeartbeatInterval is used when the leader's Registered does not name

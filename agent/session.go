@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -26,15 +27,21 @@ var keepaliveParams = keepalive.ClientParameters{
 
 // dial opens a client connection to a coordinator with the agent's
 // keepalive parameters and transport credentials (TLS with the agent's
-// current certificate, or plaintext).
+// current certificate, or plaintext). The agent's API token (--token), if
+// any, is sent as the bearer credential of every call.
 func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
 	creds := a.creds
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	return grpc.NewClient(addr,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
-		grpc.WithKeepaliveParams(keepaliveParams))
+		grpc.WithKeepaliveParams(keepaliveParams),
+	}
+	if a.cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(authn.Bearer(a.cfg.Token)))
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // errDrained ends the session loop after a completed drain.

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/client"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -96,6 +97,8 @@ type app struct {
 	consistency kilnv1.Consistency
 	// tls holds --tls-ca, --tls-cert and --tls-key (see tls.go).
 	tls tlsutil.Files
+	// token is --token (else $KILN_TOKEN is used).
+	token string
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -122,6 +125,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
+	pf.StringVar(&a.token, "token", "", "API token for clusters started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
 		c, err := parseConsistency(v)
 		if err != nil {
@@ -146,6 +150,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.repoCommand(),
 		a.artifactsCommand(),
 		a.testsCommand(),
+		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
 	)
 	return root
 }
@@ -231,7 +236,11 @@ func (a *app) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(a.addrs(), a.logger(), opts...)
+	tok, err := a.tokenValue()
+	if err != nil {
+		return nil, err
+	}
+	c, err := client.New(a.addrs(), a.logger(), append(opts, client.WithToken(tok))...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}
@@ -307,6 +316,8 @@ func rpcError(what string, err error, notFoundHint string) error {
 			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
 		case codes.PermissionDenied:
 			hint = "ask someone who is allowed, or check the approvers in the pipeline file"
+		case codes.Unauthenticated:
+			hint = "give --token or set $" + authn.EnvToken + " ('kilnctl token bootstrap' prints a fresh cluster's first admin token)"
 		case codes.Unavailable:
 			hint = unavailableHint
 		case codes.DeadlineExceeded:

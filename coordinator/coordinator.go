@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobgc"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
@@ -52,6 +53,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
@@ -156,6 +158,14 @@ type Config struct {
 	// clients (gitsrc.ParsePolicy; nil: gitsrc.DefaultAllow, any https or
 	// ssh host that is not a local address).
 	GitAllow []string
+	// ACL turns on authorization of every RPC by token and role
+	// (coordinator/acl); it needs SecretsKeyFile, from which peers derive
+	// the credential they present to each other.
+	ACL bool
+	// SecretsKeyFile is the 32-byte cluster key (same file on every
+	// coordinator, never replicated): it seals secrets and, with ACL,
+	// authenticates coordinators to each other. Empty: no secrets.
+	SecretsKeyFile string
 }
 
 // Blob store backends.
@@ -223,6 +233,8 @@ func (c *Config) Validate() error {
 		return errors.New("blob-gc-grace: must be positive")
 	case c.BlobStore != BlobStoreDisk && c.BlobStore != BlobStoreS3:
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
+	case c.ACL && c.SecretsKeyFile == "":
+		return errors.New("secrets-key-file: required with --acl (coordinators prove to each other that they hold it)")
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
 	}
@@ -323,6 +335,8 @@ type Coordinator struct {
 	removed chan state.RemovedBuilds
 	// tls is the loaded TLS material (nil: plaintext).
 	tls *tlsSetup
+	// tokens creates, revokes and redeems tokens (Tokens).
+	tokens *acl.Tokens
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -359,6 +373,13 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		lis.Close()
 		return nil, err
 	}
+	var keys *secrets.Keyring
+	if cfg.SecretsKeyFile != "" {
+		if keys, err = secrets.LoadKeyFile(cfg.SecretsKeyFile); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
 	store := state.New()
 	removed := removedBuildsQueue(store, log)
 	f := fsm.New(store, log.Named("fsm"))
@@ -381,18 +402,29 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		LeaseTTL:          cfg.LeaseTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
+		Secrets:           secretOpener(store, keys, log.Named("secrets")),
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials()), tls: tlsSet}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials(), peerDialOptions(cfg, keys)...), tls: tlsSet}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
-		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes}
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes,
+		ACL: cfg.ACL, Tokens: acl.NewTokens(node, nil), Keyring: keys}
+	c.tokens = deps.Tokens
+	if c.cfg.JoinTokens == nil {
+		c.cfg.JoinTokens = joinTokens{deps.Tokens}
+	}
+	authz := c.authorizer(cfg, keys, store, node, log.Named("acl"))
+	// Interceptors run in order: the certificate role table (with TLS),
+	// then the token role table (with --acl), then answer redaction.
 	c.grpc = grpc.NewServer(append(tlsSet.serverOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(authz.Unary()),
+		grpc.ChainStreamInterceptor(authz.Stream()),
 		// No answer to a client carries git URL credentials.
 		grpc.ChainUnaryInterceptor(api.RedactUnary),
 		grpc.ChainStreamInterceptor(api.RedactStream),
@@ -403,7 +435,9 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		return nil, err
 	}
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		Resolve: deps.Git.Resolve, MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
+		Resolve: deps.Git.Resolve, MaxBuildBytes: cfg.MaxBuildBytes,
+		HasSecret: func(repo, name string) bool { return store.SealedSecret(repo, name) != nil },
+		Log:       log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
@@ -416,7 +450,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		Log:      log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
-		Dial: dialPeer(tlsSet.peerCredentials()), Log: log.Named("blobrepl")})
+		Dial: peerDial(tlsSet.peerCredentials(), peerDialOptions(cfg, keys)), Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	c.logs = newLogReplicator(c, logs)
 	deps.Logs = c.logs
@@ -425,6 +459,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
 	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
+	kilnv1.RegisterAccessServiceServer(c.grpc, api.NewAccessServer(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

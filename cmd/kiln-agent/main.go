@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/internal/authn"
 )
 
 func main() {
@@ -104,8 +105,14 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 		return nil
 	})
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.Token, "token", os.Getenv(authn.EnvToken), "API token of role agent for coordinators started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err
+	}
+	if cfg.Token != "" {
+		if err := authn.ValidToken(cfg.Token); err != nil {
+			return cfg, 0, fmt.Errorf("--token: %w", err)
+		}
 	}
 	if fs.NArg() > 0 {
 		return cfg, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())

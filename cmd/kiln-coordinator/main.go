@@ -86,6 +86,8 @@ func run(args []string) error {
 		}
 		return nil
 	})
+	fs.BoolVar(&cfg.ACL, "acl", false, "authorize every call by API token and role (needs --secrets-key-file; see kilnctl token bootstrap)")
+	fs.StringVar(&cfg.SecretsKeyFile, "secrets-key-file", "", "32-byte cluster key, the same file on every coordinator (mode 600, never replicated): seals secrets and, with --acl, authenticates coordinators to each other")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -112,6 +114,9 @@ func run(args []string) error {
 	}
 	if join != "" {
 		cfg.Join = strings.Split(join, ",")
+	}
+	if dev && cfg.ACL {
+		return errors.New("--acl: not available with --dev (the built-in agent has no token); run a cluster without --dev")
 	}
 	if dev {
 		if !set["node-id"] {

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/builds"
@@ -27,6 +28,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/leader"
@@ -69,6 +71,13 @@ type Deps struct {
 	// Git reaches repositories for AddRepo behind the --git-allow policy
 	// (nil: any valid URL, git's messages not hidden).
 	Git *gitsrc.Guard
+	// ACL reports whether --acl is on (callers are then named by their
+	// token, see coordinator/acl).
+	ACL bool
+	// Tokens creates, revokes and redeems tokens.
+	Tokens *acl.Tokens
+	// Keyring seals secrets (nil: no --secrets-key-file).
+	Keyring *secrets.Keyring
 }
 
 // Limits on what clients may send. They are part of the API contract and

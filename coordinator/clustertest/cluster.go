@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -47,6 +48,11 @@ type Options struct {
 	// TLS, when set, runs the cluster over TLS (see TLSOptions); agents
 	// started with StartAgent get agent certificates, Client a client one.
 	TLS *TLSOptions
+	// ACL starts every coordinator with --acl and a shared secrets key
+	// file (written by Start); SecretsKey alone (32 bytes) turns on
+	// secrets without ACLs.
+	ACL        bool
+	SecretsKey []byte
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -59,6 +65,9 @@ type Cluster struct {
 	Agents []*Agent
 	// pki is the TLS material (nil without Options.TLS).
 	pki *pki
+	// AgentToken is given to agents started after it is set (--acl).
+	AgentToken string
+	keyFile    string
 }
 
 // Node is one in-process coordinator.
@@ -74,10 +83,12 @@ type Node struct {
 
 // Agent is one in-process agent.
 type Agent struct {
-	Name   string
-	cancel context.CancelFunc
-	done   chan error
-	A      *agent.Agent
+	Name string
+	// WorkDir holds the agent's workspaces.
+	WorkDir string
+	cancel  context.CancelFunc
+	done    chan error
+	A       *agent.Agent
 }
 
 // Start runs n coordinators: the first bootstraps, the others join it.
@@ -98,6 +109,16 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 			t.Fatalf("test CA: %v", err)
 		}
 		c.pki = p
+	}
+	if opts.ACL && opts.SecretsKey == nil {
+		opts.SecretsKey = []byte("0123456789abcdef0123456789abcdef")
+		c.opts = opts
+	}
+	if opts.SecretsKey != nil {
+		c.keyFile = filepath.Join(base, "cluster.key")
+		if err := os.WriteFile(c.keyFile, opts.SecretsKey, 0o600); err != nil {
+			t.Fatalf("write key file: %v", err)
+		}
 	}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
@@ -148,6 +169,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	if c.opts.MaxLogBytes > 0 {
 		cfg.MaxLogBytes = c.opts.MaxLogBytes
 	}
+	cfg.ACL = c.opts.ACL
+	cfg.SecretsKeyFile = c.keyFile
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3
 		cfg.S3 = *c.opts.S3
@@ -316,6 +339,7 @@ func (c *Cluster) AgentConfig(name string, labels map[string]string, slots int) 
 		}
 		cfg.TLS = files
 	}
+	cfg.Token = c.AgentToken
 	return cfg
 }
 
@@ -328,7 +352,7 @@ func (c *Cluster) StartAgentConfig(cfg agent.Config) *Agent {
 		c.t.Fatalf("start agent %s: %v", name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ag := &Agent{Name: name, cancel: cancel, done: make(chan error, 1), A: a}
+	ag := &Agent{Name: name, WorkDir: cfg.WorkDir, cancel: cancel, done: make(chan error, 1), A: a}
 	go func() { ag.done <- a.Run(ctx) }()
 	c.mu.Lock()
 	c.Agents = append(c.Agents, ag)
@@ -367,6 +391,17 @@ func (c *Cluster) Client() *client.Client {
 		opts = append(opts, client.WithCredentials(creds))
 	}
 	cl, err := client.New(c.Addrs(), c.log.Named("client"), opts...)
+	if err != nil {
+		c.t.Fatalf("client: %v", err)
+	}
+	c.t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// ClientWithToken is Client sending token as its bearer credential.
+func (c *Cluster) ClientWithToken(token string) *client.Client {
+	c.t.Helper()
+	cl, err := client.New(c.Addrs(), c.log.Named("client"), client.WithToken(token))
 	if err != nil {
 		c.t.Fatalf("client: %v", err)
 	}

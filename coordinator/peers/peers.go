@@ -19,19 +19,23 @@ type Pool struct {
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
+	// opts are added to every dial (the peer credential with --acl).
+	opts []grpc.DialOption
 }
 
-// New returns an empty pool whose connections use plaintext.
-func New() *Pool { return NewWithCredentials(nil) }
+// New returns an empty pool whose connections use plaintext; opts are
+// added to every dial (e.g. the peer credential with --acl).
+func New(opts ...grpc.DialOption) *Pool { return NewWithCredentials(nil, opts...) }
 
 // NewWithCredentials returns an empty pool whose connections use creds
 // (nil: plaintext). With TLS, creds present this coordinator's own
-// certificate, which the cluster-internal methods require.
-func NewWithCredentials(creds credentials.TransportCredentials) *Pool {
+// certificate, which the cluster-internal methods require. opts are added
+// to every dial (the peer credential with --acl).
+func NewWithCredentials(creds credentials.TransportCredentials, opts ...grpc.DialOption) *Pool {
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	return &Pool{creds: creds, conns: map[string]*grpc.ClientConn{}}
+	return &Pool{creds: creds, conns: map[string]*grpc.ClientConn{}, opts: opts}
 }
 
 // Conn returns the connection to addr, creating it on first use. gRPC
@@ -45,7 +49,7 @@ func (p *Pool) Conn(addr string) (*grpc.ClientConn, error) {
 	if c, ok := p.conns[addr]; ok {
 		return c, nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(p.creds))
+	c, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(p.creds)}, p.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("dial peer %s: %w", addr, err)
 	}

@@ -48,6 +48,9 @@ type Config struct {
 	DefaultJobTimeout time.Duration
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
+	// Secrets opens the named secrets for a job of a build of repo: the
+	// values by name, and the names it could not open (nil: no secrets).
+	Secrets func(repo string, names []string) (values map[string]string, missing []string)
 }
 
 // Defaults fills zero fields.
@@ -372,7 +375,7 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 	if timeout <= 0 {
 		timeout = s.cfg.DefaultJobTimeout.Milliseconds()
 	}
-	return &kilnv1.JobAssignment{
+	a := &kilnv1.JobAssignment{
 		JobId:     job.GetId(),
 		BuildId:   job.GetBuildId(),
 		Key:       job.GetKey(),
@@ -386,6 +389,20 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
 	}
+	if names := job.GetSpec().GetSecrets(); len(names) > 0 {
+		// Opened here, in the leader's memory, and sent only on this
+		// agent's stream: never in a Raft command.
+		if s.cfg.Secrets == nil {
+			a.MissingSecrets = names
+		} else {
+			a.Secrets, a.MissingSecrets = s.cfg.Secrets(b.GetSource().GetRepo(), names)
+		}
+		if len(a.MissingSecrets) > 0 {
+			s.log.Warn("job assigned without some of its secrets; the agent fails it", zap.String("job", job.GetId()),
+				zap.Strings("missing", a.MissingSecrets))
+		}
+	}
+	return a
 }
 
 // inputs are the artifacts an attempt receives. With spec.artifacts_from

@@ -102,7 +102,7 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 			return err
 		}
 	}
-	return nil
+	return sn.aclRecords(fn)
 }
 
 // Restore replaces the whole store with the records returned by next, which
@@ -207,6 +207,12 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 				return err
 			}
 		default:
+			if ok, err := restoreACL(tx, rec); ok {
+				if err != nil {
+					return fmt.Errorf("restore: %w", err)
+				}
+				continue
+			}
 			return fmt.Errorf("restore: unknown record %T", r)
 		}
 	}

@@ -100,7 +100,7 @@ func schema() *memdb.DBSchema {
 	id := func(field string) *memdb.IndexSchema {
 		return &memdb.IndexSchema{Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: field}}
 	}
-	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+	tables := map[string]*memdb.TableSchema{
 		tableMeta:  {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
 		tableRepos: {Name: tableRepos, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableBuilds: {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{
@@ -129,7 +129,11 @@ func schema() *memdb.DBSchema {
 		}},
 		tableArtifacts:   artifactTable(),
 		tableTestReports: testReportTable(),
-	}}
+	}
+	for name, t := range aclTables() {
+		tables[name] = t
+	}
+	return &memdb.DBSchema{Tables: tables}
 }
 
 // queueIndexer indexes QUEUED jobs by queue_index (big-endian, so iteration

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/leader"
 )
 
@@ -51,6 +52,8 @@ type Client struct {
 	addrs []string
 
 	creds credentials.TransportCredentials
+	// token, when set, is sent as the bearer credential of every call.
+	token string
 
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
@@ -66,6 +69,9 @@ type Option func(*Client)
 func WithCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *Client) { c.creds = creds }
 }
+// WithToken sends token as "authorization: Bearer <token>" with every call
+// (coordinators started with --acl require one).
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // New returns a client for the coordinators at addrs (host:port). No
 // connection is made until the first call. log may be nil.
@@ -266,7 +272,11 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if conn, ok := c.conns[addr]; ok {
 		return conn, nil
 	}
-	conn, err := grpc.NewClient(addr,
+	var extra []grpc.DialOption
+	if c.token != "" {
+		extra = append(extra, grpc.WithPerRPCCredentials(authn.Bearer(c.token)))
+	}
+	conn, err := grpc.NewClient(addr, append(extra,
 		grpc.WithTransportCredentials(c.creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                KeepaliveTime,
@@ -280,7 +290,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 3 * time.Second,
 		}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
 	}

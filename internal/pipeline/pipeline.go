@@ -151,6 +151,9 @@ type Step struct {
 	// Artifacts and JUnit are relative path globs.
 	Artifacts []string
 	JUnit     []string
+	// Secrets are the names of the secrets the step's job receives as
+	// environment variables.
+	Secrets []string
 	// ArtifactsFrom selects the artifacts the step downloads (artifacts:
 	// {from: STEP, paths: [...]}); nil means every artifact of its needs.
 	ArtifactsFrom *ArtifactsFrom

@@ -357,6 +357,7 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		AllowFailure: st.AllowFailure,
 		Artifacts:    slices.Clone(st.Artifacts),
 		Junit:        slices.Clone(st.JUnit),
+		Secrets:      slices.Clone(st.Secrets),
 	}
 	switch {
 	case spec.Name == "":
