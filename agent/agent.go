@@ -110,6 +110,10 @@ type Agent struct {
 	artifactLimits executor.ArtifactLimits
 	// testLimits bound parsed test reports (executor defaults when zero).
 	testLimits executor.TestLimits
+	// counters feed the agent's /metrics (metrics.go); http serves them
+	// when Config.HTTPAddr is set.
+	counters agentCounters
+	httpAddr atomic.Value // string
 }
 
 // New validates cfg and returns an Agent. Labels os and arch are added from
@@ -180,7 +184,12 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
-	err := a.connectLoop(ctx)
+	stopHTTP, err := a.serveHTTP(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer stopHTTP()
+	err = a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()
 	}
@@ -337,6 +346,7 @@ func (a *Agent) finish(at *attempt, o executor.Outcome) {
 		at.tests = &kilnv1.TestReports{JobId: at.key.job, Attempt: at.key.attempt, Reports: o.Tests}
 		a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Tests{Tests: at.tests}})
 	}
+	a.counters.jobFinished(o.Result)
 	at.finished = &kilnv1.JobFinished{
 		JobId:      at.key.job,
 		Attempt:    at.key.attempt,

@@ -55,6 +55,9 @@ type Config struct {
 	// StableSession is how long a session must have lasted for the backoff
 	// to start again from ReconnectMin (default 5s).
 	StableSession time.Duration
+	// HTTPAddr, when set, is the listen address of the agent's own
+	// /metrics (Prometheus); empty serves none.
+	HTTPAddr string
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -49,6 +50,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
+	"github.com/kiln-ci/kiln/internal/httpserve"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -118,6 +120,10 @@ type Config struct {
 	// Autopilot tunes the promotion of joined coordinators from
 	// non-voter to voter (zero fields: defaults).
 	Autopilot membership.Config
+	// HTTPAddr is the HTTP listen address of /metrics (port 0 picks a
+	// free port); empty serves no HTTP. kiln-coordinator's flag defaults
+	// to DefaultHTTPAddr.
+	HTTPAddr string
 }
 
 // Blob store backends.
@@ -267,6 +273,10 @@ type Coordinator struct {
 	autopilot *membership.Autopilot
 	crash     chan struct{}
 	once      sync.Once
+	// http serves /metrics (nil without Config.HTTPAddr); metrics is its
+	// registry.
+	http    *httpserve.Server
+	metrics *prometheus.Registry
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -319,6 +329,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
+	if err := c.openHTTP(); err != nil {
+		lis.Close()
+		_ = node.Close()
+		return nil, err
+	}
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
 		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
@@ -419,6 +434,15 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
 	}
 	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
+	if c.http != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.http.Run(ctx); err != nil {
+				c.log.Error("http server stopped", zap.Error(err))
+			}
+		}()
+	}
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
 	var err error

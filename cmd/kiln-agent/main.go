@@ -1,7 +1,7 @@
 // Command kiln-agent runs a Kiln build agent on this host.
 //
 //	kiln-agent --coordinators 127.0.0.1:7001,127.0.0.1:7002 --name a1 \
-//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--log-level info]
+//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--http-addr 127.0.0.1:7081] [--log-level info]
 //
 // The first SIGTERM or SIGINT drains the agent: it tells the leader at once,
 // takes no new jobs, and exits 0 once every job it holds has finished and
@@ -95,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
 	fs.StringVar(&cfg.WorkDir, "work-dir", cfg.WorkDir, "directory holding one workspace per job attempt")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval when the leader names none")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "", "listen address of the agent's /metrics (Prometheus), e.g. 127.0.0.1:7081; empty serves none")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a 3-coordinator cluster and two agents on this machine, on loopback,
 # in the foreground; Ctrl-C stops everything. Data lives in ${KILN_LOCAL_DIR:-./kiln-local}.
-#   coordinators: gRPC 127.0.0.1:7170-7172, Raft 127.0.0.1:7180-7182
+#   coordinators: gRPC 127.0.0.1:7170-7172, Raft 127.0.0.1:7180-7182, /metrics on http://127.0.0.1:7190-7192
 #   then: export KILN_COORDINATORS=127.0.0.1:7170,127.0.0.1:7171,127.0.0.1:7172
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,7 +14,7 @@ pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null; wait' EXIT INT TERM
 for i in 1 2 3; do
   ./bin/kiln-coordinator --node-id n$i --data-dir "$dir/n$i" \
-    --grpc-addr 127.0.0.1:717$((i-1)) --raft-addr 127.0.0.1:718$((i-1)) \
+    --grpc-addr 127.0.0.1:717$((i-1)) --raft-addr 127.0.0.1:718$((i-1)) --http-addr 127.0.0.1:719$((i-1)) \
     --initial-cluster "$cluster" 2>"$dir/n$i.log" &
   pids+=($!)
 done
