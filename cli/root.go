@@ -141,6 +141,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.repoCommand(),
 		a.artifactsCommand(),
 		a.testsCommand(),
+		a.queueCommand(), a.statsCommand(),
 	)
 	return root
 }

@@ -358,6 +358,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	deps.FetchBlob = c.blobs.Fetch
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
+	kilnv1.RegisterOpsServiceServer(c.grpc, api.NewOpsServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)

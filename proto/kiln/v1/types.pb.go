@@ -390,6 +390,9 @@ type StepSpec struct {
 	// of this step's needs), the files matching paths. Without it, the step
 	// gets every artifact of its needs.
 	ArtifactsFrom []*ArtifactSource `protobuf:"bytes,16,rep,name=artifacts_from,json=artifactsFrom,proto3" json:"artifacts_from,omitempty"`
+	// The step deploys to production (`production: true`): delivery
+	// statistics count its runs as production deployments.
+	Production    bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -534,6 +537,13 @@ func (x *StepSpec) GetArtifactsFrom() []*ArtifactSource {
 		return x.ArtifactsFrom
 	}
 	return nil
+}
+
+func (x *StepSpec) GetProduction() bool {
+	if x != nil {
+		return x.Production
+	}
+	return false
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -864,7 +874,11 @@ type Job struct {
 	// When an approval gate became BLOCKED.
 	BlockedUnixMs int64 `protobuf:"varint,20,opt,name=blocked_unix_ms,json=blockedUnixMs,proto3" json:"blocked_unix_ms,omitempty"`
 	// The decision on an approval gate.
-	Approval      *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
+	Approval *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
+	// Why a job that has not started waits, in words (computed on read by
+	// GetBuild for waiting, queued and blocked jobs; never stored). The same
+	// text as kilnctl queue shows.
+	WaitReason    string `protobuf:"bytes,130,opt,name=wait_reason,json=waitReason,proto3" json:"wait_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1044,6 +1058,13 @@ func (x *Job) GetApproval() *Approval {
 		return x.Approval
 	}
 	return nil
+}
+
+func (x *Job) GetWaitReason() string {
+	if x != nil {
+		return x.WaitReason
+	}
+	return ""
 }
 
 // Build is a submitted build with its jobs.
@@ -2147,7 +2168,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xfa\x05\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\x9b\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2167,7 +2188,10 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
-	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x1a9\n" +
+	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12\x1f\n" +
+	"\n" +
+	"production\x18\x82\x01 \x01(\bR\n" +
+	"production\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2199,7 +2223,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x12\n" +
 	"\x04repo\x18\x06 \x01(\tR\x04repo\x12%\n" +
 	"\x0earchive_sha256\x18\a \x01(\tR\rarchiveSha256\x12!\n" +
-	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xa9\x05\n" +
+	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xcb\x05\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -2223,7 +2247,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vqueue_index\x18\x13 \x01(\x04R\n" +
 	"queueIndex\x12&\n" +
 	"\x0fblocked_unix_ms\x18\x14 \x01(\x03R\rblockedUnixMs\x12-\n" +
-	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\"\x90\x06\n" +
+	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\x12 \n" +
+	"\vwait_reason\x18\x82\x01 \x01(\tR\n" +
+	"waitReason\"\x90\x06\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
