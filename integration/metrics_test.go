@@ -110,3 +110,95 @@ func firstLines(b []byte, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestQueueAndStatsOnARealCoordinator: a job needing gpu=true, which the
+// built-in agent does not offer, waits; kilnctl queue and kilnctl status
+// name the missing label. A production deploy step then shows in
+// kilnctl stats.
+func TestQueueAndStatsOnARealCoordinator(t *testing.T) {
+	h := newHarness(t)
+	addr, _, p := startDev(t, h)
+	addrs := []string{addr}
+
+	gpu := h.submit(addrs, "nvidia-smi", "--label", "gpu=true")
+	var q struct {
+		Total int `json:"total"`
+		Jobs  []struct {
+			Position      int      `json:"position"`
+			Build         string   `json:"build"`
+			State         string   `json:"state"`
+			Code          string   `json:"code"`
+			Reason        string   `json:"reason"`
+			MissingLabels []string `json:"missing_labels"`
+		} `json:"jobs"`
+	}
+	if err := h.ctlJSON(addrs, &q, "queue"); err != nil {
+		t.Fatal(err)
+	}
+	const why = "no agent has ever offered label gpu=true"
+	if q.Total != 1 || len(q.Jobs) != 1 || q.Jobs[0].Build != gpu || q.Jobs[0].Position != 1 || q.Jobs[0].State != "queued" ||
+		q.Jobs[0].Code != "no_matching_agent" || q.Jobs[0].Reason != why || strings.Join(q.Jobs[0].MissingLabels, ",") != "gpu=true" {
+		t.Fatalf("queue = %+v", q)
+	}
+	if r := h.ctl(addrs, "queue"); r.code != 0 || !strings.Contains(r.stdout, why) || !strings.Contains(r.stdout, "POS") {
+		t.Fatalf("queue table: %s", r)
+	}
+	var st struct {
+		Jobs []struct {
+			State   string `json:"state"`
+			Waiting string `json:"waiting"`
+		} `json:"jobs"`
+	}
+	if err := h.ctlJSON(addrs, &st, "status", gpu); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Jobs) != 1 || st.Jobs[0].Waiting != why {
+		t.Fatalf("status of the gpu build: %+v", st)
+	}
+	if r := h.ctl(addrs, "cancel", gpu); r.code != 0 {
+		t.Fatalf("cancel: %s", r)
+	}
+
+	file := writeFile(t, h.root, "deploy.yaml", `name: shop
+steps:
+  - key: build
+    commands: ["true"]
+  - key: ship
+    needs: [build]
+    production: true
+    commands: ["true"]
+`)
+	id := h.runFile(addrs, file)
+	requirePassed(t, h.waitFinished(addrs, id, 30*time.Second), 1)
+	var s struct {
+		Builds            int     `json:"builds"`
+		Passed            int     `json:"passed"`
+		Canceled          int     `json:"canceled"`
+		Deployments       int     `json:"deployments"`
+		Changes           int     `json:"changes"`
+		ChangeFailureRate float64 `json:"change_failure_rate"`
+		LeadTime          struct {
+			Count int `json:"count"`
+		} `json:"lead_time"`
+		Stages []struct {
+			Steps []string `json:"steps"`
+		} `json:"stages"`
+	}
+	if err := h.ctlJSON(addrs, &s, "stats", "--pipeline", "shop", "--since", "1d"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Builds != 1 || s.Passed != 1 || s.Deployments != 1 || s.Changes != 1 || s.LeadTime.Count != 1 || s.ChangeFailureRate != 0 ||
+		len(s.Stages) != 1 || strings.Join(s.Stages[0].Steps, ",") != "build,ship" {
+		t.Fatalf("stats of pipeline shop: %+v", s)
+	}
+	if err := h.ctlJSON(addrs, &s, "stats"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Builds != 2 || s.Canceled != 1 {
+		t.Fatalf("stats of every build: %+v", s)
+	}
+	if r := h.ctl(addrs, "stats", "--since", "yesterday"); r.code != 2 || !strings.Contains(r.stderr, "--since") {
+		t.Fatalf("stats with a bad --since: %s", r)
+	}
+	p.stop(20 * time.Second)
+}
