@@ -37,6 +37,9 @@ type Options struct {
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
+	// HTTP serves /metrics on a free loopback port of every coordinator
+	// (Node.C.HTTPAddr()).
+	HTTP bool
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -117,6 +120,9 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.BlobGCGrace > 0 {
 		cfg.BlobGCGrace = c.opts.BlobGCGrace
+	}
+	if c.opts.HTTP {
+		cfg.HTTPAddr = "127.0.0.1:0"
 	}
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3
