@@ -2,16 +2,21 @@ package metrics
 
 import (
 	"bytes"
+	"encoding/json"
+	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"go.uber.org/goleak"
 
+	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -67,9 +72,15 @@ func history(t *testing.T) *state.Store {
 	return s
 }
 
-func newTestRegistry(s *state.Store) *prometheus.Registry {
+func newTestRegistry(tb testing.TB, s *state.Store) *prometheus.Registry {
+	tb.Helper()
+	blobs, err := blobstore.Open(tb.TempDir(), blobstore.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
 	return NewRegistry(Sources{
 		Store: s,
+		Blobs: blobs,
 		Raft: func() raftnode.Health {
 			return raftnode.Health{Leader: true, Term: 3, LastLogIndex: 12, CommitIndex: 12, AppliedIndex: 12}
 		},
@@ -78,7 +89,7 @@ func newTestRegistry(s *state.Store) *prometheus.Registry {
 }
 
 func TestStateMetricsMatchHistory(t *testing.T) {
-	reg := newTestRegistry(history(t))
+	reg := newTestRegistry(t, history(t))
 	want := `
 # HELP kiln_queue_depth Jobs queued and waiting for an agent.
 # TYPE kiln_queue_depth gauge
@@ -150,7 +161,7 @@ func TestMetricsPassPromtool(t *testing.T) {
 	if err != nil {
 		t.Skip("promtool not installed (Debian package prometheus; .ci/run installs it): skipping the lint of /metrics")
 	}
-	reg := newTestRegistry(history(t))
+	reg := newTestRegistry(t, history(t))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +194,7 @@ func BenchmarkCollect(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	reg := newTestRegistry(s)
+	reg := newTestRegistry(b, s)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := reg.Gather(); err != nil {
@@ -198,4 +209,61 @@ func PromtoolCheck(promtool string, exposition []byte) ([]byte, error) {
 	cmd := exec.Command(promtool, "check", "metrics")
 	cmd.Stdin = bytes.NewReader(exposition)
 	return cmd.CombinedOutput()
+}
+
+// TestDashboardUsesExportedSeries: every kiln_* series the Grafana
+// dashboard (deployments/grafana) queries is one the coordinator exports,
+// and the example Prometheus configuration is valid.
+func TestDashboardUsesExportedSeries(t *testing.T) {
+	data, err := os.ReadFile("../../deployments/grafana/kiln-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	mfs, err := newTestRegistry(t, history(t)).Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	for _, mf := range mfs {
+		exported[mf.GetName()] = true
+		if mf.GetType() == dto.MetricType_HISTOGRAM {
+			for _, s := range []string{"_bucket", "_sum", "_count"} {
+				exported[mf.GetName()+s] = true
+			}
+		}
+	}
+	name := regexp.MustCompile(`\b(kiln|go|process)_[a-z_]+\b`)
+	used := 0
+	for _, p := range dash.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			for _, m := range name.FindAllString(tg.Expr, -1) {
+				used++
+				if !exported[m] {
+					t.Errorf("panel %q queries %s, which /metrics does not export", p.Title, m)
+				}
+			}
+		}
+	}
+	if used < 10 {
+		t.Fatalf("only %d series found in the dashboard", used)
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		if out, err := exec.Command(promtool, "check", "config", "../../deployments/grafana/prometheus.yml").CombinedOutput(); err != nil {
+			t.Fatalf("promtool check config: %v\n%s", err, out)
+		}
+	}
 }

@@ -2,6 +2,7 @@
 # Run a 3-coordinator cluster and two agents on this machine, on loopback,
 # in the foreground; Ctrl-C stops everything. Data lives in ${KILN_LOCAL_DIR:-./kiln-local}.
 #   coordinators: gRPC 127.0.0.1:7170-7172, Raft 127.0.0.1:7180-7182, /metrics on http://127.0.0.1:7190-7192
+#   agents a1, a2: /metrics on http://127.0.0.1:7193-7194 (deployments/grafana/prometheus.yml scrapes all five)
 #   then: export KILN_COORDINATORS=127.0.0.1:7170,127.0.0.1:7171,127.0.0.1:7172
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +20,7 @@ for i in 1 2 3; do
   pids+=($!)
 done
 for a in a1 a2; do
-  ./bin/kiln-agent --coordinators "$coords" --name $a --labels pool=local --slots 2 \
+  ./bin/kiln-agent --coordinators "$coords" --name $a --labels pool=local --slots 2 --http-addr 127.0.0.1:$((7193 + ${a#a} - 1)) \
     --work-dir "$dir/$a" 2>"$dir/$a.log" &
   pids+=($!)
 done
