@@ -1,6 +1,8 @@
 package state
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -34,11 +36,22 @@ func (r *Reader) EachJob(fn func(*kilnv1.Job) bool) {
 // EachBuild calls fn for every build's header (no jobs, no test summary),
 // oldest (lowest number) first, until fn returns false.
 func (r *Reader) EachBuild(fn func(*kilnv1.Build) bool) {
-	for n := uint64(1); n < readMeta(r.tx).NextBuild; n++ {
-		if row := getBuildRow(r.tx, strconv.FormatUint(n, 10)); row != nil {
-			if !fn(row.Build) {
-				return
-			}
+	// One pass over the index and a sort beat a lookup per build number.
+	type numbered struct {
+		n uint64
+		b *kilnv1.Build
+	}
+	var rows []numbered
+	it := mustGet(r.tx, tableBuilds, "id")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		row := raw.(*buildRow)
+		n, _ := strconv.ParseUint(row.ID, 10, 64)
+		rows = append(rows, numbered{n, row.Build})
+	}
+	slices.SortFunc(rows, func(a, b numbered) int { return cmp.Compare(a.n, b.n) })
+	for _, row := range rows {
+		if !fn(row.b) {
+			return
 		}
 	}
 }
