@@ -103,7 +103,7 @@ func (d *Deps) explainWaits(b *kilnv1.Build) {
 			continue
 		}
 		if why == nil {
-			why = queue.ByJob(queue.Explain(d.Store.Reader(), d.now()))
+			why = queue.ByJob(queue.ExplainBuild(d.Store.Reader(), b.GetId(), d.now()))
 		}
 		if w, ok := why[j.GetId()]; ok {
 			c := proto.Clone(j).(*kilnv1.Job)

@@ -39,37 +39,54 @@ const maxNames = 5
 // unfinished builds by build number and job order. now is used for
 // approval deadlines in words.
 func Explain(r *state.Reader, now time.Time) []*kilnv1.WaitingJob {
-	agents := r.Agents()
-	out := explainQueued(r, agents)
+	out := explainQueued(r, r.Agents(), "")
 	r.EachBuild(func(b *kilnv1.Build) bool {
-		if lifecycle.BuildFinished(b.GetState()) {
-			return true
-		}
-		jobs := r.BuildJobs(b.GetId())
-		byKey := make(map[string]*kilnv1.Job, len(jobs))
-		for _, j := range jobs {
-			byKey[j.GetKey()] = j
-		}
-		for _, j := range jobs {
-			var why *kilnv1.WaitReason
-			since := b.GetCreatedUnixMs()
-			switch j.GetState() {
-			case kilnv1.JobState_JOB_STATE_WAITING:
-				if b.GetHeld() {
-					why = groupReason(r, b)
-				} else {
-					why = needsReason(j, byKey)
-				}
-			case kilnv1.JobState_JOB_STATE_BLOCKED:
-				why = approvalReason(j, now)
-				since = j.GetBlockedUnixMs()
-			default:
-				continue
-			}
-			out = append(out, waiting(j, b, 0, since, why))
-		}
+		out = append(out, explainBuild(r, b, now)...)
 		return true
 	})
+	return out
+}
+
+// ExplainBuild is Explain restricted to one build's jobs (the queue replay
+// still walks the whole queue: a job's chances depend on the jobs ahead).
+func ExplainBuild(r *state.Reader, buildID string, now time.Time) []*kilnv1.WaitingJob {
+	b, ok := r.BuildHeader(buildID)
+	if !ok || lifecycle.BuildFinished(b.GetState()) {
+		return nil
+	}
+	return append(explainQueued(r, r.Agents(), buildID), explainBuild(r, b, now)...)
+}
+
+// explainBuild explains the WAITING and BLOCKED jobs of an unfinished
+// build.
+func explainBuild(r *state.Reader, b *kilnv1.Build, now time.Time) []*kilnv1.WaitingJob {
+	if lifecycle.BuildFinished(b.GetState()) {
+		return nil
+	}
+	jobs := r.BuildJobs(b.GetId())
+	byKey := make(map[string]*kilnv1.Job, len(jobs))
+	for _, j := range jobs {
+		byKey[j.GetKey()] = j
+	}
+	var out []*kilnv1.WaitingJob
+	for _, j := range jobs {
+		var why *kilnv1.WaitReason
+		since := b.GetCreatedUnixMs()
+		switch j.GetState() {
+		case kilnv1.JobState_JOB_STATE_WAITING:
+			if b.GetHeld() {
+				why = groupReason(r, b)
+			} else {
+				why = needsReason(j, byKey)
+			}
+		case kilnv1.JobState_JOB_STATE_BLOCKED:
+			why = approvalReason(j, now)
+			since = j.GetBlockedUnixMs()
+		default:
+			continue
+		}
+		out = append(out, waiting(j, b, 0, since, why))
+	}
 	return out
 }
 
@@ -98,7 +115,9 @@ type slot struct {
 	ahead int
 }
 
-func explainQueued(r *state.Reader, agents []*kilnv1.Agent) []*kilnv1.WaitingJob {
+// explainQueued replays dispatch over the whole queue and explains the
+// queued jobs of buildID (every build when empty).
+func explainQueued(r *state.Reader, agents []*kilnv1.Agent, buildID string) []*kilnv1.WaitingJob {
 	var slots []*slot
 	for _, a := range agents {
 		slots = append(slots, &slot{a: a, free: max(0, int(a.GetSlots())-int(a.GetRunning()))})
@@ -125,6 +144,9 @@ func explainQueued(r *state.Reader, agents []*kilnv1.Agent) []*kilnv1.WaitingJob
 				Message: fmt.Sprintf("agent %s has a free slot; the next dispatch pass assigns it", best.a.GetName())}
 		} else {
 			why = agentReason(sel, agents, matching)
+		}
+		if buildID != "" && j.GetBuildId() != buildID {
+			continue
 		}
 		b, _ := r.BuildHeader(j.GetBuildId())
 		out = append(out, waiting(j, b, uint32(i+1), j.GetQueuedUnixMs(), why))

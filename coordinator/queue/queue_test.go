@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -197,5 +198,30 @@ func TestLongAgentListsAreCut(t *testing.T) {
 	names := []string{"a", "b", "c", "d", "e", "f", "g"}
 	if got := list(names); !strings.HasSuffix(got, "e and 2 more") {
 		t.Fatalf("list = %q", got)
+	}
+}
+
+// TestExplainBuildMatchesExplain: one build's explanation is the same as
+// its part of the whole queue's (positions included).
+func TestExplainBuildMatchesExplain(t *testing.T) {
+	w := newWorld(t)
+	w.agent("a1", 1, nil)
+	w.submit(&fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{step("a", nil), step("b", nil)}})
+	w.submit(&fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{step("c", nil), step("d", nil, "c")}})
+	all := w.explain()
+	got := ExplainBuild(w.s.Reader(), "2", t0.Add(time.Minute))
+	if len(got) != 2 {
+		t.Fatalf("build 2: %v", got)
+	}
+	for _, j := range got {
+		if !proto.Equal(j, all[j.GetJobId()]) {
+			t.Fatalf("%s: %v, whole queue says %v", j.GetJobId(), j, all[j.GetJobId()])
+		}
+	}
+	if got[0].GetPosition() != 3 || got[0].GetReason().GetCode() != kilnv1.WaitCode_WAIT_CODE_AGENTS_BUSY {
+		t.Fatalf("2.c: %v", got[0])
+	}
+	if ExplainBuild(w.s.Reader(), "9", t0) != nil {
+		t.Fatal("unknown build explained")
 	}
 }
