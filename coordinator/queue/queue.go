@@ -158,43 +158,64 @@ func explainQueued(r *state.Reader, agents []*kilnv1.Agent, buildID string) []*k
 // session is open and it does not drain.
 func takesJobs(a *kilnv1.Agent) bool { return a.GetState() == kilnv1.AgentState_AGENT_STATE_CONNECTED }
 
-// agentReason explains a queued job no agent slot is left for.
+// agentReason explains a queued job no agent slot is left for. It
+// describes at most maxNames agents in words and lists at most maxAgents,
+// so a reason costs the same with 10 or 10 000 matching agents.
 func agentReason(sel map[string]string, agents []*kilnv1.Agent, matching []*slot) *kilnv1.WaitReason {
 	if len(matching) == 0 {
 		return noMatchReason(sel, agents)
 	}
-	var names, up []string
+	var up []string
+	nUp, ahead := 0, 0
 	for _, s := range matching {
-		names = append(names, s.a.GetName())
 		if takesJobs(s.a) {
-			up = append(up, s.a.GetName())
+			nUp++
+			ahead += s.ahead
+			if len(up) < maxAgents {
+				up = append(up, s.a.GetName())
+			}
 		}
 	}
-	if len(up) == 0 {
-		var parts []string
-		for _, s := range matching {
-			parts = append(parts, fmt.Sprintf("%s (%s)", s.a.GetName(), agentStateWord(s.a.GetState())))
+	var words []string
+	if nUp == 0 {
+		var all []string
+		for _, s := range matching[:min(len(matching), maxAgents)] {
+			all = append(all, s.a.GetName())
 		}
-		return &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_AGENTS_UNAVAILABLE, Agents: names,
-			Message: "no matching agent is taking jobs: " + list(parts)}
+		for _, s := range matching[:min(len(matching), maxNames)] {
+			words = append(words, fmt.Sprintf("%s (%s)", s.a.GetName(), agentStateWord(s.a.GetState())))
+		}
+		return &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_AGENTS_UNAVAILABLE, Agents: all,
+			Message: "no matching agent is taking jobs: " + wordList(words, len(matching))}
 	}
-	var parts []string
-	ahead := 0
 	for _, s := range matching {
-		if !takesJobs(s.a) {
-			continue
+		if len(words) == maxNames {
+			break
 		}
-		parts = append(parts, fmt.Sprintf("%s (%d/%d slots)", s.a.GetName(), s.a.GetRunning(), s.a.GetSlots()))
-		ahead += s.ahead
+		if takesJobs(s.a) {
+			words = append(words, fmt.Sprintf("%s (%d/%d slots)", s.a.GetName(), s.a.GetRunning(), s.a.GetSlots()))
+		}
 	}
-	msg := "matching agents are all busy: " + list(parts)
-	if len(up) == 1 {
-		msg = "the matching agent is busy: " + list(parts)
+	msg := "matching agents are all busy: " + wordList(words, nUp)
+	if nUp == 1 {
+		msg = "the matching agent is busy: " + wordList(words, nUp)
 	}
 	if ahead > 0 {
 		msg += fmt.Sprintf("; %d job(s) ahead in the queue take the slots that free up first", ahead)
 	}
 	return &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_AGENTS_BUSY, Agents: up, Message: msg}
+}
+
+// maxAgents bounds WaitReason.agents.
+const maxAgents = 20
+
+// wordList joins the first names of a list of total, saying how many more
+// there are.
+func wordList(first []string, total int) string {
+	if total > len(first) {
+		return strings.Join(first, ", ") + fmt.Sprintf(" and %d more", total-len(first))
+	}
+	return strings.Join(first, ", ")
 }
 
 // noMatchReason names the selector's pairs no agent has ever offered (the

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -223,5 +224,46 @@ func TestExplainBuildMatchesExplain(t *testing.T) {
 	}
 	if ExplainBuild(w.s.Reader(), "9", t0) != nil {
 		t.Fatal("unknown build explained")
+	}
+}
+
+// BenchmarkExplain: 10 000 queued jobs, 100 busy agents of two pools.
+func BenchmarkExplain(b *testing.B) {
+	s := state.New()
+	idx := uint64(0)
+	for i := 0; i < 100; i++ {
+		idx++
+		pool := []string{"x", "y"}[i%2]
+		if err := s.RegisterAgent(idx, &fsmv1.RegisterAgent{Name: fmt.Sprintf("a%03d", i), Slots: 0, SessionId: "s",
+			Labels: map[string]string{"pool": pool}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < 5000; i++ {
+		idx++
+		if _, err := s.SubmitBuild(idx, &fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{
+			step("a", map[string]string{"pool": "x"}), step("b", map[string]string{"pool": "z"})}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if got := Explain(s.Reader(), t0); len(got) != 10000 {
+			b.Fatalf("%d explained", len(got))
+		}
+	}
+}
+
+func TestManyBusyAgentsAreCountedNotListed(t *testing.T) {
+	w := newWorld(t)
+	for i := 0; i < 8; i++ {
+		w.agent(fmt.Sprintf("a%d", i), 0, nil)
+	}
+	w.submit(&fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{step("x", nil)}})
+	j := want(t, w.explain(), "1.x", kilnv1.WaitCode_WAIT_CODE_AGENTS_BUSY,
+		"matching agents are all busy: a0 (0/0 slots), a1 (0/0 slots), a2 (0/0 slots), a3 (0/0 slots), a4 (0/0 slots) and 3 more")
+	if len(j.GetReason().GetAgents()) != 8 {
+		t.Fatalf("agents %v", j.GetReason().GetAgents())
 	}
 }

@@ -103,8 +103,9 @@ type WaitReason struct {
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// NO_MATCHING_AGENT: the selector's key=value pairs no agent offered.
 	MissingLabels []string `protobuf:"bytes,3,rep,name=missing_labels,json=missingLabels,proto3" json:"missing_labels,omitempty"`
-	// The agents that match the job's labels (AGENTS_BUSY,
-	// AGENTS_UNAVAILABLE, DISPATCHING).
+	// The agents that match the job's labels (AGENTS_BUSY: those taking
+	// jobs; AGENTS_UNAVAILABLE; DISPATCHING: the one with the free slot), at
+	// most 20.
 	Agents []string `protobuf:"bytes,4,rep,name=agents,proto3" json:"agents,omitempty"`
 	// CONCURRENCY_GROUP: the group.
 	ConcurrencyGroup string `protobuf:"bytes,5,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
