@@ -9,7 +9,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -77,8 +79,18 @@ func TestFollowersExplainTheQueueAndMetricsSurviveFailover(t *testing.T) {
 		if j, _ := n.C.Store().Job(stuck.GetId() + ".run"); j.GetWaitReason() != "" {
 			t.Fatalf("%s: wait reason leaked into the store", n.ID)
 		}
-		if _, err := kilnv1.NewOpsServiceClient(conn).ListQueue(ctx, &kilnv1.ListQueueRequest{Limit: -1}); err == nil {
-			t.Fatalf("%s: a negative limit was accepted", n.ID)
+		if _, err := kilnv1.NewOpsServiceClient(conn).ListQueue(ctx, &kilnv1.ListQueueRequest{Limit: -1}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("%s: a negative limit: %v", n.ID, err)
+		}
+		st, err := kilnv1.NewOpsServiceClient(conn).GetStats(ctx, &kilnv1.GetStatsRequest{SinceMs: time.Hour.Milliseconds()})
+		if err != nil {
+			t.Fatalf("%s GetStats: %v", n.ID, err)
+		}
+		if s := st.GetStats(); s.GetBuilds() != 2 || s.GetPassed() != 1 || s.GetUnfinished() != 1 || s.GetBuildTime().GetCount() != 1 || s.GetQueueWait().GetCount() != 1 {
+			t.Fatalf("%s stats: %v", n.ID, s)
+		}
+		if _, err := kilnv1.NewOpsServiceClient(conn).GetStats(ctx, &kilnv1.GetStatsRequest{SinceMs: -1}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("%s: a negative since: %v", n.ID, err)
 		}
 	}
 

@@ -104,7 +104,7 @@ var (
 	descJobDuration = desc("kiln_job_duration_seconds",
 		"Run time of finished jobs that started (start to finish of the current attempt).")
 	descQueueWait = desc("kiln_queue_wait_seconds",
-		"Time jobs spent queued before their current attempt started (or was assigned, for jobs not started yet).")
+		"Time jobs spent queued before their current attempt started.")
 	descQueueDepth = desc("kiln_queue_depth",
 		"Jobs queued and waiting for an agent.")
 	descOldestQueued = desc("kiln_oldest_queued_job_age_seconds",
@@ -328,8 +328,8 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, now time.Time) {
 }
 
 // queueWait is how long a job's current attempt waited in the queue: from
-// the moment it was (last) queued to its start, or to its assignment when
-// the agent has not reported the start (an approval gate never queues).
+// the moment it was (last) queued to its start (an approval gate never
+// queues).
 func queueWait(j *kilnv1.Job) (float64, bool) {
 	q := j.GetQueuedUnixMs()
 	if q == 0 || j.GetAttempt() == 0 {
