@@ -44,6 +44,9 @@ type JobJSON struct {
 	Agent    string `json:"agent"`
 	ExitCode int32  `json:"exit_code"`
 	Reason   string `json:"reason"`
+	// LogBytes and LogLines measure the current attempt's committed log.
+	LogBytes uint64 `json:"log_bytes"`
+	LogLines uint64 `json:"log_lines"`
 	// Approval is the decision on an approval step, once made.
 	Approval *ApprovalJSON `json:"approval,omitempty"`
 	// Waiting says why a job that has not started waits (as kilnctl
@@ -84,6 +87,8 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 			Agent:    j.GetAgent(),
 			ExitCode: j.GetExitCode(),
 			Reason:   j.GetReason(),
+			LogBytes: j.GetLogBytes(),
+			LogLines: j.GetLogLines(),
 			Waiting:  j.GetWaitReason(),
 		}
 		if ap := j.GetApproval(); ap != nil {

@@ -267,7 +267,7 @@ func sampleBuild() *kilnv1.Build {
 		CreatedUnixMs: 1_700_000_000_000, StartedUnixMs: 1_700_000_001_000, FinishedUnixMs: 1_700_000_062_000,
 		Reason: "job test timed out",
 		Jobs: []*kilnv1.Job{
-			{Id: "7.build", Key: "build", State: kilnv1.JobState_JOB_STATE_PASSED, Attempt: 1, Agent: "ag1"},
+			{Id: "7.build", Key: "build", State: kilnv1.JobState_JOB_STATE_PASSED, Attempt: 1, Agent: "ag1", LogBytes: 120, LogLines: 3},
 			{Id: "7.test", Key: "test", State: kilnv1.JobState_JOB_STATE_TIMED_OUT, Attempt: 2, Agent: "ag2", ExitCode: -1, Reason: "timeout"},
 		}}
 }
@@ -286,8 +286,8 @@ func TestStatusJSON(t *testing.T) {
 		"created": "2023-11-14T22:13:20Z", "started": "2023-11-14T22:13:21Z", "finished": "2023-11-14T22:14:22Z",
 		"reason": "job test timed out",
 		"jobs": []any{
-			map[string]any{"id": "7.build", "key": "build", "state": "passed", "attempt": 1.0, "agent": "ag1", "exit_code": 0.0, "reason": ""},
-			map[string]any{"id": "7.test", "key": "test", "state": "timed_out", "attempt": 2.0, "agent": "ag2", "exit_code": -1.0, "reason": "timeout"},
+			map[string]any{"id": "7.build", "key": "build", "state": "passed", "attempt": 1.0, "agent": "ag1", "exit_code": 0.0, "reason": "", "log_bytes": 120.0, "log_lines": 3.0},
+			map[string]any{"id": "7.test", "key": "test", "state": "timed_out", "attempt": 2.0, "agent": "ag2", "exit_code": -1.0, "reason": "timeout", "log_bytes": 0.0, "log_lines": 0.0},
 		},
 	}
 	gotJSON, _ := json.Marshal(got)

@@ -2,6 +2,8 @@
 // (coordinator/raftnode) replicating the FSM (coordinator/fsm) into the state
 // store (coordinator/state), the blob catch-up loop every node runs
 // (coordinator/blobsync) and blob garbage collector (coordinator/blobgc),
+// the job log store and its replication and catch-up (coordinator/logstore,
+// coordinator/logrepl),
 // the leader-only scheduler (coordinator/scheduler), branch watcher
 // (coordinator/watcher) and artifact expiry timer (coordinator/retention),
 // and the
@@ -42,6 +44,8 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/logrepl"
+	"github.com/kiln-ci/kiln/coordinator/logstore"
 	"github.com/kiln-ci/kiln/coordinator/membership"
 	"github.com/kiln-ci/kiln/coordinator/peers"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
@@ -261,6 +265,7 @@ type Coordinator struct {
 	sched   *scheduler.Scheduler
 	watch   *watcher.Watcher
 	blobs   *blobrepl.Replicator
+	logs    *logrepl.Replicator
 	local   blobstore.Backend
 	grpc    *grpc.Server
 	health  *health.Server
@@ -300,6 +305,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		advertise = lis.Addr().String()
 	}
 	blobs, err := openBlobs(cfg)
+	if err != nil {
+		lis.Close()
+		return nil, err
+	}
+	logs, err := logstore.Open(filepath.Join(cfg.DataDir, "logs"))
 	if err != nil {
 		lis.Close()
 		return nil, err
@@ -356,6 +366,9 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
 		Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
+	c.logs = newLogReplicator(c, logs)
+	deps.Logs = c.logs
+	kilnv1.RegisterLogReplicationServiceServer(c.grpc, logrepl.NewServer(logs))
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterOpsServiceServer(c.grpc, api.NewOpsServer(deps))
@@ -435,6 +448,8 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); blobsync.Run(ctx, c.blobSyncConfig()) }()
 	}
 	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.logs.Run(ctx, logrepl.DefaultInterval, c.store.LogPositions, c.waitApplied) }()
 	if c.http != nil {
 		wg.Add(1)
 		go func() {
@@ -459,6 +474,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		c.grpc.Stop()
 		wg.Wait()
 		c.blobs.Close()
+		c.logs.Close()
 		c.peers.Close()
 		c.log.Info("coordinator crashed on purpose")
 		return nil
@@ -483,6 +499,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	c.blobs.Close()
+	c.logs.Close()
 	c.peers.Close()
 	if cerr := c.node.Close(); cerr != nil && err == nil {
 		err = fmt.Errorf("close raft: %w", cerr)
@@ -490,6 +507,24 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	c.log.Info("coordinator stopped")
 	return err
 }
+
+// newLogReplicator stores job logs under DATA_DIR/logs, replicated to the
+// voters and fetched from peers over the shared peer connections.
+func newLogReplicator(c *Coordinator, logs *logstore.Store) *logrepl.Replicator {
+	return logrepl.New(logrepl.Config{
+		NodeID:  c.cfg.NodeID,
+		Store:   logs,
+		Members: c.node.Members,
+		Nodes:   c.store.Nodes,
+		Leader:  func() string { id, _ := c.node.Leader(); return id },
+		Conn:    c.peers.Conn,
+		Log:     c.log.Named("logrepl"),
+	})
+}
+
+// Logs is this node's job log replicator; Logs().Store() is its local
+// log store (tests, build expiry: Store().Delete(jobID)).
+func (c *Coordinator) Logs() *logrepl.Replicator { return c.logs }
 
 // blobSyncConfig is the catch-up loop of this node's blob store: artifacts
 // of every attempt and uploaded source archives, fetched from peers.

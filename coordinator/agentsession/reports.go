@@ -98,15 +98,70 @@ func (ss *session) heartbeat(ctx context.Context, hb *kilnv1.Heartbeat, now int6
 	return nil
 }
 
-// appendLogs commits a batch of log chunks as one command.
+// appendLogs stores a batch of log chunks on a quorum of coordinators'
+// log stores, one attempt at a time in order of first appearance, then
+// commits their positions as one CommitLogs command and acknowledges. An
+// attempt that is not current is answered stale without storing anything;
+// the FSM fences the commit again, so one that becomes stale meanwhile is
+// stale too. Chunks of an attempt the batch lists out of seq order stop at
+// the first one that does not follow (the agent resends after its Ack).
 func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) error {
 	for _, c := range batch {
 		if len(c.GetData()) > MaxLogChunkBytes {
 			return fmt.Errorf("log chunk of %d bytes; the limit is %d: %w", len(c.GetData()), MaxLogChunkBytes, ErrInvalidReport)
 		}
+		if c.GetJobId() == "" || c.GetAttempt() == 0 || c.GetSeq() == 0 {
+			return fmt.Errorf("log chunk without job id, attempt or seq: %w", ErrInvalidReport)
+		}
 	}
-	if _, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_APPEND_LOGS, &fsmv1.AppendLogs{Agent: ss.s.Agent, Chunks: batch}); err != nil {
-		return fmt.Errorf("append %d log chunks: %w", len(batch), err)
+	type key struct {
+		job     string
+		attempt uint32
+	}
+	var order []key
+	groups := map[key][]*kilnv1.LogChunk{}
+	for _, c := range batch {
+		k := key{c.GetJobId(), c.GetAttempt()}
+		g, ok := groups[k]
+		if !ok {
+			order = append(order, k)
+		}
+		if len(g) > 0 && c.GetSeq() != g[len(g)-1].GetSeq()+1 {
+			if c.GetSeq() <= g[len(g)-1].GetSeq() {
+				continue // a duplicate within the batch
+			}
+			groups[k] = g // a gap: keep what precedes it
+			continue
+		}
+		groups[k] = append(g, c)
+	}
+	cfg := ss.srv.cfg
+	cmd := &fsmv1.CommitLogs{Agent: ss.s.Agent, TimeUnixMs: cfg.Now().UnixMilli()}
+	var stales []state.AttemptOutcome
+	for _, k := range order {
+		if fence := cfg.Store.CheckAttempt(k.job, k.attempt, ss.s.Agent); fence != state.FenceCurrent {
+			stales = append(stales, state.AttemptOutcome{JobID: k.job, Attempt: k.attempt, Outcome: state.OutcomeStale, Fence: fence})
+			continue
+		}
+		g := groups[k]
+		if j, ok := cfg.Store.Job(k.job); ok && j.GetAttempt() == k.attempt && g[len(g)-1].GetSeq() <= j.GetLogSeq() {
+			// Every chunk is committed already (a resend after a lost Ack).
+			stales = append(stales, state.AttemptOutcome{JobID: k.job, Attempt: k.attempt, Outcome: state.OutcomeLogCommitted, LogSeq: j.GetLogSeq()})
+			continue
+		}
+		tot, err := cfg.Logs.Replicate(ctx, k.job, k.attempt, g)
+		if err != nil {
+			return fmt.Errorf("store %d log chunks of job %s attempt %d: %w", len(g), k.job, k.attempt, err)
+		}
+		cmd.Commits = append(cmd.Commits, &fsmv1.LogCommit{JobId: k.job, Attempt: k.attempt, Seq: tot.Seq, Bytes: tot.Bytes,
+			Lines: tot.Lines, Digest: tot.Digest[:], FirstChunkUnixMs: g[0].GetTimeUnixMs()})
+	}
+	ss.acknowledge(stales)
+	if len(cmd.Commits) == 0 {
+		return nil
+	}
+	if _, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS, cmd); err != nil {
+		return fmt.Errorf("commit the log positions of %d attempts: %w", len(cmd.Commits), err)
 	}
 	return nil
 }

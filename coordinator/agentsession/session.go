@@ -5,7 +5,10 @@
 // started, log batches, artifacts, test reports, job finished) while
 // renewing its lease, acknowledge them, and record the disconnect.
 //
-// Every report goes through Raft; the fencing rule is the state store's
+// Every report goes through Raft, except log data: a batch of chunks is
+// stored on a quorum of coordinators' log stores (coordinator/logrepl)
+// and only its position, counts and digest are committed (CommitLogs)
+// before the agent's Ack. The fencing rule is the state store's
 // (state.CheckAttempt) and the FSM returns one typed state.AttemptOutcome
 // per attempt. This package turns outcomes into kilnv1.Ack messages in one
 // place (ack). Errors are plain Go errors (ErrInvalidReport, ErrBlobMissing,
@@ -32,6 +35,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/logstore"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -80,6 +84,12 @@ type Applier interface {
 	IsLeader() bool
 }
 
+// LogReplicator stores log chunks on a quorum of coordinators;
+// *logrepl.Replicator implements it.
+type LogReplicator interface {
+	Replicate(ctx context.Context, jobID string, attempt uint32, chunks []*kilnv1.LogChunk) (logstore.Totals, error)
+}
+
 // BlobChecker tells whether this node holds a blob; blobstore.Backend
 // implements it.
 type BlobChecker interface {
@@ -96,6 +106,8 @@ type Config struct {
 	Raft Applier
 	// Scheduler dispatches to the session and keeps its lease.
 	Scheduler *scheduler.Scheduler
+	// Logs stores log chunks on a quorum before their commit record.
+	Logs LogReplicator
 	// Blobs is this node's blob store.
 	Blobs BlobChecker
 	// FetchBlob copies a blob from a peer into Blobs (nil: no peers).

@@ -15,6 +15,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/logrepl"
+	"github.com/kiln-ci/kiln/coordinator/logstore"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
@@ -128,6 +130,7 @@ type env struct {
 	store *state.Store
 	ap    *fakeApplier
 	srv   *Server
+	logs  *logstore.Store
 }
 
 // newEnv runs a scheduler over a store holding one build of step "a"
@@ -138,7 +141,15 @@ func newEnv(t *testing.T) *env {
 	store := state.New()
 	ap := &fakeApplier{fsm: fsm.New(store, log.Named("fsm"))}
 	sched := scheduler.New(scheduler.Config{LeaseTTL: time.Minute}, store, ap, log.Named("scheduler"))
-	e := &env{t: t, store: store, ap: ap, srv: New(Config{NodeID: "n1", Store: store, Raft: ap, Scheduler: sched, Log: log})}
+	logs, err := logstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A one-voter cluster: the local store is the quorum.
+	repl := logrepl.New(logrepl.Config{NodeID: "n1", Store: logs, Nodes: store.Nodes,
+		Members: func() ([]raft.Server, error) { return []raft.Server{{ID: "n1", Suffrage: raft.Voter}}, nil }})
+	t.Cleanup(repl.Close)
+	e := &env{t: t, store: store, ap: ap, logs: logs, srv: New(Config{NodeID: "n1", Store: store, Raft: ap, Scheduler: sched, Logs: repl, Log: log})}
 	e.ok(fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, &fsmv1.SubmitBuild{Name: "b", Steps: []*kilnv1.StepSpec{{Key: "a", Commands: []string{"true"}}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -281,5 +292,62 @@ func TestServeReconcilesHeldAttempts(t *testing.T) {
 	// No retry on agent loss: the attempt it does not hold is lost.
 	if j, _ := e.store.Job("1.a"); j.GetState() != kilnv1.JobState_JOB_STATE_LOST || j.GetAttempt() != 1 {
 		t.Fatalf("attempt not declared lost: %v", j)
+	}
+}
+
+func TestServeStoresLogsOutsideRaft(t *testing.T) {
+	e := newEnv(t)
+	st, done := e.serve()
+	if e.next(st).GetRegistered().GetSessionId() == "" {
+		t.Fatal("first message is not Registered")
+	}
+	if as := e.next(st).GetAssignment(); as.GetJobId() != "1.a" {
+		t.Fatalf("assignment %v", as)
+	}
+	chunk := func(attempt uint32, seq uint64, data string) *kilnv1.ConnectRequest {
+		return &kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Log{Log: &kilnv1.LogChunk{JobId: "1.a", Attempt: attempt, Seq: seq, Data: []byte(data)}}}
+	}
+	// A resend of chunk 2 (its Ack was lost) and a chunk of an attempt the
+	// agent does not hold.
+	for _, m := range []*kilnv1.ConnectRequest{chunk(1, 1, "a\n"), chunk(1, 2, "b\n"), chunk(1, 2, "b\n"), chunk(1, 3, "c"), chunk(2, 1, "zombie")} {
+		st.in <- m
+	}
+	stale := false
+	for committed := uint64(0); committed < 3 || !stale; {
+		a := e.next(st).GetAck()
+		switch {
+		case a.GetStale():
+			if a.GetAttempt() != 2 {
+				t.Fatalf("stale ack %v", a)
+			}
+			stale = true
+		case a.GetAttempt() == 1:
+			committed = a.GetLogSeq()
+		}
+	}
+	close(st.in)
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	j, _ := e.store.Job("1.a")
+	if j.GetLogSeq() != 3 || j.GetLogBytes() != 5 || j.GetLogLines() != 3 || len(j.GetLogDigest()) != 32 {
+		t.Fatalf("job's committed log: seq %d, %d bytes, %d lines, digest %x", j.GetLogSeq(), j.GetLogBytes(), j.GetLogLines(), j.GetLogDigest())
+	}
+	if chunks := e.store.Logs("1.a", 1, 0, 0); len(chunks) != 0 {
+		t.Fatalf("%d chunks went into the replicated state", len(chunks))
+	}
+	got, err := e.logs.Read("1.a", 1, 0, 10, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var text string
+	for _, c := range got {
+		text += string(c.GetData())
+	}
+	if text != "a\nb\nc" {
+		t.Fatalf("log store holds %q", text)
+	}
+	if last, _ := e.logs.Last("1.a", 2); last != 0 {
+		t.Fatalf("the stale attempt's chunk was stored (last %d)", last)
 	}
 }

@@ -29,6 +29,7 @@ func NewAgentServer(d *Deps) *AgentServer {
 		Raft:      d.Raft,
 		Scheduler: d.Scheduler,
 		Blobs:     d.Blobs,
+		Logs:      d.Logs,
 		FetchBlob: d.fetchBlob,
 		Log:       d.Log,
 		Now:       d.now,

@@ -3,7 +3,8 @@
 // command through Raft or reads the local state store, and maps errors to
 // status codes in one place (toStatus). No business rules live here; those
 // are in the FSM (coordinator/fsm), the scheduler, the builds service
-// (coordinator/builds), the blob replicator (coordinator/blobrepl) and, for
+// (coordinator/builds), the blob replicator (coordinator/blobrepl), the log
+// replicator (coordinator/logrepl) and, for
 // agent streams, coordinator/agentsession.
 package api
 
@@ -21,6 +22,8 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/logrepl"
+	"github.com/kiln-ci/kiln/coordinator/logstore"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
@@ -45,6 +48,9 @@ type Deps struct {
 	Blobs blobstore.Backend
 	// FetchBlob copies a blob from a peer into Blobs (nil: no peers to ask).
 	FetchBlob func(ctx context.Context, sha string) error
+	// Logs stores job logs on a quorum (agent sessions) and reads them,
+	// fetching from peers what this node lacks (StreamLogs).
+	Logs *logrepl.Replicator
 	// MemberHealth reports whether the leader's autopilot sees a member as
 	// healthy (false on followers, which do not run it).
 	MemberHealth func(id string) bool
@@ -158,6 +164,10 @@ func (d *Deps) toStatus(err error) error {
 		case builds.KindFailedPrecondition:
 			return status.Error(codes.FailedPrecondition, err.Error())
 		}
+	case errors.Is(err, logrepl.ErrNoQuorum), errors.Is(err, logrepl.ErrUnavailable):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, logstore.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, blobrepl.ErrNoQuorum):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, blobrepl.ErrNotFound):

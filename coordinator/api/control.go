@@ -156,8 +156,12 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 	}
 }
 
-// logBatch bounds the chunks read from the store per job per pass.
-const logBatch = 256
+// logBatch bounds the chunks read from the state per job per read, and
+// logReadBytes the data read from the log store per read.
+const (
+	logBatch     = 256
+	logReadBytes = 1 << 20
+)
 
 // StreamLogs sends the committed log of the current attempt of each job.
 // With follow it keeps going until every selected job is finished, waking
@@ -199,7 +203,17 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 				p = pos{attempt: j.GetAttempt()}
 			}
 			for {
+				// Logs committed before the log store existed are in the
+				// state (legacy AppendLogs); the rest are read from the log
+				// store, up to the position this view committed.
 				chunks := view.Logs(j.GetId(), p.attempt, p.seq, logBatch)
+				if len(chunks) == 0 && len(j.GetLogDigest()) > 0 {
+					var err error
+					chunks, err = s.d.Logs.Read(stream.Context(), j.GetId(), p.attempt, p.seq, j.GetLogSeq(), logReadBytes)
+					if err != nil {
+						return s.d.toStatus(err)
+					}
+				}
 				for _, c := range chunks {
 					if err := stream.Send(&kilnv1.StreamLogsResponse{
 						JobId: j.GetId(), JobKey: j.GetKey(), Attempt: c.GetAttempt(), Seq: c.GetSeq(), Data: c.GetData(),
@@ -208,7 +222,7 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 					}
 					p.seq = c.GetSeq()
 				}
-				if len(chunks) < logBatch {
+				if len(chunks) == 0 || p.seq >= j.GetLogSeq() {
 					break
 				}
 			}

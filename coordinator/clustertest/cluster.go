@@ -78,8 +78,11 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 		opts.LeaseTTL = 2 * time.Second
 	}
 	c := &Cluster{t: t, opts: opts, log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))}
-	t.Cleanup(c.stopAll)
 	base := t.TempDir()
+	// Registered after TempDir so it runs first: nodes stop before their
+	// data dirs are removed (a running node may still write, e.g. its log
+	// catch-up).
+	t.Cleanup(c.stopAll)
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		cfg := c.config(id, filepath.Join(base, id), "127.0.0.1:0", "127.0.0.1:0")

@@ -75,8 +75,17 @@ func waitBuild(t *testing.T, c *Cluster, id string, timeout time.Duration) *kiln
 // jobLog reads the committed log of a job's current attempt from a node.
 func jobLog(n *Node, job *kilnv1.Job) string {
 	var buf bytes.Buffer
-	for _, c := range n.C.Store().Logs(job.GetId(), job.GetAttempt(), 0, 0) {
-		buf.Write(c.GetData())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for after := uint64(0); after < job.GetLogSeq(); {
+		chunks, err := n.C.Logs().Read(ctx, job.GetId(), job.GetAttempt(), after, job.GetLogSeq(), 0)
+		if err != nil {
+			return "read log: " + err.Error()
+		}
+		for _, c := range chunks {
+			buf.Write(c.GetData())
+			after = c.GetSeq()
+		}
 	}
 	return buf.String()
 }

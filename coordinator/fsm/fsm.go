@@ -63,7 +63,8 @@ type Result struct {
 	// Repo is the repository after AddRepo or RepoPolled.
 	Repo *kilnv1.Repo
 	// Outcomes are what the agent reports did, for the leader to
-	// acknowledge: AppendLogs gives one per (job_id, attempt) in the batch;
+	// acknowledge: AppendLogs gives one per (job_id, attempt) in the batch,
+	// CommitLogs one per commit;
 	// StartJob, FinishJob, RegisterArtifacts and RecordTests give one,
 	// except for a malformed command (see state.AttemptOutcome).
 	Outcomes []state.AttemptOutcome
@@ -115,6 +116,7 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS: func() proto.Message { return &fsmv1.RegisterArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
+	fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS:        func() proto.Message { return &fsmv1.CommitLogs{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -183,6 +185,8 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return outcome(s.StartJob(idx, c))
 	case *fsmv1.AppendLogs:
 		return &Result{Outcomes: s.AppendLogs(idx, c)}
+	case *fsmv1.CommitLogs:
+		return &Result{Outcomes: s.CommitLogs(idx, c)}
 	case *fsmv1.FinishJob:
 		return outcome(s.FinishJob(idx, c))
 	case *fsmv1.CancelBuild:

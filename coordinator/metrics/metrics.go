@@ -130,7 +130,7 @@ var (
 	descStateIndex = desc("kiln_state_applied_index",
 		"Raft index of the last command this member's state store applied.")
 	descLogBytes = desc("kiln_log_bytes",
-		"Bytes of job log output held in the replicated state.")
+		"Bytes of the jobs' committed logs (current attempts; the text is in each coordinator's log store, the sizes in the replicated state).")
 	descArtifactFiles = desc("kiln_artifact_files",
 		"Artifact records (files of job attempts) in the replicated state.")
 	descArtifactBytes = desc("kiln_artifact_bytes",
@@ -240,8 +240,10 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, now time.Time) {
 	duration := newHistogram(JobDurationBuckets)
 	wait := newHistogram(QueueWaitBuckets)
 	var oldest int64
+	var logBytes uint64
 	depth := 0
 	r.EachJob(func(j *kilnv1.Job) bool {
+		logBytes += j.GetLogBytes()
 		st := j.GetState()
 		if name, ok := jobResults[st]; ok {
 			results[name]++
@@ -321,7 +323,7 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, now time.Time) {
 	ch <- prometheus.MustNewConstMetric(descSlots, prometheus.GaugeValue, unavailable, "unavailable")
 
 	ch <- prometheus.MustNewConstMetric(descStateIndex, prometheus.GaugeValue, float64(r.LastIndex()))
-	ch <- prometheus.MustNewConstMetric(descLogBytes, prometheus.GaugeValue, float64(r.LogBytes()))
+	ch <- prometheus.MustNewConstMetric(descLogBytes, prometheus.GaugeValue, float64(logBytes))
 	files, bytes := r.ArtifactBytes()
 	ch <- prometheus.MustNewConstMetric(descArtifactFiles, prometheus.GaugeValue, float64(files))
 	ch <- prometheus.MustNewConstMetric(descArtifactBytes, prometheus.GaugeValue, float64(bytes))

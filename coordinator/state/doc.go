@@ -57,7 +57,16 @@
 // the agent resends. An ASSIGNED job receiving a kept chunk becomes RUNNING.
 // One AttemptOutcome is returned per (job_id, attempt) in order of first
 // appearance: OutcomeLogCommitted with the committed seq of that attempt, or
-// OutcomeStale.
+// OutcomeStale. (Legacy: the leader no longer writes AppendLogs; the FSM
+// still applies it so an old Raft log replays.)
+//
+// CommitLogs: the chunk data lives in each coordinator's log store
+// (coordinator/logstore); the command carries, per attempt, the seq a
+// quorum holds and the byte count, line count and chain digest through it.
+// Each commit is fenced (stale → OutcomeStale); a current one with seq >
+// log_seq sets log_seq, log_bytes, log_lines and log_digest (an ASSIGNED
+// job becomes RUNNING), a lower one changes nothing. One OutcomeLogCommitted
+// per commit carries the committed seq.
 //
 // FinishJob: fenced like StartJob (ErrStaleAttempt, OutcomeStale). If
 // finished.last_seq > job.log_seq it is ErrLogsIncomplete and nothing changes

@@ -269,6 +269,7 @@ func (s *Store) AssignJob(index uint64, cmd *fsmv1.AssignJob) error {
 		j.Attempt = cmd.GetAttempt()
 		j.Agent = cmd.GetAgent()
 		j.LogSeq = 0
+		j.LogBytes, j.LogLines, j.LogDigest = 0, 0, nil
 		j.ExitCode = 0
 		j.Reason = ""
 		j.StartedUnixMs = 0

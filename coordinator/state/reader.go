@@ -104,16 +104,6 @@ func (r *Reader) Agents() []*kilnv1.Agent {
 	return out
 }
 
-// LogBytes sums the data of every log chunk the store holds.
-func (r *Reader) LogBytes() int64 {
-	var n int64
-	it := mustGet(r.tx, tableLogs, "id")
-	for raw := it.Next(); raw != nil; raw = it.Next() {
-		n += int64(len(raw.(*kilnv1.LogChunk).GetData()))
-	}
-	return n
-}
-
 // ArtifactBytes sums the sizes of every artifact record (each attempt's
 // files; a blob shared by several records counts each time).
 func (r *Reader) ArtifactBytes() (files int, bytes int64) {

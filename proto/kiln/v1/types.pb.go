@@ -875,6 +875,15 @@ type Job struct {
 	BlockedUnixMs int64 `protobuf:"varint,20,opt,name=blocked_unix_ms,json=blockedUnixMs,proto3" json:"blocked_unix_ms,omitempty"`
 	// The decision on an approval gate.
 	Approval *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
+	// Bytes and lines of the current attempt's committed log (through
+	// log_seq). A line is a newline-terminated run of bytes, and a final
+	// unterminated one counts too.
+	LogBytes uint64 `protobuf:"varint,30,opt,name=log_bytes,json=logBytes,proto3" json:"log_bytes,omitempty"`
+	LogLines uint64 `protobuf:"varint,31,opt,name=log_lines,json=logLines,proto3" json:"log_lines,omitempty"`
+	// SHA-256 chain digest of the committed log through log_seq: d(0) is 32
+	// zero bytes, d(n) = sha256(d(n-1) || data of chunk n). Every
+	// coordinator checks its local copy of the log against it.
+	LogDigest []byte `protobuf:"bytes,32,opt,name=log_digest,json=logDigest,proto3" json:"log_digest,omitempty"`
 	// Why a job that has not started waits, in words (computed on read by
 	// GetBuild for waiting, queued and blocked jobs; never stored). The same
 	// text as kilnctl queue shows.
@@ -1056,6 +1065,27 @@ func (x *Job) GetBlockedUnixMs() int64 {
 func (x *Job) GetApproval() *Approval {
 	if x != nil {
 		return x.Approval
+	}
+	return nil
+}
+
+func (x *Job) GetLogBytes() uint64 {
+	if x != nil {
+		return x.LogBytes
+	}
+	return 0
+}
+
+func (x *Job) GetLogLines() uint64 {
+	if x != nil {
+		return x.LogLines
+	}
+	return 0
+}
+
+func (x *Job) GetLogDigest() []byte {
+	if x != nil {
+		return x.LogDigest
 	}
 	return nil
 }
@@ -2223,7 +2253,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x12\n" +
 	"\x04repo\x18\x06 \x01(\tR\x04repo\x12%\n" +
 	"\x0earchive_sha256\x18\a \x01(\tR\rarchiveSha256\x12!\n" +
-	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xcb\x05\n" +
+	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xa4\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -2247,7 +2277,11 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vqueue_index\x18\x13 \x01(\x04R\n" +
 	"queueIndex\x12&\n" +
 	"\x0fblocked_unix_ms\x18\x14 \x01(\x03R\rblockedUnixMs\x12-\n" +
-	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\x12 \n" +
+	"\bapproval\x18\x15 \x01(\v2\x11.kiln.v1.ApprovalR\bapproval\x12\x1b\n" +
+	"\tlog_bytes\x18\x1e \x01(\x04R\blogBytes\x12\x1b\n" +
+	"\tlog_lines\x18\x1f \x01(\x04R\blogLines\x12\x1d\n" +
+	"\n" +
+	"log_digest\x18  \x01(\fR\tlogDigest\x12 \n" +
 	"\vwait_reason\x18\x82\x01 \x01(\tR\n" +
 	"waitReason\"\x90\x06\n" +
 	"\x05Build\x12\x0e\n" +
