@@ -8,7 +8,7 @@ STATICCHECK_VERSION     := v0.8.2
 # Packages that must pass the race detector.
 CORE_PKGS := ./coordinator/... ./agent/... ./internal/...
 
-.PHONY: build demo test test-race test-kill lint proto proto-check tools bench clean
+.PHONY: build demo test test-race test-kill lint proto proto-check tools bench bench-e2e bench-more clean
 
 build:
 	@mkdir -p bin
@@ -54,13 +54,24 @@ lint:
 	$(GOBIN)/staticcheck ./...
 	PATH=$(GOBIN):$$PATH buf lint
 
-# Numbers, not pass/fail: dispatch latency, jobs/s, failover time.
-bench:
+# Numbers, not pass/fail (bench/README.md). `bench` runs the end-to-end
+# comparison through the real binaries (KILN_BENCH_BASE against the work
+# tree, one run, ratios), then the in-process dispatch benchmarks.
+KILN_BENCH_BASE ?= ad0a9dd
+KILN_E2E_FLAGS  ?=
+bench: bench-e2e
 	$(GO) test -run '^$$' -bench 'DispatchLatency' -benchtime 3000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Throughput' -benchtime 10000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Failover' -benchtime 3x -timeout 20m ./bench/
+
+bench-e2e:
+	./bench/compare.sh $(KILN_BENCH_BASE) $(KILN_E2E_FLAGS)
+
+# The other in-process benchmarks (reads, 1 GiB artifact, memory per agent, JUnit parse).
+bench-more:
 	$(GO) test -run '^$$' -bench 'Reads' -benchtime 5000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'ArtifactUploadDownload' -benchtime 1x -timeout 20m ./bench/
+	$(GO) test -run '^$$' -bench 'ScaleAgents' -benchtime 1x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Parse100MB' -benchtime 3x -timeout 20m ./internal/junit/
 
 clean:

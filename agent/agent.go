@@ -74,6 +74,10 @@ type attempt struct {
 	finished   *kilnv1.JobFinished
 	cancelWhy  string // CancelJob received before the process existed
 	dropped    bool
+	// logged counts the output bytes kept in the log; overflow those
+	// dropped past the log limit; lastByte is the last byte kept.
+	logged, overflow int64
+	lastByte         byte
 }
 
 // Agent runs jobs for a Kiln cluster. Create it with New and start it with Run.
@@ -94,6 +98,9 @@ type Agent struct {
 	// leaseTTL is the lease TTL (a time.Duration) the last leader
 	// announced; it bounds the reconnect backoff.
 	leaseTTL atomic.Int64
+	// maxLogBytes is the log limit per attempt the last leader announced
+	// (Registered.max_log_bytes; 0: none).
+	maxLogBytes atomic.Int64
 	// sessionAddr is the coordinator address of the last registered
 	// session (blob downloads go there first).
 	sessionAddr atomic.Pointer[string]
@@ -336,6 +343,7 @@ func (a *Agent) finish(at *attempt, o executor.Outcome) {
 	if at.dropped {
 		return
 	}
+	a.markOverflowLocked(at)
 	a.cutLocked(at, len(at.pending))
 	a.stopFlushTimerLocked(at)
 	if len(o.Artifacts) > 0 {
@@ -492,6 +500,10 @@ func (w *attemptWriter) Write(p []byte) (int, error) {
 	if at.dropped || a.stopped {
 		return 0, errDropped
 	}
+	n := len(p)
+	if p = a.capLocked(at, p); len(p) == 0 {
+		return n, nil
+	}
 	at.pending = append(at.pending, p...)
 	at.unacked += int64(len(p))
 	for len(at.pending) >= a.cfg.LogFlushBytes {
@@ -510,7 +522,7 @@ func (w *attemptWriter) Write(p []byte) (int, error) {
 			a.cutLocked(at, len(at.pending))
 		})
 	}
-	return len(p), nil
+	return n, nil
 }
 
 // stopFlushTimerLocked cancels a pending flush.

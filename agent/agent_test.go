@@ -48,6 +48,8 @@ type fakeServer struct {
 	attempts atomic.Int32 // Connect calls
 	// reject, when set, answers Register with its error instead of Registered.
 	reject func(*kilnv1.Register) error
+	// maxLogBytes is announced in Registered.
+	maxLogBytes atomic.Int64
 }
 
 func startServer(t *testing.T, reject func(*kilnv1.Register) error) *fakeServer {
@@ -96,7 +98,7 @@ func (f *fakeServer) Connect(stream grpc.BidiStreamingServer[kilnv1.ConnectReque
 		}
 	}
 	if err := stream.Send(&kilnv1.ConnectResponse{Msg: &kilnv1.ConnectResponse_Registered{Registered: &kilnv1.Registered{
-		SessionId: fmt.Sprintf("s%d", n), NodeId: "n1", HeartbeatIntervalMs: 50, LeaseTtlMs: 5000,
+		SessionId: fmt.Sprintf("s%d", n), NodeId: "n1", HeartbeatIntervalMs: 50, LeaseTtlMs: 5000, MaxLogBytes: f.maxLogBytes.Load(),
 	}}}); err != nil {
 		return err
 	}

@@ -197,6 +197,7 @@ func (a *Agent) runSession(ctx context.Context, addr string) error {
 	if ttl := registered.GetLeaseTtlMs(); ttl > 0 {
 		a.leaseTTL.Store(int64(time.Duration(ttl) * time.Millisecond))
 	}
+	a.maxLogBytes.Store(max(registered.GetMaxLogBytes(), 0))
 	hb := time.Duration(registered.GetHeartbeatIntervalMs()) * time.Millisecond
 	if hb <= 0 {
 		hb = a.cfg.HeartbeatInterval

@@ -34,6 +34,44 @@ type LightAgent struct {
 	Addrs []string
 	// Events receives assignments and finish acknowledgements.
 	Events chan<- Event
+	// Pool, when set, is shared by many agents: their sessions are
+	// streams on one connection per coordinator, so thousands of agents
+	// need no thousands of connections on the load generator's side.
+	Pool *ConnPool
+}
+
+// ConnPool is one client connection per address, shared by light agents.
+type ConnPool struct {
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// NewConnPool returns an empty pool; Close it when the agents are done.
+func NewConnPool() *ConnPool { return &ConnPool{conns: map[string]*grpc.ClientConn{}} }
+
+// Get returns the pool's connection to addr, dialing it the first time.
+func (p *ConnPool) Get(addr string) (*grpc.ClientConn, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c, nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	p.conns[addr] = c
+	return c, nil
+}
+
+// Close closes every connection of the pool.
+func (p *ConnPool) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for a, c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, a)
+	}
 }
 
 // Run serves sessions until ctx ends, following leader redirects.
@@ -54,6 +92,13 @@ func (a *LightAgent) Run(ctx context.Context) {
 		}
 		target = ""
 		conn, ok := conns[addr]
+		if a.Pool != nil {
+			var err error
+			if conn, err = a.Pool.Get(addr); err != nil {
+				continue
+			}
+			ok = true
+		}
 		if !ok {
 			var err error
 			conn, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))

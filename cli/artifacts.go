@@ -84,18 +84,22 @@ func (a *app) artifactsCommand() *cobra.Command {
 
 func (a *app) listArtifacts(ctx context.Context, c *client.Client, build string) ([]*kilnv1.Artifact, error) {
 	var out []*kilnv1.Artifact
-	err := a.controlOn(ctx, c, "list artifacts of build "+build, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-		resp, err := cs.ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build, Consistency: a.consistency})
-		if err != nil {
+	token := ""
+	for {
+		var resp *kilnv1.ListArtifactsResponse
+		err := a.controlOn(ctx, c, "list artifacts of build "+build, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+			r, err := cs.ListArtifacts(ctx, &kilnv1.ListArtifactsRequest{BuildId: build, PageToken: token, Consistency: a.consistency})
+			resp = r
 			return err
+		})
+		if err != nil {
+			return nil, err
 		}
-		out = resp.GetArtifacts()
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		out = append(out, resp.GetArtifacts()...)
+		if token = resp.GetNextPageToken(); token == "" || len(resp.GetArtifacts()) == 0 {
+			return out, nil
+		}
 	}
-	return out, nil
 }
 
 func (a *app) artifactsGetCommand() *cobra.Command {

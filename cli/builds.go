@@ -274,18 +274,13 @@ func (a *app) buildsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			if limit < 0 || limit > 1000 {
-				return usageErrorf("--limit must be between 0 and 1000")
+			if limit < 0 || limit > maxBuildsListed {
+				return usageErrorf("--limit must be between 0 and %d", maxBuildsListed)
 			}
-			var builds []*kilnv1.Build
-			err := a.control(cmd.Context(), "list builds", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: limit, Consistency: a.consistency})
-				if err != nil {
-					return err
-				}
-				builds = resp.GetBuilds()
-				return nil
-			})
+			if limit == 0 {
+				limit = defaultBuildsListed
+			}
+			builds, err := a.listBuilds(cmd.Context(), int(limit))
 			if err != nil {
 				return err
 			}
@@ -305,9 +300,68 @@ func (a *app) buildsCommand() *cobra.Command {
 			return t.Flush()
 		}),
 	}
-	cmd.Flags().Int32Var(&limit, "limit", 0, "at most this many builds (default: the cluster's, 50)")
+	cmd.Flags().Int32Var(&limit, "limit", 0, "at most this many builds, fetched page by page (0: 50)")
 	addOutputFlag(cmd, &output)
 	return cmd
+}
+
+// Limits of `kilnctl builds --limit`.
+const (
+	defaultBuildsListed = 50
+	maxBuildsListed     = 100_000
+	// buildsPerPage is the page size asked of ListBuilds (the server's
+	// maximum; it may answer fewer to stay under the message limit).
+	buildsPerPage = 1000
+)
+
+// listBuilds fetches the newest limit builds, following next_page_token.
+// Each page is its own request (retried on its own through elections).
+func (a *app) listBuilds(ctx context.Context, limit int) ([]*kilnv1.Build, error) {
+	var builds []*kilnv1.Build
+	token := ""
+	for len(builds) < limit {
+		var resp *kilnv1.ListBuildsResponse
+		err := a.control(ctx, "list builds", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+			r, err := cs.ListBuilds(ctx, &kilnv1.ListBuildsRequest{Limit: int32(min(limit-len(builds), buildsPerPage)),
+				PageToken: token, Consistency: a.consistency})
+			resp = r
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		builds = append(builds, resp.GetBuilds()...)
+		token = resp.GetNextPageToken()
+		if token == "" || len(resp.GetBuilds()) == 0 {
+			break
+		}
+	}
+	if len(builds) > limit {
+		builds = builds[:limit]
+	}
+	return builds, nil
+}
+
+// listAgents fetches every agent, following next_page_token.
+func (a *app) listAgents(ctx context.Context) ([]*kilnv1.Agent, error) {
+	var agents []*kilnv1.Agent
+	token := ""
+	for {
+		var resp *kilnv1.ListAgentsResponse
+		err := a.control(ctx, "list agents", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+			r, err := cs.ListAgents(ctx, &kilnv1.ListAgentsRequest{PageToken: token, Consistency: a.consistency})
+			resp = r
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		agents = append(agents, resp.GetAgents()...)
+		token = resp.GetNextPageToken()
+		if token == "" || len(resp.GetAgents()) == 0 {
+			return agents, nil
+		}
+	}
 }
 
 // oneLine shortens s to one line of at most n runes for tables.
@@ -366,15 +420,7 @@ func (a *app) agentsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			var agents []*kilnv1.Agent
-			err := a.control(cmd.Context(), "list agents", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListAgents(ctx, &kilnv1.ListAgentsRequest{Consistency: a.consistency})
-				if err != nil {
-					return err
-				}
-				agents = resp.GetAgents()
-				return nil
-			})
+			agents, err := a.listAgents(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -332,6 +333,24 @@ func TestBuilds(t *testing.T) {
 	var got []BuildJSON
 	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 1 || got[0].ID != "8" || got[0].State != "queued" {
 		t.Errorf("json %v: %s", err, out)
+	}
+	// Five more builds: --limit 4 takes the newest 4 over two pages.
+	for i := 9; i <= 13; i++ {
+		f.addBuild(&kilnv1.Build{Id: fmt.Sprint(i), Name: fmt.Sprint("b", i), State: kilnv1.BuildState_BUILD_STATE_QUEUED})
+	}
+	f.pages = 0
+	out, errOut, code = runCLI(t, "--coordinators", addr, "builds", "--limit", "4", "-o", "json")
+	must(t, code, 0, errOut)
+	got = nil
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 4 || got[0].ID != "13" || got[3].ID != "10" || f.pages != 2 {
+		t.Errorf("paged list (%d pages) %v: %s", f.pages, err, out)
+	}
+	// The default 50 follows every page to the oldest.
+	out, errOut, code = runCLI(t, "--coordinators", addr, "builds", "-o", "json")
+	must(t, code, 0, errOut)
+	got = nil
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 7 || got[6].ID != "7" {
+		t.Errorf("all pages %v: %s", err, out)
 	}
 	// An empty list is [] in JSON.
 	empty := newFake()

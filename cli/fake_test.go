@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -53,6 +54,7 @@ type fake struct {
 	watchBreak int
 	watchReqs  int
 	gets       int
+	pages      int // ListBuilds calls
 	streamReqs []*kilnv1.StreamLogsRequest
 	agents     []*kilnv1.Agent
 	status     *kilnv1.StatusResponse
@@ -138,9 +140,21 @@ func (f *fake) GetBuild(_ context.Context, req *kilnv1.GetBuildRequest) (*kilnv1
 func (f *fake) ListBuilds(_ context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// Pages of at most 2 builds, so every list longer than that pages;
+	// the token is the index in f.order to continue below.
 	resp := &kilnv1.ListBuildsResponse{}
-	for i := len(f.order) - 1; i >= 0; i-- {
-		if req.Limit > 0 && len(resp.Builds) == int(req.Limit) {
+	start := len(f.order) - 1
+	if req.PageToken != "" {
+		n, err := strconv.Atoi(req.PageToken)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "page_token %q", req.PageToken)
+		}
+		start = n
+	}
+	f.pages++
+	for i := start; i >= 0; i-- {
+		if (req.Limit > 0 && len(resp.Builds) == int(req.Limit)) || len(resp.Builds) == 2 {
+			resp.NextPageToken = strconv.Itoa(i)
 			break
 		}
 		resp.Builds = append(resp.Builds, f.builds[f.order[i]])
@@ -231,10 +245,20 @@ func (f *fake) WatchBuild(req *kilnv1.WatchBuildRequest, stream grpc.ServerStrea
 	return stream.Send(&kilnv1.WatchBuildResponse{Build: b})
 }
 
-func (f *fake) ListAgents(context.Context, *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+func (f *fake) ListAgents(_ context.Context, req *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return &kilnv1.ListAgentsResponse{Agents: f.agents}, nil
+	// One agent per page: the token is the name of the last one sent.
+	for i, a := range f.agents {
+		if req.PageToken == "" || a.Name > req.PageToken {
+			resp := &kilnv1.ListAgentsResponse{Agents: []*kilnv1.Agent{a}}
+			if i < len(f.agents)-1 {
+				resp.NextPageToken = a.Name
+			}
+			return resp, nil
+		}
+	}
+	return &kilnv1.ListAgentsResponse{}, nil
 }
 
 func (f *fake) Status(context.Context, *kilnv1.StatusRequest) (*kilnv1.StatusResponse, error) {

@@ -102,16 +102,20 @@ func (a *app) repoListCommand() *cobra.Command {
 				return err
 			}
 			var repos []*kilnv1.Repo
-			err := a.control(cmd.Context(), "list repositories", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				resp, err := cs.ListRepos(ctx, &kilnv1.ListReposRequest{Consistency: a.consistency})
+			for token := ""; ; {
+				var resp *kilnv1.ListReposResponse
+				err := a.control(cmd.Context(), "list repositories", "", func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					r, err := cs.ListRepos(ctx, &kilnv1.ListReposRequest{PageToken: token, Consistency: a.consistency})
+					resp = r
+					return err
+				})
 				if err != nil {
 					return err
 				}
-				repos = resp.GetRepos()
-				return nil
-			})
-			if err != nil {
-				return err
+				repos = append(repos, resp.GetRepos()...)
+				if token = resp.GetNextPageToken(); token == "" || len(resp.GetRepos()) == 0 {
+					break
+				}
 			}
 			out := make([]RepoJSON, 0, len(repos))
 			for _, r := range repos {

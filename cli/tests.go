@@ -40,7 +40,9 @@ type TestCaseJSON struct {
 	Result     string `json:"result"`
 	DurationMs int64  `json:"duration_ms"`
 	Message    string `json:"message"`
-	Flaky      bool   `json:"flaky"`
+	// Output is the start and end of a failed case's system-out/err.
+	Output string `json:"output,omitempty"`
+	Flaky  bool   `json:"flaky"`
 }
 
 // TestReportErrorJSON is a report file that could not be parsed.
@@ -100,14 +102,26 @@ func (a *app) testsCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
+			// Every page, its reports gathered under the first's summary.
 			var resp *kilnv1.ListTestsResponse
-			err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
-				r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed, Consistency: a.consistency})
-				resp = r
-				return err
-			})
-			if err != nil {
-				return err
+			for token := ""; ; {
+				var page *kilnv1.ListTestsResponse
+				err := a.control(cmd.Context(), "list tests of build "+args[0], buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					r, err := cs.ListTests(ctx, &kilnv1.ListTestsRequest{BuildId: args[0], FailedOnly: failed, PageToken: token, Consistency: a.consistency})
+					page = r
+					return err
+				})
+				if err != nil {
+					return err
+				}
+				if resp == nil {
+					resp = page
+				} else {
+					resp.Reports = append(resp.Reports, page.GetReports()...)
+				}
+				if token = page.GetNextPageToken(); token == "" || len(page.GetReports()) == 0 {
+					break
+				}
 			}
 			return printTests(a.stdout, resp, output == "json")
 		}),
@@ -127,7 +141,7 @@ func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error 
 			}
 			for _, c := range r.GetCases() {
 				out.Cases = append(out.Cases, TestCaseJSON{Step: r.GetStep(), Attempt: r.GetAttempt(), File: r.GetFile(), Suite: c.GetSuite(),
-					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky()})
+					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky(), Output: c.GetOutput()})
 			}
 		}
 		return writeJSON(w, out)

@@ -56,6 +56,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/httpserve"
 	"github.com/kiln-ci/kiln/internal/leader"
+	"github.com/kiln-ci/kiln/internal/periodic"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -104,9 +105,21 @@ type Config struct {
 	// uploaded source) are kept when its pipeline sets no
 	// artifact_retention (default 30 days); 0 keeps them forever.
 	ArtifactRetention time.Duration
-	// ArtifactExpiryInterval is how often the leader looks for builds
-	// whose retention ended (default 1m).
-	ArtifactExpiryInterval time.Duration
+	// ExpiryInterval is how often the leader looks for builds whose
+	// artifact or build retention ended (default 1m; --expiry-interval,
+	// formerly --artifact-expiry-interval).
+	ExpiryInterval time.Duration
+	// BuildRetention is how long a finished build is kept — with its jobs,
+	// logs, test reports, artifacts and uploaded source — before the
+	// leader deletes it (default 90 days); 0 keeps builds forever.
+	BuildRetention time.Duration
+	// MaxBuildBytes bounds a resolved build (after matrix expansion), the
+	// SubmitBuild command committed through Raft (default 1 MiB, at most
+	// 3 MiB so every read of the build fits a gRPC message).
+	MaxBuildBytes int
+	// MaxLogBytes is the log kept per job attempt (default 1 GiB): agents
+	// drop output past it and end the log with one marker line.
+	MaxLogBytes int64
 	// BlobGCInterval is how often every node deletes the blobs the state
 	// no longer refers to (default 10m).
 	BlobGCInterval time.Duration
@@ -153,11 +166,14 @@ func NewConfig() Config {
 		MaxBlobSize:          blobstore.DefaultMaxBlobSize,
 		BlobSyncInterval:     blobsync.DefaultInterval,
 
-		ArtifactRetention:      30 * 24 * time.Hour,
-		ArtifactExpiryInterval: retention.DefaultInterval,
-		BlobGCInterval:         blobgc.DefaultInterval,
-		BlobGCGrace:            blobgc.DefaultGrace,
-		BlobStore:              BlobStoreDisk,
+		ArtifactRetention: 30 * 24 * time.Hour,
+		ExpiryInterval:    retention.DefaultInterval,
+		BuildRetention:    DefaultBuildRetention,
+		MaxBuildBytes:     builds.DefaultMaxBuildBytes,
+		MaxLogBytes:       DefaultMaxLogBytes,
+		BlobGCInterval:    blobgc.DefaultInterval,
+		BlobGCGrace:       blobgc.DefaultGrace,
+		BlobStore:         BlobStoreDisk,
 	}
 }
 
@@ -182,8 +198,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("artifact-retention: %s is negative (0 keeps artifacts forever)", c.ArtifactRetention)
 	case c.ArtifactRetention > 0 && c.ArtifactRetention < time.Millisecond:
 		return fmt.Errorf("artifact-retention: %s is shorter than a millisecond", c.ArtifactRetention)
-	case c.ArtifactExpiryInterval <= 0:
-		return errors.New("artifact-expiry-interval: must be positive")
+	case c.ExpiryInterval <= 0:
+		return errors.New("expiry-interval: must be positive")
 	case c.BlobGCInterval <= 0:
 		return errors.New("blob-gc-interval: must be positive")
 	case c.Autopilot.Stabilization < 0:
@@ -194,6 +210,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
+	}
+	if err := c.validateLifecycle(); err != nil {
+		return err
 	}
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
@@ -278,6 +297,8 @@ type Coordinator struct {
 	autopilot *membership.Autopilot
 	crash     chan struct{}
 	once      sync.Once
+	// removed receives the builds the expiry deleted (removedLoop).
+	removed chan state.RemovedBuilds
 	// http serves /metrics (nil without Config.HTTPAddr); metrics is its
 	// registry.
 	http    *httpserve.Server
@@ -315,6 +336,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		return nil, err
 	}
 	store := state.New()
+	removed := removedBuildsQueue(store, log)
 	f := fsm.New(store, log.Named("fsm"))
 	node, err := raftnode.Open(raftnode.Config{
 		NodeID:            cfg.NodeID,
@@ -336,7 +358,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
 	}, store, node, log.Named("scheduler"))
 
-	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise,
+	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	if err := c.openHTTP(); err != nil {
@@ -346,14 +368,14 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
-		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api")}
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes}
 	c.grpc = grpc.NewServer(
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
 	)
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		Log: log.Named("builds")})
+		MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
@@ -450,6 +472,10 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); blobgc.Run(ctx, c.blobGCConfig()) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); c.logs.Run(ctx, logrepl.DefaultInterval, c.store.LogPositions, c.waitApplied) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.removedLoop(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); periodic.Run(ctx, logSweepInterval, c.waitApplied, c.sweepJobLogs) }()
 	if c.http != nil {
 		wg.Add(1)
 		go func() {

@@ -137,8 +137,8 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 	run(func() { c.watch.Run(ctx) })
 	run(func() {
 		retention.Run(ctx, retention.Config{
-			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention,
-			Interval: c.cfg.ArtifactExpiryInterval, Log: c.log.Named("retention"),
+			Store: c.store, Raft: c.node, Default: c.cfg.ArtifactRetention, BuildRetention: c.cfg.BuildRetention,
+			Interval: c.cfg.ExpiryInterval, Log: c.log.Named("retention"),
 		})
 	})
 	run(func() { c.autopilot.Run(ctx) })

@@ -33,6 +33,12 @@ const (
 	// DefaultMaxTestBytes bounds the encoded reports of one attempt (one
 	// agent message; the coordinators accept 4 MiB).
 	DefaultMaxTestBytes = 3 << 20
+	// DefaultMaxTestOutputBytes is the system-out/system-err kept per
+	// failed or errored case: its first and last halves.
+	DefaultMaxTestOutputBytes = 4 << 10
+	// DefaultMaxTestOutputTotal bounds the case output kept over every
+	// report of one attempt; cases past it keep none.
+	DefaultMaxTestOutputTotal = 1 << 20
 )
 
 // TestLimits bound the test reports of one attempt; zero fields take the
@@ -44,6 +50,10 @@ type TestLimits struct {
 	MaxCases        int
 	MaxMessageBytes int
 	MaxBytes        int
+	// MaxOutputBytes is the output kept per failed or errored case;
+	// MaxOutputTotal bounds it over the attempt.
+	MaxOutputBytes int
+	MaxOutputTotal int
 }
 
 func (l TestLimits) withDefaults() TestLimits {
@@ -57,6 +67,8 @@ func (l TestLimits) withDefaults() TestLimits {
 	def(&l.MaxCases, DefaultMaxTestCases)
 	def(&l.MaxMessageBytes, DefaultMaxTestMessageBytes)
 	def(&l.MaxBytes, DefaultMaxTestBytes)
+	def(&l.MaxOutputBytes, DefaultMaxTestOutputBytes)
+	def(&l.MaxOutputTotal, DefaultMaxTestOutputTotal)
 	if l.MaxFileSize <= 0 {
 		l.MaxFileSize = DefaultMaxTestFileSize
 	}
@@ -101,7 +113,7 @@ func CollectTests(ctx context.Context, ws string, patterns []string, lim TestLim
 	}
 	defer root.Close()
 	var reports []*kilnv1.TestReport
-	cases, size := 0, 0
+	cases, size, output := 0, 0, 0
 	for _, name := range files {
 		if err := ctx.Err(); err != nil {
 			return reports, err
@@ -110,6 +122,12 @@ func CollectTests(ctx context.Context, ws string, patterns []string, lim TestLim
 		// Bound the kept cases of the attempt, then the encoded size.
 		if room := lim.MaxCases - cases; len(rep.Cases) > room {
 			rep.Cases = rep.Cases[:max(room, 0)]
+		}
+		for _, c := range rep.Cases {
+			if output+len(c.Output) > lim.MaxOutputTotal {
+				c.Output = ""
+			}
+			output += len(c.Output)
 		}
 		n := proto.Size(rep)
 		for n+size > lim.MaxBytes && len(rep.Cases) > 0 {
@@ -150,6 +168,22 @@ func describeReport(r *kilnv1.TestReport) string {
 	return b.String()
 }
 
+// caseOutput is what a failed or errored case keeps of its output:
+// system-out, then system-err (each already cut to its first and last
+// halves by the parser).
+func caseOutput(c junit.Case) string {
+	if c.Result != junit.Failed && c.Result != junit.Errored {
+		return ""
+	}
+	switch {
+	case c.SystemOut == "":
+		return c.SystemErr
+	case c.SystemErr == "":
+		return c.SystemOut
+	}
+	return c.SystemOut + "\n" + c.SystemErr
+}
+
 // parseTestFile parses one report file inside the workspace root.
 func parseTestFile(root *os.Root, name string, lim TestLimits) *kilnv1.TestReport {
 	out := &kilnv1.TestReport{File: name, Summary: &kilnv1.TestSummary{}}
@@ -166,7 +200,8 @@ func parseTestFile(root *os.Root, name string, lim TestLimits) *kilnv1.TestRepor
 		out.Error = fmt.Sprintf("%d bytes, more than the limit of %d", fi.Size(), lim.MaxFileSize)
 		return out
 	}
-	rep, err := junit.Parse(f, junit.Options{Name: name, MaxCases: lim.MaxCasesPerFile, MaxMessageBytes: lim.MaxMessageBytes})
+	rep, err := junit.Parse(f, junit.Options{Name: name, MaxCases: lim.MaxCasesPerFile, MaxMessageBytes: lim.MaxMessageBytes,
+		MaxOutputBytes: lim.MaxOutputBytes})
 	if err != nil {
 		out.Error = err.Error()
 	}
@@ -183,7 +218,7 @@ func parseTestFile(root *os.Root, name string, lim TestLimits) *kilnv1.TestRepor
 			out.Cases = append(out.Cases, &kilnv1.TestCase{
 				Suite: su.Name, Classname: c.Classname, Name: c.Name, File: c.File,
 				DurationMs: c.Duration.Milliseconds(), Result: string(c.Result), Message: c.Message,
-				Flaky: c.Flaky, Reruns: int32(c.Reruns),
+				Flaky: c.Flaky, Reruns: int32(c.Reruns), Output: caseOutput(c),
 			})
 		}
 	}

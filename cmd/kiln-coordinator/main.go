@@ -63,7 +63,7 @@ func run(args []string) error {
 		cfg.ArtifactRetention = d
 		return nil
 	})
-	fs.DurationVar(&cfg.ArtifactExpiryInterval, "artifact-expiry-interval", cfg.ArtifactExpiryInterval, "how often the leader looks for builds whose artifact retention ended")
+	addLifecycleFlags(fs, &cfg)
 	fs.DurationVar(&cfg.BlobGCInterval, "blob-gc-interval", cfg.BlobGCInterval, "how often every node deletes the blobs no build refers to any more")
 	fs.DurationVar(&cfg.BlobGCGrace, "blob-gc-grace", cfg.BlobGCGrace, "minimum age of a blob the garbage collector deletes (covers uploads not yet registered)")
 	fs.StringVar(&cfg.BlobStore, "blob-store", cfg.BlobStore, "blob store backend: disk (DATA_DIR/blobs, replicated to a quorum of coordinators) or s3 (one S3-compatible bucket every coordinator shares; keys from $"+s3store.EnvAccessKey+" and $"+s3store.EnvSecretKey+")")

@@ -50,12 +50,31 @@ func (ss *session) acknowledge(outs []state.AttemptOutcome) {
 
 // commit applies a report's command and acknowledges its outcomes, which a
 // rejection (stale, log incomplete) has too. The error is the commit's.
+// It first waits for the reports in flight (see submit), so the agent gets
+// its acks in the order of its reports.
 func (ss *session) commit(ctx context.Context, t fsmv1.CommandType, cmd proto.Message) (*fsm.Result, error) {
+	if err := ss.pipe.drain(ctx); err != nil {
+		return nil, err
+	}
 	res, err := ss.srv.cfg.Raft.Apply(ctx, t, cmd)
 	if res != nil {
 		ss.acknowledge(res.Outcomes)
 	}
 	return res, err
+}
+
+// submit hands a report's command to Raft without waiting for its commit,
+// so the reports of a busy agent share Raft appends and FSM batches instead
+// of waiting for one commit each. The pipeline acknowledges its outcomes
+// in order, then calls then with the result; an error from then ends the
+// session. Raft applies the commands in the order they were handed over,
+// which is the order of the agent's reports.
+func (ss *session) submit(ctx context.Context, t fsmv1.CommandType, cmd proto.Message, then func(*fsm.Result, error) error) error {
+	p, err := ss.srv.cfg.Raft.ApplyAsync(t, cmd)
+	if err != nil {
+		return fmt.Errorf("hand %s to raft: %w", t, err)
+	}
+	return ss.pipe.push(ctx, inflight{p: p, then: then})
 }
 
 // handle applies one message other than a log chunk batch.
@@ -114,6 +133,11 @@ func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) err
 			return fmt.Errorf("log chunk without job id, attempt or seq: %w", ErrInvalidReport)
 		}
 	}
+	batch, dropped := ss.logs.clip(batch)
+	if dropped > 0 {
+		ss.log.Warn("log past --max-log-bytes clipped (the agent should have cut it)", zap.Int64("dropped_bytes", dropped),
+			zap.Int64("max_log_bytes", ss.logs.limit))
+	}
 	type key struct {
 		job     string
 		attempt uint32
@@ -135,6 +159,9 @@ func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) err
 		}
 		groups[k] = append(g, c)
 	}
+	// The committed seq read below may lag a CommitLogs of this session
+	// still in flight: the resend is then stored again (appends of a seq
+	// already held are idempotent) and committed again (forward only).
 	cfg := ss.srv.cfg
 	cmd := &fsmv1.CommitLogs{Agent: ss.s.Agent, TimeUnixMs: cfg.Now().UnixMilli()}
 	var stales []state.AttemptOutcome
@@ -160,24 +187,28 @@ func (ss *session) appendLogs(ctx context.Context, batch []*kilnv1.LogChunk) err
 	if len(cmd.Commits) == 0 {
 		return nil
 	}
-	if _, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS, cmd); err != nil {
-		return fmt.Errorf("commit the log positions of %d attempts: %w", len(cmd.Commits), err)
-	}
-	return nil
+	n := len(cmd.Commits)
+	return ss.submit(ctx, fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS, cmd, func(_ *fsm.Result, err error) error {
+		if err != nil {
+			return fmt.Errorf("commit the log positions of %d attempts: %w", n, err)
+		}
+		return nil
+	})
 }
 
 // started commits JobStarted; a stale attempt gets a stale Ack.
 func (ss *session) started(ctx context.Context, st *kilnv1.JobStarted, now int64) error {
-	_, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_START_JOB, &fsmv1.StartJob{
+	return ss.submit(ctx, fsmv1.CommandType_COMMAND_TYPE_START_JOB, &fsmv1.StartJob{
 		JobId: st.GetJobId(), Attempt: st.GetAttempt(), Agent: ss.s.Agent, TimeUnixMs: now,
+	}, func(_ *fsm.Result, err error) error {
+		switch {
+		case err == nil:
+			ss.log.Debug("job started", zap.String("job", st.GetJobId()), zap.Uint32("attempt", st.GetAttempt()))
+		case !errors.Is(err, fsm.ErrStaleAttempt):
+			return fmt.Errorf("start job %s attempt %d: %w", st.GetJobId(), st.GetAttempt(), err)
+		}
+		return nil
 	})
-	switch {
-	case err == nil:
-		ss.log.Debug("job started", zap.String("job", st.GetJobId()), zap.Uint32("attempt", st.GetAttempt()))
-	case !errors.Is(err, fsm.ErrStaleAttempt):
-		return fmt.Errorf("start job %s attempt %d: %w", st.GetJobId(), st.GetAttempt(), err)
-	}
-	return nil
 }
 
 // finished commits JobFinished. A stale attempt gets a stale Ack. A finish
@@ -185,7 +216,12 @@ func (ss *session) started(ctx context.Context, st *kilnv1.JobStarted, now int64
 // the session: the agent resends its unacknowledged chunks, then the
 // finish, on the next one.
 func (ss *session) finished(ctx context.Context, f *kilnv1.JobFinished, now int64) error {
-	res, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB, &fsmv1.FinishJob{Agent: ss.s.Agent, Finished: f, TimeUnixMs: now})
+	return ss.submit(ctx, fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB, &fsmv1.FinishJob{Agent: ss.s.Agent, Finished: f, TimeUnixMs: now},
+		func(res *fsm.Result, err error) error { return ss.finishedDone(f, res, err) })
+}
+
+// finishedDone handles the outcome of a JobFinished commit.
+func (ss *session) finishedDone(f *kilnv1.JobFinished, res *fsm.Result, err error) error {
 	switch {
 	case err == nil:
 		ss.log.Info("job finished", zap.String("job", f.GetJobId()), zap.Uint32("attempt", f.GetAttempt()),
@@ -231,6 +267,10 @@ func (ss *session) artifacts(ctx context.Context, up *kilnv1.ArtifactsUploaded, 
 			cancel()
 		}
 		if !cfg.Blobs.Has(f.GetSha256()) {
+			// The fence must see the reports sent before this one.
+			if err := ss.pipe.drain(ctx); err != nil {
+				return err
+			}
 			if fence := cfg.Store.CheckAttempt(up.GetJobId(), up.GetAttempt(), ss.s.Agent); fence != state.FenceCurrent {
 				ss.acknowledge([]state.AttemptOutcome{{JobID: up.GetJobId(), Attempt: up.GetAttempt(), Outcome: state.OutcomeStale, Fence: fence}})
 				return nil
@@ -265,12 +305,14 @@ func (ss *session) tests(ctx context.Context, tr *kilnv1.TestReports, now int64)
 	if cases > state.MaxTestCasesPerAttempt {
 		return fmt.Errorf("%d test cases in one message; the limit is %d: %w", cases, state.MaxTestCasesPerAttempt, ErrInvalidReport)
 	}
-	_, err := ss.commit(ctx, fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS, &fsmv1.RecordTests{Agent: ss.s.Agent, Reports: tr, TimeUnixMs: now})
-	switch {
-	case err == nil:
-		ss.log.Debug("test reports recorded", zap.String("job", tr.GetJobId()), zap.Uint32("attempt", tr.GetAttempt()), zap.Int("reports", len(tr.GetReports())))
-	case !errors.Is(err, fsm.ErrStaleAttempt):
-		return fmt.Errorf("record tests of job %s attempt %d: %w", tr.GetJobId(), tr.GetAttempt(), err)
-	}
-	return nil
+	return ss.submit(ctx, fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS, &fsmv1.RecordTests{Agent: ss.s.Agent, Reports: tr, TimeUnixMs: now},
+		func(_ *fsm.Result, err error) error {
+			switch {
+			case err == nil:
+				ss.log.Debug("test reports recorded", zap.String("job", tr.GetJobId()), zap.Uint32("attempt", tr.GetAttempt()), zap.Int("reports", len(tr.GetReports())))
+			case !errors.Is(err, fsm.ErrStaleAttempt):
+				return fmt.Errorf("record tests of job %s attempt %d: %w", tr.GetJobId(), tr.GetAttempt(), err)
+			}
+			return nil
+		})
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/logstore"
+	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
@@ -59,8 +60,9 @@ var (
 const (
 	// MaxLogChunkBytes is the largest log chunk an agent may send.
 	MaxLogChunkBytes = 1 << 20
-	// recvBuffer is how many received messages may wait for processing.
-	recvBuffer = 1024
+	// recvBuffer is how many received messages may wait for processing
+	// (allocated whole per session: 1 KiB).
+	recvBuffer = 128
 	// maxLogBatch is how many log chunks are committed in one command.
 	maxLogBatch = 256
 	// blobFetchTimeout bounds pulling one reported artifact from a peer.
@@ -81,6 +83,7 @@ type Stream interface {
 // Applier commits FSM commands on the leader; *raftnode.Node implements it.
 type Applier interface {
 	Apply(ctx context.Context, t fsmv1.CommandType, msg proto.Message) (*fsm.Result, error)
+	ApplyAsync(t fsmv1.CommandType, msg proto.Message) (raftnode.Pending, error)
 	IsLeader() bool
 }
 
@@ -116,6 +119,10 @@ type Config struct {
 	Log *zap.Logger
 	// Now is the clock for command timestamps (nil: time.Now).
 	Now func() time.Time
+	// MaxLogBytes is the log kept per job attempt (--max-log-bytes),
+	// announced to agents in Registered; chunks past it (plus
+	// LogMarkerSlack) are clipped. 0: no limit.
+	MaxLogBytes int64
 }
 
 // Server runs agent sessions. It holds no per-session state; one Server
@@ -140,6 +147,9 @@ type session struct {
 	srv *Server
 	s   *scheduler.Session
 	log *zap.Logger
+	// logs clips log chunks past the per-attempt limit.
+	logs logCap
+	pipe *pipeline
 }
 
 // Serve runs one session whose (already validated) register message is
@@ -171,8 +181,31 @@ func (srv *Server) Serve(stream Stream, reg *kilnv1.Register) error {
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- recvLoop(recvCtx, stream, recvCh) }()
 
+	// The pipeline handles the results of the reports handed to Raft; its
+	// acks are queued before the session is detached (and flushed below).
+	pipeCtx, stopPipe := context.WithCancel(ctx)
+	go ss.pipe.run(pipeCtx)
 	err = ss.process(ctx, recvCh, recvErr, sendDone, func() error { return sendErr })
 	stopRecv()
+	ss.pipe.close()
+	grace := time.NewTimer(applyGrace)
+	select {
+	case <-ss.pipe.done:
+	case <-grace.C:
+		ss.log.Warn("reports still in flight after the grace period; their outcomes are not acknowledged", zap.String("session", ss.s.ID))
+	}
+	grace.Stop()
+	stopPipe()
+	<-ss.pipe.done
+	if err == nil || errors.Is(err, io.EOF) {
+		// A clean end: a check that failed on the way still ends it with
+		// its error.
+		select {
+		case <-ss.pipe.failed:
+			err = ss.pipe.err
+		default:
+		}
+	}
 	srv.cfg.Scheduler.Detach(ss.s)
 	flush := time.NewTimer(applyGrace)
 	select {
@@ -202,7 +235,9 @@ func (srv *Server) open(ctx context.Context, reg *kilnv1.Register) (*session, er
 	}); err != nil {
 		return nil, fmt.Errorf("register agent %s: %w", name, err)
 	}
-	ss := &session{srv: srv, s: scheduler.NewSession(name, id, reg.GetLabels(), int(reg.GetSlots()), reg.GetDraining()), log: log}
+	ss := &session{srv: srv, s: scheduler.NewSession(name, id, reg.GetLabels(), int(reg.GetSlots()), reg.GetDraining()), log: log,
+		logs: logCap{limit: srv.cfg.MaxLogBytes, bytes: map[logKey]int64{}, committed: srv.committedLogBytes}}
+	ss.pipe = newPipeline(ss)
 
 	if lost := lostAttempts(srv.cfg.Store, name, reg.GetRunning()); len(lost) > 0 {
 		log.Warn("agent re-registered without attempts it was given; declaring them lost", zap.Int("attempts", len(lost)))
@@ -218,6 +253,7 @@ func (srv *Server) open(ctx context.Context, reg *kilnv1.Register) (*session, er
 		NodeId:              srv.cfg.NodeID,
 		HeartbeatIntervalMs: sched.HeartbeatInterval.Milliseconds(),
 		LeaseTtlMs:          sched.LeaseTTL.Milliseconds(),
+		MaxLogBytes:         srv.cfg.MaxLogBytes,
 	}}}) {
 		return nil, fmt.Errorf("session of agent %s closed before registration: %w", name, ErrEnded)
 	}
@@ -356,6 +392,8 @@ func (ss *session) process(ctx context.Context, recvCh <-chan *kilnv1.ConnectReq
 				return err
 			case <-sendDone:
 				return sendErr()
+			case <-ss.pipe.failed:
+				return ss.pipe.err
 			case m = <-recvCh:
 			}
 		}

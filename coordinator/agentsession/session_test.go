@@ -62,7 +62,26 @@ type fakeApplier struct {
 	mu  sync.Mutex
 	fsm *fsm.FSM
 	idx uint64
+	// gate, when set, holds back every answer until it is closed (the
+	// command is applied at once); handed then gets each command's type.
+	gate   chan struct{}
+	handed chan fsmv1.CommandType
 }
+
+// hold makes the applier answer nothing until the returned gate is closed.
+func (a *fakeApplier) hold() (gate chan struct{}, handed <-chan fsmv1.CommandType) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gate, a.handed = make(chan struct{}), make(chan fsmv1.CommandType, 64)
+	return a.gate, a.handed
+}
+
+type gatedFuture struct {
+	doneFuture
+	gate chan struct{}
+}
+
+func (f gatedFuture) Error() error { <-f.gate; return nil }
 
 type doneFuture struct {
 	res   *fsm.Result
@@ -82,6 +101,10 @@ func (a *fakeApplier) ApplyAsync(t fsmv1.CommandType, msg proto.Message) (raftno
 	defer a.mu.Unlock()
 	a.idx++
 	res, _ := a.fsm.Apply(&raft.Log{Index: a.idx, Term: 1, Type: raft.LogCommand, Data: data}).(*fsm.Result)
+	if a.gate != nil {
+		a.handed <- t
+		return raftnode.NewPending(gatedFuture{doneFuture: doneFuture{res: res, index: a.idx}, gate: a.gate}), nil
+	}
 	return raftnode.NewPending(doneFuture{res: res, index: a.idx}), nil
 }
 
@@ -349,5 +372,52 @@ func TestServeStoresLogsOutsideRaft(t *testing.T) {
 	}
 	if last, _ := e.logs.Last("1.a", 2); last != 0 {
 		t.Fatalf("the stale attempt's chunk was stored (last %d)", last)
+	}
+}
+
+// TestServePipelinesReports: the session hands the agent's reports to Raft
+// without waiting for each commit, and acknowledges them in order once
+// Raft answers.
+func TestServePipelinesReports(t *testing.T) {
+	e := newEnv(t)
+	st, done := e.serve()
+	if e.next(st).GetRegistered() == nil {
+		t.Fatal("first message is not Registered")
+	}
+	if as := e.next(st).GetAssignment(); as.GetJobId() != "1.a" {
+		t.Fatalf("assignment %v", as)
+	}
+	gate, handed := e.ap.hold()
+	st.in <- &kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Started{Started: &kilnv1.JobStarted{JobId: "1.a", Attempt: 1}}}
+	st.in <- &kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Log{Log: &kilnv1.LogChunk{JobId: "1.a", Attempt: 1, Seq: 1, Data: []byte("x")}}}
+	st.in <- &kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Finished{Finished: &kilnv1.JobFinished{
+		JobId: "1.a", Attempt: 1, Result: kilnv1.JobResult_JOB_RESULT_PASSED, LastSeq: 1}}}
+	// All three reach Raft while no commit has been answered.
+	for _, want := range []fsmv1.CommandType{
+		fsmv1.CommandType_COMMAND_TYPE_START_JOB, fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS, fsmv1.CommandType_COMMAND_TYPE_FINISH_JOB,
+	} {
+		select {
+		case got := <-handed:
+			if got != want {
+				t.Fatalf("handed %s, want %s", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s not handed to raft while earlier reports wait for their commit", want)
+		}
+	}
+	select {
+	case m := <-st.out:
+		t.Fatalf("message before any commit was answered: %v", m)
+	default:
+	}
+	close(gate)
+	e.wantAck(st, &kilnv1.Ack{JobId: "1.a", Attempt: 1, LogSeq: 1})
+	e.wantAck(st, &kilnv1.Ack{JobId: "1.a", Attempt: 1, LogSeq: 1, Finished: true})
+	close(st.in)
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if j, _ := e.store.Job("1.a"); j.GetState() != kilnv1.JobState_JOB_STATE_PASSED {
+		t.Fatalf("job %v", j)
 	}
 }

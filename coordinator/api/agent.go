@@ -33,6 +33,8 @@ func NewAgentServer(d *Deps) *AgentServer {
 		FetchBlob: d.fetchBlob,
 		Log:       d.Log,
 		Now:       d.now,
+		// Set by the coordinator before the services are built.
+		MaxLogBytes: d.MaxLogBytes,
 	})}
 }
 
@@ -90,6 +92,8 @@ func validateRegister(reg *kilnv1.Register) error {
 		return invalid("agent slots must be 1..%d, got %d", MaxAgentSlots, reg.GetSlots())
 	case len(reg.GetLabels()) > MaxLabelEntries:
 		return invalid("%d labels; the limit is %d", len(reg.GetLabels()), MaxLabelEntries)
+	case len(reg.GetVersion()) > MaxNameBytes:
+		return invalid("agent version: %d bytes; the limit is %d", len(reg.GetVersion()), MaxNameBytes)
 	}
-	return nil
+	return validateLabels(reg.GetLabels())
 }

@@ -62,6 +62,9 @@ type Deps struct {
 	Now func() time.Time
 	// Builds submits builds (SubmitBuild): coordinator/builds.
 	Builds *builds.Service
+	// MaxLogBytes is the log kept per job attempt (--max-log-bytes; 0:
+	// no limit), announced to agents.
+	MaxLogBytes int64
 }
 
 // Limits on what clients may send. They are part of the API contract and
@@ -74,8 +77,16 @@ const (
 	MaxRequestID    = 128
 	MaxNameBytes    = 256
 	MaxLabelEntries = 64
-	MaxAgentSlots   = 1024
-	MaxListBuilds   = 1000
+	// MaxLabelBytes bounds each label key and each label value.
+	MaxLabelBytes = 256
+	MaxAgentSlots = 1024
+	MaxListBuilds = 1000
+	// MaxListAgents bounds the agents of one ListAgents page.
+	MaxListAgents = 1000
+	// MaxListResponseBytes bounds the encoding of one list page (and of a
+	// build in GetBuild/WatchBuild): under the 4 MiB gRPC message limit
+	// whatever is stored.
+	MaxListResponseBytes = 3 << 20
 )
 
 func (d *Deps) now() time.Time {

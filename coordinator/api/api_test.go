@@ -129,6 +129,14 @@ func TestValidateSubmit(t *testing.T) {
 		{"command too large", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Command = strings.Repeat("x", MaxCommandBytes+1) }), "command"},
 		{"blank command", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Command = " \n\t" }), "command"},
 		{"name too long", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Name = strings.Repeat("n", MaxNameBytes+1) }), "name"},
+		{"submitter too long", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Submitter = strings.Repeat("s", 3<<20) }), "submitter: 3145728 bytes; the limit is 256"},
+		{"label key too long", cmd(func(r *kilnv1.SubmitBuildRequest) {
+			r.Labels = map[string]string{strings.Repeat("k", MaxLabelBytes+1): "v"}
+		}), "the limit is 256"},
+		{"label value too long", cmd(func(r *kilnv1.SubmitBuildRequest) {
+			r.Labels = map[string]string{"os": strings.Repeat("v", MaxLabelBytes+1)}
+		}), `labels: value of "os" is 257 bytes; the limit is 256`},
+		{"env value too long", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Env = map[string]string{"A": strings.Repeat("x", MaxEnvBytes+1)} }), "env: 65538 bytes; the limit is 65536"},
 		{"negative timeout", cmd(func(r *kilnv1.SubmitBuildRequest) { r.TimeoutMs = -1 }), "timeout_ms"},
 		{"empty env name", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Env = map[string]string{"": "v"} }), "env"},
 		{"env name with =", cmd(func(r *kilnv1.SubmitBuildRequest) { r.Env = map[string]string{"A=B": "v"} }), "env"},

@@ -46,7 +46,7 @@ func (s *ControlServer) DecideApproval(ctx context.Context, req *kilnv1.DecideAp
 	s.d.Log.Info("approval decided", zap.String("build", req.GetBuildId()), zap.String("step", req.GetStep()),
 		zap.Bool("approved", req.GetApprove()), zap.String("by", req.GetBy()))
 	s.d.Scheduler.Kick()
-	return &kilnv1.DecideApprovalResponse{Build: res.Build}, nil
+	return &kilnv1.DecideApprovalResponse{Build: fitBuild(res.Build)}, nil
 }
 
 // RetryBuild commits a retry of a finished build's failed steps.
@@ -70,5 +70,5 @@ func (s *ControlServer) RetryBuild(ctx context.Context, req *kilnv1.RetryBuildRe
 	}
 	s.d.Log.Info("build retried", zap.String("build", req.GetBuildId()), zap.String("step", req.GetStep()))
 	s.d.Scheduler.Kick()
-	return &kilnv1.RetryBuildResponse{Build: res.Build}, nil
+	return &kilnv1.RetryBuildResponse{Build: fitBuild(res.Build)}, nil
 }

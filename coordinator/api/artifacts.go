@@ -10,7 +10,7 @@ import (
 )
 
 // ListArtifacts returns the artifacts of a build's jobs, each job's current
-// attempt only, sorted by step then path. Served by any node from its local
+// attempt only, sorted by step then path, one page at a time. Served by any node from its local
 // state; the content is downloaded with BlobService.Download.
 func (s *ControlServer) ListArtifacts(ctx context.Context, req *kilnv1.ListArtifactsRequest) (*kilnv1.ListArtifactsResponse, error) {
 	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
@@ -19,7 +19,11 @@ func (s *ControlServer) ListArtifacts(ctx context.Context, req *kilnv1.ListArtif
 	if err := s.knownBuild(req.GetBuildId()); err != nil {
 		return nil, err
 	}
-	return &kilnv1.ListArtifactsResponse{Artifacts: s.d.Store.Artifacts(req.GetBuildId())}, nil
+	arts, next, err := page(s.d.Store.Artifacts(req.GetBuildId()), req.GetPageToken(), "ListArtifacts")
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.ListArtifactsResponse{Artifacts: arts, NextPageToken: next}, nil
 }
 
 // knownBuild checks the build_id of a read request: present, not too long,

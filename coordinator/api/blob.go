@@ -168,13 +168,10 @@ func (s *BlobServer) Upload(stream kilnv1.BlobService_UploadServer) error {
 		return err
 	}
 	ctx := stream.Context()
-	created, err := s.store.Put(ctx, &chunkReader{src: src}, h.GetSize(), h.GetSha256())
+	// Stored here and streamed to the peers while it arrives.
+	created, replicas, voters, err := s.repl.Receive(ctx, h, &chunkReader{src: src})
 	if err != nil {
 		return s.blobStatus(err)
-	}
-	replicas, voters, err := s.repl.Replicate(ctx, h)
-	if err != nil {
-		return s.d.toStatus(err)
 	}
 	s.d.Log.Info("blob uploaded", zap.String("sha256", h.GetSha256()), zap.Int64("size", h.GetSize()),
 		zap.String("kind", h.GetKind()), zap.Bool("new", created), zap.Int("replicas", replicas), zap.Int("voters", voters))

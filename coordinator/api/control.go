@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"regexp"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -11,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -35,7 +37,7 @@ func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuild
 	if err != nil {
 		return nil, s.d.toStatus(err)
 	}
-	return &kilnv1.SubmitBuildResponse{Build: b}, nil
+	return &kilnv1.SubmitBuildResponse{Build: fitBuild(b)}, nil
 }
 
 func validateSubmit(req *kilnv1.SubmitBuildRequest) error {
@@ -54,6 +56,8 @@ func validateSubmit(req *kilnv1.SubmitBuildRequest) error {
 		return invalid("command: blank (give a shell command line or a build file in spec_yaml)")
 	case len(req.GetName()) > MaxNameBytes:
 		return invalid("name: %d bytes; the limit is %d", len(req.GetName()), MaxNameBytes)
+	case len(req.GetSubmitter()) > MaxNameBytes:
+		return invalid("submitter: %d bytes; the limit is %d", len(req.GetSubmitter()), MaxNameBytes)
 	case req.GetTimeoutMs() < 0:
 		return invalid("timeout_ms: negative")
 	case len(req.GetLabels()) > MaxLabelEntries:
@@ -62,13 +66,27 @@ func validateSubmit(req *kilnv1.SubmitBuildRequest) error {
 	if err := validateEnv(req.GetEnv()); err != nil {
 		return err
 	}
-	for k := range req.GetLabels() {
-		if k == "" {
-			return invalid("labels: a label has an empty key")
-		}
+	if err := validateLabels(req.GetLabels()); err != nil {
+		return err
 	}
 	if !utf8.ValidString(req.GetSpecYaml()) {
 		return invalid("spec_yaml: the build file is not valid UTF-8")
+	}
+	return nil
+}
+
+// validateLabels checks a label map's keys and the sizes of its keys and
+// values (the count is the caller's: its message names the field).
+func validateLabels(labels map[string]string) error {
+	for k, v := range labels {
+		switch {
+		case k == "":
+			return invalid("labels: a label has an empty key")
+		case len(k) > MaxLabelBytes:
+			return invalid("labels: key %.32q… is %d bytes; the limit is %d", k, len(k), MaxLabelBytes)
+		case len(v) > MaxLabelBytes:
+			return invalid("labels: value of %q is %d bytes; the limit is %d", k, len(v), MaxLabelBytes)
+		}
 	}
 	return nil
 }
@@ -107,10 +125,12 @@ func (s *ControlServer) GetBuild(ctx context.Context, req *kilnv1.GetBuildReques
 		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
 	}
 	s.d.explainWaits(b)
-	return &kilnv1.GetBuildResponse{Build: b}, nil
+	return &kilnv1.GetBuildResponse{Build: fitBuild(b)}, nil
 }
 
-// ListBuilds serves the newest builds from the local state.
+// ListBuilds serves one page of builds, newest first, from the local
+// state: at most req.limit builds and MaxListResponseBytes of them, so no
+// answer exceeds the gRPC message limit whatever is stored.
 func (s *ControlServer) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRequest) (*kilnv1.ListBuildsResponse, error) {
 	limit := int(req.GetLimit())
 	switch {
@@ -121,10 +141,33 @@ func (s *ControlServer) ListBuilds(ctx context.Context, req *kilnv1.ListBuildsRe
 	case limit > MaxListBuilds:
 		limit = MaxListBuilds
 	}
+	var before uint64
+	if t := req.GetPageToken(); t != "" {
+		n, err := strconv.ParseUint(t, 10, 64)
+		if err != nil || n == 0 {
+			return nil, invalid("page_token: %.40q is not a token ListBuilds returned", t)
+		}
+		before = n
+	}
 	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	return &kilnv1.ListBuildsResponse{Builds: s.d.Store.ListBuilds(limit)}, nil
+	bs, next := s.d.Store.BuildsPage(before, limit, MaxListResponseBytes)
+	resp := &kilnv1.ListBuildsResponse{Builds: bs}
+	if next != 0 {
+		resp.NextPageToken = strconv.FormatUint(next, 10)
+	}
+	return resp, nil
+}
+
+// fitBuild returns b, or its summary (jobs without specs) when b alone
+// would not fit in a response: a build stored before --max-build-bytes
+// existed can still be read.
+func fitBuild(b *kilnv1.Build) *kilnv1.Build {
+	if proto.Size(b) > MaxListResponseBytes {
+		return state.Summarize(b)
+	}
+	return b
 }
 
 // WatchBuild sends the build now and on every change until it finishes. It
@@ -142,7 +185,7 @@ func (s *ControlServer) WatchBuild(req *kilnv1.WatchBuildRequest, stream kilnv1.
 			return status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
 		}
 		if last == nil || !proto.Equal(last, b) {
-			if err := stream.Send(&kilnv1.WatchBuildResponse{Build: b}); err != nil {
+			if err := stream.Send(&kilnv1.WatchBuildResponse{Build: fitBuild(b)}); err != nil {
 				return err
 			}
 			last = b
@@ -264,13 +307,25 @@ func (s *ControlServer) CancelBuild(ctx context.Context, req *kilnv1.CancelBuild
 		}
 	}
 	s.d.Log.Info("build canceled", zap.String("build", req.GetBuildId()), zap.Int("running_jobs_stopped", len(res.Canceled)))
-	return &kilnv1.CancelBuildResponse{Build: res.Build}, nil
+	return &kilnv1.CancelBuildResponse{Build: fitBuild(res.Build)}, nil
 }
 
-// ListAgents serves the agents from the local state.
+// ListAgents serves one page of agents, sorted by name, from the local
+// state (at most req.page_size agents and MaxListResponseBytes).
 func (s *ControlServer) ListAgents(ctx context.Context, req *kilnv1.ListAgentsRequest) (*kilnv1.ListAgentsResponse, error) {
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalid("page_size is negative")
+	case size == 0 || size > MaxListAgents:
+		size = MaxListAgents
+	}
+	if len(req.GetPageToken()) > MaxNameBytes {
+		return nil, invalid("page_token: %d bytes; not a token ListAgents returned", len(req.GetPageToken()))
+	}
 	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
 		return nil, err
 	}
-	return &kilnv1.ListAgentsResponse{Agents: s.d.Store.Agents()}, nil
+	agents, next := s.d.Store.AgentsPage(req.GetPageToken(), size, MaxListResponseBytes)
+	return &kilnv1.ListAgentsResponse{Agents: agents, NextPageToken: next}, nil
 }

@@ -11,7 +11,7 @@ import (
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
-// Queue listing limits.
+// Queue listing limits (and MaxListResponseBytes).
 const (
 	DefaultQueueLimit = 1000
 	MaxQueueLimit     = 10000
@@ -45,10 +45,18 @@ func (s *OpsServer) ListQueue(ctx context.Context, req *kilnv1.ListQueueRequest)
 	now := s.d.now()
 	jobs := queue.Explain(s.d.Store.Reader(), now)
 	resp := &kilnv1.ListQueueResponse{Total: int32(len(jobs)), NowUnixMs: now.UnixMilli()}
-	if len(jobs) > limit {
-		jobs = jobs[:limit]
+	// At most limit jobs and MaxListResponseBytes of them, so the answer
+	// always fits in a gRPC message; Total still counts every job.
+	size := 0
+	for _, j := range jobs {
+		if len(resp.Jobs) == limit {
+			break
+		}
+		if size += proto.Size(j) + 8; size > MaxListResponseBytes {
+			break
+		}
+		resp.Jobs = append(resp.Jobs, j)
 	}
-	resp.Jobs = jobs
 	return resp, nil
 }
 

@@ -123,5 +123,9 @@ func (s *ControlServer) ListRepos(ctx context.Context, req *kilnv1.ListReposRequ
 		}
 		out = append(out, r)
 	}
-	return &kilnv1.ListReposResponse{Repos: out}, nil
+	out, next, err := page(out, req.GetPageToken(), "ListRepos")
+	if err != nil {
+		return nil, err
+	}
+	return &kilnv1.ListReposResponse{Repos: out, NextPageToken: next}, nil
 }

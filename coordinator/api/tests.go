@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/state"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -21,7 +22,8 @@ const (
 )
 
 // ListTests returns the test reports of a build's current attempts and the
-// build's summary; failed_only keeps the failed and errored cases. Served
+// build's summary, one page of reports at a time; failed_only keeps the
+// failed and errored cases. Served
 // by any node from its local state.
 func (s *ControlServer) ListTests(ctx context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
 	if err := s.d.readBarrier(ctx, req.GetConsistency()); err != nil {
@@ -45,6 +47,10 @@ func (s *ControlServer) ListTests(ctx context.Context, req *kilnv1.ListTestsRequ
 			r = out
 		}
 		resp.Reports = append(resp.Reports, r)
+	}
+	var err error
+	if resp.Reports, resp.NextPageToken, err = page(resp.Reports, req.GetPageToken(), "ListTests"); err != nil {
+		return nil, err
 	}
 	return resp, nil
 }
@@ -105,6 +111,15 @@ func (s *ControlServer) FlakyTests(ctx context.Context, req *kilnv1.FlakyTestsRe
 	})
 	if len(resp.Tests) > limit {
 		resp.Tests = resp.Tests[:limit]
+	}
+	// A top-N list, not paged: cut where it would pass the message bound
+	// (names are up to 4 KiB each).
+	size := 0
+	for i, ft := range resp.Tests {
+		if size += proto.Size(ft) + 8; size > MaxListResponseBytes {
+			resp.Tests = resp.Tests[:i]
+			break
+		}
 	}
 	return resp, nil
 }

@@ -46,6 +46,15 @@ const (
 	DefaultSpecFilename = "build.yaml"
 	// maxNameFromCommand bounds the name taken from a command's first line.
 	maxNameFromCommand = 80
+	// MaxNameBytes bounds a build's name, from the request or the file.
+	MaxNameBytes = 256
+	// DefaultMaxBuildBytes is the default of Config.MaxBuildBytes
+	// (--max-build-bytes).
+	DefaultMaxBuildBytes = 1 << 20
+	// MaxMaxBuildBytes caps Config.MaxBuildBytes: a stored build (its
+	// jobs' specs plus their runtime fields) must fit in one 4 MiB gRPC
+	// message with room to spare, or GetBuild could never return it.
+	MaxMaxBuildBytes = 3 << 20
 )
 
 // Kind classifies an Error.
@@ -142,6 +151,10 @@ type Config struct {
 	Now func() time.Time
 	// Log defaults to a no-op logger.
 	Log *zap.Logger
+	// MaxBuildBytes bounds the encoded SubmitBuild command — the build
+	// after matrix expansion, with every step's spec — checked before the
+	// Raft apply (--max-build-bytes; 0 means DefaultMaxBuildBytes).
+	MaxBuildBytes int
 }
 
 // Service submits builds.
@@ -163,6 +176,9 @@ func New(cfg Config) *Service {
 	if cfg.Kick == nil {
 		cfg.Kick = func() {}
 	}
+	if cfg.MaxBuildBytes <= 0 {
+		cfg.MaxBuildBytes = DefaultMaxBuildBytes
+	}
 	return &Service{cfg: cfg}
 }
 
@@ -179,6 +195,13 @@ func (s *Service) Submit(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*
 	cmd, err := s.command(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	// After matrix expansion a small file can resolve into a huge build
+	// (64 combinations of a 1 MB file made 64 MB); such a build would make
+	// every later read of it larger than a gRPC message.
+	if n := proto.Size(cmd); n > s.cfg.MaxBuildBytes {
+		return nil, invalid("the resolved build is %d bytes (%d steps after matrix expansion); the limit is %d bytes (--max-build-bytes)",
+			n, len(cmd.GetSteps()), s.cfg.MaxBuildBytes)
 	}
 	if err := s.requireLeader(); err != nil {
 		return nil, err
@@ -233,6 +256,9 @@ func (s *Service) command(ctx context.Context, req *kilnv1.SubmitBuildRequest) (
 	}
 	if cmd.Name == "" {
 		cmd.Name = firstLine(req.GetCommand(), maxNameFromCommand)
+	}
+	if len(cmd.Name) > MaxNameBytes {
+		return nil, invalid("name: %d bytes; the limit is %d", len(cmd.Name), MaxNameBytes)
 	}
 	return cmd, nil
 }

@@ -310,6 +310,18 @@ func TestSubmitRefused(t *testing.T) {
 			leading: true, kind: KindInvalid, msg: []string{"archive_size"},
 		},
 		{
+			// A 30 KB command in a 64-combination matrix resolves to ~2 MB:
+			// refused after expansion, before the apply.
+			name:    "resolved build over --max-build-bytes",
+			req:     &kilnv1.SubmitBuildRequest{RequestId: "r", SpecYaml: matrixFile(30 << 10)},
+			leading: true, kind: KindInvalid, msg: []string{"the resolved build is ", "64 steps", "the limit is 1048576 bytes (--max-build-bytes)"},
+		},
+		{
+			name:    "name in the build file too long",
+			req:     &kilnv1.SubmitBuildRequest{RequestId: "r", SpecYaml: "name: " + strings.Repeat("n", 300) + "\nsteps:\n  - {key: a, command: x}\n"},
+			leading: true, kind: KindInvalid, msg: []string{"name: 300 bytes; the limit is 256"},
+		},
+		{
 			name: "follower",
 			req:  &kilnv1.SubmitBuildRequest{RequestId: "r", Command: "true"},
 			is:   raftnode.ErrNotLeader,
@@ -346,6 +358,34 @@ func TestSubmitRefused(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// matrixFile is a build file of one step with a command of n bytes and an
+// 8×8 matrix: 64 jobs once expanded.
+func matrixFile(n int) string {
+	return "steps:\n  - key: t\n    matrix: {a: [1, 2, 3, 4, 5, 6, 7, 8], b: [1, 2, 3, 4, 5, 6, 7, 8]}\n    commands: [\"echo " +
+		strings.Repeat("x", n) + "\"]\n"
+}
+
+func TestSubmitBuildSizeLimit(t *testing.T) {
+	ap, kicks := &applier{}, 0
+	// Just under the limit: accepted; the limit is on the resolved command.
+	if _, err := service(ap, true, &kicks).Submit(context.Background(), &kilnv1.SubmitBuildRequest{RequestId: "ok", SpecYaml: matrixFile(10 << 10)}); err != nil {
+		t.Fatalf("a 64-job build of ~700 KB was refused: %v", err)
+	}
+	if n := proto.Size(ap.cmds[0]); n > DefaultMaxBuildBytes || len(ap.cmds[0].GetSteps()) != 64 {
+		t.Fatalf("accepted build is %d bytes with %d steps", n, len(ap.cmds[0].GetSteps()))
+	}
+	// A lower configured limit applies.
+	svc := service(ap, true, &kicks)
+	svc.cfg.MaxBuildBytes = 4096
+	_, err := svc.Submit(context.Background(), &kilnv1.SubmitBuildRequest{RequestId: "small", Command: strings.Repeat("y", 5000)})
+	if !IsInvalid(err) || !strings.Contains(err.Error(), "the limit is 4096 bytes (--max-build-bytes)") {
+		t.Fatalf("got %v, want the limit named", err)
+	}
+	if len(ap.cmds) != 1 {
+		t.Fatalf("refused build committed")
 	}
 }
 

@@ -34,6 +34,11 @@ type Options struct {
 	ArtifactRetention time.Duration
 	// BlobGCGrace; default the coordinator's (1h).
 	BlobGCGrace time.Duration
+	// BuildRetention is how long finished builds are kept; default the
+	// coordinator's (90d).
+	BuildRetention time.Duration
+	// MaxLogBytes per job attempt; default the coordinator's (1 GiB).
+	MaxLogBytes int64
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
@@ -113,7 +118,7 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	cfg.BlobSyncInterval = 200 * time.Millisecond
 	cfg.Autopilot.Stabilization = 300 * time.Millisecond
 	cfg.Autopilot.Interval = 100 * time.Millisecond
-	cfg.ArtifactExpiryInterval = 100 * time.Millisecond
+	cfg.ExpiryInterval = 100 * time.Millisecond
 	cfg.BlobGCInterval = 200 * time.Millisecond
 	switch {
 	case c.opts.ArtifactRetention > 0:
@@ -126,6 +131,12 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.HTTP {
 		cfg.HTTPAddr = "127.0.0.1:0"
+	}
+	if c.opts.BuildRetention > 0 {
+		cfg.BuildRetention = c.opts.BuildRetention
+	}
+	if c.opts.MaxLogBytes > 0 {
+		cfg.MaxLogBytes = c.opts.MaxLogBytes
 	}
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3

@@ -73,7 +73,8 @@ type Result struct {
 	Canceled []*kilnv1.AttemptRef
 	// Agents are the agents of Canceled, in the same order.
 	Agents []string
-	// Expired lists the builds whose artifacts ExpireArtifacts expired.
+	// Expired lists the builds whose artifacts ExpireArtifacts expired, or
+	// the builds ExpireBuilds deleted.
 	Expired []string
 }
 
@@ -83,7 +84,7 @@ type FSM struct {
 	log   *zap.Logger
 }
 
-var _ raft.FSM = (*FSM)(nil)
+var _ raft.BatchingFSM = (*FSM)(nil)
 
 // New returns an FSM over store; a nil log discards.
 func New(store *state.Store, log *zap.Logger) *FSM {
@@ -117,6 +118,7 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
 	fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS:        func() proto.Message { return &fsmv1.CommitLogs{} },
+	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_BUILDS:      func() proto.Message { return &fsmv1.ExpireBuilds{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -173,6 +175,44 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	return res
 }
 
+// ApplyBatch applies the committed entries raft hands over together in one
+// state-store transaction (state.Store.Batch): one commit, one wake-up of
+// the readers, instead of one per entry. Each command still gets its own
+// *Result, the same it would get applied alone, and a rejected command
+// changes nothing, as alone. Entries other than commands (configuration
+// changes, which a BatchingFSM is also given) are not the store's: their
+// result is nil. It panics on a command it cannot decode, before applying
+// any of the batch.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	msgs := make([]proto.Message, len(logs))
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		_, msg, err := Decode(l.Data)
+		if err != nil {
+			f.log.Error("cannot apply raft log entry; stopping to avoid diverging",
+				zap.Uint64("index", l.Index), zap.Uint64("term", l.Term), zap.Error(err))
+			panic(fmt.Sprintf("fsm: log entry %d: %v", l.Index, err))
+		}
+		msgs[i] = msg
+	}
+	out := make([]interface{}, len(logs))
+	f.store.Batch(func() {
+		for i, l := range logs {
+			if msgs[i] == nil {
+				continue
+			}
+			res := f.apply(l.Index, msgs[i])
+			if res.Err != nil {
+				f.log.Debug("command rejected", zap.Uint64("index", l.Index), zap.Error(res.Err))
+			}
+			out[i] = res
+		}
+	})
+	return out
+}
+
 func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 	s := f.store
 	switch c := msg.(type) {
@@ -225,6 +265,9 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return outcome(s.RecordTests(idx, c))
 	case *fsmv1.ExpireArtifacts:
 		ids, err := s.ExpireArtifacts(idx, c)
+		return &Result{Expired: ids, Err: err}
+	case *fsmv1.ExpireBuilds:
+		ids, err := s.ExpireBuilds(idx, c)
 		return &Result{Expired: ids, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.

@@ -26,6 +26,9 @@ type harness struct {
 	s   *state.Store
 	idx uint64
 	now int64
+	// entries are the log entries applied, in order (for replays).
+	entries []*raft.Log
+	results []*Result
 }
 
 func newHarness(t *testing.T) *harness {
@@ -42,10 +45,13 @@ func (h *harness) apply(ct fsmv1.CommandType, msg proto.Message) *Result {
 	}
 	h.idx++
 	h.now += 10
-	res, ok := h.f.Apply(&raft.Log{Index: h.idx, Term: 1, Type: raft.LogCommand, Data: data}).(*Result)
+	l := &raft.Log{Index: h.idx, Term: 1, Type: raft.LogCommand, Data: data}
+	res, ok := h.f.Apply(l).(*Result)
 	if !ok || res == nil {
 		h.t.Fatalf("apply %s: no *Result", ct)
 	}
+	h.entries = append(h.entries, l)
+	h.results = append(h.results, res)
 	return res
 }
 

@@ -12,8 +12,8 @@
 //   - Raft health (leader, last contact, term and indexes) is this member's
 //     own view, read from Raft on scrape.
 //   - Commit and FSM apply latencies are histograms fed by hashicorp/raft's
-//     own timers ("raft.commitTime", "raft.fsm.apply", through a go-metrics
-//     sink installed once per process). Commit latency is observed on the
+//     own timers ("raft.commitTime", "raft.fsm.applyBatch", through a
+//     go-metrics sink installed once per process). Commit latency is observed on the
 //     leader only.
 //   - The local blob store's size is this node's disk (or the shared
 //     bucket), listed at most once per BlobListInterval.

@@ -19,8 +19,13 @@ var (
 	})
 	raftApply = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "kiln_raft_fsm_apply_duration_seconds",
-		Help:    "Time the state machine took to apply one committed command (raft.fsm.apply; every member).",
+		Help:    "Time the state machine took to apply one batch of committed commands (raft.fsm.applyBatch; every member). The FSM applies a batch in one state-store transaction.",
 		Buckets: prometheus.ExponentialBuckets(0.00005, 2, 14), // 50 µs .. ~400 ms
+	})
+	raftApplyBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "kiln_raft_fsm_apply_batch_commands",
+		Help:    "Commands per batch the state machine applied (raft.fsm.applyBatchNum; every member).",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 10), // 1 .. 512
 	})
 	sinkOnce sync.Once
 )
@@ -37,7 +42,7 @@ func RegisterRaftTimers(reg prometheus.Registerer) {
 		cfg.EnableTypePrefix = false
 		_, _ = gometrics.NewGlobal(cfg, raftSink{})
 	})
-	reg.MustRegister(raftCommit, raftApply)
+	reg.MustRegister(raftCommit, raftApply, raftApplyBatch)
 }
 
 // raftSink is a go-metrics sink that keeps the samples Kiln exports and
@@ -58,13 +63,16 @@ func match(key []string, want ...string) bool {
 }
 
 // AddSample receives timer samples in milliseconds (go-metrics' default
-// granularity).
+// granularity) and the batch sizes.
 func (raftSink) AddSample(key []string, val float32) {
 	switch {
 	case match(key, "raft", "commitTime"):
 		raftCommit.Observe(float64(val) / 1000)
-	case match(key, "raft", "fsm", "apply"):
+	case match(key, "raft", "fsm", "applyBatch"), match(key, "raft", "fsm", "apply"):
+		// applyBatch with the batching FSM; apply for an FSM without it.
 		raftApply.Observe(float64(val) / 1000)
+	case match(key, "raft", "fsm", "applyBatchNum"):
+		raftApplyBatch.Observe(float64(val))
 	}
 }
 

@@ -9,7 +9,9 @@ import (
 
 // sendBuffer bounds the messages queued for one agent. An agent that falls
 // this far behind is disconnected rather than let the leader's memory grow.
-const sendBuffer = 4096
+// A channel's buffer is allocated whole when the session opens, so this is
+// paid by every connected agent (8 bytes a slot): 512 slots are 4 KiB.
+const sendBuffer = 512
 
 // Session is one open agent stream as the scheduler sees it: the agent's
 // identity, labels, slots and drain flag, and the queue of messages for it.

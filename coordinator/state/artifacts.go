@@ -85,6 +85,8 @@ func artifactTable() *memdb.TableSchema {
 	return &memdb.TableSchema{Name: tableArtifacts, Indexes: map[string]*memdb.IndexSchema{
 		"id":    {Name: "id", Unique: true, Indexer: artifactKeyIndexer{}},
 		"build": {Name: "build", Indexer: &memdb.StringFieldIndex{Field: "BuildId"}},
+		// By digest: whether any record still refers to a blob (ExpireBuilds).
+		"sha": {Name: "sha", Indexer: artifactShaIndexer{}},
 	}}
 }
 
@@ -238,15 +240,9 @@ func (s *Store) ArtifactDigests() map[string]bool {
 // their artifact retention. These are the source blobs the cluster keeps.
 func (s *Store) SourceArchiveDigests() map[string]bool {
 	out := map[string]bool{}
-	it := mustGet(s.read(), tableBuilds, "id")
+	it := mustGet(s.read(), tableBuilds, "kept_archive")
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		b := raw.(*buildRow).Build
-		if b.GetArtifactsExpired() {
-			continue
-		}
-		if sha := b.GetSource().GetArchiveSha256(); sha != "" {
-			out[sha] = true
-		}
+		out[raw.(*buildRow).Build.GetSource().GetArchiveSha256()] = true
 	}
 	return out
 }

@@ -46,27 +46,23 @@ type wtx struct {
 
 // write runs fn in one write transaction and records index as the last
 // applied index. When fn fails its changes are discarded, but the index is
-// still recorded (the command was applied, as a rejection).
+// still recorded (the command was applied, as a rejection). Inside a Batch
+// fn runs in the batch's transaction, and may run again (a replay): fn must
+// depend only on the transaction and its command, and set its outputs by
+// assigning fresh values, never by changing values a caller already holds.
 func (s *Store) write(index uint64, fn func(w *wtx) error) error {
+	if s.batch != nil {
+		return s.batch.apply(index, fn)
+	}
 	db := s.db.Load()
 	tx := db.Txn(true)
 	tx.TrackChanges()
 	err := fn(&wtx{tx: tx, index: index})
-	dispatch := false
 	if err != nil {
 		tx.Abort()
 		tx = db.Txn(true)
-	} else {
-		dispatch = affectsDispatch(tx.Changes())
 	}
-	m := *readMeta(tx)
-	m.LastIndex = index
-	mustInsert(tx, tableMeta, &m)
-	tx.Commit() // closes the memdb watch channels of what changed (Views)
-	if dispatch {
-		s.dispatch.fire()
-	}
-	s.changed.fire()
+	s.commit(tx, index, err == nil)
 	return err
 }
 
@@ -320,6 +316,7 @@ func (s *Store) AppendLogs(index uint64, cmd *fsmv1.AppendLogs) []AttemptOutcome
 	}
 	var outs []AttemptOutcome
 	_ = s.write(index, func(w *wtx) error {
+		outs = nil // fresh on a replay (see write)
 		pos := map[key]int{}
 		for _, c := range cmd.GetChunks() {
 			k := key{c.GetJobId(), c.GetAttempt()}
@@ -442,8 +439,9 @@ type CancelOutcome struct {
 // CancelBuild cancels every unfinished job of a build. A finished build is
 // returned unchanged.
 func (s *Store) CancelBuild(index uint64, cmd *fsmv1.CancelBuild) (*CancelOutcome, error) {
-	out := &CancelOutcome{}
+	var out *CancelOutcome
 	err := s.write(index, func(w *wtx) error {
+		out = &CancelOutcome{} // fresh on a replay (see write)
 		row := getBuildRow(w.tx, cmd.GetBuildId())
 		if row == nil {
 			return fmt.Errorf("cancel build %q: %w", cmd.GetBuildId(), ErrNotFound)

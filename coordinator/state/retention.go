@@ -144,6 +144,7 @@ func (s *Store) ArtifactsDue(now, defaultMs int64) bool {
 func (s *Store) ExpireArtifacts(index uint64, cmd *fsmv1.ExpireArtifacts) ([]string, error) {
 	var ids []string
 	err := s.write(index, func(w *wtx) error {
+		ids = nil // fresh on a replay (see write)
 		if cmd.GetDefaultRetentionMs() < 0 {
 			return fmt.Errorf("expire artifacts: default retention %dms is negative: %w", cmd.GetDefaultRetentionMs(), ErrInvalidCommand)
 		}

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 
 	memdb "github.com/hashicorp/go-memdb"
@@ -72,6 +71,11 @@ type Store struct {
 	// the scheduler, restored when a snapshot replaces the database (whose
 	// memdb watch channels then never fire).
 	changed, dispatch, restored *signal
+
+	// hooks are the OnBuildsRemoved callbacks.
+	hooks hooks
+	// batch is the open Batch, if any (FSM goroutine only).
+	batch *batch
 }
 
 // New returns an empty store (next build number 1, last index 0).
@@ -103,6 +107,13 @@ func schema() *memdb.DBSchema {
 			"id":     id("ID"),
 			"group":  {Name: "group", AllowMissing: true, Indexer: groupIndexer{}},
 			"expiry": {Name: "expiry", AllowMissing: true, Indexer: expiryIndexer{}},
+			"num":    {Name: "num", Unique: true, Indexer: numIndexer{}},
+			// Finished builds by finish time: the builds whose retention
+			// ended are at its start (ExpireBuilds).
+			"finished": {Name: "finished", AllowMissing: true, Indexer: finishedIndexer{}},
+			"archive":  {Name: "archive", AllowMissing: true, Indexer: archiveIndexer{}},
+			// Builds whose source archive is still kept (blob collectors).
+			"kept_archive": {Name: "kept_archive", AllowMissing: true, Indexer: keptArchiveIndexer{}},
 		}},
 		tableAgents:   {Name: tableAgents, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableNodes:    {Name: tableNodes, Indexes: map[string]*memdb.IndexSchema{"id": id("Id")}},
@@ -194,6 +205,30 @@ func (blockedIndexer) FromArgs(args ...interface{}) ([]byte, error) {
 	return nil, nil
 }
 
+// keptArchiveIndexer indexes the builds whose uploaded source archive is
+// kept (artifacts_expired false) by its digest, so the blob collectors'
+// list does not scan every build.
+type keptArchiveIndexer struct{}
+
+func (keptArchiveIndexer) FromObject(raw interface{}) (bool, []byte, error) {
+	row, ok := raw.(*buildRow)
+	if !ok {
+		return false, nil, fmt.Errorf("kept archive index: unexpected %T", raw)
+	}
+	sha := row.Build.GetSource().GetArchiveSha256()
+	if sha == "" || row.Build.GetArtifactsExpired() {
+		return false, nil, nil
+	}
+	return true, []byte(sha + "\x00"), nil
+}
+
+func (keptArchiveIndexer) FromArgs(args ...interface{}) ([]byte, error) {
+	if len(args) != 0 {
+		return nil, errors.New("kept archive index: takes no arguments")
+	}
+	return nil, nil
+}
+
 // groupIndexer indexes builds by concurrency group; builds without a group
 // are absent from the index.
 type groupIndexer struct{}
@@ -243,6 +278,12 @@ func (logKeyIndexer) FromObject(raw interface{}) (bool, []byte, error) {
 	}
 	a, s := c.GetAttempt(), c.GetSeq()
 	return true, logKey(c.GetJobId(), &a, &s), nil
+}
+
+// PrefixFromArgs is FromArgs: a job id alone is the prefix of all its
+// chunks (the "id_prefix" index DeletePrefix uses).
+func (x logKeyIndexer) PrefixFromArgs(args ...interface{}) ([]byte, error) {
+	return x.FromArgs(args...)
 }
 
 func (logKeyIndexer) FromArgs(args ...interface{}) ([]byte, error) {
@@ -352,22 +393,6 @@ func (s *Store) BuildHeader(id string) (*kilnv1.Build, bool) {
 	return proto.Clone(row.Build).(*kilnv1.Build), true
 }
 
-// ListBuilds returns up to limit builds, newest (highest number) first, with
-// their jobs. limit <= 0 means all.
-func (s *Store) ListBuilds(limit int) []*kilnv1.Build {
-	tx := s.read()
-	var out []*kilnv1.Build
-	for n := readMeta(tx).NextBuild - 1; n >= 1; n-- {
-		if limit > 0 && len(out) >= limit {
-			break
-		}
-		if row := getBuildRow(tx, strconv.FormatUint(n, 10)); row != nil {
-			out = append(out, assembleBuild(tx, row))
-		}
-	}
-	return out
-}
-
 // Job returns a job by id ("<build id>.<key>").
 func (s *Store) Job(id string) (*kilnv1.Job, bool) {
 	j := getJob(s.read(), id)
@@ -390,6 +415,18 @@ func (s *Store) ActiveJobs() []*kilnv1.Job {
 // decision), ordered by job id.
 func (s *Store) BlockedJobs() []*kilnv1.Job {
 	return collectJobs(mustGet(s.read(), tableJobs, "blocked"))
+}
+
+// ActiveJobCounts returns how many ASSIGNED or RUNNING jobs each agent
+// holds (agents without any are absent), from one read: the scheduler's
+// free slots for every session at once, however many agents there are.
+func (s *Store) ActiveJobCounts() map[string]int {
+	out := map[string]int{}
+	it := mustGet(s.read(), tableJobs, "active")
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		out[raw.(*kilnv1.Job).GetAgent()]++
+	}
+	return out
 }
 
 // AgentJobs returns the ASSIGNED and RUNNING jobs held by agent, by job id.

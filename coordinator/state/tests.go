@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
-	"strconv"
 
 	memdb "github.com/hashicorp/go-memdb"
 	"google.golang.org/protobuf/proto"
@@ -252,9 +251,14 @@ func (s *Store) TestCases(buildID string) (ran, flaky map[TestKey]bool) {
 func (s *Store) RecentBuildIDs(repo string, n int) []string {
 	tx := s.read()
 	var out []string
-	for num := readMeta(tx).NextBuild - 1; num >= 1 && len(out) < n; num-- {
-		row := getBuildRow(tx, strconv.FormatUint(num, 10))
-		if row == nil || (repo != "" && row.Build.GetSource().GetRepo() != repo) {
+	// By the number index: expired builds leave gaps that cost nothing.
+	it, err := tx.ReverseLowerBound(tableBuilds, "num", ^uint64(0))
+	if err != nil {
+		panic(fmt.Sprintf("state: scan builds: %v", err))
+	}
+	for raw := it.Next(); raw != nil && len(out) < n; raw = it.Next() {
+		row := raw.(*buildRow)
+		if repo != "" && row.Build.GetSource().GetRepo() != repo {
 			continue
 		}
 		out = append(out, row.ID)

@@ -6,10 +6,13 @@
 // Parse is a streaming parser built on encoding/xml's Decoder.Token loop; the
 // document is never unmarshalled as a whole. Memory is bounded by the number
 // of cases kept (Options.MaxCases) times a per-case bound (names, messages and
-// outputs are truncated), not by the size of the file. The only unbounded
-// allocation is the one encoding/xml itself makes for a single token (one
-// attribute value or one contiguous text/CDATA run), which is released as soon
-// as the token is consumed.
+// outputs are truncated), not by the size of the file. encoding/xml returns a
+// contiguous text or CDATA run as one token, so a reader below the decoder
+// (bound.go) first cuts every run to its first and last Options.MaxRunBytes
+// (64 KiB) with an omission marker between them: a 400 MB <system-out> costs
+// O(MaxRunBytes), and its first and last halves of MaxOutputBytes are what
+// the case keeps. The one allocation left unbounded is a single attribute
+// value (released as soon as its token is consumed).
 //
 // # Dialects and decisions
 //
@@ -78,6 +81,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -124,9 +128,16 @@ type Options struct {
 	// MaxMessageBytes truncates Case.Message and property values (plus
 	// TruncatedSuffix). 0 means DefaultMaxMessageBytes; negative drops them.
 	MaxMessageBytes int
-	// MaxOutputBytes truncates system-out/system-err kept per case and per
-	// suite. 0 (default) drops them.
+	// MaxOutputBytes bounds system-out/system-err kept per case and per
+	// suite: its first and last halves are kept, with an omission marker
+	// between them. 0 (default) drops them.
 	MaxOutputBytes int
+	// MaxRunBytes bounds what the parser holds of one run of character
+	// data (an element's text, a CDATA section) while reading: its first
+	// and last MaxRunBytes, so a huge <system-out> costs O(MaxRunBytes) of
+	// memory. 0 means DefaultMaxRunBytes; it is raised to cover
+	// MaxOutputBytes and MaxMessageBytes.
+	MaxRunBytes int
 }
 
 func (o Options) normalized() Options {
@@ -139,6 +150,10 @@ func (o Options) normalized() Options {
 	if o.MaxMessageBytes == 0 {
 		o.MaxMessageBytes = DefaultMaxMessageBytes
 	}
+	if o.MaxRunBytes <= 0 {
+		o.MaxRunBytes = DefaultMaxRunBytes
+	}
+	o.MaxRunBytes = max(o.MaxRunBytes, o.MaxOutputBytes, o.MaxMessageBytes+utf8.UTFMax, maxNameBytes+utf8.UTFMax)
 	return o
 }
 
@@ -235,10 +250,27 @@ type textBuf struct {
 	b     []byte
 	limit int // bytes kept beyond which over is set; <=0 keeps nothing
 	over  bool
+	// With tailCap > 0 (outputs) the bytes past limit go to tail, of
+	// which the last tailCap are kept; skipped counts those dropped.
+	tailCap int
+	tail    []byte
+	skipped int64
 }
 
 func (t *textBuf) write(p []byte) {
 	if t.limit <= 0 {
+		return
+	}
+	if t.tailCap > 0 {
+		room := max(t.limit-len(t.b), 0)
+		n := min(room, len(p))
+		t.b = append(t.b, p[:n]...)
+		t.tail = append(t.tail, p[n:]...)
+		if len(t.tail) > 2*t.tailCap { // amortized: trim to tailCap
+			drop := len(t.tail) - t.tailCap
+			t.skipped += int64(drop)
+			t.tail = t.tail[:copy(t.tail, t.tail[drop:])]
+		}
 		return
 	}
 	keep := t.limit + utf8.UTFMax // slack so rune-aligned cutting is possible
@@ -257,6 +289,46 @@ func (t *textBuf) write(p []byte) {
 }
 
 func (t *textBuf) String() string { return strings.TrimSpace(string(t.b)) }
+
+// MaxOmittedMarker bounds the "…(N bytes omitted)…" marker that joins the
+// first and last halves of a cut output.
+const MaxOmittedMarker = len("…( bytes omitted)…") + 20
+
+// headTail returns an output buffer's text: whole when it fits in limit
+// bytes, else its first and last halves with the omitted count between
+// them (cut on rune boundaries).
+func headTail(t *textBuf, limit int) string {
+	if limit <= 0 {
+		return ""
+	}
+	if len(t.b)+len(t.tail) <= limit && t.skipped == 0 {
+		return strings.TrimSpace(string(t.b) + string(t.tail))
+	}
+	head, tail := t.b, t.tail
+	omitted := t.skipped
+	if len(tail) > t.tailCap {
+		omitted += int64(len(tail) - t.tailCap)
+		tail = tail[len(tail)-t.tailCap:]
+	}
+	for len(tail) > 0 && !utf8.RuneStart(tail[0]) {
+		tail, omitted = tail[1:], omitted+1
+	}
+	cut := len(head)
+	for cut > 0 && !utf8.FullRune(head[lastRuneStart(head[:cut]):cut]) {
+		cut = lastRuneStart(head[:cut])
+	}
+	omitted += int64(len(head) - cut)
+	return strings.TrimLeftFunc(string(head[:cut]), unicode.IsSpace) + fmt.Sprintf("…(%d bytes omitted)…", omitted) +
+		strings.TrimRightFunc(string(tail), unicode.IsSpace)
+}
+
+func lastRuneStart(b []byte) int {
+	i := len(b) - 1
+	for i > 0 && !utf8.RuneStart(b[i]) {
+		i--
+	}
+	return max(i, 0)
+}
 
 // truncate cuts s to at most limit bytes on a rune boundary and appends
 // TruncatedSuffix when anything was cut (or over is set). limit <= 0 → "".
@@ -312,6 +384,7 @@ type suiteState struct {
 type parser struct {
 	opts       Options
 	d          *xml.Decoder
+	br         *boundedReader
 	rep        *Report
 	stack      []frame
 	suites     []*suiteState
@@ -335,11 +408,12 @@ type parser struct {
 // accepted dialects and for the partial-report contract on error.
 func Parse(r io.Reader, opts Options) (*Report, error) {
 	opts = opts.normalized()
-	d := xml.NewDecoder(sanitizer{r})
+	br := newBoundedReader(sanitizer{r}, opts.MaxRunBytes, opts.MaxRunBytes)
+	d := xml.NewDecoder(br)
 	d.Strict = true
 	d.Entity = xml.HTMLEntity
 	d.CharsetReader = charsetReader
-	p := &parser{opts: opts, d: d, rep: &Report{}, orphan: -1}
+	p := &parser{opts: opts, d: d, br: br, rep: &Report{}, orphan: -1}
 	err := p.run()
 	p.finish()
 	if err != nil {
@@ -357,6 +431,7 @@ func (p *parser) errorf(err error, msg string) error {
 	if errors.As(err, &se) {
 		line, msg = se.Line, se.Msg
 	}
+	line = p.br.realLine(line)
 	return &ParseError{Name: p.opts.Name, Line: line, Msg: msg, Err: err}
 }
 
@@ -442,7 +517,7 @@ func (p *parser) start(se xml.StartElement) error {
 				return p.skip()
 			}
 			s := p.suites[len(p.suites)-1]
-			p.beginCapture(fOutput, pick(name == "system-out", &s.out, &s.errb), p.opts.MaxOutputBytes)
+			p.beginOutput(pick(name == "system-out", &s.out, &s.errb))
 		default:
 			return p.skip()
 		}
@@ -477,7 +552,7 @@ func (p *parser) start(se xml.StartElement) error {
 			if !cs.keep || p.opts.MaxOutputBytes <= 0 {
 				return p.skip()
 			}
-			p.beginCapture(fOutput, pick(name == "system-out", &cs.out, &cs.errb), p.opts.MaxOutputBytes)
+			p.beginOutput(pick(name == "system-out", &cs.out, &cs.errb))
 		case "properties":
 			if !cs.keep {
 				return p.skip()
@@ -519,6 +594,18 @@ func pick[T any](c bool, a, b T) T {
 		return a
 	}
 	return b
+}
+
+// beginOutput captures a system-out/system-err: its first and last halves
+// of MaxOutputBytes.
+func (p *parser) beginOutput(buf *textBuf) {
+	half := p.opts.MaxOutputBytes / 2
+	buf.tailCap = max(p.opts.MaxOutputBytes-half, 0)
+	p.beginCapture(fOutput, buf, half)
+	if p.opts.MaxOutputBytes > 0 && half == 0 {
+		buf.limit = 1 // MaxOutputBytes 1: keep the one tail byte
+		buf.tailCap = 1
+	}
 }
 
 func (p *parser) beginCapture(f frame, buf *textBuf, limit int) {
@@ -602,8 +689,8 @@ func (p *parser) finalizeSuite(s *suiteState) {
 	}
 	st := &p.rep.Suites[s.idx]
 	st.Duration = d
-	st.SystemOut = truncate(s.out.String(), p.opts.MaxOutputBytes, s.out.over)
-	st.SystemErr = truncate(s.errb.String(), p.opts.MaxOutputBytes, s.errb.over)
+	st.SystemOut = headTail(&s.out, p.opts.MaxOutputBytes)
+	st.SystemErr = headTail(&s.errb, p.opts.MaxOutputBytes)
 	if s.hadChild && len(st.Cases) == 0 && len(st.Properties) == 0 && st.SystemOut == "" && st.SystemErr == "" {
 		p.omit = append(p.omit, s.idx)
 	}
@@ -690,8 +777,8 @@ func (p *parser) closeCase() {
 		c.Message = truncate(msg, p.opts.MaxMessageBytes, sl.body.over)
 		c.Type = sl.typ
 	}
-	c.SystemOut = truncate(cs.out.String(), p.opts.MaxOutputBytes, cs.out.over)
-	c.SystemErr = truncate(cs.errb.String(), p.opts.MaxOutputBytes, cs.errb.over)
+	c.SystemOut = headTail(&cs.out, p.opts.MaxOutputBytes)
+	c.SystemErr = headTail(&cs.errb, p.opts.MaxOutputBytes)
 	idx := p.orphan
 	if s != nil {
 		idx = s.idx

@@ -55,7 +55,7 @@ func checkInvariants(t testing.TB, r *Report, opts Options) {
 			if lim := max(opts.MaxMessageBytes, 0); len(c.Message) > lim+len(TruncatedSuffix) {
 				t.Errorf("message of %q is %d bytes > %d", c.Name, len(c.Message), lim)
 			}
-			if lim := max(opts.MaxOutputBytes, 0); len(c.SystemOut) > lim+len(TruncatedSuffix) || len(c.SystemErr) > lim+len(TruncatedSuffix) {
+			if lim := max(opts.MaxOutputBytes, 0); len(c.SystemOut) > lim+MaxOmittedMarker || len(c.SystemErr) > lim+MaxOmittedMarker {
 				t.Errorf("output of %q exceeds %d", c.Name, lim)
 			}
 			switch c.Result {
@@ -236,9 +236,9 @@ func TestPropertiesAndOutput(t *testing.T) {
 	if c := r.Suites[0].Cases[0]; c.SystemOut != "" || c.SystemErr != "" || r.Suites[0].SystemOut != "" {
 		t.Errorf("output kept with MaxOutputBytes=0: %+v", r.Suites[0])
 	}
-	// Truncation of output.
+	// Output over the limit keeps its first and last halves.
 	r = mustParse(t, "properties_output.xml", Options{MaxOutputBytes: 5})
-	if c := r.Suites[0].Cases[0]; c.SystemOut != "hello"+TruncatedSuffix {
+	if c := r.Suites[0].Cases[0]; c.SystemOut != "he…(12 bytes omitted)…out" {
 		t.Errorf("SystemOut = %q", c.SystemOut)
 	}
 }

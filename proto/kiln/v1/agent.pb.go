@@ -507,7 +507,11 @@ type Registered struct {
 	// How often the agent must send a heartbeat.
 	HeartbeatIntervalMs int64 `protobuf:"varint,3,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
 	// A session silent for this long is lost.
-	LeaseTtlMs    int64 `protobuf:"varint,4,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	LeaseTtlMs int64 `protobuf:"varint,4,opt,name=lease_ttl_ms,json=leaseTtlMs,proto3" json:"lease_ttl_ms,omitempty"`
+	// Log bytes kept per job attempt (--max-log-bytes); 0 means no limit.
+	// Past it the agent drops the job's further output and ends the log with
+	// one marker line saying how much was dropped; the job goes on.
+	MaxLogBytes   int64 `protobuf:"varint,40,opt,name=max_log_bytes,json=maxLogBytes,proto3" json:"max_log_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -566,6 +570,13 @@ func (x *Registered) GetHeartbeatIntervalMs() int64 {
 func (x *Registered) GetLeaseTtlMs() int64 {
 	if x != nil {
 		return x.LeaseTtlMs
+	}
+	return 0
+}
+
+func (x *Registered) GetMaxLogBytes() int64 {
+	if x != nil {
+		return x.MaxLogBytes
 	}
 	return 0
 }
@@ -1210,7 +1221,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\bdraining\x18\x06 \x01(\bR\bdraining\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9a\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbe\x01\n" +
 	"\n" +
 	"Registered\x12\x1d\n" +
 	"\n" +
@@ -1218,7 +1229,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x03 \x01(\x03R\x13heartbeatIntervalMs\x12 \n" +
 	"\flease_ttl_ms\x18\x04 \x01(\x03R\n" +
-	"leaseTtlMs\"'\n" +
+	"leaseTtlMs\x12\"\n" +
+	"\rmax_log_bytes\x18( \x01(\x03R\vmaxLogBytes\"'\n" +
 	"\tHeartbeat\x12\x1a\n" +
 	"\bdraining\x18\x01 \x01(\bR\bdraining\"_\n" +
 	"\n" +

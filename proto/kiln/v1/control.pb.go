@@ -317,10 +317,14 @@ func (x *GetBuildResponse) GetBuild() *Build {
 
 type ListBuildsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// At most this many builds; 0 means 50; at most 1000.
+	// At most this many builds in this page; 0 means 50; at most 1000. A page
+	// also stops before its encoding passes 3 MiB, so it may hold fewer.
 	Limit int32 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// Continue after the previous page: its next_page_token. Empty starts
+	// at the newest build.
+	PageToken     string `protobuf:"bytes,40,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -369,9 +373,19 @@ func (x *ListBuildsRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *ListBuildsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListBuildsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Builds        []*Build               `protobuf:"bytes,1,rep,name=builds,proto3" json:"builds,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Newest first.
+	Builds []*Build `protobuf:"bytes,1,rep,name=builds,proto3" json:"builds,omitempty"`
+	// Set when older builds remain: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -411,6 +425,13 @@ func (x *ListBuildsResponse) GetBuilds() []*Build {
 		return x.Builds
 	}
 	return nil
+}
+
+func (x *ListBuildsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type WatchBuildRequest struct {
@@ -835,7 +856,11 @@ func (x *CancelBuildResponse) GetBuild() *Build {
 type ListAgentsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// At most this many agents in this page; 0 means 1000; at most 1000.
+	PageSize int32 `protobuf:"varint,40,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// Continue after the previous page: its next_page_token.
+	PageToken     string `protobuf:"bytes,41,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -877,9 +902,26 @@ func (x *ListAgentsRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *ListAgentsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAgentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListAgentsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by name.
+	Agents []*Agent `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	// Set when more agents remain: pass it as page_token for the next page.
+	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +961,13 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 		return x.Agents
 	}
 	return nil
+}
+
+func (x *ListAgentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type DecideApprovalRequest struct {
@@ -1279,7 +1328,9 @@ func (x *AddRepoResponse) GetRepo() *Repo {
 type ListReposRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,1,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// Continue after the previous page: its next_page_token.
+	PageToken     string `protobuf:"bytes,40,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1321,9 +1372,19 @@ func (x *ListReposRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *ListReposRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListReposResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Repos         []*Repo                `protobuf:"bytes,1,rep,name=repos,proto3" json:"repos,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Repos []*Repo                `protobuf:"bytes,1,rep,name=repos,proto3" json:"repos,omitempty"`
+	// Set when more remain: pass it as page_token for the next page. A page
+	// holds at most 1000 entries and 3 MiB.
+	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1365,11 +1426,20 @@ func (x *ListReposResponse) GetRepos() []*Repo {
 	return nil
 }
 
+func (x *ListReposResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type ListArtifactsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,2,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// Continue after the previous page: its next_page_token.
+	PageToken     string `protobuf:"bytes,40,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1418,9 +1488,19 @@ func (x *ListArtifactsRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *ListArtifactsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListArtifactsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Artifacts     []*Artifact            `protobuf:"bytes,1,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Artifacts []*Artifact            `protobuf:"bytes,1,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
+	// Set when more remain: pass it as page_token for the next page. A page
+	// holds at most 1000 entries and 3 MiB.
+	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1462,13 +1542,22 @@ func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
 	return nil
 }
 
+func (x *ListArtifactsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type ListTestsRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	BuildId string                 `protobuf:"bytes,1,opt,name=build_id,json=buildId,proto3" json:"build_id,omitempty"`
 	// Only failed and errored cases.
 	FailedOnly bool `protobuf:"varint,2,opt,name=failed_only,json=failedOnly,proto3" json:"failed_only,omitempty"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,3,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,3,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// Continue after the previous page: its next_page_token.
+	PageToken     string `protobuf:"bytes,40,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1524,10 +1613,20 @@ func (x *ListTestsRequest) GetConsistency() Consistency {
 	return Consistency_CONSISTENCY_UNSPECIFIED
 }
 
+func (x *ListTestsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListTestsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Summary       *TestSummary           `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
-	Reports       []*TestReport          `protobuf:"bytes,2,rep,name=reports,proto3" json:"reports,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Summary *TestSummary           `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary,omitempty"`
+	Reports []*TestReport          `protobuf:"bytes,2,rep,name=reports,proto3" json:"reports,omitempty"`
+	// Set when more reports remain: pass it as page_token for the next page.
+	// A page holds at most 1000 reports and 3 MiB.
+	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1574,6 +1673,13 @@ func (x *ListTestsResponse) GetReports() []*TestReport {
 		return x.Reports
 	}
 	return nil
+}
+
+func (x *ListTestsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type FlakyTestsRequest struct {
@@ -1805,12 +1911,15 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"8\n" +
 	"\x10GetBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"a\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x80\x01\n" +
 	"\x11ListBuildsRequest\x12\x14\n" +
 	"\x05limit\x18\x01 \x01(\x05R\x05limit\x126\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"<\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
+	"\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"d\n" +
 	"\x12ListBuildsResponse\x12&\n" +
-	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\"f\n" +
+	"\x06builds\x18\x01 \x03(\v2\x0e.kiln.v1.BuildR\x06builds\x12&\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"f\n" +
 	"\x11WatchBuildRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\":\n" +
@@ -1838,11 +1947,15 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\";\n" +
 	"\x13CancelBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"K\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\x87\x01\n" +
 	"\x11ListAgentsRequest\x126\n" +
-	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"<\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1b\n" +
+	"\tpage_size\x18( \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18) \x01(\tR\tpageToken\"d\n" +
 	"\x12ListAgentsResponse\x12&\n" +
-	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents\"\xa9\x01\n" +
+	"\x06agents\x18\x01 \x03(\v2\x0e.kiln.v1.AgentR\x06agents\x12&\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\xa9\x01\n" +
 	"\x15DecideApprovalRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
@@ -1867,24 +1980,33 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bpipeline\x18\x04 \x01(\tR\bpipeline\x12(\n" +
 	"\x10poll_interval_ms\x18\x05 \x01(\x03R\x0epollIntervalMs\"4\n" +
 	"\x0fAddRepoResponse\x12!\n" +
-	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"J\n" +
+	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"i\n" +
 	"\x10ListReposRequest\x126\n" +
-	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"8\n" +
+	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
+	"\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"`\n" +
 	"\x11ListReposResponse\x12#\n" +
-	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\"i\n" +
+	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\x12&\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\x88\x01\n" +
 	"\x14ListArtifactsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
-	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"H\n" +
+	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
+	"\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"p\n" +
 	"\x15ListArtifactsResponse\x12/\n" +
-	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts\"\x86\x01\n" +
+	"\tartifacts\x18\x01 \x03(\v2\x11.kiln.v1.ArtifactR\tartifacts\x12&\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\xa5\x01\n" +
 	"\x10ListTestsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x1f\n" +
 	"\vfailed_only\x18\x02 \x01(\bR\n" +
 	"failedOnly\x126\n" +
-	"\vconsistency\x18\x03 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"r\n" +
+	"\vconsistency\x18\x03 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
+	"\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"\x9a\x01\n" +
 	"\x11ListTestsResponse\x12.\n" +
 	"\asummary\x18\x01 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12-\n" +
-	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\"\x8d\x01\n" +
+	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\x12&\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\x8d\x01\n" +
 	"\x11FlakyTestsRequest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06builds\x18\x02 \x01(\x05R\x06builds\x12\x14\n" +

@@ -1993,9 +1993,13 @@ type TestCase struct {
 	// "passed", "failed", "errored" or "skipped".
 	Result string `protobuf:"bytes,6,opt,name=result,proto3" json:"result,omitempty"`
 	// Failure or error message, truncated to a limit.
-	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
-	Flaky         bool   `protobuf:"varint,8,opt,name=flaky,proto3" json:"flaky,omitempty"`
-	Reruns        int32  `protobuf:"varint,9,opt,name=reruns,proto3" json:"reruns,omitempty"`
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	Flaky   bool   `protobuf:"varint,8,opt,name=flaky,proto3" json:"flaky,omitempty"`
+	Reruns  int32  `protobuf:"varint,9,opt,name=reruns,proto3" json:"reruns,omitempty"`
+	// The case's system-out then system-err, of a failed or errored case
+	// only: the first and last halves of 4 KiB each, with an omission marker
+	// between them (at most 1 MiB of output per attempt).
+	Output        string `protobuf:"bytes,40,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2091,6 +2095,13 @@ func (x *TestCase) GetReruns() int32 {
 		return x.Reruns
 	}
 	return 0
+}
+
+func (x *TestCase) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
 }
 
 // TestReport is one parsed report file of a job attempt.
@@ -2371,7 +2382,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\askipped\x18\x05 \x01(\x05R\askipped\x12\x14\n" +
 	"\x05flaky\x18\x06 \x01(\x05R\x05flaky\x12\x1f\n" +
 	"\vduration_ms\x18\a \x01(\x03R\n" +
-	"durationMs\"\xe7\x01\n" +
+	"durationMs\"\xff\x01\n" +
 	"\bTestCase\x12\x14\n" +
 	"\x05suite\x18\x01 \x01(\tR\x05suite\x12\x1c\n" +
 	"\tclassname\x18\x02 \x01(\tR\tclassname\x12\x12\n" +
@@ -2382,7 +2393,8 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x06result\x18\x06 \x01(\tR\x06result\x12\x18\n" +
 	"\amessage\x18\a \x01(\tR\amessage\x12\x14\n" +
 	"\x05flaky\x18\b \x01(\bR\x05flaky\x12\x16\n" +
-	"\x06reruns\x18\t \x01(\x05R\x06reruns\"\xd4\x01\n" +
+	"\x06reruns\x18\t \x01(\x05R\x06reruns\x12\x16\n" +
+	"\x06output\x18( \x01(\tR\x06output\"\xd4\x01\n" +
 	"\n" +
 	"TestReport\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +

@@ -54,6 +54,8 @@ const (
 	CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS   CommandType = 19
 	// 20-24: job logs (logs.proto).
 	CommandType_COMMAND_TYPE_COMMIT_LOGS CommandType = 20
+	// Lifecycle range: 25-31.
+	CommandType_COMMAND_TYPE_EXPIRE_BUILDS CommandType = 25
 )
 
 // Enum value maps for CommandType.
@@ -80,6 +82,7 @@ var (
 		18: "COMMAND_TYPE_RECORD_TESTS",
 		19: "COMMAND_TYPE_EXPIRE_ARTIFACTS",
 		20: "COMMAND_TYPE_COMMIT_LOGS",
+		25: "COMMAND_TYPE_EXPIRE_BUILDS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -103,6 +106,7 @@ var (
 		"COMMAND_TYPE_RECORD_TESTS":       18,
 		"COMMAND_TYPE_EXPIRE_ARTIFACTS":   19,
 		"COMMAND_TYPE_COMMIT_LOGS":        20,
+		"COMMAND_TYPE_EXPIRE_BUILDS":      25,
 	}
 )
 
@@ -1908,7 +1912,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\x97\x05\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xb7\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1931,7 +1935,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x1fCOMMAND_TYPE_REGISTER_ARTIFACTS\x10\x11\x12\x1d\n" +
 	"\x19COMMAND_TYPE_RECORD_TESTS\x10\x12\x12!\n" +
 	"\x1dCOMMAND_TYPE_EXPIRE_ARTIFACTS\x10\x13\x12\x1c\n" +
-	"\x18COMMAND_TYPE_COMMIT_LOGS\x10\x14B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x18COMMAND_TYPE_COMMIT_LOGS\x10\x14\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_EXPIRE_BUILDS\x10\x19B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
