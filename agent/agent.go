@@ -127,6 +127,10 @@ type Agent struct {
 	artifactLimits executor.ArtifactLimits
 	// testLimits bound parsed test reports (executor defaults when zero).
 	testLimits executor.TestLimits
+	// counters feed the agent's /metrics (metrics.go); http serves them
+	// when Config.HTTPAddr is set.
+	counters agentCounters
+	httpAddr atomic.Value // string
 }
 
 // New validates cfg and returns an Agent. Labels os and arch are added from
@@ -210,11 +214,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Error("agent has no identity", zap.Error(err))
 		return fmt.Errorf("agent: %w", err)
 	}
+	stopHTTP, err := a.serveHTTP(ctx)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer stopHTTP()
 	renewCtx, stopRenew := context.WithCancel(ctx)
 	renewDone := make(chan struct{})
 	go func() { defer close(renewDone); a.renewLoop(renewCtx) }()
 	defer func() { stopRenew(); <-renewDone }()
-	err := a.connectLoop(ctx)
+	err = a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()
 	}
@@ -401,6 +410,7 @@ func (a *Agent) finish(at *attempt, o executor.Outcome) {
 		at.tests = &kilnv1.TestReports{JobId: at.key.job, Attempt: at.key.attempt, Reports: o.Tests}
 		a.enqueueLocked(&kilnv1.ConnectRequest{Msg: &kilnv1.ConnectRequest_Tests{Tests: at.tests}})
 	}
+	a.counters.jobFinished(o.Result)
 	at.finished = &kilnv1.JobFinished{
 		JobId:      at.key.job,
 		Attempt:    at.key.attempt,

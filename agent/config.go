@@ -74,6 +74,9 @@ type Config struct {
 	// variables jobs get on top of executor.DefaultPassEnv; the rest of
 	// the agent's environment never reaches a job.
 	PassEnv []string
+	// HTTPAddr, when set, is the listen address of the agent's own
+	// /metrics (Prometheus); empty serves none.
+	HTTPAddr string
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators

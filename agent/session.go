@@ -218,6 +218,7 @@ func (a *Agent) runSession(ctx context.Context, addr string) error {
 	log.Info("session registered", zap.String("node", registered.GetNodeId()),
 		zap.Duration("heartbeat", hb), zap.Int64("lease_ttl_ms", registered.GetLeaseTtlMs()), zap.Int("held", len(reg.GetRunning())))
 
+	a.counters.sessions.Add(1)
 	sess := newSession()
 	a.mu.Lock()
 	a.sess = sess

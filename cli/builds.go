@@ -49,6 +49,9 @@ type JobJSON struct {
 	LogLines uint64 `json:"log_lines"`
 	// Approval is the decision on an approval step, once made.
 	Approval *ApprovalJSON `json:"approval,omitempty"`
+	// Waiting says why a job that has not started waits (as kilnctl
+	// queue shows it).
+	Waiting string `json:"waiting,omitempty"`
 }
 
 // ApprovalJSON is the decision on an approval step.
@@ -86,6 +89,7 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 			Reason:   j.GetReason(),
 			LogBytes: j.GetLogBytes(),
 			LogLines: j.GetLogLines(),
+			Waiting:  j.GetWaitReason(),
 		}
 		if ap := j.GetApproval(); ap != nil {
 			jj.Approval = &ApprovalJSON{Approved: ap.GetApproved(), By: ap.GetBy(), Comment: ap.GetComment(), Time: rfc3339(ap.GetTimeUnixMs())}
@@ -247,7 +251,12 @@ func printBuild(w io.Writer, b *kilnv1.Build) error {
 				exit = fmt.Sprint(j.ExitCode)
 			}
 		}
-		fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Key, j.State, j.Attempt, orDash(j.Agent), exit, orDash(j.Reason))
+		reason := j.Reason
+		if j.Waiting != "" {
+			// Why it waits now says more than why an earlier attempt ended.
+			reason = j.Waiting
+		}
+		fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Key, j.State, j.Attempt, orDash(j.Agent), exit, orDash(reason))
 	}
 	return t.Flush()
 }

@@ -151,6 +151,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.artifactsCommand(),
 		a.testsCommand(),
 		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
+		a.queueCommand(), a.statsCommand(),
 	)
 	return root
 }

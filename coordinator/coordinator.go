@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -57,6 +58,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
+	"github.com/kiln-ci/kiln/internal/httpserve"
 	"github.com/kiln-ci/kiln/internal/leader"
 	"github.com/kiln-ci/kiln/internal/periodic"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
@@ -166,6 +168,10 @@ type Config struct {
 	// coordinator, never replicated): it seals secrets and, with ACL,
 	// authenticates coordinators to each other. Empty: no secrets.
 	SecretsKeyFile string
+	// HTTPAddr is the HTTP listen address of /metrics (port 0 picks a
+	// free port); empty serves no HTTP. kiln-coordinator's flag defaults
+	// to DefaultHTTPAddr.
+	HTTPAddr string
 }
 
 // Blob store backends.
@@ -337,6 +343,10 @@ type Coordinator struct {
 	tls *tlsSetup
 	// tokens creates, revokes and redeems tokens (Tokens).
 	tokens *acl.Tokens
+	// http serves /metrics (nil without Config.HTTPAddr); metrics is its
+	// registry.
+	http    *httpserve.Server
+	metrics *prometheus.Registry
 	// establishHook, when set (tests), runs before each attempt to
 	// establish leadership; an error fails the attempt.
 	establishHook func() error
@@ -408,6 +418,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
 		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials(), peerDialOptions(cfg, keys)...), tls: tlsSet}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
+	if err := c.openHTTP(); err != nil {
+		lis.Close()
+		_ = node.Close()
+		return nil, err
+	}
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
 		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes,
@@ -457,6 +472,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterLogReplicationServiceServer(c.grpc, logrepl.NewServer(logs))
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
+	kilnv1.RegisterOpsServiceServer(c.grpc, api.NewOpsServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
 	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
 	kilnv1.RegisterAccessServiceServer(c.grpc, api.NewAccessServer(deps))
@@ -541,6 +557,15 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); c.removedLoop(ctx) }()
 	wg.Add(1)
 	go func() { defer wg.Done(); periodic.Run(ctx, logSweepInterval, c.waitApplied, c.sweepJobLogs) }()
+	if c.http != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.http.Run(ctx); err != nil {
+				c.log.Error("http server stopped", zap.Error(err))
+			}
+		}()
+	}
 	c.log.Info("coordinator started", zap.String("grpc_addr", c.addr), zap.String("raft_addr", c.raftAdr))
 
 	var err error

@@ -185,7 +185,7 @@ func TestFollowerReceivesWrites(t *testing.T) {
 func TestDevModeRunsABuild(t *testing.T) {
 	h := newHarness(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", freePorts(t, 1)[0])
-	p := h.startProc("coordinator-dev", "kiln-coordinator", "--dev", "--data-dir", h.root+"/dev", "--grpc-addr", addr)
+	p := h.startProc("coordinator-dev", "kiln-coordinator", "--dev", "--data-dir", h.root+"/dev", "--grpc-addr", addr, "--http-addr", "127.0.0.1:0")
 	eventually(t, 30*time.Second, func() error {
 		var agents []agentJSON
 		if err := h.ctlJSON([]string{addr}, &agents, "agents"); err != nil {

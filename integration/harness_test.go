@@ -716,6 +716,7 @@ func (h *harness) startCluster(n int) *cluster {
 			"--data-dir", nd.dataDir,
 			"--grpc-addr", nd.grpcAddr,
 			"--raft-addr", nd.raftAddr,
+			"--http-addr", "127.0.0.1:0",
 			"--initial-cluster", strings.Join(initial, ","),
 			"--lease-ttl", leaseTTL,
 			"--heartbeat-interval", heartbeatInterval,

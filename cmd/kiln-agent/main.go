@@ -1,7 +1,7 @@
 // Command kiln-agent runs a Kiln build agent on this host.
 //
 //	kiln-agent --coordinators 127.0.0.1:7001,127.0.0.1:7002 --name a1 \
-//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--log-level info]
+//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--http-addr 127.0.0.1:7081] [--log-level info]
 //
 // The first SIGTERM or SIGINT drains the agent: it tells the leader at once,
 // takes no new jobs, and exits 0 once every job it holds has finished and
@@ -104,6 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 		cfg.PassEnv = append(cfg.PassEnv, v)
 		return nil
 	})
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", "", "listen address of the agent's /metrics (Prometheus), e.g. 127.0.0.1:7081; empty serves none")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.Token, "token", os.Getenv(authn.EnvToken), "API token of role agent for coordinators started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	if err := fs.Parse(args); err != nil {

@@ -129,6 +129,7 @@ func (s *ControlServer) GetBuild(ctx context.Context, req *kilnv1.GetBuildReques
 	if !ok {
 		return nil, status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
 	}
+	s.d.explainWaits(b)
 	return &kilnv1.GetBuildResponse{Build: fitBuild(b)}, nil
 }
 

@@ -53,6 +53,9 @@ type Options struct {
 	// secrets without ACLs.
 	ACL        bool
 	SecretsKey []byte
+	// HTTP serves /metrics on a free loopback port of every coordinator
+	// (Node.C.HTTPAddr()).
+	HTTP bool
 }
 
 // Cluster is a set of in-process coordinators and agents.
@@ -162,6 +165,9 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	}
 	if c.opts.BlobGCGrace > 0 {
 		cfg.BlobGCGrace = c.opts.BlobGCGrace
+	}
+	if c.opts.HTTP {
+		cfg.HTTPAddr = "127.0.0.1:0"
 	}
 	if c.opts.BuildRetention > 0 {
 		cfg.BuildRetention = c.opts.BuildRetention

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -388,3 +389,36 @@ func (n *Node) RemoveServer(id string) error {
 
 // RaftAddr is the address this member's transport advertises.
 func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
+
+// Health is what a monitoring scrape needs to know of this member's Raft
+// state (coordinator/metrics).
+type Health struct {
+	// Leader reports whether this member leads.
+	Leader bool
+	// LastContact is when this member last heard from the leader (zero:
+	// never, or this member is the leader).
+	LastContact time.Time
+	// Term, LastLogIndex, CommitIndex and AppliedIndex as Raft reports
+	// them.
+	Term, LastLogIndex, CommitIndex, AppliedIndex uint64
+}
+
+// Health returns the member's Raft state for metrics.
+func (n *Node) Health() Health {
+	st := n.raft.Stats()
+	num := func(k string) uint64 {
+		v, _ := strconv.ParseUint(st[k], 10, 64)
+		return v
+	}
+	h := Health{
+		Leader:       n.raft.State() == raft.Leader,
+		Term:         num("term"),
+		LastLogIndex: num("last_log_index"),
+		CommitIndex:  num("commit_index"),
+		AppliedIndex: n.raft.AppliedIndex(),
+	}
+	if !h.Leader {
+		h.LastContact = n.raft.LastContact()
+	}
+	return h
+}

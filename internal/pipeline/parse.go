@@ -24,7 +24,7 @@ import (
 var (
 	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
 	stageKeys       = []string{"name", "steps"}
-	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets"}
+	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets", "production"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -358,6 +358,9 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	if x, ok := f["allow_failure"]; ok {
 		st.AllowFailure = p.boolean(x.Val, "allow_failure")
+	}
+	if x, ok := f["production"]; ok {
+		st.Production = p.boolean(x.Val, "production")
 	}
 	if x, ok := f["matrix"]; ok {
 		st.matrixPos = posOf(x.Key)

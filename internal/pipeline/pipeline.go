@@ -144,6 +144,9 @@ type Step struct {
 	// means it waits for nothing.
 	Needs        []string
 	AllowFailure bool
+	// Production marks a step that deploys to production: delivery
+	// statistics (kilnctl stats) count its runs as deployments.
+	Production bool
 	// If is the step's condition as written; empty when it has none.
 	If string
 	// Matrix maps each axis to its values as written; nil without matrix.

@@ -355,6 +355,7 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		Name:         st.Name,
 		Stage:        int32(stage),
 		AllowFailure: st.AllowFailure,
+		Production:   st.Production,
 		Artifacts:    slices.Clone(st.Artifacts),
 		Junit:        slices.Clone(st.JUnit),
 		Secrets:      slices.Clone(st.Secrets),

@@ -393,7 +393,10 @@ type StepSpec struct {
 	// Names of the secrets the job gets as environment variables (resolved
 	// by the leader at assignment: a secret of the build's repository, else a
 	// global one).
-	Secrets       []string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	Secrets []string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// The step deploys to production (`production: true`): delivery
+	// statistics count its runs as production deployments.
+	Production    bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -545,6 +548,13 @@ func (x *StepSpec) GetSecrets() []string {
 		return x.Secrets
 	}
 	return nil
+}
+
+func (x *StepSpec) GetProduction() bool {
+	if x != nil {
+		return x.Production
+	}
+	return false
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -884,7 +894,11 @@ type Job struct {
 	// SHA-256 chain digest of the committed log through log_seq: d(0) is 32
 	// zero bytes, d(n) = sha256(d(n-1) || data of chunk n). Every
 	// coordinator checks its local copy of the log against it.
-	LogDigest     []byte `protobuf:"bytes,32,opt,name=log_digest,json=logDigest,proto3" json:"log_digest,omitempty"`
+	LogDigest []byte `protobuf:"bytes,32,opt,name=log_digest,json=logDigest,proto3" json:"log_digest,omitempty"`
+	// Why a job that has not started waits, in words (computed on read by
+	// GetBuild for waiting, queued and blocked jobs; never stored). The same
+	// text as kilnctl queue shows.
+	WaitReason    string `protobuf:"bytes,130,opt,name=wait_reason,json=waitReason,proto3" json:"wait_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1085,6 +1099,13 @@ func (x *Job) GetLogDigest() []byte {
 		return x.LogDigest
 	}
 	return nil
+}
+
+func (x *Job) GetWaitReason() string {
+	if x != nil {
+		return x.WaitReason
+	}
+	return ""
 }
 
 // Build is a submitted build with its jobs.
@@ -2199,7 +2220,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\x94\x06\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xb5\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2220,7 +2241,10 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
 	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12\x18\n" +
-	"\asecrets\x18P \x03(\tR\asecrets\x1a9\n" +
+	"\asecrets\x18P \x03(\tR\asecrets\x12\x1f\n" +
+	"\n" +
+	"production\x18\x82\x01 \x01(\bR\n" +
+	"production\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2252,7 +2276,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x03tag\x18\x05 \x01(\tR\x03tag\x12\x12\n" +
 	"\x04repo\x18\x06 \x01(\tR\x04repo\x12%\n" +
 	"\x0earchive_sha256\x18\a \x01(\tR\rarchiveSha256\x12!\n" +
-	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\x82\x06\n" +
+	"\farchive_size\x18\b \x01(\x03R\varchiveSize\"\xa4\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -2280,7 +2304,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\tlog_bytes\x18\x1e \x01(\x04R\blogBytes\x12\x1b\n" +
 	"\tlog_lines\x18\x1f \x01(\x04R\blogLines\x12\x1d\n" +
 	"\n" +
-	"log_digest\x18  \x01(\fR\tlogDigest\"\x90\x06\n" +
+	"log_digest\x18  \x01(\fR\tlogDigest\x12 \n" +
+	"\vwait_reason\x18\x82\x01 \x01(\tR\n" +
+	"waitReason\"\x90\x06\n" +
 	"\x05Build\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12)\n" +
