@@ -74,6 +74,10 @@ var Methods = map[string]Rule{
 	"/kiln.v1.BlobService/Download":  {Min: role.Viewer, Agent: true, Node: true},
 	"/kiln.v1.BlobService/Replicate": {Node: true},
 
+	// OpsService: the queue and delivery statistics (reads).
+	"/kiln.v1.OpsService/ListQueue": {Min: role.Viewer},
+	"/kiln.v1.OpsService/GetStats":  {Min: role.Viewer},
+
 	// LogReplicationService: job log copies between coordinators.
 	"/kiln.v1.LogReplicationService/AppendLog": {Node: true},
 	"/kiln.v1.LogReplicationService/ReadLog":   {Node: true},
