@@ -12,24 +12,41 @@
 // # Supported keys
 //
 //	version: 0.2                  required; 0.1 is an error (it runs every command in its own shell)
+//	run-as: USER                  the whole script runs as USER (see "run-as")
 //	env:
 //	  shell: bash | /bin/sh       sh, /bin/bash are accepted too; anything else is an error
 //	  variables: {K: V}           StepSpec.Env (scalars; numbers and booleans keep their text)
-//	  exported-variables: [K]     warning: visible to later commands and phases of this job only
+//	  exported-variables: [K]     exported to the environment of later commands and phases, printed at the end; warning (no CodePipeline)
 //	  parameter-store, secrets-manager   {VAR: ref}: warning; the job gets the Kiln secret VAR (StepSpec.Secrets), AWS is not called
-//	  git-credential-helper: yes  error (no is accepted: it changes nothing)
+//	  git-credential-helper: yes  warning: ignored, git uses the agent's credentials
 //	phases:
 //	  install | pre_build | build | post_build:
 //	    on-failure: ABORT | CONTINUE     RETRY[-n[-regex]] is an error
-//	    commands: [...]
+//	    commands: [...]           empty "-" items are skipped
 //	    finally: [...]
 //	    runtime-versions: {...}   warning: ignored
-//	    run-as: ...               error
-//	artifacts: {files, base-directory, discard-paths, name}   StepSpec.Artifacts
+//	    run-as: USER              warning: each command of the phase runs in its own shell as USER
+//	artifacts: {files, base-directory, discard-paths, name}   StepSpec.Artifacts; files may be one glob string
 //	reports: {group: {files, base-directory, file-format}}    StepSpec.Junit (JUNITXML only)
 //	cache, proxy, artifacts.{exclude-paths, enable-symlinks, s3-prefix,
 //	secondary-artifacts}: warnings (ignored)
-//	run-as, batch: errors
+//	batch: error
+//
+// # run-as
+//
+// Whether the agent can become the user is known only where the job runs,
+// so Parse accepts any well-formed user name and the script checks before
+// the first phase: the build fails at once, with the reason, when the user
+// does not exist or the agent can switch to it neither with setpriv (the
+// agent is root) nor with sudo -n -E (a sudoers rule without password).
+// The switched process keeps the job's directory and exported environment
+// and gets the user's HOME, USER and LOGNAME. Top-level run-as runs the
+// whole script as the user, so all commands still share one shell. A
+// phase's run-as cannot switch that shared shell: each of the phase's
+// commands runs in a shell of its own as the user (cd and variables it
+// sets do not carry over, hence the warning), unless the script already
+// runs as that user. Nothing changes the workspace's owner or modes: as in
+// CodeBuild, the user reads the sources through their modes.
 //
 // # Phase semantics (reading of the CodeBuild documentation)
 //
@@ -86,10 +103,15 @@
 //
 // # Artifacts and reports
 //
-// artifacts.files become StepSpec.Artifacts globs relative to the workspace,
-// joined to base-directory. Kiln keeps the matched files at their paths, so
-// discard-paths: yes is accepted with a warning, as is name (Kiln stores
-// artifacts per job). reports groups with file-format JUNITXML (the
-// default) become StepSpec.Junit globs; other formats are ignored with a
-// warning.
+// artifacts.files (a list, or one glob string) become StepSpec.Artifacts
+// globs relative to the workspace, joined to base-directory. Kiln keeps
+// the matched files at their paths, so discard-paths: yes is accepted with
+// a warning, as is name (Kiln stores artifacts per job). reports groups
+// with file-format JUNITXML (the default) become StepSpec.Junit globs;
+// other formats are ignored with a warning. A base-directory written
+// $CODEBUILD_SRC_DIR/x is the workspace's x. A report group's absolute
+// base-directory (outside the workspace, where the agent does not collect)
+// is copied after the last phase, passed or failed, into
+// .kiln-buildspec/reports/N of the workspace (N numbers the report groups)
+// and the group's globs point there.
 package buildspec

@@ -41,6 +41,12 @@ var (
 
 var (
 	envNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	// userRE is what run-as accepts: a user name or a numeric id, as
+	// useradd and id(1) take them (no leading '-', at most 32 bytes).
+	userRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$`)
+	// srcDirRE matches a base-directory that starts with the source
+	// directory's variable: it is a workspace-relative path.
+	srcDirRE = regexp.MustCompile(`^\$(CODEBUILD_SRC_DIR|\{CODEBUILD_SRC_DIR\})(/|$)`)
 )
 
 // Spec is a parsed, valid buildspec file.
@@ -51,6 +57,9 @@ type Spec struct {
 	Version string
 	// Shell is "bash", "sh" or "" (the agent's shell: bash, else /bin/sh).
 	Shell string
+	// RunAs is the top-level run-as user ("" for the agent's user): the
+	// whole script runs as that user.
+	RunAs string
 	// Variables is env.variables.
 	Variables map[string]string
 	// ExportedVariables is env.exported-variables.
@@ -73,8 +82,11 @@ type Phase struct {
 	Name string
 	// OnFailure is "", "ABORT" or "CONTINUE".
 	OnFailure string
-	Commands  []string
-	Finally   []string
+	// RunAs is the phase's run-as user ("" when the phase sets none): each
+	// of its commands runs in a shell of its own as that user.
+	RunAs    string
+	Commands []string
+	Finally  []string
 	// Line and Column locate the phase's key.
 	Line, Column int
 }
@@ -102,8 +114,18 @@ type Report struct {
 	// FileFormat is upper-case; JUNITXML when the file does not set it.
 	FileFormat string
 	// Globs are Files joined to BaseDirectory, relative to the workspace.
+	// For an absolute BaseDirectory they are below CopyTo.
 	Globs []string
+	// CopyTo is set when BaseDirectory is absolute (outside the
+	// workspace): the script copies that directory to CopyTo, a
+	// workspace-relative directory, after the last phase, since the agent
+	// collects reports in the workspace only.
+	CopyTo string
 }
+
+// reportCopyDir is the workspace directory that receives the reports of
+// groups with an absolute base-directory (one numbered subdirectory each).
+const reportCopyDir = ".kiln-buildspec/reports"
 
 // Warning is something in the file that Kiln accepts but does not honour
 // as CodeBuild would.
@@ -295,7 +317,7 @@ func (p *parser) strList(n *yaml.Node, what string, cmd bool) []string {
 			continue
 		}
 		if cmd && strings.TrimSpace(s) == "" {
-			p.errorf(item, "remove the empty item", "%s[%d] is an empty command", what, i)
+			// An empty "-" item runs nothing (CodeBuild skips it too).
 			continue
 		}
 		out = append(out, s)
@@ -331,7 +353,7 @@ func (p *parser) spec(root *yaml.Node) *Spec {
 		p.errorf(root, "add version: 0.2 at the top", "buildspec has no version")
 	}
 	if v, ok := f["run-as"]; ok {
-		p.errorf(v.Key, "run the commands as the agent's user, or use sudo -u in the commands", "run-as is not supported by Kiln")
+		s.RunAs = p.runAs(v.Val, "run-as")
 	}
 	if v, ok := f["batch"]; ok {
 		p.errorf(v.Key, "write a Kiln pipeline file (.kiln.yaml) with several steps instead",
@@ -405,8 +427,8 @@ func (p *parser) env(n *yaml.Node, s *Spec) {
 			}
 			s.ExportedVariables = append(s.ExportedVariables, name)
 		}
-		p.warnf(v.Key, "env.exported-variables: Kiln does not export variables out of the job; "+
-			"they are shell variables, visible to later commands and phases of this job only")
+		p.warnf(v.Key, "env.exported-variables: exported to the environment of the later commands and phases of this job "+
+			"and printed at its end; Kiln has no CodePipeline to pass them on to")
 	}
 	for _, k := range []string{"parameter-store", "secrets-manager"} {
 		if v, ok := f[k]; ok {
@@ -414,8 +436,8 @@ func (p *parser) env(n *yaml.Node, s *Spec) {
 		}
 	}
 	if v, ok := f["git-credential-helper"]; ok && p.boolean(v.Val, "env.git-credential-helper") {
-		p.errorf(v.Key, "configure git credentials on the agent, or remove the key",
-			"env.git-credential-helper is not supported by Kiln")
+		p.warnf(v.Key, "env.git-credential-helper: yes is ignored: git uses the agent's own credentials; "+
+			"Kiln checks out sources itself (kilnctl run --git, repositories)")
 	}
 }
 
@@ -523,7 +545,11 @@ func (p *parser) phase(name string, v yamlpos.Field) *Phase {
 		return nil
 	}
 	if x, ok := f["run-as"]; ok {
-		p.errorf(x.Key, "run the commands as the agent's user, or use sudo -u in the commands", "%s.run-as is not supported by Kiln", what)
+		ph.RunAs = p.runAs(x.Val, what+".run-as")
+		if ph.RunAs != "" {
+			p.warnf(x.Key, "%s.run-as: each command of the phase runs in a shell of its own as %s (when that is not the current user): "+
+				"it inherits the directory and exported variables, but cd, variables and functions it sets do not carry over", what, ph.RunAs)
+		}
 	}
 	if x, ok := f["runtime-versions"]; ok {
 		p.warnf(x.Key, "%s.runtime-versions is ignored: install runtimes in your commands or use an agent with them", what)
@@ -569,18 +595,41 @@ func (p *parser) relGlob(n *yaml.Node, what, s string) (string, bool) {
 }
 
 // globs reads files and base-directory into workspace-relative globs.
-func (p *parser) globs(f map[string]yamlpos.Field, what string) (files []string, base string, globs []string) {
+// files may be a list or a single glob string. With absOK an absolute
+// base-directory is accepted: abs is then that directory and the globs are
+// relative to it (the caller places them); otherwise it is an error.
+func (p *parser) globs(f map[string]yamlpos.Field, what string, absOK bool) (files []string, base, abs string, globs []string) {
 	if v, ok := f["base-directory"]; ok {
 		if b, ok := p.str(v.Val, what+".base-directory"); ok && b != "" {
-			base, _ = p.relGlob(v.Val, what+".base-directory", b)
+			if m := srcDirRE.FindString(b); m != "" {
+				// $CODEBUILD_SRC_DIR/x is the workspace's x.
+				b = "./" + strings.TrimPrefix(b, m)
+			}
+			if absOK && strings.HasPrefix(b, "/") {
+				abs = path.Clean(b)
+				if abs == "/" {
+					p.errorf(v.Val, "name the directory that holds the reports", "%s.base-directory is the root directory", what)
+					abs = ""
+				}
+			} else {
+				base, _ = p.relGlob(v.Val, what+".base-directory", b)
+			}
 		}
 	}
 	v, ok := f["files"]
 	if !ok {
-		return nil, base, nil
+		return nil, base, abs, nil
 	}
-	written := p.strList(v.Val, what+".files", false)
 	r := resolve(v.Val)
+	var written []string
+	if r != nil && r.Kind == yaml.ScalarNode && !yamlpos.IsNull(r) {
+		// files: '**/*' — one glob, as CodeBuild accepts it.
+		if s, ok := p.str(v.Val, what+".files"); ok {
+			written = []string{s}
+		}
+	} else {
+		written = p.strList(v.Val, what+".files", false)
+	}
 	for i, file := range written {
 		node := v.Val
 		if r != nil && r.Kind == yaml.SequenceNode && i < len(r.Content) {
@@ -600,7 +649,7 @@ func (p *parser) globs(f map[string]yamlpos.Field, what string) (files []string,
 		}
 		globs = append(globs, g)
 	}
-	return files, base, globs
+	return files, base, abs, globs
 }
 
 func (p *parser) artifacts(n *yaml.Node) *Artifacts {
@@ -609,7 +658,7 @@ func (p *parser) artifacts(n *yaml.Node) *Artifacts {
 		return nil
 	}
 	a := &Artifacts{}
-	a.Files, a.BaseDirectory, a.Globs = p.globs(f, "artifacts")
+	a.Files, a.BaseDirectory, _, a.Globs = p.globs(f, "artifacts", false)
 	if _, ok := f["files"]; !ok {
 		p.errorf(n, "list the files to keep, such as files: ['**/*']", "artifacts has no files")
 	}
@@ -645,7 +694,17 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 			return
 		}
 		rep := &Report{Group: k.Value, FileFormat: "JUNITXML"}
-		rep.Files, rep.BaseDirectory, rep.Globs = p.globs(f, what)
+		var abs string
+		rep.Files, rep.BaseDirectory, abs, rep.Globs = p.globs(f, what, true)
+		if abs != "" {
+			// The agent reads reports in the workspace only: the script
+			// copies the directory in after the last phase.
+			rep.BaseDirectory = abs
+			rep.CopyTo = path.Join(reportCopyDir, strconv.Itoa(len(out)))
+			for i, g := range rep.Globs {
+				rep.Globs[i] = path.Join(rep.CopyTo, g)
+			}
+		}
 		if _, ok := f["files"]; !ok {
 			p.errorf(k, "list the report files, such as files: ['**/junit*.xml']", "%s has no files", what)
 		}
@@ -668,6 +727,20 @@ func (p *parser) reports(n *yaml.Node) []*Report {
 		out = append(out, rep)
 	})
 	return out
+}
+
+// runAs reads a run-as user name. Whether the agent can switch to it is
+// only known where the job runs: the script checks at its start.
+func (p *parser) runAs(n *yaml.Node, what string) string {
+	u, ok := p.str(n, what)
+	if !ok {
+		return ""
+	}
+	if !userRE.MatchString(u) {
+		p.errorf(n, "give a user name such as codebuild-user, or a numeric user id", "%s: invalid user name %q", what, u)
+		return ""
+	}
+	return u
 }
 
 // kindName describes a node for messages; unlike yamlpos.KindName it shows

@@ -94,7 +94,7 @@ func TestParseNodeApp(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameLines(t, "warnings", warnStrings(warns), []string{
-		"testdata/node-app.yml:7:3: warning: env.exported-variables: Kiln does not export variables out of the job; they are shell variables, visible to later commands and phases of this job only",
+		"testdata/node-app.yml:7:3: warning: env.exported-variables: exported to the environment of the later commands and phases of this job and printed at its end; Kiln has no CodePipeline to pass them on to",
 		"testdata/node-app.yml:12:5: warning: phases.install.runtime-versions is ignored: install runtimes in your commands or use an agent with them",
 		"testdata/node-app.yml:37:3: warning: artifacts.discard-paths: yes is ignored: Kiln keeps artifacts at their paths in the workspace",
 		"testdata/node-app.yml:45:1: warning: cache is not supported by Kiln yet and is ignored: every job starts in a fresh workspace",
@@ -143,12 +143,9 @@ func TestParseUnsupported(t *testing.T) {
 	_, warns, err := load(t, "unsupported.yml")
 	const f = "testdata/unsupported.yml"
 	sameLines(t, "errors", errStrings(t, err), []string{
-		f + `:2:1: run-as is not supported by Kiln (hint: run the commands as the agent's user, or use sudo -u in the commands)`,
 		f + `:4:10: env.shell "zsh" is not supported by Kiln (hint: use bash or /bin/sh)`,
-		f + `:9:3: env.git-credential-helper is not supported by Kiln (hint: configure git credentials on the agent, or remove the key)`,
 		f + `:10:1: batch builds are not supported by Kiln (hint: write a Kiln pipeline file (.kiln.yaml) with several steps instead)`,
 		f + `:15:3: unknown key "pre-build" in phases (hint: did you mean "pre_build"?)`,
-		f + `:19:5: phases.build.run-as is not supported by Kiln (hint: run the commands as the agent's user, or use sudo -u in the commands)`,
 		f + `:20:17: phases.build.on-failure RETRY-2 is not supported by Kiln (hint: use ABORT or CONTINUE; retries of a failed job are set with retry.on_failure in a Kiln pipeline file)`,
 		f + `:22:9: phases.build.commands[0] is a mapping, not a command (hint: quote the whole command: YAML reads "key: value" (a colon followed by a space) as a mapping)`,
 		f + `:25:17: phases.post_build.on-failure: unknown value "continue" (hint: write it in capitals: CONTINUE)`,
@@ -160,6 +157,8 @@ func TestParseUnsupported(t *testing.T) {
 	sameLines(t, "warnings", warnStrings(warns), []string{
 		f + `:6:5: warning: env.parameter-store.DB_PASSWORD: "/prod/db/password" is not fetched from AWS; the job gets the Kiln secret DB_PASSWORD instead (kilnctl secret set DB_PASSWORD)`,
 		f + `:8:5: warning: env.secrets-manager.TOKEN: "prod/token:value" is not fetched from AWS; the job gets the Kiln secret TOKEN instead (kilnctl secret set TOKEN)`,
+		f + `:9:3: warning: env.git-credential-helper: yes is ignored: git uses the agent's own credentials; Kiln checks out sources itself (kilnctl run --git, repositories)`,
+		f + `:19:5: warning: phases.build.run-as: each command of the phase runs in a shell of its own as root (when that is not the current user): it inherits the directory and exported variables, but cd, variables and functions it sets do not carry over`,
 	})
 }
 
@@ -254,4 +253,57 @@ func mapsEqual(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// Forms real buildspecs use: a scalar files glob, empty command items,
+// absolute and $CODEBUILD_SRC_DIR report directories, run-as,
+// git-credential-helper and exported-variables.
+func TestParseCodeBuildForms(t *testing.T) {
+	s, warns, err := load(t, "codebuild-forms.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const f = "testdata/codebuild-forms.yml"
+	sameLines(t, "warnings", warnStrings(warns), []string{
+		f + `:5:3: warning: env.git-credential-helper: yes is ignored: git uses the agent's own credentials; Kiln checks out sources itself (kilnctl run --git, repositories)`,
+		f + `:6:3: warning: env.exported-variables: exported to the environment of the later commands and phases of this job and printed at its end; Kiln has no CodePipeline to pass them on to`,
+		f + `:17:5: warning: phases.build.run-as: each command of the phase runs in a shell of its own as root (when that is not the current user): it inherits the directory and exported variables, but cd, variables and functions it sets do not carry over`,
+	})
+	if s.RunAs != "codebuild-user" || s.Phases[1].RunAs != "root" || s.Phases[0].RunAs != "" {
+		t.Errorf("run-as: top %q, phases %q %q", s.RunAs, s.Phases[0].RunAs, s.Phases[1].RunAs)
+	}
+	sameLines(t, "install commands (empty items skipped)", s.Phases[0].Commands, []string{"go version"})
+	st := s.Step()
+	sameLines(t, "artifacts", st.Artifacts, []string{"bin/**/*"})
+	sameLines(t, "junit", st.Junit, []string{".kiln-buildspec/reports/0/**/*.xml", "out/lint.xml"})
+	if r := s.Reports[0]; r.BaseDirectory != "/tmp/reports" || r.CopyTo != ".kiln-buildspec/reports/0" {
+		t.Errorf("report unit = %+v", r)
+	}
+	if r := s.Reports[1]; r.BaseDirectory != "out" || r.CopyTo != "" {
+		t.Errorf("report lint = %+v", r)
+	}
+}
+
+func TestParseRunAsAndBaseDirErrors(t *testing.T) {
+	cases := []struct{ name, yaml, want string }{
+		{"run-as empty", "version: 0.2\nrun-as: ''\nphases: {build: {commands: [make]}}\n", `f.yml:2:9: run-as: invalid user name "" (hint: give a user name such as codebuild-user, or a numeric user id)`},
+		{"run-as option", "version: 0.2\nphases: {build: {run-as: -x, commands: [make]}}\n", `f.yml:2:26: phases.build.run-as: invalid user name "-x" (hint: give a user name such as codebuild-user, or a numeric user id)`},
+		{"run-as list", "version: 0.2\nrun-as: [a]\nphases: {build: {commands: [make]}}\n", `f.yml:2:9: run-as must be a single value, not a list`},
+		{"report root", "version: 0.2\nphases: {build: {commands: [make]}}\nreports:\n  g: {files: x.xml, base-directory: /}\n", `f.yml:4:37: reports.g.base-directory is the root directory (hint: name the directory that holds the reports)`},
+		{"artifacts absolute", "version: 0.2\nphases: {build: {commands: [make]}}\nartifacts: {files: x, base-directory: /out}\n", `f.yml:3:39: artifacts.base-directory "/out" is an absolute path (hint: write it relative to the source directory)`},
+		{"files empty", "version: 0.2\nphases: {build: {commands: [make]}}\nartifacts: {files: ' '}\n", `f.yml:3:20: artifacts.files[0] is empty`},
+		{"only empty commands", "version: 0.2\nphases:\n  build:\n    commands:\n      -\n", "f.yml:3:3: buildspec has no commands in any phase (hint: add commands: to a phase such as build:)"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, err := Parse("f.yml", []byte(c.yaml))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			got := errStrings(t, err)
+			if !slices.Contains(got, c.want) {
+				t.Errorf("errors:\n  %s\nwant among them:\n  %s", strings.Join(got, "\n  "), c.want)
+			}
+		})
+	}
 }

@@ -406,3 +406,165 @@ func TestScriptRealisticFiles(t *testing.T) {
 		t.Errorf("exit 0, want a failure:\n%s", out)
 	}
 }
+
+func TestScriptEmptyItemsAndExportedVariables(t *testing.T) {
+	src := `version: 0.2
+env:
+  exported-variables: [TAG, NEVER_SET]
+phases:
+  build:
+    commands:
+      -
+      - TAG=v1
+      - ""
+      - sh -c 'echo "child sees TAG=$TAG"'
+  post_build:
+    commands:
+      - TAG=v2
+`
+	for _, sh := range shells(t) {
+		out, code := runSpec(t, sh, src)
+		want := `[buildspec] phase BUILD
+child sees TAG=v1
+[buildspec] phase BUILD succeeded
+[buildspec] phase POST_BUILD
+[buildspec] phase POST_BUILD succeeded
+[buildspec] exported variable TAG=v2
+[buildspec] build succeeded`
+		if out != want || code != 0 {
+			t.Errorf("%s: exit %d, output:\n%s\nwant:\n%s", sh, code, out, want)
+		}
+	}
+}
+
+// A report group with an absolute base-directory is copied into the
+// workspace after the last phase, also when the build failed, where the
+// step's JUnit globs find it.
+func TestScriptAbsoluteReportDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "reports out")
+	src := `version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir -p "` + dir + `/sub" && echo '<testsuite/>' > "` + dir + `/sub/unit.xml"
+      - exit 3
+reports:
+  unit:
+    files: '**/*.xml'
+    base-directory: '` + dir + `'
+`
+	s, _, err := Parse("buildspec.yml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Step().Junit; len(got) != 1 || got[0] != ".kiln-buildspec/reports/0/**/*.xml" {
+		t.Fatalf("junit globs = %q", got)
+	}
+	ws := t.TempDir()
+	cmd := exec.Command(shells(t)[0], "-e", "-c", s.Step().Commands[0])
+	cmd.Dir = ws
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "[buildspec] reports unit: copying "+dir+" to .kiln-buildspec/reports/0 in the workspace\n") {
+		t.Fatalf("err %v, output:\n%s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(ws, ".kiln-buildspec/reports/0/sub/unit.xml"))
+	if err != nil || string(data) != "<testsuite/>\n" {
+		t.Fatalf("copied report: %q, %v", data, err)
+	}
+}
+
+// run-as with a user the agent cannot become fails at run time, before
+// any phase, with the reason; parsing accepted it.
+func TestScriptRunAsRefused(t *testing.T) {
+	const user = "kiln-no-such-user"
+	for _, src := range []string{
+		"version: 0.2\nrun-as: " + user + "\nphases:\n  build:\n    commands: [echo ran]\n",
+		"version: 0.2\nphases:\n  install:\n    commands: [echo ran]\n  build:\n    run-as: " + user + "\n    commands: [echo ran]\n",
+	} {
+		for _, sh := range shells(t) {
+			out, code := runSpec(t, sh, src)
+			if code != 1 || strings.Contains(out, "ran") || strings.Contains(out, "phase ") ||
+				!strings.Contains(out, "[buildspec] run-as "+user+": there is no such user on this agent\n") ||
+				!strings.Contains(out, "[buildspec] build failed: ") {
+				t.Errorf("%s: exit %d, output:\n%s", sh, code, out)
+			}
+		}
+	}
+}
+
+// rootWithSetpriv skips unless the test runs as root with setpriv and a
+// nobody user: what run-as needs to switch users without sudo.
+func rootWithSetpriv(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("run-as switching is tested as root (setpriv); not root here")
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("no setpriv (util-linux)")
+	}
+	out, err := exec.Command("id", "-u", "nobody").Output()
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// run-as really switches users: top-level for the whole script, per phase
+// for that phase's commands only. Only id(1) runs as the other user, in a
+// temporary workspace; nothing changes owner or mode.
+func TestScriptRunAsSwitchesUser(t *testing.T) {
+	uid := rootWithSetpriv(t)
+	src := `version: 0.2
+run-as: nobody
+phases:
+  build:
+    commands:
+      - echo "uid=$(id -u) user=$USER"
+`
+	for _, sh := range shells(t) {
+		out, code := runSpec(t, sh, src)
+		if code != 0 || !strings.Contains(out, "\nuid="+uid+" user=nobody\n") || !strings.Contains(out, "[buildspec] running as nobody (setpriv)\n") {
+			t.Errorf("%s top-level: exit %d, output:\n%s", sh, code, out)
+		}
+	}
+	src = `version: 0.2
+env:
+  variables: {V: from-env}
+phases:
+  build:
+    run-as: nobody
+    commands:
+      - echo "build uid=$(id -u) V=$V"
+      - exit 4
+  post_build:
+    commands:
+      - echo "post uid=$(id -u)"
+`
+	for _, sh := range shells(t) {
+		out, code := runSpec(t, sh, src)
+		if code != 4 || !strings.Contains(out, "\nbuild uid="+uid+" V=from-env\n") || !strings.Contains(out, "\npost uid=0\n") ||
+			!strings.Contains(out, "[buildspec] command failed (exit 4): exit 4\n") {
+			t.Errorf("%s phase: exit %d, output:\n%s", sh, code, out)
+		}
+	}
+}
+
+// An agent that is neither root nor allowed sudo refuses run-as with a
+// message naming what would make it work. The script itself is run as
+// nobody (through setpriv) to be such an agent.
+func TestScriptRunAsNotRoot(t *testing.T) {
+	uid := rootWithSetpriv(t)
+	s, _, err := Parse("buildspec.yml", []byte("version: 0.2\nrun-as: root\nphases:\n  build:\n    commands: [echo ran]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("setpriv", "--reuid="+uid, "--regid="+uid, "--clear-groups", "--", "/bin/sh", "-e", "-c", s.Step().Commands[0])
+	cmd.Dir = "/"
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || strings.Contains(string(out), "ran") ||
+		!strings.Contains(string(out), "[buildspec] run-as root: the agent runs as uid "+uid+", is not root and may not sudo -n -E -u root") {
+		t.Errorf("err %v, output:\n%s", err, out)
+	}
+}
