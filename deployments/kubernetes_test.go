@@ -59,7 +59,9 @@ type k8sContainer struct {
 		Name      string `yaml:"name"`
 		Value     string `yaml:"value"`
 		ValueFrom *struct {
-			FieldRef        *struct{ FieldPath string `yaml:"fieldPath"` } `yaml:"fieldRef"`
+			FieldRef *struct {
+				FieldPath string `yaml:"fieldPath"`
+			} `yaml:"fieldRef"`
 			ConfigMapKeyRef *struct {
 				Name string `yaml:"name"`
 				Key  string `yaml:"key"`
