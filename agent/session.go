@@ -25,11 +25,17 @@ var keepaliveParams = keepalive.ClientParameters{
 }
 
 // dial opens a client connection to a coordinator with the agent's
-// keepalive parameters.
-func dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
+// keepalive parameters. etcd:///PREFIX addresses resolve through the
+// agent's etcd resolver (Config.EtcdEndpoints).
+func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+		grpc.WithKeepaliveParams(keepaliveParams),
+	}
+	if r := a.etcd.Load(); r != nil {
+		opts = append(opts, r.DialOption())
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // errDrained ends the session loop after a completed drain.
@@ -150,7 +156,7 @@ func (a *Agent) reconnectCap() time.Duration {
 // runSession dials addr, registers and serves one session until the stream
 // breaks, ctx ends or a drain completes (errDrained).
 func (a *Agent) runSession(ctx context.Context, addr string) error {
-	conn, err := dial(addr)
+	conn, err := a.dial(addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -89,6 +91,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 type app struct {
 	stdout, stderr io.Writer
 	coordinators   []string
+	etcdEndpoints  string // --etcd-endpoints, for etcd:/// coordinators
 	timeout        time.Duration
 	verbose        bool
 	// consistency is what reads ask for (--consistency).
@@ -117,6 +120,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringSliceVar(&a.coordinators, "coordinators", nil,
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
+	pf.StringVar(&a.etcdEndpoints, "etcd-endpoints", "",
+		"etcd client URLs, comma-separated, resolving --coordinators etcd:///PREFIX (default $"+discovery.EnvEndpoints+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
 	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
@@ -222,7 +227,20 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
-	c, err := client.New(a.addrs(), a.logger())
+	addrs := a.addrs()
+	var opts []client.Option
+	if slices.ContainsFunc(addrs, discovery.IsTarget) {
+		eps := a.etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return nil, usageErrorf("--coordinators etcd:///...: %w (set --etcd-endpoints or $%s)", err, discovery.EnvEndpoints)
+		}
+		opts = append(opts, client.WithEtcd(list))
+	}
+	c, err := client.New(addrs, a.logger(), opts...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -38,6 +39,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("kiln-coordinator", flag.ContinueOnError)
 	var (
 		initialCluster, join, logLevel, logFormat string
+		etcdEndpoints, etcdPrefix                 string
 		dev                                       bool
 		devSlots                                  int
 	)
@@ -72,6 +74,8 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
 	fs.DurationVar(&cfg.Autopilot.Stabilization, "promote-after", 2*time.Second, "how long a joined coordinator must stay caught up and in contact before it is promoted from non-voter to voter")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
+	fs.StringVar(&etcdEndpoints, "etcd-endpoints", "", "etcd client URLs, comma-separated: register this coordinator's gRPC address there (under --etcd-prefix, with a lease kept alive) for clients using --coordinators etcd:///PREFIX")
+	fs.StringVar(&etcdPrefix, "etcd-prefix", discovery.DefaultPrefix, "etcd key prefix of the registration (with --etcd-endpoints)")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -110,6 +114,18 @@ func run(args []string) error {
 			cfg.InitialCluster = map[string]string{cfg.NodeID: cfg.RaftAddr}
 		}
 	}
+	var reg *discovery.Registration
+	if etcdEndpoints != "" {
+		eps, err := discovery.ParseEndpoints(etcdEndpoints)
+		if err != nil {
+			return fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		prefix, err := discovery.CleanPrefix(etcdPrefix)
+		if err != nil {
+			return fmt.Errorf("--etcd-prefix: %w", err)
+		}
+		reg = &discovery.Registration{Endpoints: eps, Prefix: prefix, NodeID: cfg.NodeID}
+	}
 	log, err := logging.New(logLevel, logFormat)
 	if err != nil {
 		return err
@@ -125,6 +141,10 @@ func run(args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
+	if reg != nil {
+		reg.Addr = c.GRPCAddr()
+		g.Go(func() error { return discovery.Register(gctx, *reg, log.Named("discovery")) })
+	}
 	if dev {
 		acfg := agent.NewConfig()
 		acfg.Coordinators = []string{c.GRPCAddr()}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/leader"
 )
 
@@ -53,11 +54,35 @@ type Client struct {
 	conns   map[string]*grpc.ClientConn
 	current string // the address calls go to first
 	closed  bool
+
+	// etcd resolves etcd:///PREFIX addresses (WithEtcd); nil without.
+	etcd *discovery.Resolver
 }
 
-// New returns a client for the coordinators at addrs (host:port). No
-// connection is made until the first call. log may be nil.
-func New(addrs []string, log *zap.Logger) (*Client, error) {
+// Option configures a Client.
+type Option func(*options)
+
+type options struct {
+	etcdEndpoints []string
+}
+
+// WithEtcd lets addrs hold etcd:///PREFIX targets, resolved through the
+// etcd servers at endpoints (the coordinators registered under PREFIX). A
+// call through such a target reaches one registered coordinator; a "not
+// leader" answer moves the client to the leader's own address, and when
+// that fails the client returns to the target.
+func WithEtcd(endpoints []string) Option {
+	return func(o *options) { o.etcdEndpoints = endpoints }
+}
+
+// New returns a client for the coordinators at addrs (host:port, or
+// etcd:///PREFIX with WithEtcd). No connection is made until the first
+// call. log may be nil.
+func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	var clean []string
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
@@ -71,7 +96,26 @@ func New(addrs []string, log *zap.Logger) (*Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}, nil
+	c := &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}
+	if slices.ContainsFunc(clean, discovery.IsTarget) {
+		for _, a := range clean {
+			if !discovery.IsTarget(a) {
+				continue
+			}
+			if _, err := discovery.ParseTarget(a); err != nil {
+				return nil, fmt.Errorf("client: %w", err)
+			}
+		}
+		if len(o.etcdEndpoints) == 0 {
+			return nil, fmt.Errorf("client: %s needs etcd endpoints (--etcd-endpoints or $%s)", clean[slices.IndexFunc(clean, discovery.IsTarget)], discovery.EnvEndpoints)
+		}
+		r, err := discovery.NewResolver(o.etcdEndpoints, log)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		c.etcd = r
+	}
+	return c, nil
 }
 
 // Addrs returns the configured coordinator addresses.
@@ -89,6 +133,12 @@ func (c *Client) Close() error {
 		}
 	}
 	clear(c.conns)
+	if c.etcd != nil {
+		if err := c.etcd.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close etcd resolver: %w", err))
+		}
+		c.etcd = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -250,7 +300,11 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if conn, ok := c.conns[addr]; ok {
 		return conn, nil
 	}
-	conn, err := grpc.NewClient(addr,
+	var extra []grpc.DialOption
+	if c.etcd != nil {
+		extra = append(extra, c.etcd.DialOption())
+	}
+	conn, err := grpc.NewClient(addr, append(extra,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                KeepaliveTime,
@@ -264,7 +318,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 3 * time.Second,
 		}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
 	}
