@@ -146,6 +146,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.repoCommand(),
 		a.artifactsCommand(),
 		a.testsCommand(),
+		a.deploymentsCommand(), a.rollbackCommand(),
 	)
 	return root
 }

@@ -344,6 +344,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterAgentServiceServer(c.grpc, api.NewAgentServer(deps))
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
+	kilnv1.RegisterDeployServiceServer(c.grpc, api.NewDeployServer(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

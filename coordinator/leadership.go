@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kiln-ci/kiln/coordinator/deploy"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 )
@@ -142,6 +143,7 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 		})
 	})
 	run(func() { c.autopilot.Run(ctx) })
+	run(func() { deploy.New(c.store, c.node, c.log.Named("deploy")).Run(ctx) })
 	c.sched.Run(ctx)
 	wg.Wait()
 }

@@ -74,6 +74,8 @@ type Result struct {
 	Agents []string
 	// Expired lists the builds whose artifacts ExpireArtifacts expired.
 	Expired []string
+	// Deployment is the record after StartDeployment or UpdateDeployment.
+	Deployment *kilnv1.Deployment
 }
 
 // FSM applies committed commands to a state.Store. It implements raft.FSM.
@@ -115,6 +117,8 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS: func() proto.Message { return &fsmv1.RegisterArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
+	fsmv1.CommandType_COMMAND_TYPE_START_DEPLOYMENT:   func() proto.Message { return &fsmv1.StartDeployment{} },
+	fsmv1.CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT:  func() proto.Message { return &fsmv1.UpdateDeployment{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -222,6 +226,12 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 	case *fsmv1.ExpireArtifacts:
 		ids, err := s.ExpireArtifacts(idx, c)
 		return &Result{Expired: ids, Err: err}
+	case *fsmv1.StartDeployment:
+		d, err := s.StartDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
+	case *fsmv1.UpdateDeployment:
+		d, err := s.UpdateDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

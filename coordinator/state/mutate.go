@@ -236,6 +236,12 @@ func validateSteps(steps []*kilnv1.StepSpec) error {
 			}
 			continue // a gate runs no commands
 		}
+		if sp.GetDeploy() != nil {
+			if len(sp.GetCommands()) > 0 || len(sp.GetDeploy().GetCommands()) == 0 || sp.GetDeploy().GetEnvironment() == "" {
+				return fmt.Errorf("step %q: a deploy step needs an environment and deploy commands, and has no commands of its own: %w", sp.GetKey(), ErrInvalidCommand)
+			}
+			continue // its commands run as the deployment's jobs
+		}
 		if len(sp.GetCommands()) == 0 && sp.GetSkipReason() == "" {
 			return fmt.Errorf("step %q: no commands: %w", sp.GetKey(), ErrInvalidCommand)
 		}

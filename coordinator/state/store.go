@@ -118,6 +118,7 @@ func schema() *memdb.DBSchema {
 		}},
 		tableArtifacts:   artifactTable(),
 		tableTestReports: testReportTable(),
+		tableDeployments: deploymentTable(),
 	}}
 }
 

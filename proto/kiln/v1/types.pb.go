@@ -390,6 +390,12 @@ type StepSpec struct {
 	// of this step's needs), the files matching paths. Without it, the step
 	// gets every artifact of its needs.
 	ArtifactsFrom []*ArtifactSource `protobuf:"bytes,16,rep,name=artifacts_from,json=artifactsFrom,proto3" json:"artifacts_from,omitempty"`
+	// Set for a deploy step (deploy.proto): the leader's deploy controller
+	// runs it as jobs pinned to the environment's agents; it never goes to
+	// an agent itself.
+	Deploy *DeploySpec `protobuf:"bytes,120,opt,name=deploy,proto3" json:"deploy,omitempty"`
+	// Only the agent of this name may run the job (deploy actions).
+	PinAgent      string `protobuf:"bytes,121,opt,name=pin_agent,json=pinAgent,proto3" json:"pin_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -534,6 +540,20 @@ func (x *StepSpec) GetArtifactsFrom() []*ArtifactSource {
 		return x.ArtifactsFrom
 	}
 	return nil
+}
+
+func (x *StepSpec) GetDeploy() *DeploySpec {
+	if x != nil {
+		return x.Deploy
+	}
+	return nil
+}
+
+func (x *StepSpec) GetPinAgent() string {
+	if x != nil {
+		return x.PinAgent
+	}
+	return ""
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -2143,11 +2163,11 @@ var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/types.proto\x12\akiln.v1\"P\n" +
+	"\x13kiln/v1/types.proto\x12\akiln.v1\x1a\x18kiln/v1/deployspec.proto\"P\n" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xfa\x05\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xc4\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2167,7 +2187,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
-	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x1a9\n" +
+	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12+\n" +
+	"\x06deploy\x18x \x01(\v2\x13.kiln.v1.DeploySpecR\x06deploy\x12\x1b\n" +
+	"\tpin_agent\x18y \x01(\tR\bpinAgent\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2409,6 +2431,7 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	nil,                    // 24: kiln.v1.StepSpec.MatrixEntry
 	nil,                    // 25: kiln.v1.Build.EnvEntry
 	nil,                    // 26: kiln.v1.Agent.LabelsEntry
+	(*DeploySpec)(nil),     // 27: kiln.v1.DeploySpec
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
 	22, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
@@ -2417,24 +2440,25 @@ var file_kiln_v1_types_proto_depIdxs = []int32{
 	7,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
 	24, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	6,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
-	2,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	5,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	8,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	10, // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	25, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	9,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	19, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	26, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	3,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	17, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	19, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	20, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	27, // 6: kiln.v1.StepSpec.deploy:type_name -> kiln.v1.DeploySpec
+	2,  // 7: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	5,  // 8: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	8,  // 9: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	10, // 11: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	25, // 12: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	9,  // 13: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 14: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	26, // 15: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	3,  // 16: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	17, // 17: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	19, // 18: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	20, // 19: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -2442,6 +2466,7 @@ func file_kiln_v1_types_proto_init() {
 	if File_kiln_v1_types_proto != nil {
 		return
 	}
+	file_kiln_v1_deployspec_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

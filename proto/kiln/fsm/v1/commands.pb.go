@@ -52,6 +52,9 @@ const (
 	CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS CommandType = 17
 	CommandType_COMMAND_TYPE_RECORD_TESTS       CommandType = 18
 	CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS   CommandType = 19
+	// Deployments (deploy.proto).
+	CommandType_COMMAND_TYPE_START_DEPLOYMENT  CommandType = 50
+	CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT CommandType = 51
 )
 
 // Enum value maps for CommandType.
@@ -77,6 +80,8 @@ var (
 		17: "COMMAND_TYPE_REGISTER_ARTIFACTS",
 		18: "COMMAND_TYPE_RECORD_TESTS",
 		19: "COMMAND_TYPE_EXPIRE_ARTIFACTS",
+		50: "COMMAND_TYPE_START_DEPLOYMENT",
+		51: "COMMAND_TYPE_UPDATE_DEPLOYMENT",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -99,6 +104,8 @@ var (
 		"COMMAND_TYPE_REGISTER_ARTIFACTS": 17,
 		"COMMAND_TYPE_RECORD_TESTS":       18,
 		"COMMAND_TYPE_EXPIRE_ARTIFACTS":   19,
+		"COMMAND_TYPE_START_DEPLOYMENT":   50,
+		"COMMAND_TYPE_UPDATE_DEPLOYMENT":  51,
 	}
 )
 
@@ -1262,6 +1269,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Repo
 	//	*SnapshotRecord_Artifact
 	//	*SnapshotRecord_TestReport
+	//	*SnapshotRecord_Deployment
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1394,6 +1402,15 @@ func (x *SnapshotRecord) GetTestReport() *v1.TestReport {
 	return nil
 }
 
+func (x *SnapshotRecord) GetDeployment() *v1.Deployment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Deployment); ok {
+			return x.Deployment
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1438,6 +1455,10 @@ type SnapshotRecord_TestReport struct {
 	TestReport *v1.TestReport `protobuf:"bytes,10,opt,name=test_report,json=testReport,proto3,oneof"`
 }
 
+type SnapshotRecord_Deployment struct {
+	Deployment *v1.Deployment `protobuf:"bytes,120,opt,name=deployment,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1457,6 +1478,8 @@ func (*SnapshotRecord_Repo) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Artifact) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_TestReport) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Deployment) isSnapshotRecord_Record() {}
 
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
@@ -1758,7 +1781,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x14kiln/v1/deploy.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1867,7 +1890,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xcf\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x86\x04\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1880,7 +1903,10 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\bartifact\x18\t \x01(\v2\x11.kiln.v1.ArtifactH\x00R\bartifact\x126\n" +
 	"\vtest_report\x18\n" +
 	" \x01(\v2\x13.kiln.v1.TestReportH\x00R\n" +
-	"testReportB\b\n" +
+	"testReport\x125\n" +
+	"\n" +
+	"deployment\x18x \x01(\v2\x13.kiln.v1.DeploymentH\x00R\n" +
+	"deploymentB\b\n" +
 	"\x06record\"s\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1904,7 +1930,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xf9\x04\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xc0\x05\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1926,7 +1952,9 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x18COMMAND_TYPE_REPO_POLLED\x10\x10\x12#\n" +
 	"\x1fCOMMAND_TYPE_REGISTER_ARTIFACTS\x10\x11\x12\x1d\n" +
 	"\x19COMMAND_TYPE_RECORD_TESTS\x10\x12\x12!\n" +
-	"\x1dCOMMAND_TYPE_EXPIRE_ARTIFACTS\x10\x13B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x1dCOMMAND_TYPE_EXPIRE_ARTIFACTS\x10\x13\x12!\n" +
+	"\x1dCOMMAND_TYPE_START_DEPLOYMENT\x102\x12\"\n" +
+	"\x1eCOMMAND_TYPE_UPDATE_DEPLOYMENT\x103B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -1980,8 +2008,9 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*v1.Node)(nil),              // 34: kiln.v1.Node
 	(*v1.Artifact)(nil),          // 35: kiln.v1.Artifact
 	(*v1.TestReport)(nil),        // 36: kiln.v1.TestReport
-	(*v1.ArtifactsUploaded)(nil), // 37: kiln.v1.ArtifactsUploaded
-	(*v1.TestReports)(nil),       // 38: kiln.v1.TestReports
+	(*v1.Deployment)(nil),        // 37: kiln.v1.Deployment
+	(*v1.ArtifactsUploaded)(nil), // 38: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 39: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
@@ -2002,13 +2031,14 @@ var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	27, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
 	35, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
 	36, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
-	37, // 18: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	38, // 19: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	37, // 18: kiln.fsm.v1.SnapshotRecord.deployment:type_name -> kiln.v1.Deployment
+	38, // 19: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	39, // 20: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -2027,6 +2057,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Repo)(nil),
 		(*SnapshotRecord_Artifact)(nil),
 		(*SnapshotRecord_TestReport)(nil),
+		(*SnapshotRecord_Deployment)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1,0 +1,255 @@
+package clustertest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kiln-ci/kiln/cli"
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+)
+
+// deployScripts returns shell snippets that append "AGENT ACTION" to
+// DIR/seq and to DIR/AGENT, so a test sees which host ran what, in order.
+func deployScripts(dir string) (record string) {
+	return fmt.Sprintf(`echo "$KILN_AGENT_NAME $KILN_DEPLOY_ACTION" >> %[1]s/seq; echo "$KILN_DEPLOY_ACTION $KILN_DEPLOY_ENV $KILN_DEPLOY_STRATEGY $KILN_DEPLOY_ID" >> %[1]s/$KILN_AGENT_NAME`, dir)
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Split(strings.TrimSpace(string(data)), "\n")
+}
+
+// deploymentsJSON runs `kilnctl deployments ENV -o json` against the
+// cluster.
+func deploymentsJSON(t *testing.T, c *Cluster, env string) []cli.DeploymentJSON {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := cli.Main([]string{"--coordinators", strings.Join(c.Addrs(), ","), "--timeout", "10s", "deployments", env, "-o", "json"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("kilnctl deployments %s: exit %d: %s", env, code, stderr.String())
+	}
+	var out []cli.DeploymentJSON
+	if err := json.Unmarshal(stdout.Bytes(), &out); err != nil {
+		t.Fatalf("kilnctl deployments %s -o json: %v\n%s", env, err, stdout.String())
+	}
+	return out
+}
+
+func submitYAML(t *testing.T, c *Cluster, i int, spec string) *kilnv1.Build {
+	t.Helper()
+	return submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, i), SpecYaml: spec, Submitter: "tester"})
+}
+
+// TestRollingDeployRollsBackOnHealthFailure: three env=staging agents; the
+// second fails its health check. The rollout stops, rolls back the second
+// and then the first host, never touches the third, and the record (as
+// kilnctl prints it) says rolled_back with every host's result.
+func TestRollingDeployRollsBackOnHealthFailure(t *testing.T) {
+	c := Start(t, 1, Options{})
+	for _, n := range []string{"s1", "s2", "s3"} {
+		c.StartAgent(n, map[string]string{"env": "staging"}, 1)
+	}
+	c.StartAgent("other", map[string]string{"env": "prod"}, 1)
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	spec := fmt.Sprintf(`steps:
+  - key: build
+    command: echo built
+  - key: staging
+    needs: [build]
+    deploy:
+      environment: staging
+      strategy: rolling
+      batch: 1
+      commands: [%q]
+      health: ['test "$KILN_AGENT_NAME" != s2']
+      rollback: [%q]
+`, rec, rec)
+	b := submitYAML(t, c, 0, spec)
+	b = waitBuild(t, c, b.GetId(), 30*time.Second)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_FAILED {
+		t.Fatalf("build %s is %s (%s), want failed", b.GetId(), b.GetState(), b.GetReason())
+	}
+	if got, want := readLines(t, filepath.Join(dir, "seq")), []string{"s1 deploy", "s2 deploy", "s2 rollback", "s1 rollback"}; !slices.Equal(got, want) {
+		t.Fatalf("actions in order: %q, want %q", got, want)
+	}
+	if lines := readLines(t, filepath.Join(dir, "s3")); lines != nil {
+		t.Fatalf("s3 was touched: %q", lines)
+	}
+	if got := readLines(t, filepath.Join(dir, "s1")); len(got) != 2 || !strings.HasPrefix(got[0], "deploy staging rolling "+b.GetId()+".staging.1") {
+		t.Fatalf("s1 saw %q, want its deploy with KILN_DEPLOY_ENV/STRATEGY/ID set, then its rollback", got)
+	}
+
+	ds := deploymentsJSON(t, c, "staging")
+	if len(ds) != 1 {
+		t.Fatalf("deployments: %+v, want one", ds)
+	}
+	d := ds[0]
+	if d.Outcome != "rolled_back" || d.Build != b.GetId() || d.Strategy != "rolling" || d.StartedBy != "tester" || d.Finished == "" || d.Version != "build-"+b.GetId() {
+		t.Fatalf("deployment %+v: want rolled_back of build %s by tester", d, b.GetId())
+	}
+	phases := map[string]string{}
+	for _, h := range d.Hosts {
+		phases[h.Agent] = h.Phase
+	}
+	if want := map[string]string{"s1": "rolled_back", "s2": "rolled_back", "s3": "pending"}; !maps.Equal(phases, want) {
+		t.Fatalf("host phases %v, want %v", phases, want)
+	}
+	if !strings.Contains(d.Reason, "host s2 failed") {
+		t.Fatalf("reason %q does not name s2", d.Reason)
+	}
+	if other := deploymentsJSON(t, c, "prod"); len(other) != 0 {
+		t.Fatalf("prod deployments: %+v", other)
+	}
+}
+
+// TestCanaryStopsAfterFailedVerification: the canary host is deployed,
+// then after the verify wait its health is re-run and fails; only the
+// canary is rolled back, the rest never touched.
+func TestCanaryStopsAfterFailedVerification(t *testing.T) {
+	c := Start(t, 1, Options{})
+	for _, n := range []string{"c1", "c2", "c3", "c4"} {
+		c.StartAgent(n, map[string]string{"env": "canary"}, 1)
+	}
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	spec := fmt.Sprintf(`steps:
+  - key: ship
+    deploy:
+      environment: canary
+      strategy: canary
+      batch: 25%%
+      verify: 300ms
+      commands: [%q]
+      health: [%q, 'test "$KILN_DEPLOY_ACTION" != verify']
+      rollback: [%q]
+`, rec, rec, rec)
+	b := waitBuild(t, c, submitYAML(t, c, 0, spec).GetId(), 30*time.Second)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_FAILED {
+		t.Fatalf("build is %s, want failed", b.GetState())
+	}
+	// The deploy action runs commands then health (one line each).
+	want := []string{"c1 deploy", "c1 deploy", "c1 verify", "c1 rollback"}
+	if got := readLines(t, filepath.Join(dir, "seq")); !slices.Equal(got, want) {
+		t.Fatalf("actions %q, want %q", got, want)
+	}
+	d := deploymentsJSON(t, c, "canary")[0]
+	if d.Outcome != "rolled_back" || d.Hosts[0].Phase != "rolled_back" || d.Hosts[1].Phase != "pending" || d.Hosts[3].Phase != "pending" {
+		t.Fatalf("deployment %+v", d)
+	}
+}
+
+// TestCanarySucceedsThenRestAtOnce: canary first, verified, then the rest
+// in one batch.
+func TestCanarySucceedsThenRestAtOnce(t *testing.T) {
+	c := Start(t, 1, Options{})
+	for _, n := range []string{"c1", "c2", "c3"} {
+		c.StartAgent(n, map[string]string{"env": "canary"}, 1)
+	}
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	spec := fmt.Sprintf(`steps:
+  - key: ship
+    deploy:
+      environment: canary
+      strategy: canary
+      verify: 100ms
+      commands: [%q]
+      health: ["true"]
+`, rec)
+	b := waitBuild(t, c, submitYAML(t, c, 0, spec).GetId(), 30*time.Second)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("build is %s (%s), want passed", b.GetState(), b.GetReason())
+	}
+	got := readLines(t, filepath.Join(dir, "seq"))
+	if len(got) != 3 || got[0] != "c1 deploy" || !slices.Contains(got, "c2 deploy") || !slices.Contains(got, "c3 deploy") {
+		t.Fatalf("actions %q: want c1 first, then c2 and c3", got)
+	}
+	d := deploymentsJSON(t, c, "canary")[0]
+	if d.Outcome != "succeeded" || d.Hosts[0].Batch != 0 || d.Hosts[1].Batch != 1 || d.Hosts[2].Batch != 1 {
+		t.Fatalf("deployment %+v", d)
+	}
+	for _, h := range d.Hosts {
+		if h.Phase != "healthy" {
+			t.Fatalf("host %+v, want healthy", h)
+		}
+	}
+}
+
+// TestBlueGreenAlternatesColorsOneAtATime: two builds deploy the same
+// blue/green environment; the deployments never overlap, go to green then
+// blue, and each switches traffic once its color is verified. A rollback
+// then redeploys the first build's version.
+func TestBlueGreenAlternatesColorsOneAtATime(t *testing.T) {
+	c := Start(t, 1, Options{})
+	c.StartAgent("b1", map[string]string{"env": "blue"}, 1)
+	c.StartAgent("g1", map[string]string{"env": "green"}, 1)
+	c.StartAgent("g2", map[string]string{"env": "green"}, 1)
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	spec := fmt.Sprintf(`steps:
+  - key: web
+    deploy:
+      environment: web
+      strategy: blue_green
+      verify: 50ms
+      commands: [%q, "sleep 0.2"]
+      health: ["true"]
+      blue_green: {blue: env=blue, green: env=green, switch: [%q]}
+`, rec, rec)
+	b1 := submitYAML(t, c, 0, spec)
+	b2 := submitYAML(t, c, 1, spec)
+	for _, b := range []*kilnv1.Build{b1, b2} {
+		if got := waitBuild(t, c, b.GetId(), 30*time.Second); got.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+			t.Fatalf("build %s is %s (%s)", got.GetId(), got.GetState(), got.GetReason())
+		}
+	}
+	ds := deploymentsJSON(t, c, "web")
+	if len(ds) != 2 {
+		t.Fatalf("deployments %+v", ds)
+	}
+	first, second := ds[1], ds[0]
+	if first.Build != b1.GetId() || first.Color != "green" || second.Color != "blue" || first.Outcome != "succeeded" || second.Outcome != "succeeded" {
+		t.Fatalf("deployments: first %+v second %+v", first, second)
+	}
+	if second.Started < first.Finished {
+		t.Fatalf("deployments overlap: second started %s before the first finished %s", second.Started, first.Finished)
+	}
+	if len(first.Hosts) != 2 || len(second.Hosts) != 1 || second.Hosts[0].Agent != "b1" {
+		t.Fatalf("targets: first %+v second %+v", first.Hosts, second.Hosts)
+	}
+	seq := readLines(t, filepath.Join(dir, "seq"))
+	want := []string{"g1 switch", "b1 deploy", "b1 switch"}
+	if len(seq) != 5 || !slices.Equal(seq[2:], want) || !slices.Contains(seq[:2], "g1 deploy") || !slices.Contains(seq[:2], "g2 deploy") {
+		t.Fatalf("actions %q: want g1, g2 deployed, the switch on g1, then b1 deployed and switched", seq)
+	}
+
+	// kilnctl rollback web: back to the first build's version.
+	var stdout, stderr bytes.Buffer
+	if code := cli.Main([]string{"--coordinators", strings.Join(c.Addrs(), ","), "rollback", "web"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("kilnctl rollback web: exit %d: %s", code, stderr.String())
+	}
+	rb := strings.TrimSpace(stdout.String())
+	if got := waitBuild(t, c, rb, 30*time.Second); got.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("rollback build %s is %s (%s)", rb, got.GetState(), got.GetReason())
+	}
+	ds = deploymentsJSON(t, c, "web")
+	if len(ds) != 3 || ds[0].Build != rb || ds[0].Version != first.Version || ds[0].Color != "green" || ds[0].Outcome != "succeeded" {
+		t.Fatalf("after rollback: %+v, want a green deployment of %s", ds[0], first.Version)
+	}
+}
