@@ -91,6 +91,19 @@ func TestRollingDeployRollsBackOnHealthFailure(t *testing.T) {
 	if lines := readLines(t, filepath.Join(dir, "s3")); lines != nil {
 		t.Fatalf("s3 was touched: %q", lines)
 	}
+	// Every action ran on the agent it was pinned to.
+	actions := 0
+	for _, j := range b.GetJobs() {
+		if pin := j.GetSpec().GetPinAgent(); pin != "" {
+			actions++
+			if j.GetAgent() != pin {
+				t.Fatalf("job %s pinned to %s ran on %s", j.GetKey(), pin, j.GetAgent())
+			}
+		}
+	}
+	if actions != 4 {
+		t.Fatalf("%d action jobs, want 4 (2 deploys, 2 rollbacks)", actions)
+	}
 	if got := readLines(t, filepath.Join(dir, "s1")); len(got) != 2 || !strings.HasPrefix(got[0], "deploy staging rolling "+b.GetId()+".staging.1") {
 		t.Fatalf("s1 saw %q, want its deploy with KILN_DEPLOY_ENV/STRATEGY/ID set, then its rollback", got)
 	}
@@ -251,5 +264,58 @@ func TestBlueGreenAlternatesColorsOneAtATime(t *testing.T) {
 	ds = deploymentsJSON(t, c, "web")
 	if len(ds) != 3 || ds[0].Build != rb || ds[0].Version != first.Version || ds[0].Color != "green" || ds[0].Outcome != "succeeded" {
 		t.Fatalf("after rollback: %+v, want a green deployment of %s", ds[0], first.Version)
+	}
+}
+
+// TestDeployResumesAfterLeaderKill: the leader is killed while the second
+// host of a rolling deployment runs its deploy action; the new leader
+// resumes from the replicated record, and every host is deployed exactly
+// once.
+func TestDeployResumesAfterLeaderKill(t *testing.T) {
+	c := Start(t, 3, Options{})
+	for _, n := range []string{"s1", "s2", "s3"} {
+		c.StartAgent(n, map[string]string{"env": "staging"}, 1)
+	}
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	gate := filepath.Join(dir, "go")
+	spec := fmt.Sprintf(`steps:
+  - key: staging
+    deploy:
+      environment: staging
+      commands: [%q, 'if [ "$KILN_AGENT_NAME" = s2 ]; then while [ ! -f %s ]; do sleep 0.02; done; fi']
+      health: ["true"]
+      rollback: ["echo rollback >> %s/rollbacks"]
+`, rec, gate, dir)
+	b := submitYAML(t, c, 0, spec)
+	Eventually(t, 20*time.Second, func() bool {
+		return slices.Contains(readLines(t, filepath.Join(dir, "seq")), "s2 deploy")
+	}, "s2 runs its deploy action")
+	old := c.Leader()
+	c.Kill(old)
+	if l := c.Leader(); l == old {
+		t.Fatal("no new leader")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := waitBuild(t, c, b.GetId(), 30*time.Second)
+	if got.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("build is %s (%s), want passed", got.GetState(), got.GetReason())
+	}
+	if seq, want := readLines(t, filepath.Join(dir, "seq")), []string{"s1 deploy", "s2 deploy", "s3 deploy"}; !slices.Equal(seq, want) {
+		t.Fatalf("actions %q, want each host deployed once, in order %q", seq, want)
+	}
+	if lines := readLines(t, filepath.Join(dir, "rollbacks")); lines != nil {
+		t.Fatalf("rollbacks ran: %q", lines)
+	}
+	d := deploymentsJSON(t, c, "staging")[0]
+	if d.Outcome != "succeeded" {
+		t.Fatalf("deployment %+v", d)
+	}
+	for _, h := range d.Hosts {
+		if h.Phase != "healthy" {
+			t.Fatalf("host %+v, want healthy", h)
+		}
 	}
 }
