@@ -50,6 +50,25 @@ func deploymentsJSON(t *testing.T, c *Cluster, env string) []cli.DeploymentJSON 
 	return out
 }
 
+// startAgents starts agents with labels and waits until the leader has
+// every one registered: a deployment's targets are the agents known when
+// it starts.
+func startAgents(t *testing.T, c *Cluster, labels map[string]string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		c.StartAgent(n, labels, 1)
+	}
+	Eventually(t, 10*time.Second, func() bool {
+		for _, n := range names {
+			a, ok := c.Leader().C.Store().Agent(n)
+			if !ok || a.GetState() != kilnv1.AgentState_AGENT_STATE_CONNECTED {
+				return false
+			}
+		}
+		return true
+	}, fmt.Sprintf("agents %v registered", names))
+}
+
 func submitYAML(t *testing.T, c *Cluster, i int, spec string) *kilnv1.Build {
 	t.Helper()
 	return submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, i), SpecYaml: spec, Submitter: "tester"})
@@ -61,10 +80,8 @@ func submitYAML(t *testing.T, c *Cluster, i int, spec string) *kilnv1.Build {
 // kilnctl prints it) says rolled_back with every host's result.
 func TestRollingDeployRollsBackOnHealthFailure(t *testing.T) {
 	c := Start(t, 1, Options{})
-	for _, n := range []string{"s1", "s2", "s3"} {
-		c.StartAgent(n, map[string]string{"env": "staging"}, 1)
-	}
-	c.StartAgent("other", map[string]string{"env": "prod"}, 1)
+	startAgents(t, c, map[string]string{"env": "staging"}, "s1", "s2", "s3")
+	startAgents(t, c, map[string]string{"env": "prod"}, "other")
 	dir := t.TempDir()
 	rec := deployScripts(dir)
 	spec := fmt.Sprintf(`steps:
@@ -136,9 +153,7 @@ func TestRollingDeployRollsBackOnHealthFailure(t *testing.T) {
 // canary is rolled back, the rest never touched.
 func TestCanaryStopsAfterFailedVerification(t *testing.T) {
 	c := Start(t, 1, Options{})
-	for _, n := range []string{"c1", "c2", "c3", "c4"} {
-		c.StartAgent(n, map[string]string{"env": "canary"}, 1)
-	}
+	startAgents(t, c, map[string]string{"env": "canary"}, "c1", "c2", "c3", "c4")
 	dir := t.TempDir()
 	rec := deployScripts(dir)
 	spec := fmt.Sprintf(`steps:
@@ -171,9 +186,7 @@ func TestCanaryStopsAfterFailedVerification(t *testing.T) {
 // in one batch.
 func TestCanarySucceedsThenRestAtOnce(t *testing.T) {
 	c := Start(t, 1, Options{})
-	for _, n := range []string{"c1", "c2", "c3"} {
-		c.StartAgent(n, map[string]string{"env": "canary"}, 1)
-	}
+	startAgents(t, c, map[string]string{"env": "canary"}, "c1", "c2", "c3")
 	dir := t.TempDir()
 	rec := deployScripts(dir)
 	spec := fmt.Sprintf(`steps:
@@ -210,9 +223,8 @@ func TestCanarySucceedsThenRestAtOnce(t *testing.T) {
 // then redeploys the first build's version.
 func TestBlueGreenAlternatesColorsOneAtATime(t *testing.T) {
 	c := Start(t, 1, Options{})
-	c.StartAgent("b1", map[string]string{"env": "blue"}, 1)
-	c.StartAgent("g1", map[string]string{"env": "green"}, 1)
-	c.StartAgent("g2", map[string]string{"env": "green"}, 1)
+	startAgents(t, c, map[string]string{"env": "blue"}, "b1")
+	startAgents(t, c, map[string]string{"env": "green"}, "g1", "g2")
 	dir := t.TempDir()
 	rec := deployScripts(dir)
 	spec := fmt.Sprintf(`steps:
@@ -273,9 +285,7 @@ func TestBlueGreenAlternatesColorsOneAtATime(t *testing.T) {
 // once.
 func TestDeployResumesAfterLeaderKill(t *testing.T) {
 	c := Start(t, 3, Options{})
-	for _, n := range []string{"s1", "s2", "s3"} {
-		c.StartAgent(n, map[string]string{"env": "staging"}, 1)
-	}
+	startAgents(t, c, map[string]string{"env": "staging"}, "s1", "s2", "s3")
 	dir := t.TempDir()
 	rec := deployScripts(dir)
 	gate := filepath.Join(dir, "go")
