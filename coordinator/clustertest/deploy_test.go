@@ -329,3 +329,25 @@ func TestDeployResumesAfterLeaderKill(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployWithoutTargetsFails: an environment no agent is labelled with
+// fails its deploy step at once, with the reason on record.
+func TestDeployWithoutTargetsFails(t *testing.T) {
+	c := Start(t, 1, Options{})
+	startAgents(t, c, map[string]string{"env": "staging"}, "s1")
+	b := submitYAML(t, c, 0, `steps:
+  - key: ship
+    deploy: {environment: nowhere, commands: ["true"]}
+  - key: after
+    needs: [ship]
+    command: "true"
+`)
+	b = waitBuild(t, c, b.GetId(), 20*time.Second)
+	if b.GetState() != kilnv1.BuildState_BUILD_STATE_FAILED || b.GetReason() != "job ship failed" {
+		t.Fatalf("build %s (%s), want failed by ship", b.GetState(), b.GetReason())
+	}
+	d := deploymentsJSON(t, c, "nowhere")
+	if len(d) != 1 || d[0].Outcome != "failed" || d[0].Reason != "no agents match env=nowhere" || len(d[0].Hosts) != 0 {
+		t.Fatalf("deployments %+v", d)
+	}
+}
