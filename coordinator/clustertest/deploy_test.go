@@ -140,8 +140,15 @@ func TestRollingDeployRollsBackOnHealthFailure(t *testing.T) {
 	if want := map[string]string{"s1": "rolled_back", "s2": "rolled_back", "s3": "pending"}; !maps.Equal(phases, want) {
 		t.Fatalf("host phases %v, want %v", phases, want)
 	}
-	if !strings.Contains(d.Reason, "host s2 failed") {
-		t.Fatalf("reason %q does not name s2", d.Reason)
+	if !strings.HasPrefix(d.Reason, "host s2 failed: deploy: failed: exit code 1") {
+		t.Fatalf("reason %q does not name s2 and its failed deploy action", d.Reason)
+	}
+	results := map[string]string{}
+	for _, h := range d.Hosts {
+		results[h.Agent] = h.Result
+	}
+	if want := map[string]string{"s1": "deploy: passed; rollback: passed", "s2": "deploy: failed: exit code 1; rollback: passed", "s3": ""}; !maps.Equal(results, want) {
+		t.Fatalf("host results %q, want %q", results, want)
 	}
 	if other := deploymentsJSON(t, c, "prod"); len(other) != 0 {
 		t.Fatalf("prod deployments: %+v", other)

@@ -284,7 +284,6 @@ func (c *Controller) action(d *kilnv1.Deployment, h *kilnv1.DeployHost, kind str
 	}
 	h.JobId = d.GetBuildId() + "." + key
 	h.Phase = phase
-	h.Result = ""
 	h.UpdatedUnixMs = now.UnixMilli()
 	return &fsmv1.DeployAction{
 		Key:      key,
@@ -349,6 +348,12 @@ func (c *Controller) advance(ctx context.Context, cur *kilnv1.Deployment) error 
 			continue
 		}
 		ok = j.GetState() == kilnv1.JobState_JOB_STATE_PASSED
+		// The result keeps every action's outcome: "deploy: passed;
+		// rollback: passed".
+		if h.Result != "" {
+			h.Result += "; "
+		}
+		h.Result += actionOf(h.GetPhase()) + ": " + describe(j)
 		switch h.GetPhase() {
 		case HostRollingBack:
 			h.Phase = HostRolledBack
@@ -361,7 +366,6 @@ func (c *Controller) advance(ctx context.Context, cur *kilnv1.Deployment) error 
 				h.Phase = HostFailed
 			}
 		}
-		h.Result = describe(j)
 		h.UpdatedUnixMs = now.UnixMilli()
 		changed = true
 	}
@@ -385,7 +389,11 @@ func (c *Controller) advance(ctx context.Context, cur *kilnv1.Deployment) error 
 		for _, h := range d.GetHosts() {
 			if h.GetPhase() == HostFailed {
 				d.Phase = PhaseRollingBack
-				d.Reason = fmt.Sprintf("host %s failed: %s", h.GetAgent(), h.GetResult())
+				last := h.GetResult()
+				if i := strings.LastIndex(last, "; "); i >= 0 {
+					last = last[i+2:]
+				}
+				d.Reason = fmt.Sprintf("host %s failed: %s", h.GetAgent(), last)
 				changed = true
 				break
 			}
@@ -501,15 +509,25 @@ func (c *Controller) rollback(d *kilnv1.Deployment, now time.Time, finish func(s
 	return nil
 }
 
+// actionOf names the action a host phase runs.
+func actionOf(phase string) string {
+	switch phase {
+	case HostVerifying:
+		return "verify"
+	case HostSwitching:
+		return "switch"
+	case HostRollingBack:
+		return "rollback"
+	}
+	return "deploy"
+}
+
 // describe says how a job ended, for a host's result.
 func describe(j *kilnv1.Job) string {
 	if j == nil {
 		return "missing"
 	}
 	s := strings.TrimPrefix(strings.ToLower(j.GetState().String()), "job_state_")
-	if j.GetState() == kilnv1.JobState_JOB_STATE_FAILED {
-		s += fmt.Sprintf(" (exit %d)", j.GetExitCode())
-	}
 	if r := j.GetReason(); r != "" {
 		s += ": " + r
 	}
