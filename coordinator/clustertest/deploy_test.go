@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -356,5 +357,93 @@ func TestDeployWithoutTargetsFails(t *testing.T) {
 	d := deploymentsJSON(t, c, "nowhere")
 	if len(d) != 1 || d[0].Outcome != "failed" || d[0].Reason != "no agents match env=nowhere" || len(d[0].Hosts) != 0 {
 		t.Fatalf("deployments %+v", d)
+	}
+}
+
+// TestMigrationBehindApprovalRecordsApprover: the docs/pipeline.md
+// pattern. A one-host migration deploy step waits for its approval gate,
+// then runs; its deployment record names who approved it; the rollout
+// that needs it follows.
+func TestMigrationBehindApprovalRecordsApprover(t *testing.T) {
+	c := Start(t, 1, Options{})
+	startAgents(t, c, map[string]string{"env": "db"}, "db1")
+	startAgents(t, c, map[string]string{"env": "prod"}, "p1", "p2")
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	b := submitYAML(t, c, 0, fmt.Sprintf(`concurrency: {group: deploy-production}
+steps:
+  - key: approve-migration
+    approval: {approvers: [alice@host]}
+  - key: migrate
+    needs: [approve-migration]
+    deploy: {environment: db, strategy: all_at_once, commands: [%q]}
+  - key: production
+    needs: [migrate]
+    deploy: {environment: prod, strategy: rolling, batch: 50%%, commands: [%q]}
+`, rec, rec))
+	Eventually(t, 10*time.Second, func() bool {
+		got, ok := c.Leader().C.Store().Build(b.GetId())
+		return ok && got.GetState() == kilnv1.BuildState_BUILD_STATE_BLOCKED
+	}, "the build waits for the approval")
+	if lines := readLines(t, filepath.Join(dir, "seq")); lines != nil {
+		t.Fatalf("ran before the approval: %q", lines)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Control(ctx, c.Client(), func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		_, err := cc.DecideApproval(ctx, &kilnv1.DecideApprovalRequest{RequestId: reqID(t, 1), BuildId: b.GetId(), Step: "approve-migration", Approve: true, By: "alice@host"})
+		return err
+	}); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	if got := waitBuild(t, c, b.GetId(), 20*time.Second); got.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("build %s (%s)", got.GetState(), got.GetReason())
+	}
+	if got, want := readLines(t, filepath.Join(dir, "seq")), []string{"db1 deploy", "p1 deploy", "p2 deploy"}; !slices.Equal(got, want) {
+		t.Fatalf("actions %q, want %q", got, want)
+	}
+	m := deploymentsJSON(t, c, "db")
+	if len(m) != 1 || m[0].ApprovedBy != "alice@host" || m[0].StartedBy != "tester" || m[0].Outcome != "succeeded" {
+		t.Fatalf("migration deployment %+v", m)
+	}
+}
+
+// TestCancelEndsDeployment: canceling the build during a rollout ends the
+// deployment failed, with the reason, and frees the environment.
+func TestCancelEndsDeployment(t *testing.T) {
+	c := Start(t, 1, Options{})
+	startAgents(t, c, map[string]string{"env": "staging"}, "s1", "s2")
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	b := submitYAML(t, c, 0, fmt.Sprintf(`steps:
+  - key: ship
+    deploy: {environment: staging, commands: [%q, "sleep 30"]}
+`, rec))
+	Eventually(t, 10*time.Second, func() bool {
+		return slices.Contains(readLines(t, filepath.Join(dir, "seq")), "s1 deploy")
+	}, "s1 runs its deploy action")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := Control(ctx, c.Client(), func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		_, err := cc.CancelBuild(ctx, &kilnv1.CancelBuildRequest{RequestId: reqID(t, 1), BuildId: b.GetId(), Reason: "stop"})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var d []cli.DeploymentJSON
+	Eventually(t, 10*time.Second, func() bool {
+		d = deploymentsJSON(t, c, "staging")
+		return len(d) == 1 && d[0].Outcome != "running"
+	}, "the deployment ends")
+	if d[0].Outcome != "failed" || !strings.HasPrefix(d[0].Reason, "the deploy step ended: canceled") || d[0].Hosts[1].Phase != "pending" {
+		t.Fatalf("deployment %+v", d[0])
+	}
+	// The environment is free again.
+	b2 := submitYAML(t, c, 2, `steps:
+  - key: ship
+    deploy: {environment: staging, strategy: all_at_once, commands: ["true"]}
+`)
+	if got := waitBuild(t, c, b2.GetId(), 20*time.Second); got.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("next deployment: %s (%s)", got.GetState(), got.GetReason())
 	}
 }
