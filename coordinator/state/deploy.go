@@ -31,6 +31,15 @@ func deploymentTable() *memdb.TableSchema {
 	return &memdb.TableSchema{Name: tableDeployments, Indexes: map[string]*memdb.IndexSchema{
 		"id":  {Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Id"}},
 		"env": {Name: "env", Indexer: &memdb.StringFieldIndex{Field: "Environment"}},
+		"job": {Name: "job", Indexer: &memdb.StringFieldIndex{Field: "JobId"}},
+		// Unfinished deployments: the controller's work list.
+		"active": {Name: "active", Indexer: &memdb.ConditionalIndex{Conditional: func(obj interface{}) (bool, error) {
+			d, ok := obj.(*kilnv1.Deployment)
+			if !ok {
+				return false, fmt.Errorf("deployment index: unexpected %T", obj)
+			}
+			return d.GetOutcome() == "", nil
+		}}},
 	}}
 }
 
@@ -80,11 +89,9 @@ func (s *Store) Deployment(id string) (*kilnv1.Deployment, bool) {
 // ActiveDeployments returns the unfinished deployments.
 func (s *Store) ActiveDeployments() []*kilnv1.Deployment {
 	var out []*kilnv1.Deployment
-	it := mustGet(s.read(), tableDeployments, "id")
+	it := mustGet(s.read(), tableDeployments, "active", true)
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if d := raw.(*kilnv1.Deployment); d.GetOutcome() == "" {
-			out = append(out, d)
-		}
+		out = append(out, raw.(*kilnv1.Deployment))
 	}
 	return out
 }
@@ -93,11 +100,9 @@ func (s *Store) ActiveDeployments() []*kilnv1.Deployment {
 // one is numbered count+1).
 func (s *Store) JobDeployments(jobID string) int {
 	n := 0
-	it := mustGet(s.read(), tableDeployments, "id")
+	it := mustGet(s.read(), tableDeployments, "job", jobID)
 	for raw := it.Next(); raw != nil; raw = it.Next() {
-		if raw.(*kilnv1.Deployment).GetJobId() == jobID {
-			n++
-		}
+		n++
 	}
 	return n
 }
@@ -112,8 +117,9 @@ func (s *Store) StartDeployment(index uint64, cmd *fsmv1.StartDeployment) (*kiln
 		if getDeployment(w.tx, d.GetId()) != nil {
 			return nil, fmt.Errorf("start deployment %q: exists: %w", d.GetId(), ErrInvalidState)
 		}
-		for _, other := range envDeployments(w.tx, d.GetEnvironment()) {
-			if other.GetOutcome() == "" {
+		it := mustGet(w.tx, tableDeployments, "active", true)
+		for raw := it.Next(); raw != nil; raw = it.Next() {
+			if other := raw.(*kilnv1.Deployment); other.GetEnvironment() == d.GetEnvironment() {
 				return nil, fmt.Errorf("start deployment %q: deployment %s of environment %s is still running: %w", d.GetId(), other.GetId(), d.GetEnvironment(), ErrInvalidState)
 			}
 		}
