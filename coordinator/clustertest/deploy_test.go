@@ -447,3 +447,42 @@ func TestCancelEndsDeployment(t *testing.T) {
 		t.Fatalf("next deployment: %s (%s)", got.GetState(), got.GetReason())
 	}
 }
+
+// BenchmarkRollingDeploy measures a rolling deployment (batch 1) over 8
+// in-process agents with a trivial command: the per-host cost of the
+// controller's commands, dispatch and the agent round trip. Reported as
+// ms/host.
+func BenchmarkRollingDeploy(b *testing.B) {
+	c := Start(b, 1, Options{})
+	var names []string
+	for i := 1; i <= 8; i++ {
+		names = append(names, fmt.Sprintf("h%d", i))
+		c.StartAgent(names[i-1], map[string]string{"env": "bench"}, 1)
+	}
+	Eventually(b, 10*time.Second, func() bool { return len(c.Leader().C.Store().Agents()) == len(names) }, "agents registered")
+	spec := `steps:
+  - key: ship
+    deploy: {environment: bench, strategy: rolling, commands: ["true"], health: ["true"]}
+`
+	cl := c.Client()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		var id string
+		err := Control(ctx, cl, func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+			resp, err := cc.SubmitBuild(ctx, &kilnv1.SubmitBuildRequest{RequestId: fmt.Sprintf("bench-%d-%d", i, time.Now().UnixNano()), SpecYaml: spec})
+			id = resp.GetBuild().GetId()
+			return err
+		})
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		Eventually(b, 60*time.Second, func() bool {
+			got, ok := c.Leader().C.Store().Build(id)
+			return ok && got.GetState() == kilnv1.BuildState_BUILD_STATE_PASSED
+		}, "deployment build passes")
+	}
+	b.ReportMetric(float64(time.Since(start).Milliseconds())/float64(b.N*len(names)), "ms/host")
+}
