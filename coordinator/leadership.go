@@ -143,7 +143,11 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 		})
 	})
 	run(func() { c.autopilot.Run(ctx) })
-	run(func() { deploy.New(c.store, c.node, c.log.Named("deploy")).Run(ctx) })
+	run(func() {
+		dc := deploy.New(c.store, c.node, c.log.Named("deploy"))
+		dc.AgentGrace = c.cfg.LeaseTTL
+		dc.Run(ctx)
+	})
 	c.sched.Run(ctx)
 	wg.Wait()
 }

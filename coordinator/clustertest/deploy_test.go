@@ -486,3 +486,48 @@ func BenchmarkRollingDeploy(b *testing.B) {
 	}
 	b.ReportMetric(float64(time.Since(start).Milliseconds())/float64(b.N*len(names)), "ms/host")
 }
+
+// TestLostTargetFailsWithoutRollingItBack: a target whose agent went away
+// (disconnected for longer than the lease TTL) before its turn fails the
+// rollout; it was never updated, so only the
+// hosts that were are rolled back, and the build ends.
+func TestLostTargetFailsWithoutRollingItBack(t *testing.T) {
+	c := Start(t, 1, Options{LeaseTTL: 500 * time.Millisecond})
+	startAgents(t, c, map[string]string{"env": "staging"}, "s1", "s2")
+	dir := t.TempDir()
+	rec := deployScripts(dir)
+	gate := filepath.Join(dir, "go")
+	b := submitYAML(t, c, 0, fmt.Sprintf(`steps:
+  - key: ship
+    deploy:
+      environment: staging
+      commands: [%q, 'while [ ! -f %s ]; do sleep 0.02; done']
+      rollback: [%q]
+`, rec, gate, rec))
+	Eventually(t, 10*time.Second, func() bool {
+		return slices.Contains(readLines(t, filepath.Join(dir, "seq")), "s1 deploy")
+	}, "s1 runs its deploy action")
+	for _, a := range c.Agents {
+		if a.Name == "s2" {
+			c.StopAgent(a)
+		}
+	}
+	Eventually(t, 10*time.Second, func() bool {
+		a, ok := c.Leader().C.Store().Agent("s2")
+		return ok && a.GetState() == kilnv1.AgentState_AGENT_STATE_DISCONNECTED
+	}, "s2 is disconnected")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := waitBuild(t, c, b.GetId(), 20*time.Second)
+	if got.GetState() != kilnv1.BuildState_BUILD_STATE_FAILED {
+		t.Fatalf("build %s (%s), want failed", got.GetState(), got.GetReason())
+	}
+	if seq, want := readLines(t, filepath.Join(dir, "seq")), []string{"s1 deploy", "s1 rollback"}; !slices.Equal(seq, want) {
+		t.Fatalf("actions %q, want %q", seq, want)
+	}
+	d := deploymentsJSON(t, c, "staging")[0]
+	if d.Outcome != "rolled_back" || d.Hosts[1].Phase != "failed" || d.Hosts[1].Result != "deploy: agent lost before it ran" || d.Hosts[0].Phase != "rolled_back" {
+		t.Fatalf("deployment %+v", d)
+	}
+}

@@ -78,11 +78,16 @@ type Controller struct {
 	Now func() time.Time
 	// Tick bounds the wait between passes (verify timers); default 200ms.
 	Tick time.Duration
+	// AgentGrace is how long a target may stay disconnected, with its
+	// action still waiting for it, before the host counts as failed
+	// (the coordinator passes its agent lease TTL); a lost agent fails at
+	// once. Default 30s.
+	AgentGrace time.Duration
 }
 
 // New returns a controller.
 func New(store *state.Store, raft Applier, log *zap.Logger) *Controller {
-	return &Controller{store: store, raft: raft, log: log, Now: time.Now, Tick: 200 * time.Millisecond}
+	return &Controller{store: store, raft: raft, log: log, Now: time.Now, Tick: 200 * time.Millisecond, AgentGrace: 30 * time.Second}
 }
 
 // Run drives deployments until ctx ends (leadership lost). It passes over
@@ -321,6 +326,23 @@ func (c *Controller) nextBatch(d *kilnv1.Deployment, now time.Time) []*fsmv1.Dep
 	return out
 }
 
+// neverRuns reports whether an action job waits for an agent that is
+// gone (lost, or disconnected for longer than AgentGrace): it was never
+// assigned and nobody else may take it (it is pinned).
+func (c *Controller) neverRuns(j *kilnv1.Job) bool {
+	if j.GetState() != kilnv1.JobState_JOB_STATE_QUEUED {
+		return false
+	}
+	a, ok := c.store.Agent(j.GetSpec().GetPinAgent())
+	switch {
+	case !ok || a.GetState() == kilnv1.AgentState_AGENT_STATE_LOST:
+		return true
+	case a.GetState() == kilnv1.AgentState_AGENT_STATE_DISCONNECTED:
+		return c.Now().Sub(time.UnixMilli(a.GetDisconnectedUnixMs())) > c.AgentGrace
+	}
+	return false
+}
+
 // running reports whether a host has an action in flight.
 func running(phase string) bool {
 	switch phase {
@@ -343,6 +365,27 @@ func (c *Controller) advance(ctx context.Context, cur *kilnv1.Deployment) error 
 			continue
 		}
 		j, ok := c.store.Job(h.GetJobId())
+		if ok && c.neverRuns(j) {
+			// Its agent is lost and the action never reached it: the host
+			// was not touched, so it needs no rollback (order 0). The job
+			// is skipped when the deployment ends.
+			if h.Result != "" {
+				h.Result += "; "
+			}
+			h.Result += actionOf(h.GetPhase()) + ": agent lost before it ran"
+			switch h.GetPhase() {
+			case HostRollingBack:
+				h.Phase = HostRollbackFailed
+			case HostDeploying:
+				h.Phase = HostFailed
+				h.Order = 0 // never updated: nothing to roll back
+			default:
+				h.Phase = HostFailed
+			}
+			h.UpdatedUnixMs = now.UnixMilli()
+			changed = true
+			continue
+		}
 		if !ok || !lifecycle.JobFinished(j.GetState()) {
 			busy = true
 			continue
