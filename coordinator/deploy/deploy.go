@@ -91,12 +91,14 @@ func New(store *state.Store, raft Applier, log *zap.Logger) *Controller {
 }
 
 // Run drives deployments until ctx ends (leadership lost). It passes over
-// the state at every commit and at least every Tick.
+// the state at every change of a job or agent (the store's dispatch
+// signal: action jobs ending, deploy steps queued) and at least every
+// Tick (verify waits, record-only changes).
 func (c *Controller) Run(ctx context.Context) {
 	t := time.NewTicker(c.Tick)
 	defer t.Stop()
 	for {
-		changed := c.store.Changed()
+		changed := c.store.DispatchChanged()
 		if err := c.pass(ctx); err != nil {
 			if errors.Is(err, raftnode.ErrNotLeader) || errors.Is(err, raftnode.ErrOutcomeUnknown) {
 				c.log.Warn("deploy controller: leadership lost", zap.Error(err))
@@ -127,9 +129,9 @@ func (c *Controller) pass(ctx context.Context) error {
 			return err
 		}
 	}
-	for _, j := range c.store.QueuedJobs() {
+	for _, j := range c.store.QueuedDeploySteps() {
 		ds := j.GetSpec().GetDeploy()
-		if ds == nil || busy[ds.GetEnvironment()] {
+		if busy[ds.GetEnvironment()] {
 			continue
 		}
 		busy[ds.GetEnvironment()] = true

@@ -43,6 +43,25 @@ func deploymentTable() *memdb.TableSchema {
 	}}
 }
 
+// queuedDeployIndex indexes the QUEUED deploy steps (the deploy
+// controller's intake), so finding them never scans the job queue.
+func queuedDeployIndex() *memdb.IndexSchema {
+	return &memdb.IndexSchema{Name: "deployq", Indexer: &memdb.ConditionalIndex{Conditional: func(obj interface{}) (bool, error) {
+		j, ok := obj.(*kilnv1.Job)
+		if !ok {
+			return false, fmt.Errorf("deploy queue index: unexpected %T", obj)
+		}
+		return j.GetState() == jQueued && j.GetSpec().GetDeploy() != nil, nil
+	}}}
+}
+
+// QueuedDeploySteps returns the QUEUED deploy steps in queue order.
+func (s *Store) QueuedDeploySteps() []*kilnv1.Job {
+	out := collectJobs(mustGet(s.read(), tableJobs, "deployq", true))
+	slices.SortFunc(out, func(a, b *kilnv1.Job) int { return cmp.Compare(a.GetQueueIndex(), b.GetQueueIndex()) })
+	return out
+}
+
 func getDeployment(tx *memdb.Txn, id string) *kilnv1.Deployment {
 	raw := mustFirst(tx, tableDeployments, id)
 	if raw == nil {
