@@ -39,6 +39,7 @@ import (
 	"maps"
 	"runtime"
 	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,7 @@ import (
 
 	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/agent/mask"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -114,6 +116,9 @@ type Agent struct {
 	// sessionAddr is the coordinator address of the last registered
 	// session (blob downloads go there first).
 	sessionAddr atomic.Pointer[string]
+	// etcd resolves etcd:///PREFIX coordinator addresses; set by Run when
+	// Config.Coordinators holds one, closed when Run returns.
+	etcd atomic.Pointer[discovery.Resolver]
 
 	idle     chan struct{} // closed once draining and nothing is held
 	idleOnce sync.Once
@@ -208,6 +213,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ran = true
 	a.mu.Unlock()
 
+	if slices.ContainsFunc(a.cfg.Coordinators, discovery.IsTarget) {
+		r, err := discovery.NewResolver(a.cfg.EtcdEndpoints, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.etcd.Store(r)
+		defer func() { _ = r.Close() }() // after every attempt (wg) ended
+	}
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
 	if err := a.ensureIdentity(ctx); err != nil {

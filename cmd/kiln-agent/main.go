@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -25,6 +26,7 @@ import (
 
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/internal/authn"
+	"github.com/kiln-ci/kiln/internal/discovery"
 )
 
 func main() {
@@ -90,7 +92,8 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	cfg := agent.NewConfig()
 	fs := flag.NewFlagSet("kiln-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port)")
+	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port), or etcd:///PREFIX (the coordinators registered in etcd)")
+	etcdEndpoints := fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, resolving etcd:/// coordinators (default $"+discovery.EnvEndpoints+")")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "unique agent name")
 	labels := fs.String("labels", "", "comma-separated key=value labels; os and arch are added unless given")
 	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
@@ -138,6 +141,17 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	}
 	if len(cfg.Coordinators) == 0 {
 		return cfg, 0, errors.New("--coordinators is required")
+	}
+	if slices.ContainsFunc(cfg.Coordinators, discovery.IsTarget) {
+		eps := *etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		cfg.EtcdEndpoints = list
 	}
 	parsed, err := parseLabels(*labels)
 	if err != nil {

@@ -295,8 +295,15 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 	)
 	now := s.cfg.Now().UnixMilli()
 	for _, job := range queued {
+		if job.GetSpec().GetDeploy() != nil {
+			continue // the deploy controller runs it as pinned jobs
+		}
+		pin := job.GetSpec().GetPinAgent()
 		var best *candidate
 		for _, c := range cands {
+			if pin != "" && c.sess.Agent != pin {
+				continue
+			}
 			// Most free slots; ties go to the first agent by name
 			// (deterministic, which keeps tests and logs readable).
 			if c.free > 0 && Matches(job.GetSpec().GetAgents(), c.sess.Labels) &&

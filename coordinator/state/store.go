@@ -123,12 +123,14 @@ func schema() *memdb.DBSchema {
 			"queue":   {Name: "queue", AllowMissing: true, Indexer: queueIndexer{}},
 			"active":  {Name: "active", AllowMissing: true, Indexer: activeAgentIndexer{}},
 			"blocked": {Name: "blocked", AllowMissing: true, Indexer: blockedIndexer{}},
+			"deployq": queuedDeployIndex(),
 		}},
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
 		}},
 		tableArtifacts:   artifactTable(),
 		tableTestReports: testReportTable(),
+		tableDeployments: deploymentTable(),
 	}
 	for name, t := range aclTables() {
 		tables[name] = t

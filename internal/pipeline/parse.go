@@ -24,7 +24,7 @@ import (
 var (
 	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
 	stageKeys       = []string{"name", "steps"}
-	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets", "production"}
+	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets", "production", "deploy"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -299,6 +299,13 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	if x, ok := f["name"]; ok {
 		st.Name, _ = p.str(x.Val, "step name")
+	}
+	if _, ok := f["deploy"]; ok {
+		if y, ok := f["approval"]; ok {
+			p.errorf(y.Key, "make the gate its own step and list it in the deploy step's needs", "a step cannot have both deploy and approval")
+		}
+		p.deployStep(st, f)
+		return st
 	}
 	if x, ok := f["approval"]; ok {
 		st.Approval = p.approval(x.Val)

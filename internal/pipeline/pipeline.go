@@ -162,6 +162,8 @@ type Step struct {
 	ArtifactsFrom *ArtifactsFrom
 	// Approval is set for an approval gate (which has no commands).
 	Approval *Approval
+	// Deploy is set for a deploy step (whose commands are in it).
+	Deploy *Deploy
 	// Line and Column locate the step in the file.
 	Line, Column int
 

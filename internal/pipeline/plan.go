@@ -379,6 +379,20 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		spec.Retry = &kilnv1.RetryPolicy{}
 		return spec
 	}
+	if st.Deploy != nil {
+		spec.Deploy = deploySpec(st.Deploy)
+		// Each host action is its own job: no retry of the step itself.
+		spec.Retry = &kilnv1.RetryPolicy{}
+		if len(st.Env) > 0 {
+			spec.Env = maps.Clone(st.Env)
+		}
+		timeout := st.Timeout
+		if timeout == 0 {
+			timeout = p.Timeout
+		}
+		spec.TimeoutMs = timeout.Milliseconds()
+		return spec
+	}
 	spec.Commands = slices.Clone(st.Commands)
 	if len(p.Agents) > 0 || len(st.Agents) > 0 {
 		spec.Agents = make(map[string]string, len(p.Agents)+len(st.Agents))
