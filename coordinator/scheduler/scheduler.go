@@ -382,6 +382,8 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		// The step's artifact and JUnit report globs.
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
+		// Container image, limits, network and services of the step.
+		Runtime: job.GetSpec().GetRuntime(),
 	}
 }
 

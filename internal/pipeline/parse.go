@@ -21,9 +21,10 @@ import (
 // Keys known at each level of the file. Adding a key to the language means
 // adding it here and handling it in the matching function below.
 var (
-	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
-	stageKeys       = []string{"name", "steps"}
-	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval"}
+	pipelineKeys = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
+	stageKeys    = []string{"name", "steps"}
+	stepKeys     = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval",
+		"image", "pull", "cpus", "memory", "network", "user", "services"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -367,6 +368,11 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	if x, ok := f["junit"]; ok {
 		st.JUnit = p.globs(x.Key, x.Val, "junit")
+	}
+	p.runtime(st, f)
+	if v, ok := st.Agents[DockerLabel]; ok && v != "true" && st.Runtime.GetImage() != "" {
+		p.errorf(f["agents"].Val, "remove the docker label: a step with image: runs on agents labelled docker=true",
+			"agents selects docker=%s, but a step with an image needs docker=true", v)
 	}
 	p.stepCommon(st, f)
 	return st

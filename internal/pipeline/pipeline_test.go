@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"google.golang.org/protobuf/encoding/protojson"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,6 +44,7 @@ func render(t *testing.T, p *Pipeline) []byte {
 			TimeoutMs int64
 			Prompt    string
 		} `json:",omitempty"`
+		Runtime json.RawMessage `json:",omitempty"`
 	}
 	out := struct {
 		Name        string
@@ -69,6 +71,18 @@ func render(t *testing.T, p *Pipeline) []byte {
 				TimeoutMs int64
 				Prompt    string
 			}{a.Approvers, a.TimeoutMs, a.Prompt}
+		}
+		if s.Runtime != nil {
+			b, err := protojson.Marshal(s.Runtime)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// protojson's spacing is deliberately unstable; normalise it.
+			var v any
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatal(err)
+			}
+			x.Runtime, _ = json.Marshal(v)
 		}
 		out.Steps = append(out.Steps, x)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/kiln-ci/kiln/internal/yamlpos"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 )
 
@@ -382,6 +383,10 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		spec.Agents = make(map[string]string, len(p.Agents)+len(st.Agents))
 		maps.Copy(spec.Agents, p.Agents)
 		maps.Copy(spec.Agents, st.Agents)
+	}
+	if st.Runtime != nil {
+		spec.Runtime = proto.Clone(st.Runtime).(*kilnv1.StepRuntime)
+		RequireDocker([]*kilnv1.StepSpec{spec})
 	}
 	if len(st.Env) > 0 || len(e.env) > 0 {
 		spec.Env = make(map[string]string, len(st.Env)+len(e.env))

@@ -792,7 +792,10 @@ type JobAssignment struct {
 	// with ArtifactsUploaded before JobFinished.
 	Artifacts []string `protobuf:"bytes,10,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
 	// JUnit report globs to parse after the commands.
-	Junit         []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
+	Junit []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
+	// Where the commands run (StepSpec.runtime): a container image, limits,
+	// network and services; nil means the shell executor.
+	Runtime       *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -900,6 +903,13 @@ func (x *JobAssignment) GetArtifacts() []string {
 func (x *JobAssignment) GetJunit() []string {
 	if x != nil {
 		return x.Junit
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetRuntime() *StepRuntime {
+	if x != nil {
+		return x.Runtime
 	}
 	return nil
 }
@@ -1177,7 +1187,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xf2\x02\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x15kiln/v1/runtime.proto\x1a\x13kiln/v1/types.proto\"\xf2\x02\n" +
 	"\x0eConnectRequest\x12/\n" +
 	"\bregister\x18\x01 \x01(\v2\x11.kiln.v1.RegisterH\x00R\bregister\x122\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x12.kiln.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
@@ -1235,7 +1245,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\x9b\x03\n" +
+	"timeUnixMs\"\xcb\x03\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1249,7 +1259,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x12\x1c\n" +
 	"\tartifacts\x18\n" +
 	" \x03(\tR\tartifacts\x12\x14\n" +
-	"\x05junit\x18\v \x03(\tR\x05junit\x1a6\n" +
+	"\x05junit\x18\v \x03(\tR\x05junit\x12.\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
@@ -1314,8 +1325,9 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*LogChunk)(nil),          // 16: kiln.v1.LogChunk
 	(*Source)(nil),            // 17: kiln.v1.Source
 	(*Artifact)(nil),          // 18: kiln.v1.Artifact
-	(*ArtifactFile)(nil),      // 19: kiln.v1.ArtifactFile
-	(*TestReport)(nil),        // 20: kiln.v1.TestReport
+	(*StepRuntime)(nil),       // 19: kiln.v1.StepRuntime
+	(*ArtifactFile)(nil),      // 20: kiln.v1.ArtifactFile
+	(*TestReport)(nil),        // 21: kiln.v1.TestReport
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
@@ -1335,15 +1347,16 @@ var file_kiln_v1_agent_proto_depIdxs = []int32{
 	15, // 14: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
 	17, // 15: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
 	18, // 16: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
-	19, // 17: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
-	20, // 18: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
-	1,  // 19: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 20: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	20, // [20:21] is the sub-list for method output_type
-	19, // [19:20] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	19, // 17: kiln.v1.JobAssignment.runtime:type_name -> kiln.v1.StepRuntime
+	20, // 18: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
+	21, // 19: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
+	1,  // 20: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 21: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -1351,6 +1364,7 @@ func file_kiln_v1_agent_proto_init() {
 	if File_kiln_v1_agent_proto != nil {
 		return
 	}
+	file_kiln_v1_runtime_proto_init()
 	file_kiln_v1_types_proto_init()
 	file_kiln_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ConnectRequest_Register)(nil),

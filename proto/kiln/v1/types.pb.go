@@ -390,6 +390,10 @@ type StepSpec struct {
 	// of this step's needs), the files matching paths. Without it, the step
 	// gets every artifact of its needs.
 	ArtifactsFrom []*ArtifactSource `protobuf:"bytes,16,rep,name=artifacts_from,json=artifactsFrom,proto3" json:"artifacts_from,omitempty"`
+	// Where the commands run (container image, limits, network, services);
+	// nil means the agent's shell executor. A step with an image requires
+	// the agent label docker=true (added to agents when the build is made).
+	Runtime       *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -532,6 +536,13 @@ func (x *StepSpec) GetMatrix() map[string]string {
 func (x *StepSpec) GetArtifactsFrom() []*ArtifactSource {
 	if x != nil {
 		return x.ArtifactsFrom
+	}
+	return nil
+}
+
+func (x *StepSpec) GetRuntime() *StepRuntime {
+	if x != nil {
+		return x.Runtime
 	}
 	return nil
 }
@@ -2143,11 +2154,11 @@ var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/types.proto\x12\akiln.v1\"P\n" +
+	"\x13kiln/v1/types.proto\x12\akiln.v1\x1a\x15kiln/v1/runtime.proto\"P\n" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xfa\x05\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xaa\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2167,7 +2178,8 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
-	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x1a9\n" +
+	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12.\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2409,6 +2421,7 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	nil,                    // 24: kiln.v1.StepSpec.MatrixEntry
 	nil,                    // 25: kiln.v1.Build.EnvEntry
 	nil,                    // 26: kiln.v1.Agent.LabelsEntry
+	(*StepRuntime)(nil),    // 27: kiln.v1.StepRuntime
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
 	22, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
@@ -2417,24 +2430,25 @@ var file_kiln_v1_types_proto_depIdxs = []int32{
 	7,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
 	24, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	6,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
-	2,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	5,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	8,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	10, // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	25, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	9,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	19, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	26, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	3,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	17, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	19, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	20, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	27, // 6: kiln.v1.StepSpec.runtime:type_name -> kiln.v1.StepRuntime
+	2,  // 7: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	5,  // 8: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	8,  // 9: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	10, // 11: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	25, // 12: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	9,  // 13: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 14: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	26, // 15: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	3,  // 16: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	17, // 17: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	19, // 18: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	20, // 19: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -2442,6 +2456,7 @@ func file_kiln_v1_types_proto_init() {
 	if File_kiln_v1_types_proto != nil {
 		return
 	}
+	file_kiln_v1_runtime_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
