@@ -96,6 +96,14 @@ type Executor struct {
 	// Shell overrides the interpreter (argv before the script); nil picks
 	// bash -e -c, or /bin/sh -e -c when bash is not installed.
 	Shell []string
+	// Name is the agent's name: containers carry it in a label so that a
+	// restarted agent finds its orphans (docker.go).
+	Name string
+	// Docker runs steps that name an image; nil means this agent has no
+	// Docker engine and such steps fail to start.
+	Docker *Docker
+	// Sandbox, when set, runs shell steps under bubblewrap (sandbox.go).
+	Sandbox *Sandbox
 }
 
 // Spec describes one attempt to run.
@@ -135,6 +143,10 @@ type Spec struct {
 	JUnit []string
 	// TestLimits bound the parsed reports (defaults when zero).
 	TestLimits TestLimits
+	// Runtime is where the commands run: a container image (with limits,
+	// network and services) or, without an image, the shell executor
+	// (network: none needs the Sandbox). Nil means the shell executor.
+	Runtime *kilnv1.StepRuntime
 }
 
 // Outcome is how an attempt ended.
@@ -152,8 +164,7 @@ type Outcome struct {
 
 // Process is a running attempt.
 type Process struct {
-	cmd       *exec.Cmd
-	pid       atomic.Int64 // set once the shell has started
+	rn        runner
 	workspace string
 	grace     time.Duration
 	pipeIdle  time.Duration
@@ -212,20 +223,15 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		return nil, fmt.Errorf("executor: create workspace %s: %w", ws, err)
 	}
 
-	shell := e.Shell
-	if shell == nil {
-		if p, err := exec.LookPath("bash"); err == nil {
-			shell = []string{p, "-e", "-c"}
-		} else {
-			shell = []string{"/bin/sh", "-e", "-c"}
-		}
-	}
-	args := append(append([]string(nil), shell[1:]...), strings.Join(spec.Commands, "\n"))
-	cmd := exec.Command(shell[0], args...)
-	cmd.Dir = ws
 	env := e.Env
 	if env == nil {
 		env = os.Environ()
+	}
+	rt := spec.Runtime
+	if e.Sandbox != nil && rt.GetImage() == "" && e.Env == nil {
+		// The agent's own environment (its credentials, its config) stays
+		// outside the sandbox.
+		env = sandboxEnv()
 	}
 	env = append([]string(nil), env...)
 	for k, v := range spec.Env {
@@ -237,8 +243,6 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		"KILN_ATTEMPT="+strconv.FormatUint(uint64(spec.Attempt), 10),
 		"KILN_WORKSPACE="+ws,
 	)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
 	timeout := spec.Timeout
 	if timeout <= 0 {
@@ -248,7 +252,6 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		timeout = DefaultTimeout
 	}
 	p := &Process{
-		cmd:       cmd,
 		workspace: ws,
 		grace:     orDefault(e.KillGrace, DefaultKillGrace),
 		pipeIdle:  orDefault(e.PipeIdle, DefaultPipeIdle),
@@ -256,6 +259,39 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		hardKill:  make(chan struct{}),
 		done:      make(chan struct{}),
 		spec:      spec,
+	}
+	script := strings.Join(spec.Commands, "\n")
+	var setup *prepStep
+	switch {
+	case rt.GetImage() != "":
+		if e.Docker == nil {
+			return nil, fmt.Errorf("executor: the step runs in image %q and this agent has no Docker engine", rt.GetImage())
+		}
+		dr := &dockerRunner{d: e.Docker, agent: e.Name, workDir: e.WorkDir, ws: ws, spec: spec, script: script}
+		p.rn = dr
+		setup = &prepStep{"the container setup", func(ctx context.Context) (string, error) {
+			return "container setup failed", dr.create(ctx, out)
+		}}
+	default:
+		shell := e.Shell
+		if shell == nil {
+			if p, err := exec.LookPath("bash"); err == nil {
+				shell = []string{p, "-e", "-c"}
+			} else {
+				shell = []string{"/bin/sh", "-e", "-c"}
+			}
+		}
+		argv := append(append([]string(nil), shell...), script)
+		if e.Sandbox != nil {
+			argv = e.Sandbox.wrap(ws, rt.GetNetwork() == "none", argv)
+		} else if rt.GetNetwork() == "none" {
+			return nil, errors.New("executor: network: none needs an image or a sandboxed agent (kiln-agent --sandbox); this agent cannot take the network away from a shell step")
+		}
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Dir = ws
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		p.rn = &shellRunner{cmd: cmd}
 	}
 	var steps []prepStep
 	if src := spec.Source; src.GetArchiveSha256() != "" {
@@ -272,11 +308,14 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 			return "artifact download failed", downloadInputs(ctx, ws, spec.Inputs, spec.Fetch, out)
 		}})
 	}
+	if setup != nil {
+		steps = append(steps, *setup)
+	}
 	if len(steps) > 0 {
 		go p.prepareAndRun(steps, out, timeout)
 		return p, nil
 	}
-	r, err := p.startShell()
+	r, err := p.startRunner()
 	if err != nil {
 		return nil, err
 	}
@@ -284,30 +323,19 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	return p, nil
 }
 
-// startShell starts the script with its output pipe and returns the read end.
-func (p *Process) startShell() (*os.File, error) {
-	cmd := p.cmd
+// startRunner starts the script with its output pipe and returns the
+// read end. On failure the runner's resources are released.
+func (p *Process) startRunner() (*os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
+		p.rn.cleanup()
 		return nil, fmt.Errorf("executor: output pipe: %w", err)
 	}
-	cmd.Stdout = w
-	cmd.Stderr = w
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
+	if err := p.rn.start(w); err != nil { // start closes w
 		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("executor: open %s: %w", os.DevNull, err)
+		p.rn.cleanup()
+		return nil, err
 	}
-	cmd.Stdin = devnull
-	startErr := cmd.Start()
-	w.Close()
-	devnull.Close()
-	if startErr != nil {
-		r.Close()
-		return nil, fmt.Errorf("executor: start %s: %w", cmd.Path, startErr)
-	}
-	p.pid.Store(int64(cmd.Process.Pid))
 	return r, nil
 }
 
@@ -352,10 +380,11 @@ func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Du
 			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: what + ": " + err.Error()}
 			fmt.Fprintf(out, "kiln: %s: %v\n", what, err)
 		}
+		p.rn.cleanup()
 		close(p.done)
 		return
 	}
-	r, err := p.startShell()
+	r, err := p.startRunner()
 	if err != nil {
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: "agent could not start the job: " + err.Error()}
 		close(p.done)
@@ -412,8 +441,8 @@ func orDefault(d, def time.Duration) time.Duration {
 }
 
 // Pid returns the process id of the script's shell (also its process group
-// id), or 0 while the source is being checked out.
-func (p *Process) Pid() int { return int(p.pid.Load()) }
+// id), or 0 while the source is being checked out and for container steps.
+func (p *Process) Pid() int { return p.rn.pid() }
 
 // WorkspacePath returns the absolute path of the attempt's workspace.
 func (p *Process) WorkspacePath() string { return p.workspace }
@@ -447,12 +476,7 @@ func (p *Process) Wait() Outcome {
 	return p.outcome
 }
 
-func (p *Process) signalGroup(sig syscall.Signal) {
-	// The negative pid addresses the process group. ESRCH (group gone) is fine.
-	if pid := int(p.pid.Load()); pid > 0 {
-		_ = syscall.Kill(-pid, sig)
-	}
-}
+func (p *Process) signalGroup(sig syscall.Signal) { p.rn.signal(sig) }
 
 // run supervises the attempt: timeout, cancellation, reaping, and the
 // output copy. remaining is what is left of the attempt's timeout (less
@@ -468,8 +492,8 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 		copyOutput(r, out, &progress, &inRead)
 	}()
 
-	waitDone := make(chan error, 1)
-	go func() { waitDone <- p.cmd.Wait() }()
+	waitDone := make(chan exitStatus, 1)
+	go func() { waitDone <- p.rn.wait() }()
 
 	timer := time.NewTimer(max(remaining, 0))
 	defer timer.Stop()
@@ -478,7 +502,7 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 		stopResult kilnv1.JobResult // set when we stopped the group
 		stopReason string
 		killTimer  <-chan time.Time
-		waitErr    error
+		st         exitStatus
 	)
 	beginStop := func(res kilnv1.JobResult, reason string) {
 		if stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED {
@@ -492,7 +516,7 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 loop:
 	for {
 		select {
-		case waitErr = <-waitDone:
+		case st = <-waitDone:
 			break loop
 		case <-timer.C:
 			beginStop(kilnv1.JobResult_JOB_RESULT_TIMED_OUT, "timed out after "+timeout.String())
@@ -531,24 +555,24 @@ wait:
 	}
 	idle.Stop()
 	r.Close()
+	// The script's output is complete; the workspace (a bind mount for a
+	// container) holds what the artifacts and reports need.
+	p.rn.cleanup()
 
 	switch {
 	case stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED:
-		p.outcome = Outcome{Result: stopResult, ExitCode: exitCode(waitErr), Reason: stopReason}
-	case waitErr == nil:
+		p.outcome = Outcome{Result: stopResult, ExitCode: st.code, Reason: stopReason}
+	case st.err == nil && st.signal == "" && st.code == 0:
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_PASSED}
 	default:
-		code := exitCode(waitErr)
-		reason := "exit code " + strconv.Itoa(int(code))
-		var ee *exec.ExitError
-		if errors.As(waitErr, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				reason = "killed by signal " + ws.Signal().String()
-			}
-		} else {
-			reason = waitErr.Error()
+		reason := "exit code " + strconv.Itoa(int(st.code))
+		switch {
+		case st.signal != "":
+			reason = "killed by signal " + st.signal
+		case st.err != nil:
+			reason = st.err.Error()
 		}
-		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: code, Reason: reason}
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: st.code, Reason: reason}
 	}
 	ran := p.outcome.Result
 	p.collectArtifacts(out)
@@ -599,19 +623,6 @@ func (p *Process) collectArtifacts(out io.Writer) {
 		return
 	}
 	p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: p.outcome.ExitCode, Reason: "artifact upload failed: " + err.Error(), Artifacts: files}
-}
-
-// exitCode maps a Wait error to an exit code; -1 when the shell was killed
-// by a signal or could not be waited for, 0 on success.
-func exitCode(err error) int32 {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return int32(ee.ExitCode())
-	}
-	return -1
 }
 
 // copyOutput copies r to out until EOF (or a read error such as an expired
