@@ -128,6 +128,12 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if _, ok := labels["arch"]; !ok {
 		labels["arch"] = runtime.GOARCH
 	}
+	if cfg.Docker != nil {
+		labels[DockerLabel] = "true"
+	}
+	if cfg.Sandbox != nil {
+		labels[SandboxLabel] = "true"
+	}
 	cfg.Labels = labels
 	cfg.Coordinators = append([]string(nil), cfg.Coordinators...)
 	if err := cfg.Validate(); err != nil {
@@ -140,6 +146,9 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 			WorkDir:        cfg.WorkDir,
 			DefaultTimeout: cfg.DefaultTimeout,
 			KillGrace:      cfg.KillGrace,
+			Name:           cfg.Name,
+			Docker:         cfg.Docker,
+			Sandbox:        cfg.Sandbox,
 		},
 		attempts: make(map[attemptKey]*attempt),
 		idle:     make(chan struct{}),
@@ -180,6 +189,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
+	a.removeOrphans(ctx)
 	err := a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()
@@ -191,6 +201,33 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent drained")
 	return nil
+}
+
+// Labels the agent announces for its executors.
+const (
+	// DockerLabel=true: the agent reaches a Docker engine and runs steps
+	// that name an image (every such step requires it).
+	DockerLabel = "docker"
+	// SandboxLabel=true: shell steps run under bubblewrap.
+	SandboxLabel = "sandbox"
+)
+
+// removeOrphans removes the containers and networks a previous run of
+// this agent (same name and work dir) left behind: a new process holds no
+// attempt, so none of them is wanted. It runs before the first session so
+// that no container of a new attempt can be mistaken for an orphan.
+func (a *Agent) removeOrphans(ctx context.Context) {
+	if a.cfg.Docker == nil {
+		return
+	}
+	n, err := a.cfg.Docker.RemoveOrphans(ctx, a.cfg.Name, a.cfg.WorkDir, nil)
+	if err != nil {
+		a.log.Warn("could not remove every orphan container", zap.Int("removed", n), zap.Error(err))
+		return
+	}
+	if n > 0 {
+		a.log.Info("removed orphan containers of a previous run", zap.Int("removed", n))
+	}
 }
 
 // hardStop kills every running attempt and releases blocked writers.
@@ -281,6 +318,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		ArtifactLimits: a.artifactLimits,
 		JUnit:          asg.GetJunit(),
 		TestLimits:     a.testLimits,
+		Runtime:        asg.GetRuntime(),
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/kiln-ci/kiln/agent/executor"
 	"net"
 	"os"
 	"runtime"
@@ -55,6 +56,14 @@ type Config struct {
 	// StableSession is how long a session must have lasted for the backoff
 	// to start again from ReconnectMin (default 5s).
 	StableSession time.Duration
+	// Docker, when set, runs steps that name an image in containers; the
+	// agent then announces docker=true and, at start, removes the
+	// containers a previous run of it left behind. The agent does not
+	// close it.
+	Docker *executor.Docker
+	// Sandbox, when set, runs shell steps under bubblewrap; the agent
+	// announces sandbox=true.
+	Sandbox *executor.Sandbox
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators

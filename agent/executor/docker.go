@@ -89,6 +89,10 @@ func (d *Docker) Close() error { return d.cli.Close() }
 // when it holds no attempt: whatever a killed predecessor left behind
 // goes. It returns how many containers it removed.
 func (d *Docker) RemoveOrphans(ctx context.Context, agent, workDir string, keep func(job string, attempt uint32) bool) (int, error) {
+	workDir, err := filepath.Abs(workDir)
+	if err != nil {
+		return 0, fmt.Errorf("docker: work dir: %w", err)
+	}
 	f := make(client.Filters).Add("label", LabelManaged+"=true", LabelAgent+"="+agent, LabelWorkDir+"="+workDir)
 	list, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: f})
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/kiln-ci/kiln/agent/executor"
-	"github.com/kiln-ci/kiln/internal/dockertest"
+	"github.com/kiln-ci/kiln/agent/executor/dockertest"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 

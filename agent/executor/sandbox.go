@@ -111,4 +111,3 @@ func sandboxEnv() []string {
 	}
 	return env
 }
-

@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 
 func TestParseFlags(t *testing.T) {
 	var stderr bytes.Buffer
-	cfg, level, err := parseFlags([]string{
+	cfg, _, level, err := parseFlags([]string{
 		"--coordinators", "127.0.0.1:1,127.0.0.1:2", "--name", "a1", "--labels", "os=plan9,pool=x",
 		"--slots", "2", "--work-dir", "/tmp/w", "--heartbeat", "1s", "--log-level", "debug",
 	}, &stderr)
@@ -37,7 +37,7 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("labels = %v", cfg.Labels)
 	}
 
-	cfg, _, err = parseFlags([]string{"--coordinators", "h:1"}, &stderr)
+	cfg, _, _, err = parseFlags([]string{"--coordinators", "h:1"}, &stderr)
 	if err != nil || cfg.Slots != 1 || cfg.WorkDir != "./kiln-work" || cfg.Name == "" || cfg.Labels["os"] != runtime.GOOS {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
@@ -49,7 +49,7 @@ func TestParseFlags(t *testing.T) {
 		{"--coordinators", "h:1", "--log-level", "loud"},
 		{"--coordinators", "nohostport"},
 	} {
-		if _, _, err := parseFlags(bad, &stderr); err == nil {
+		if _, _, _, err := parseFlags(bad, &stderr); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}
 	}
