@@ -57,7 +57,7 @@ func TestDocker(t *testing.T) {
 	image := dockertest.BuildBusybox(t, d)
 	agent := "exec-test-" + strings.ReplaceAll(filepath.Base(t.TempDir()), "/", "")
 	root := t.TempDir()
-	e := &executor.Executor{WorkDir: filepath.Join(root, "work"), Name: agent, Docker: d, KillGrace: 3 * time.Second, PipeIdle: time.Second}
+	e := &executor.Executor{WorkDir: filepath.Join(root, "work"), Name: agent, Docker: d, KillGrace: time.Second, PipeIdle: time.Second}
 	t.Cleanup(func() { _, _ = d.RemoveOrphans(context.Background(), agent, e.WorkDir, nil) })
 	// A neighbour's workspace and a secret beside the work dir.
 	if err := os.MkdirAll(filepath.Join(e.WorkDir, "other-a1"), 0o755); err != nil {

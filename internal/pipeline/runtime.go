@@ -149,6 +149,9 @@ func (p *parser) runtime(st *Step, f map[string]yamlpos.Field) {
 		needImage("services", x)
 		rt.Services = p.services(x.Key, x.Val)
 	}
+	if x, ok := f["services"]; ok && rt.GetNetwork() == "none" {
+		p.errorf(x.Key, "remove network: none, or the services", "services need a network; the step sets network: none")
+	}
 	if set {
 		st.Runtime = rt
 	}
