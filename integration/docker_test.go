@@ -146,6 +146,34 @@ func TestDockerExecutor(t *testing.T) {
 		}
 	})
 
+	t.Run("buildspec", func(t *testing.T) {
+		file := writeFile(t, h.root, "buildspec.yml", `version: 0.2
+env:
+  variables:
+    GREETING: hello
+phases:
+  build:
+    commands:
+      - echo "$GREETING from $(pwd)" > out.txt
+  post_build:
+    commands:
+      - cat out.txt
+artifacts:
+  files: [out.txt]
+`)
+		r := h.ctl(c.addrs(), "run", "-f", file, "--image", image)
+		id := strings.TrimSpace(r.stdout)
+		if r.code != 0 || id == "" {
+			t.Fatalf("run -f buildspec.yml --image: %s", r)
+		}
+		b := h.waitFinished(c.addrs(), id, 60*time.Second)
+		logs, _ := h.logs(c.addrs(), id)
+		requirePassed(t, b, 1)
+		if b.Jobs[0].Agent != name || !strings.Contains(logs, "hello from /workspace\n") {
+			t.Fatalf("buildspec ran on %s, log:\n%s", b.Jobs[0].Agent, logs)
+		}
+	})
+
 	// running submits a container step that prints started and sleeps,
 	// waits until it runs and returns the build id and its job id.
 	running := func(t *testing.T) (string, string) {
