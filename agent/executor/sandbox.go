@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -28,20 +29,38 @@ import (
 type Sandbox struct {
 	// Bwrap is the path of the bwrap binary.
 	Bwrap string
+	// Hide are host paths masked inside the sandbox even though they lie
+	// in a read-only system directory: a directory becomes an empty
+	// tmpfs, a file an empty file. NewSandbox starts from DefaultHidden.
+	Hide []string
+	// ReadOnly are the host directories bound read-only; nil means
+	// SystemDirs.
+	ReadOnly []string
 }
 
-// roDirs are bound read-only into the sandbox when they exist on the host.
-var roDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"}
+// DefaultHidden is what the sandbox hides of /etc: the agent's own
+// configuration (deployments/systemd puts its environment file there).
+var DefaultHidden = []string{"/etc/kiln"}
+
+// SystemDirs are bound read-only into the sandbox when they exist on the
+// host.
+var SystemDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt"}
 
 // NewSandbox finds bwrap and checks that it can create a sandbox on this
 // host (user namespaces allowed, or root), so that an agent started with
-// --sandbox fails at start rather than at its first job.
-func NewSandbox(ctx context.Context) (*Sandbox, error) {
+// --sandbox fails at start rather than at its first job. hide adds paths
+// to DefaultHidden.
+func NewSandbox(ctx context.Context, hide ...string) (*Sandbox, error) {
 	path, err := exec.LookPath("bwrap")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: bubblewrap is not installed (apt-get install bubblewrap): %w", err)
 	}
-	s := &Sandbox{Bwrap: path}
+	s := &Sandbox{Bwrap: path, Hide: append(append([]string(nil), DefaultHidden...), hide...)}
+	for _, h := range s.Hide {
+		if !filepath.IsAbs(h) {
+			return nil, fmt.Errorf("sandbox: path to hide %q is not absolute", h)
+		}
+	}
 	dir, err := os.MkdirTemp("", "kiln-sandbox-probe-")
 	if err != nil {
 		return nil, fmt.Errorf("sandbox: probe dir: %w", err)
@@ -69,7 +88,20 @@ func (s *Sandbox) wrap(ws string, noNetwork bool, argv []string) []string {
 	if noNetwork {
 		args = append(args, "--unshare-net")
 	}
-	for _, d := range roDirs {
+	// The private directories first, so that a read-only directory or the
+	// workspace below /tmp is mounted on top of the fresh tmpfs.
+	args = append(args,
+		"--proc", "/proc",
+		"--dev", "/dev",
+		"--tmpfs", "/tmp",
+		"--tmpfs", "/var/tmp",
+		"--tmpfs", "/run",
+	)
+	ro := s.ReadOnly
+	if ro == nil {
+		ro = SystemDirs
+	}
+	for _, d := range ro {
 		fi, err := os.Lstat(d)
 		switch {
 		case err != nil:
@@ -83,16 +115,20 @@ func (s *Sandbox) wrap(ws string, noNetwork bool, argv []string) []string {
 			args = append(args, "--ro-bind", d, d)
 		}
 	}
-	args = append(args,
-		"--proc", "/proc",
-		"--dev", "/dev",
-		"--tmpfs", "/tmp",
-		"--tmpfs", "/var/tmp",
-		"--tmpfs", "/run",
-	)
-	// The workspace last: it may live below /tmp, which is a fresh tmpfs
-	// by now.
-	args = append(args, "--bind", ws, ws, "--chdir", ws, "--")
+	for _, h := range s.Hide {
+		fi, err := os.Stat(h)
+		switch {
+		case err != nil:
+		case fi.IsDir():
+			args = append(args, "--tmpfs", h)
+		default:
+			args = append(args, "--ro-bind", os.DevNull, h)
+		}
+	}
+	// The workspace last. Its parent, the agent's work dir, is masked first: were it
+	// below a read-only system directory (/opt/kiln/work), every other
+	// job's workspace would show through.
+	args = append(args, "--tmpfs", filepath.Dir(ws), "--bind", ws, ws, "--chdir", ws, "--")
 	return append(args, argv...)
 }
 

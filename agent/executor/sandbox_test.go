@@ -125,3 +125,37 @@ func TestNetworkNoneNeedsSandbox(t *testing.T) {
 		t.Fatalf("Start: %v, want a network: none error", err)
 	}
 }
+
+// TestSandboxWorkDirUnderReadOnlyDir: when the agent's work dir lies below
+// a directory bound read-only, the other workspaces stay hidden, and the
+// paths in Hide are masked.
+func TestSandboxWorkDirUnderReadOnlyDir(t *testing.T) {
+	base := sandboxed(t)
+	root := t.TempDir()
+	for _, f := range []string{"work/other-a1/secret", "hidden/agent.env", "shared/tool"} {
+		p := filepath.Join(root, f)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sb := *base.Sandbox
+	sb.ReadOnly = append(append([]string(nil), executor.SystemDirs...), root)
+	sb.Hide = []string{filepath.Join(root, "hidden")}
+	e := &executor.Executor{WorkDir: filepath.Join(root, "work"), Sandbox: &sb}
+	o, out := runSandboxed(t, e, executor.Spec{JobID: "b1.ro", Attempt: 1, Commands: []string{
+		"cat " + filepath.Join(root, "shared/tool") + " && echo ' shared-visible'",
+		"if [ -e " + filepath.Join(root, "work/other-a1") + " ]; then echo SEES-neighbour; fi",
+		"if [ -e " + filepath.Join(root, "hidden/agent.env") + " ]; then echo SEES-hidden; fi",
+		"if touch " + filepath.Join(root, "shared/new") + " 2>/dev/null; then echo WRITES-ro; fi",
+		"echo ok > mine",
+	}})
+	if o.Result != kilnv1.JobResult_JOB_RESULT_PASSED {
+		t.Fatalf("outcome %+v; output:\n%s", o, out)
+	}
+	if !strings.Contains(out, "x shared-visible") || strings.Contains(out, "SEES") || strings.Contains(out, "WRITES") {
+		t.Fatalf("output:\n%s", out)
+	}
+}

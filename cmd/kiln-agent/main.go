@@ -100,6 +100,8 @@ type runtimeFlags struct {
 	// answer.
 	dockerHost string
 	sandbox    bool
+	// hide are extra host paths the sandbox masks (--sandbox-hide).
+	hide []string
 }
 
 // setupExecutors connects to the Docker engine and checks bubblewrap as
@@ -124,7 +126,7 @@ func setupExecutors(cfg *agent.Config, rt runtimeFlags, log *zap.Logger) error {
 		cfg.Docker = d
 	}
 	if rt.sandbox {
-		s, err := executor.NewSandbox(ctx)
+		s, err := executor.NewSandbox(ctx, rt.hide...)
 		if err != nil {
 			return fmt.Errorf("--sandbox: %w", err)
 		}
@@ -149,6 +151,7 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, runtimeFlags, za
 	fs.DurationVar(&cfg.KillGrace, "kill-grace", cfg.KillGrace, "time between SIGTERM and SIGKILL when a job is canceled or timed out")
 	fs.StringVar(&rt.dockerHost, "docker-host", "", `Docker engine for steps with an image ("" detects DOCKER_HOST or the default socket; "none" disables)`)
 	fs.BoolVar(&rt.sandbox, "sandbox", false, "run shell steps under bubblewrap (see README: Sandboxed shell jobs)")
+	hide := fs.String("sandbox-hide", "", "comma-separated absolute host paths hidden from sandboxed jobs (besides /etc/kiln)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return cfg, rt, 0, err
@@ -168,6 +171,17 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, runtimeFlags, za
 	}
 	if len(cfg.Coordinators) == 0 {
 		return cfg, rt, 0, errors.New("--coordinators is required")
+	}
+	for _, p := range strings.Split(*hide, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if !strings.HasPrefix(p, "/") {
+				return cfg, rt, 0, fmt.Errorf("--sandbox-hide: %q is not an absolute path", p)
+			}
+			rt.hide = append(rt.hide, p)
+		}
+	}
+	if len(rt.hide) > 0 && !rt.sandbox {
+		return cfg, rt, 0, errors.New("--sandbox-hide needs --sandbox")
 	}
 	parsed, err := parseLabels(*labels)
 	if err != nil {

@@ -42,12 +42,21 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", cfg, err)
 	}
 
+	cfg, rt, _, err := parseFlags([]string{"--coordinators", "h:1", "--docker-host", "none", "--sandbox",
+		"--sandbox-hide", "/srv/secrets, /etc/ci", "--kill-grace", "2s"}, &stderr)
+	if err != nil || rt.dockerHost != "none" || !rt.sandbox || len(rt.hide) != 2 || rt.hide[1] != "/etc/ci" || cfg.KillGrace != 2*time.Second {
+		t.Fatalf("executor flags: %+v %+v %v", rt, cfg, err)
+	}
+
 	for _, bad := range [][]string{
 		{},
 		{"--coordinators", "h:1", "--slots", "0"},
 		{"--coordinators", "h:1", "--labels", "novalue"},
 		{"--coordinators", "h:1", "--log-level", "loud"},
 		{"--coordinators", "nohostport"},
+		{"--coordinators", "h:1", "--sandbox-hide", "/x"},
+		{"--coordinators", "h:1", "--sandbox", "--sandbox-hide", "relative"},
+		{"--coordinators", "h:1", "--kill-grace", "0s"},
 	} {
 		if _, _, _, err := parseFlags(bad, &stderr); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
