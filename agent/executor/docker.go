@@ -22,6 +22,8 @@ import (
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
+
+	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
 // Labels on every container and network the Docker executor creates. A
@@ -225,7 +227,7 @@ func (r *dockerRunner) create(ctx context.Context, out io.Writer) error {
 		r.mu.Unlock()
 		netMode = container.NetworkMode(nw.ID)
 		for _, svc := range rt.GetServices() {
-			if err := r.startService(ctx, nw.ID, svc.GetName(), svc.GetImage(), svc.GetEnv(), rt.GetPull(), out); err != nil {
+			if err := r.startService(ctx, nw.ID, svc, rt.GetPull(), out); err != nil {
 				return fmt.Errorf("service %s: %w", svc.GetName(), err)
 			}
 		}
@@ -278,19 +280,20 @@ func (r *dockerRunner) create(ctx context.Context, out io.Writer) error {
 
 // startService runs one service container on the job's network, reachable
 // by its name.
-func (r *dockerRunner) startService(ctx context.Context, netID, name, image string, env map[string]string, pull string, out io.Writer) error {
+func (r *dockerRunner) startService(ctx context.Context, netID string, svc *kilnv1.ServiceSpec, pull string, out io.Writer) error {
+	name, image := svc.GetName(), svc.GetImage()
 	if err := r.d.ensureImage(ctx, image, pull, out); err != nil {
 		return err
 	}
 	var vars []string
-	for k, v := range env {
+	for k, v := range svc.GetEnv() {
 		vars = append(vars, k+"="+v)
 	}
 	sort.Strings(vars)
 	yes := true
 	res, err := r.d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Name:   r.name("-" + name),
-		Config: &container.Config{Image: image, Env: vars, Labels: r.labels("service"), Hostname: name},
+		Config: &container.Config{Image: image, Env: vars, Labels: r.labels("service"), Hostname: name, Cmd: svc.GetCommand()},
 		HostConfig: &container.HostConfig{
 			NetworkMode: container.NetworkMode(netID),
 			Init:        &yes,

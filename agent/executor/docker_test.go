@@ -169,11 +169,10 @@ func TestDocker(t *testing.T) {
 	})
 
 	t.Run("services", func(t *testing.T) {
-		svcImage := dockertest.BuildBusybox(t, d, `RUN ["/bin/sh", "-c", "mkdir /www && echo \"<$MSG>\" > /www/index.html"]`,
-			`CMD ["/bin/sh", "-c", "echo $MSG > /www/index.html; exec httpd -f -p 8080 -h /www"]`)
 		old := rt
 		rt = &kilnv1.StepRuntime{Image: image, Pull: "never", Services: []*kilnv1.ServiceSpec{{
-			Name: "web", Image: svcImage, Env: map[string]string{"MSG": "from-service"}}}}
+			Name: "web", Image: image, Env: map[string]string{"MSG": "from-service"},
+			Command: []string{"/bin/sh", "-c", "mkdir /www && echo $MSG > /www/index.html && exec httpd -f -p 8080 -h /www"}}}}
 		defer func() { rt = old }()
 		p, out := start(t, executor.Spec{JobID: "b1.services", Attempt: 1, Commands: []string{
 			// Wait for the service to listen (it starts concurrently).

@@ -41,7 +41,7 @@ var (
 // runtimeKeys are the step keys that make up StepRuntime.
 var runtimeKeys = []string{"image", "pull", "cpus", "memory", "network", "user", "services"}
 
-var serviceKeys = []string{"name", "image", "env"}
+var serviceKeys = []string{"name", "image", "env", "command"}
 
 var (
 	imageRE   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
@@ -219,6 +219,18 @@ func (p *parser) services(key, n *yaml.Node) []*kilnv1.ServiceSpec {
 		}
 		if x, has := f["env"]; has {
 			svc.Env = p.env(x.Val, "service env")
+		}
+		if x, has := f["command"]; has {
+			if p.isKind(x.Val, yaml.SequenceNode, "service command", false) {
+				for _, a := range x.Val.Content {
+					if s, good := p.str(a, "service command entry"); good {
+						svc.Command = append(svc.Command, s)
+					}
+				}
+				if len(svc.Command) == 0 {
+					p.errorf(x.Key, "give the argv, e.g. [redis-server, --port, \"6380\"], or remove the key", "service command is empty")
+				}
+			}
 		}
 		if ok {
 			out = append(out, svc)

@@ -131,9 +131,11 @@ func (x *StepRuntime) GetServices() []*ServiceSpec {
 type ServiceSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Host name of the service on the job's network: [a-z0-9][a-z0-9-]*.
-	Name          string            `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Image         string            `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
-	Env           map[string]string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Name  string            `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Image string            `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	Env   map[string]string `protobuf:"bytes,3,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Command (argv) overriding the image's CMD; empty keeps the image's.
+	Command       []string `protobuf:"bytes,4,rep,name=command,proto3" json:"command,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -189,6 +191,13 @@ func (x *ServiceSpec) GetEnv() map[string]string {
 	return nil
 }
 
+func (x *ServiceSpec) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
 var File_kiln_v1_runtime_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_runtime_proto_rawDesc = "" +
@@ -201,11 +210,12 @@ const file_kiln_v1_runtime_proto_rawDesc = "" +
 	"\fmemory_bytes\x18\x04 \x01(\x03R\vmemoryBytes\x12\x18\n" +
 	"\anetwork\x18\x05 \x01(\tR\anetwork\x12\x12\n" +
 	"\x04user\x18\x06 \x01(\tR\x04user\x120\n" +
-	"\bservices\x18\a \x03(\v2\x14.kiln.v1.ServiceSpecR\bservices\"\xa0\x01\n" +
+	"\bservices\x18\a \x03(\v2\x14.kiln.v1.ServiceSpecR\bservices\"\xba\x01\n" +
 	"\vServiceSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12/\n" +
-	"\x03env\x18\x03 \x03(\v2\x1d.kiln.v1.ServiceSpec.EnvEntryR\x03env\x1a6\n" +
+	"\x03env\x18\x03 \x03(\v2\x1d.kiln.v1.ServiceSpec.EnvEntryR\x03env\x12\x18\n" +
+	"\acommand\x18\x04 \x03(\tR\acommand\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B.Z,github.com/kiln-ci/kiln/proto/kiln/v1;kilnv1b\x06proto3"
