@@ -220,6 +220,9 @@ func (a *Agent) removeOrphans(ctx context.Context) {
 	if a.cfg.Docker == nil {
 		return
 	}
+	// Bounded: an engine that hangs must not keep the agent from its jobs.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	n, err := a.cfg.Docker.RemoveOrphans(ctx, a.cfg.Name, a.cfg.WorkDir, nil)
 	if err != nil {
 		a.log.Warn("could not remove every orphan container", zap.Int("removed", n), zap.Error(err))

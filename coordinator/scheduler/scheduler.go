@@ -145,8 +145,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 			s.unstarted[j.GetId()] = unstarted{attempt: j.GetAttempt(), deadline: now.Add(s.cfg.LeaseTTL)}
 		}
 	}
+	agents := len(s.leases) // read under the lock: Attach writes the map
 	s.mu.Unlock()
-	s.log.Info("scheduler started", zap.Int("agents", len(s.leases)))
+	s.log.Info("scheduler started", zap.Int("agents", agents))
 
 	defer func() {
 		s.mu.Lock()

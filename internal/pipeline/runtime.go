@@ -38,9 +38,6 @@ var (
 	Networks     = []string{"bridge", "none"}
 )
 
-// runtimeKeys are the step keys that make up StepRuntime.
-var runtimeKeys = []string{"image", "pull", "cpus", "memory", "network", "user", "services"}
-
 var serviceKeys = []string{"name", "image", "env", "command"}
 
 var (
