@@ -117,6 +117,26 @@ func TestDocker(t *testing.T) {
 		}
 	})
 
+	t.Run("limits", func(t *testing.T) {
+		old := rt
+		rt = &kilnv1.StepRuntime{Image: image, Pull: "never", User: "65534", MemoryBytes: 64 << 20, NanoCpus: 5e8, Network: "none"}
+		defer func() { rt = old }()
+		p, out := start(t, executor.Spec{JobID: "b1.limits", Attempt: 1, Commands: []string{
+			"echo uid=$(id -u)",
+			"echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)",
+			"echo net=$(ls /sys/class/net)",
+		}})
+		o := p.Wait()
+		if o.Result != kilnv1.JobResult_JOB_RESULT_PASSED {
+			t.Fatalf("outcome %+v; output:\n%s", o, out)
+		}
+		for _, want := range []string{"uid=65534\n", "mem=67108864\n", "net=lo\n"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+
 	t.Run("cancel", func(t *testing.T) {
 		p, out := start(t, executor.Spec{JobID: "b1.cancel", Attempt: 1, Commands: []string{"echo started", "sleep 60"}})
 		deadline := time.Now().Add(20 * time.Second)
