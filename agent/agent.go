@@ -322,6 +322,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		JUnit:          asg.GetJunit(),
 		TestLimits:     a.testLimits,
 		Runtime:        asg.GetRuntime(),
+		Buildspec:      asg.GetBuildspec(),
 	}
 	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
 	if err != nil {

@@ -386,6 +386,18 @@ func (r *dockerRunner) signal(sig syscall.Signal) {
 
 func (r *dockerRunner) pid() int { return 0 }
 
+func (r *dockerRunner) setScript(script string, env map[string]string) {
+	r.script = script
+	merged := make(map[string]string, len(env)+len(r.spec.Env))
+	for k, v := range env {
+		merged[k] = v
+	}
+	for k, v := range r.spec.Env { // the build's and step's win
+		merged[k] = v
+	}
+	r.spec.Env = merged
+}
+
 // cleanup force-removes the step's container, the services and the
 // network. A failure is left to RemoveOrphans at the agent's next start.
 func (r *dockerRunner) cleanup() {

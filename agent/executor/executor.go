@@ -143,6 +143,9 @@ type Spec struct {
 	JUnit []string
 	// TestLimits bound the parsed reports (defaults when zero).
 	TestLimits TestLimits
+	// Buildspec is the workspace path of a CodeBuild buildspec to run
+	// instead of Commands (buildspec.go).
+	Buildspec string
 	// Runtime is where the commands run: a container image (with limits,
 	// network and services) or, without an image, the shell executor
 	// (network: none needs the Sandbox). Nil means the shell executor.
@@ -281,17 +284,13 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 				shell = []string{"/bin/sh", "-e", "-c"}
 			}
 		}
-		argv := append(append([]string(nil), shell...), script)
+		argv := append([]string(nil), shell...)
 		if e.Sandbox != nil {
 			argv = e.Sandbox.wrap(ws, rt.GetNetwork() == "none", argv)
 		} else if rt.GetNetwork() == "none" {
 			return nil, errors.New("executor: network: none needs an image or a sandboxed agent (kiln-agent --sandbox); this agent cannot take the network away from a shell step")
 		}
-		cmd := exec.Command(argv[0], argv[1:]...)
-		cmd.Dir = ws
-		cmd.Env = env
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		p.rn = &shellRunner{cmd: cmd}
+		p.rn = &shellRunner{argv: argv, script: script, env: env, dir: ws}
 	}
 	var steps []prepStep
 	if src := spec.Source; src.GetArchiveSha256() != "" {
@@ -306,6 +305,11 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	if len(spec.Inputs) > 0 {
 		steps = append(steps, prepStep{"the artifact download", func(ctx context.Context) (string, error) {
 			return "artifact download failed", downloadInputs(ctx, ws, spec.Inputs, spec.Fetch, out)
+		}})
+	}
+	if spec.Buildspec != "" {
+		steps = append(steps, prepStep{"the buildspec", func(ctx context.Context) (string, error) {
+			return "buildspec failed", p.loadBuildspec(out)
 		}})
 	}
 	if setup != nil {

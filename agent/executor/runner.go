@@ -29,6 +29,10 @@ type runner interface {
 	// cleanup releases what the runner created on the host (containers,
 	// networks). It is called after wait, or instead of start.
 	cleanup()
+	// setScript replaces the script and adds env under the step's own
+	// variables (a buildspec read from the workspace). Called before
+	// start, during the preparation.
+	setScript(script string, env map[string]string)
 }
 
 // exitStatus is how the script's main process ended.
@@ -43,12 +47,32 @@ type exitStatus struct {
 
 // shellRunner runs the script as a process group on the host.
 type shellRunner struct {
+	argv   []string // the shell (possibly wrapped by bwrap) before the script
+	script string
+	env    []string
+	dir    string
+
 	cmd  *exec.Cmd
 	gpid atomic.Int64 // set once the shell has started
 }
 
+func (s *shellRunner) setScript(script string, env map[string]string) {
+	s.script = script
+	// Earlier entries lose to later ones (exec dedups keeping the last), so
+	// the buildspec's variables go first: the build's and step's win.
+	vars := make([]string, 0, len(env)+len(s.env))
+	for k, v := range env {
+		vars = append(vars, k+"="+v)
+	}
+	s.env = append(vars, s.env...)
+}
+
 func (s *shellRunner) start(w *os.File) error {
-	cmd := s.cmd
+	cmd := exec.Command(s.argv[0], append(s.argv[1:len(s.argv):len(s.argv)], s.script)...)
+	cmd.Dir = s.dir
+	cmd.Env = s.env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	s.cmd = cmd
 	cmd.Stdout = w
 	cmd.Stderr = w
 	devnull, err := os.Open(os.DevNull)

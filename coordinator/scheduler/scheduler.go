@@ -384,7 +384,8 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
 		// Container image, limits, network and services of the step.
-		Runtime: job.GetSpec().GetRuntime(),
+		Runtime:   job.GetSpec().GetRuntime(),
+		Buildspec: job.GetSpec().GetBuildspec(),
 	}
 }
 

@@ -24,7 +24,7 @@ var (
 	pipelineKeys = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
 	stageKeys    = []string{"name", "steps"}
 	stepKeys     = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval",
-		"image", "pull", "cpus", "memory", "network", "user", "services"}
+		"image", "pull", "cpus", "memory", "network", "user", "services", "buildspec"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -324,7 +324,19 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	cmd, hasCmd := f["command"]
 	cmds, hasCmds := f["commands"]
+	if x, ok := f["buildspec"]; ok {
+		st.Buildspec = p.buildspecPath(x.Val)
+		if st.Buildspec == "" {
+			st.Buildspec = "buildspec.yml" // reported; keeps "has no commands" quiet
+		}
+		if hasCmd || hasCmds {
+			p.errorf(x.Key, "the buildspec's phases are the step's commands", "use either buildspec or commands, not both")
+		}
+		hasCmd, hasCmds = false, false
+	}
 	switch {
+	case st.Buildspec != "":
+		// The agent reads it from the workspace.
 	case hasCmd && hasCmds:
 		second := cmds.Key
 		if second.Line < cmd.Key.Line || (second.Line == cmd.Key.Line && second.Column < cmd.Key.Column) {

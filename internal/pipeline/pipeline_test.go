@@ -44,7 +44,8 @@ func render(t *testing.T, p *Pipeline) []byte {
 			TimeoutMs int64
 			Prompt    string
 		} `json:",omitempty"`
-		Runtime json.RawMessage `json:",omitempty"`
+		Runtime   json.RawMessage `json:",omitempty"`
+		Buildspec string          `json:",omitempty"`
 	}
 	out := struct {
 		Name        string
@@ -64,7 +65,7 @@ func render(t *testing.T, p *Pipeline) []byte {
 		x := step{Key: s.Key, Name: s.Name, Commands: s.Commands, Agents: s.Agents, Env: s.Env,
 			TimeoutMs: s.TimeoutMs, OnAgentLost: s.Retry.GetOnAgentLost(), OnFailure: s.Retry.GetOnFailure(),
 			Stage: s.Stage, Needs: s.Needs, AllowFailure: s.AllowFailure, SkipReason: s.SkipReason,
-			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit}
+			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit, Buildspec: s.Buildspec}
 		if a := s.Approval; a != nil {
 			x.Approval = &struct {
 				Approvers []string
@@ -278,7 +279,7 @@ func checkSteps(t *testing.T, steps []*kilnv1.StepSpec) {
 			t.Fatalf("bad or duplicate key %q", s.Key)
 		}
 		index[s.Key] = i
-		if s.Retry == nil || (s.Approval == nil) == (len(s.Commands) == 0) {
+		if s.Retry == nil || (s.Approval == nil) == (len(s.Commands) == 0 && s.Buildspec == "") {
 			t.Fatalf("invalid step accepted: %v", s)
 		}
 	}

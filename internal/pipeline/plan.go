@@ -379,6 +379,7 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		return spec
 	}
 	spec.Commands = slices.Clone(st.Commands)
+	spec.Buildspec = st.Buildspec
 	if len(p.Agents) > 0 || len(st.Agents) > 0 {
 		spec.Agents = make(map[string]string, len(p.Agents)+len(st.Agents))
 		maps.Copy(spec.Agents, p.Agents)

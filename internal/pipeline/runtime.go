@@ -287,7 +287,7 @@ func RequireDocker(steps []*kilnv1.StepSpec) {
 // docker=true label.
 func ApplyImage(steps []*kilnv1.StepSpec, image string) {
 	for _, s := range steps {
-		if image == "" || s.GetApproval() != nil || len(s.GetCommands()) == 0 || s.GetRuntime().GetImage() != "" {
+		if image == "" || s.GetApproval() != nil || (len(s.GetCommands()) == 0 && s.GetBuildspec() == "") || s.GetRuntime().GetImage() != "" {
 			continue
 		}
 		if s.Runtime == nil {
@@ -296,4 +296,27 @@ func ApplyImage(steps []*kilnv1.StepSpec, image string) {
 		s.Runtime.Image = image
 	}
 	RequireDocker(steps)
+}
+
+// buildspecPath parses a step's buildspec: a relative path in the
+// workspace, without '..' components.
+func (p *parser) buildspecPath(n *yaml.Node) string {
+	s, ok := p.str(n, "buildspec")
+	if !ok {
+		return ""
+	}
+	const rel = "the path is relative to the workspace (the checked-out source), e.g. buildspec.yml"
+	switch {
+	case strings.TrimSpace(s) == "":
+		p.errorf(n, rel, "buildspec path is empty")
+	case strings.HasPrefix(s, "/") || strings.HasPrefix(s, "\\") || driveRE.MatchString(s):
+		p.errorf(n, rel, "buildspec path %q is absolute", s)
+	case contains(strings.FieldsFunc(s, func(r rune) bool { return r == '/' || r == '\\' }), ".."):
+		p.errorf(n, rel, "buildspec path %q has a '..' component", s)
+	case len(s) > 1024:
+		p.errorf(n, "", "buildspec path is %d bytes; the limit is 1024", len(s))
+	default:
+		return s
+	}
+	return ""
 }

@@ -795,7 +795,10 @@ type JobAssignment struct {
 	Junit []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
 	// Where the commands run (StepSpec.runtime): a container image, limits,
 	// network and services; nil means the shell executor.
-	Runtime       *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Runtime *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// Buildspec file to run from the workspace (StepSpec.buildspec); the
+	// commands are empty then.
+	Buildspec     string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -912,6 +915,13 @@ func (x *JobAssignment) GetRuntime() *StepRuntime {
 		return x.Runtime
 	}
 	return nil
+}
+
+func (x *JobAssignment) GetBuildspec() string {
+	if x != nil {
+		return x.Buildspec
+	}
+	return ""
 }
 
 // ArtifactsUploaded registers files of an attempt that the agent uploaded
@@ -1245,7 +1255,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\xcb\x03\n" +
+	"timeUnixMs\"\xe9\x03\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1260,7 +1270,8 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\tartifacts\x18\n" +
 	" \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\v \x03(\tR\x05junit\x12.\n" +
-	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x1a6\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x12\x1c\n" +
+	"\tbuildspec\x18e \x01(\tR\tbuildspec\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +

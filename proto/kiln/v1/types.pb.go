@@ -393,7 +393,12 @@ type StepSpec struct {
 	// Where the commands run (container image, limits, network, services);
 	// nil means the agent's shell executor. A step with an image requires
 	// the agent label docker=true (added to agents when the build is made).
-	Runtime       *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	Runtime *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// Path (relative to the workspace) of an AWS CodeBuild buildspec.yml
+	// that the agent reads from the checked-out source and runs instead of
+	// commands (which are then empty); its artifacts and JUnit reports are
+	// collected too.
+	Buildspec     string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -545,6 +550,13 @@ func (x *StepSpec) GetRuntime() *StepRuntime {
 		return x.Runtime
 	}
 	return nil
+}
+
+func (x *StepSpec) GetBuildspec() string {
+	if x != nil {
+		return x.Buildspec
+	}
+	return ""
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -2158,7 +2170,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xaa\x06\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xc8\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2179,7 +2191,8 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
 	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12.\n" +
-	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x1a9\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x12\x1c\n" +
+	"\tbuildspec\x18e \x01(\tR\tbuildspec\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
