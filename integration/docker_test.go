@@ -174,6 +174,29 @@ artifacts:
 		}
 	})
 
+	t.Run("buildspec in a wrapping .kiln.yaml", func(t *testing.T) {
+		// The buildspec comes with the source (uploaded here), as CodeBuild
+		// reads it from the repository; the pipeline names it and the image.
+		src := filepath.Join(h.root, "src")
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, src, "buildspec.yml", "version: 0.2\nphases:\n  build:\n    commands:\n      - echo \"from $(pwd) - $(cat input.txt)\"\n")
+		writeFile(t, src, "input.txt", "uploaded source")
+		file := writeFile(t, h.root, "wrap.yaml", fmt.Sprintf("steps:\n  - key: codebuild\n    image: %s\n    pull: never\n    buildspec: buildspec.yml\n", image))
+		r := h.ctl(c.addrs(), "run", "-f", file, "--upload", src)
+		id := strings.TrimSpace(r.stdout)
+		if r.code != 0 || id == "" {
+			t.Fatalf("run -f wrap.yaml --upload: %s", r)
+		}
+		b := h.waitFinished(c.addrs(), id, 60*time.Second)
+		logs, _ := h.logs(c.addrs(), id)
+		requirePassed(t, b, 1)
+		if b.Jobs[0].Agent != name || !strings.Contains(logs, "from /workspace - uploaded source\n") {
+			t.Fatalf("buildspec ran on %s, log:\n%s", b.Jobs[0].Agent, logs)
+		}
+	})
+
 	// running submits a container step that prints started and sleeps,
 	// waits until it runs and returns the build id and its job id.
 	running := func(t *testing.T) (string, string) {
