@@ -387,7 +387,7 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 	}
 	if st.Runtime != nil {
 		spec.Runtime = proto.Clone(st.Runtime).(*kilnv1.StepRuntime)
-		RequireDocker([]*kilnv1.StepSpec{spec})
+		ImplyLabels([]*kilnv1.StepSpec{spec})
 	}
 	if len(st.Env) > 0 || len(e.env) > 0 {
 		spec.Env = make(map[string]string, len(st.Env)+len(e.env))

@@ -30,6 +30,9 @@ const (
 	// DockerLabel is the agent label every step with an image requires:
 	// agents that reach a Docker engine announce docker=true.
 	DockerLabel = "docker"
+	// SandboxLabel is the agent label of agents started with --sandbox;
+	// shell steps with network: none require it.
+	SandboxLabel = "sandbox"
 )
 
 // Pull policies and networks a step may name.
@@ -267,24 +270,33 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// RequireDocker adds the implied agent label docker=true to every step
-// that names an image, so that the scheduler never assigns it to an agent
-// without Docker and the job's required labels say why it waits.
-func RequireDocker(steps []*kilnv1.StepSpec) {
+// ImplyLabels adds the agent labels a step's runtime requires, so that the
+// scheduler never assigns it to an agent that cannot run it and the job's
+// required labels say why it waits: docker=true for a step with an image,
+// sandbox=true for a shell step with network: none (only a sandboxed agent
+// can take the network away from it).
+func ImplyLabels(steps []*kilnv1.StepSpec) {
 	for _, s := range steps {
-		if s.GetRuntime().GetImage() == "" {
+		rt := s.GetRuntime()
+		var k string
+		switch {
+		case rt.GetImage() != "":
+			k = DockerLabel
+		case rt.GetNetwork() == "none" && s.GetApproval() == nil:
+			k = SandboxLabel
+		default:
 			continue
 		}
 		if s.Agents == nil {
 			s.Agents = map[string]string{}
 		}
-		s.Agents[DockerLabel] = "true"
+		s.Agents[k] = "true"
 	}
 }
 
 // ApplyImage sets image on every command step that names none (kilnctl
 // run --image, e.g. for a CodeBuild buildspec), then adds the implied
-// docker=true label.
+// labels (ImplyLabels).
 func ApplyImage(steps []*kilnv1.StepSpec, image string) {
 	for _, s := range steps {
 		if image == "" || s.GetApproval() != nil || (len(s.GetCommands()) == 0 && s.GetBuildspec() == "") || s.GetRuntime().GetImage() != "" {
@@ -295,7 +307,7 @@ func ApplyImage(steps []*kilnv1.StepSpec, image string) {
 		}
 		s.Runtime.Image = image
 	}
-	RequireDocker(steps)
+	ImplyLabels(steps)
 }
 
 // buildspecPath parses a step's buildspec: a relative path in the
