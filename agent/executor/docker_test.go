@@ -163,7 +163,7 @@ func TestDocker(t *testing.T) {
 	})
 
 	t.Run("timeout", func(t *testing.T) {
-		p, out := start(t, executor.Spec{JobID: "b1.timeout", Attempt: 1, Timeout: 2 * time.Second,
+		p, out := start(t, executor.Spec{JobID: "b1.timeout", Attempt: 1, Timeout: time.Second,
 			Commands: []string{"trap '' TERM", "sleep 60"}})
 		o := p.Wait()
 		if o.Result != kilnv1.JobResult_JOB_RESULT_TIMED_OUT {
