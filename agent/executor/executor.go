@@ -42,6 +42,16 @@
 // FAILED "artifact upload failed: ...". The uploads do not count against
 // the timeout; Cancel and Kill stop them.
 //
+// Runners (runner.go): the script runs as a host process group (the shell
+// executor), the same under bubblewrap when the Executor has a Sandbox
+// (sandbox.go), or, for a Spec whose Runtime names an image, in a Docker
+// container with the workspace mounted at /workspace (docker.go; its setup
+// — pull, services, container creation — is the last preparation step and
+// counts against the timeout). A Spec with a Buildspec reads that file from
+// the workspace after the source and inputs and runs its script
+// (buildspec.go). Output, timeout, cancel and everything below are the same
+// for every runner.
+//
 // Test reports (junit.go): after the artifacts, the files matching
 // Spec.JUnit (same glob rules) are parsed with internal/junit into
 // Outcome.Tests, one log line each ("kiln: test report FILE: N tests, ...",
