@@ -146,6 +146,31 @@ func TestDockerExecutor(t *testing.T) {
 		}
 	})
 
+	t.Run("services", func(t *testing.T) {
+		file := writeFile(t, h.root, "services.yaml", fmt.Sprintf(`steps:
+  - key: integ
+    image: %[1]s
+    pull: never
+    services:
+      - name: web
+        image: %[1]s
+        env: {MSG: from-the-service}
+        command: ["/bin/sh", "-c", "mkdir /www && echo $MSG > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    commands:
+      - i=0; until wget -q -O- http://web:8080/; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done
+`, image))
+		id := h.runFile(c.addrs(), file)
+		b := h.waitFinished(c.addrs(), id, 60*time.Second)
+		logs, _ := h.logs(c.addrs(), id)
+		requirePassed(t, b, 1)
+		if !strings.Contains(logs, "from-the-service\n") {
+			t.Fatalf("the step did not reach its service by name:\n%s", logs)
+		}
+		if ids := stepContainers(t, d, name, ""); len(ids) != 0 {
+			t.Errorf("containers left after the build: %v", ids)
+		}
+	})
+
 	t.Run("buildspec", func(t *testing.T) {
 		file := writeFile(t, h.root, "buildspec.yml", `version: 0.2
 env:
