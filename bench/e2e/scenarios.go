@@ -483,14 +483,17 @@ func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error)
 			followersAfter += p.rssBytes()
 		}
 	}
-	if _, err := bench.Load(ctx, c.cl, events, 200, 16, 0); err != nil {
+	// A cluster that cannot keep up fails the run instead of stalling it.
+	lctx, cancelLoad := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelLoad()
+	if _, err := bench.Load(lctx, c.cl, events, 200, 16, 0); err != nil {
 		return nil, err
 	}
-	r, err := bench.Load(ctx, c.cl, events, o.scaleJobs, 64, 0)
+	r, err := bench.Load(lctx, c.cl, events, o.scaleJobs, 64, 0)
 	if err != nil {
 		return nil, err
 	}
-	lat, err := latencyLight(ctx, c.cl, events, 100, "scale-lat")
+	lat, err := latencyLight(lctx, c.cl, events, 100, "scale-lat")
 	if err != nil {
 		return nil, err
 	}
