@@ -165,7 +165,8 @@ func run(bins, only string, o options, timeout time.Duration) error {
 					fmt.Fprintf(os.Stderr, "%s\n", tail)
 				}
 				failed = append(failed, fmt.Sprintf("%s on %s: %v", sc.name, sd.name, err))
-				ms = []metric{{name: "(failed)", value: math.NaN(), unit: "-", better: "-"}}
+				// What was measured before the failure is kept.
+				ms = append(ms, metric{name: "(failed)", value: math.NaN(), unit: "-", better: "-"})
 				if ctx.Err() != nil {
 					return fmt.Errorf("%s on %s: %w", sc.name, sd.name, err)
 				}
