@@ -6,7 +6,9 @@
 //
 // Compute is a pure function of the builds it is given (the replicated
 // history, read by OpsService.GetStats from the state store), so every
-// coordinator gives the same answer and the figures survive failover.
+// coordinator gives the same answer and the figures survive failover. The
+// history is the builds the state still holds: build retention removes
+// old ones.
 //
 // Definitions (all durations in milliseconds, from the timestamps the
 // leader put in the commands):
