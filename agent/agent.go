@@ -34,14 +34,22 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"io"
+	"maps"
 	"runtime"
+	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/kiln-ci/kiln/agent/executor"
+	"github.com/kiln-ci/kiln/agent/mask"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -85,6 +93,10 @@ type Agent struct {
 	cfg  Config
 	log  *zap.Logger
 	exec *executor.Executor
+	// tls is the agent's certificate state and creds the transport
+	// credentials of every connection (both nil: plaintext).
+	tls   *agentTLS
+	creds credentials.TransportCredentials
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signals acks and drops to blocked output writers
@@ -104,6 +116,9 @@ type Agent struct {
 	// sessionAddr is the coordinator address of the last registered
 	// session (blob downloads go there first).
 	sessionAddr atomic.Pointer[string]
+	// etcd resolves etcd:///PREFIX coordinator addresses; set by Run when
+	// Config.Coordinators holds one, closed when Run returns.
+	etcd atomic.Pointer[discovery.Resolver]
 
 	idle     chan struct{} // closed once draining and nothing is held
 	idleOnce sync.Once
@@ -144,13 +159,22 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	tlsState, creds, err := setupTLS(&cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	a := &Agent{
-		cfg: cfg,
-		log: log.With(zap.String("agent", cfg.Name)),
+		tls:   tlsState,
+		creds: creds,
+		cfg:   cfg,
+		log:   log.With(zap.String("agent", cfg.Name)),
 		exec: &executor.Executor{
 			WorkDir:        cfg.WorkDir,
 			DefaultTimeout: cfg.DefaultTimeout,
 			KillGrace:      cfg.KillGrace,
+			// Jobs get an allow-list of the agent's environment, never
+			// its secrets.
+			Env: executor.BaseEnv(os.Environ(), cfg.PassEnv),
 		},
 		attempts: make(map[attemptKey]*attempt),
 		idle:     make(chan struct{}),
@@ -189,13 +213,29 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ran = true
 	a.mu.Unlock()
 
+	if slices.ContainsFunc(a.cfg.Coordinators, discovery.IsTarget) {
+		r, err := discovery.NewResolver(a.cfg.EtcdEndpoints, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.etcd.Store(r)
+		defer func() { _ = r.Close() }() // after every attempt (wg) ended
+	}
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
+	if err := a.ensureIdentity(ctx); err != nil {
+		a.log.Error("agent has no identity", zap.Error(err))
+		return fmt.Errorf("agent: %w", err)
+	}
 	stopHTTP, err := a.serveHTTP(ctx)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
 	defer stopHTTP()
+	renewCtx, stopRenew := context.WithCancel(ctx)
+	renewDone := make(chan struct{})
+	go func() { defer close(renewDone); a.renewLoop(renewCtx) }()
+	defer func() { stopRenew(); <-renewDone }()
 	err = a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()
@@ -281,12 +321,19 @@ func (a *Agent) runAttempt(at *attempt) {
 		a.finish(at, executor.Outcome{Result: kilnv1.JobResult_JOB_RESULT_CANCELED, ExitCode: -1, Reason: cancelWhy})
 		return
 	}
+	if missing := asg.GetMissingSecrets(); len(missing) > 0 {
+		a.markStarted(at, nil)
+		a.finish(at, executor.Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1,
+			Reason: "secrets not available: " + strings.Join(missing, ", ") + " (deleted since the submit, or the coordinators' --secrets-key-file differ)"})
+		return
+	}
+	env, out := jobEnvAndOutput(asg, &attemptWriter{a: a, at: at})
 	spec := executor.Spec{
 		JobID:    asg.GetJobId(),
 		BuildID:  asg.GetBuildId(),
 		Attempt:  asg.GetAttempt(),
 		Commands: asg.GetCommands(),
-		Env:      asg.GetEnv(),
+		Env:      env,
 		Timeout:  time.Duration(asg.GetTimeoutMs()) * time.Millisecond,
 		Source:   asg.GetSource(),
 		Fetch:    a.fetchBlob,
@@ -298,7 +345,7 @@ func (a *Agent) runAttempt(at *attempt) {
 		JUnit:          asg.GetJunit(),
 		TestLimits:     a.testLimits,
 	}
-	proc, err := a.exec.Start(spec, &attemptWriter{a: a, at: at})
+	proc, err := a.exec.Start(spec, out)
 	if err != nil {
 		at.log.Error("cannot start job", zap.Error(err))
 		a.markStarted(at, nil)
@@ -308,11 +355,33 @@ func (a *Agent) runAttempt(at *attempt) {
 	at.log.Info("job started", zap.Int("pid", proc.Pid()), zap.String("workspace", proc.WorkspacePath()))
 	a.markStarted(at, proc)
 	o := proc.Wait()
+	if err := out.Flush(); err != nil {
+		at.log.Debug("log tail not written", zap.Error(err))
+	}
 	at.log.Info("job ended", zap.Stringer("result", o.Result), zap.Int32("exit_code", o.ExitCode), zap.String("reason", o.Reason))
 	if h := a.testHookAttemptDone; h != nil {
 		h(at.key.job, at.key.attempt, o)
 	}
 	a.finish(at, o)
+}
+
+// jobEnvAndOutput is the environment of an attempt (the assignment's, plus
+// its secrets) and the writer of its output: the log writer behind a
+// masker that hides the secrets' values (agent/mask).
+func jobEnvAndOutput(asg *kilnv1.JobAssignment, w io.Writer) (map[string]string, *mask.Writer) {
+	env := asg.GetEnv()
+	values := make([]string, 0, len(asg.GetSecrets()))
+	if len(asg.GetSecrets()) > 0 {
+		env = maps.Clone(env)
+		if env == nil {
+			env = map[string]string{}
+		}
+		for k, v := range asg.GetSecrets() {
+			env[k] = v
+			values = append(values, v)
+		}
+	}
+	return env, mask.New(w, values)
 }
 
 // markStarted records the start of an attempt and reports it; it applies a

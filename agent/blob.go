@@ -27,7 +27,7 @@ func (a *Agent) fetchBlob(ctx context.Context, sha string, w io.Writer) error {
 	}
 	var errs []error
 	for _, addr := range addrs {
-		wrote, err := downloadFrom(ctx, addr, sha, w)
+		wrote, err := a.downloadFrom(ctx, addr, sha, w)
 		if err == nil {
 			return nil
 		}
@@ -39,8 +39,8 @@ func (a *Agent) fetchBlob(ctx context.Context, sha string, w io.Writer) error {
 	return errors.Join(errs...)
 }
 
-func downloadFrom(ctx context.Context, addr, sha string, w io.Writer) (wrote bool, err error) {
-	conn, err := dial(addr)
+func (a *Agent) downloadFrom(ctx context.Context, addr, sha string, w io.Writer) (wrote bool, err error) {
+	conn, err := a.dial(addr)
 	if err != nil {
 		return false, err
 	}

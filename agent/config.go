@@ -2,10 +2,15 @@ package agent
 
 import (
 	"fmt"
+
+	"github.com/kiln-ci/kiln/agent/executor"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	"net"
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/kiln-ci/kiln/internal/discovery"
 )
 
 // Version is the agent version sent in Register; set it at link time with
@@ -16,8 +21,13 @@ var Version = "dev"
 // defaults, and override fields as needed.
 type Config struct {
 	// Coordinators are the gRPC addresses (host:port) of the coordinators,
-	// dialed round-robin until one of them is (or names) the leader.
+	// dialed round-robin until one of them is (or names) the leader. An
+	// etcd:///PREFIX entry stands for the coordinators registered in etcd
+	// under PREFIX (it needs EtcdEndpoints).
 	Coordinators []string
+	// EtcdEndpoints are the etcd client URLs that resolve etcd:///
+	// coordinator addresses.
+	EtcdEndpoints []string
 	// Name is the agent's unique name (default: the host name).
 	Name string
 	// Labels are announced to the scheduler. New adds os=runtime.GOOS and
@@ -25,6 +35,9 @@ type Config struct {
 	Labels map[string]string
 	// Slots is how many jobs the agent runs at once (default 1).
 	Slots int
+	// Token is the agent's API token (role agent), sent with every call
+	// to a coordinator that runs with --acl; empty sends none.
+	Token string
 	// WorkDir holds one workspace per attempt (default ./kiln-work).
 	WorkDir string
 	// HeartbeatInterval is used when the leader's Registered does not name
@@ -55,6 +68,19 @@ type Config struct {
 	// StableSession is how long a session must have lasted for the backoff
 	// to start again from ReconnectMin (default 5s).
 	StableSession time.Duration
+	// TLS, when TLS.CA is set, talks TLS to the coordinators (which must
+	// present coordinator certificates of that CA) and authenticates with
+	// the agent certificate TLS.Cert/TLS.Key, whose name becomes the
+	// agent's Name; or, with JoinToken, with a certificate the cluster
+	// issues (kept in WorkDir/identity, renewed before it expires).
+	TLS tlsutil.Files
+	// JoinToken is exchanged once for an agent certificate (with TLS.CA
+	// and no TLS.Cert).
+	JoinToken string
+	// PassEnv are patterns (path.Match) of the agent's environment
+	// variables jobs get on top of executor.DefaultPassEnv; the rest of
+	// the agent's environment never reaches a job.
+	PassEnv []string
 	// HTTPAddr, when set, is the listen address of the agent's own
 	// /metrics (Prometheus); empty serves none.
 	HTTPAddr string
@@ -106,6 +132,15 @@ func (c *Config) Validate() error {
 		return bad("Coordinators", "at least one coordinator address is required")
 	}
 	for _, addr := range c.Coordinators {
+		if discovery.IsTarget(addr) {
+			if _, err := discovery.ParseTarget(addr); err != nil {
+				return bad("Coordinators", "%v", err)
+			}
+			if len(c.EtcdEndpoints) == 0 {
+				return bad("EtcdEndpoints", "%q needs etcd endpoints", addr)
+			}
+			continue
+		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			return bad("Coordinators", "%q is not a host:port address", addr)
 		}
@@ -144,6 +179,15 @@ func (c *Config) Validate() error {
 	}
 	if c.ReconnectMax < c.ReconnectMin {
 		return bad("ReconnectMax", "must be at least ReconnectMin (%v), got %v", c.ReconnectMin, c.ReconnectMax)
+	}
+	if err := executor.ValidatePassEnv(c.PassEnv); err != nil {
+		return bad("PassEnv", "%v", err)
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return bad("TLS", "%v", err)
+	}
+	if c.JoinToken != "" && (c.TLS.CA == "" || c.TLS.Cert != "") {
+		return bad("JoinToken", "needs tls-ca and no tls-cert (the token is exchanged for a certificate)")
 	}
 	if c.LogFlushBytes < 1 {
 		return bad("LogFlushBytes", "must be at least 1, got %d", c.LogFlushBytes)

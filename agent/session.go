@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -25,11 +26,27 @@ var keepaliveParams = keepalive.ClientParameters{
 }
 
 // dial opens a client connection to a coordinator with the agent's
-// keepalive parameters.
-func dial(addr string) (*grpc.ClientConn, error) {
-	return grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithKeepaliveParams(keepaliveParams))
+// keepalive parameters and transport credentials (TLS with the agent's
+// current certificate, or plaintext). The agent's API token (--token), if
+// any, is sent as the bearer credential of every call; etcd:///PREFIX
+// addresses resolve through the agent's etcd resolver
+// (Config.EtcdEndpoints).
+func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
+	creds := a.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithKeepaliveParams(keepaliveParams),
+	}
+	if a.cfg.Token != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(authn.Bearer(a.cfg.Token)))
+	}
+	if r := a.etcd.Load(); r != nil {
+		opts = append(opts, r.DialOption())
+	}
+	return grpc.NewClient(addr, opts...)
 }
 
 // errDrained ends the session loop after a completed drain.
@@ -150,7 +167,7 @@ func (a *Agent) reconnectCap() time.Duration {
 // runSession dials addr, registers and serves one session until the stream
 // breaks, ctx ends or a drain completes (errDrained).
 func (a *Agent) runSession(ctx context.Context, addr string) error {
-	conn, err := dial(addr)
+	conn, err := a.dial(addr)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}

@@ -49,7 +49,7 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 		}
 		err := leader.Follow(ctx, []string{addr}, a.maxRedirects(), func(ctx context.Context, at string) error {
 			addr = at
-			return uploadTo(ctx, at, file, r)
+			return a.uploadTo(ctx, at, file, r)
 		})
 		if err == nil {
 			return nil
@@ -75,8 +75,8 @@ func (a *Agent) uploadArtifact(ctx context.Context, file *kilnv1.ArtifactFile, r
 
 // uploadTo makes one upload attempt at addr. The bytes are hashed as they
 // are sent; a mismatch with file.Sha256 aborts the stream.
-func uploadTo(ctx context.Context, addr string, file *kilnv1.ArtifactFile, r io.ReaderAt) error {
-	conn, err := dial(addr)
+func (a *Agent) uploadTo(ctx context.Context, addr string, file *kilnv1.ArtifactFile, r io.ReaderAt) error {
+	conn, err := a.dial(addr)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -22,7 +23,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -89,10 +93,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 type app struct {
 	stdout, stderr io.Writer
 	coordinators   []string
+	etcdEndpoints  string // --etcd-endpoints, for etcd:/// coordinators
 	timeout        time.Duration
 	verbose        bool
 	// consistency is what reads ask for (--consistency).
 	consistency kilnv1.Consistency
+	// tls holds --tls-ca, --tls-cert and --tls-key (see tls.go).
+	tls tlsutil.Files
+	// token is --token (else $KILN_TOKEN is used).
+	token string
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -117,8 +126,11 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringSliceVar(&a.coordinators, "coordinators", nil,
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
+	pf.StringVar(&a.etcdEndpoints, "etcd-endpoints", "",
+		"etcd client URLs, comma-separated, resolving --coordinators etcd:///PREFIX (default $"+discovery.EnvEndpoints+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
+	pf.StringVar(&a.token, "token", "", "API token for clusters started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
 		c, err := parseConsistency(v)
 		if err != nil {
@@ -127,8 +139,10 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.consistency = c
 		return nil
 	})
+	a.addTLSFlags(root)
 
 	root.AddCommand(
+		a.tlsCommand(),
 		a.runCommand(),
 		a.statusCommand(),
 		a.logsCommand(),
@@ -141,7 +155,9 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.repoCommand(),
 		a.artifactsCommand(),
 		a.testsCommand(),
+		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
 		a.queueCommand(), a.statsCommand(),
+		a.deploymentsCommand(), a.rollbackCommand(),
 	)
 	return root
 }
@@ -223,7 +239,28 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
-	c, err := client.New(a.addrs(), a.logger())
+	addrs := a.addrs()
+	opts, err := a.clientOptions()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := a.tokenValue()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, client.WithToken(tok))
+	if slices.ContainsFunc(addrs, discovery.IsTarget) {
+		eps := a.etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return nil, usageErrorf("--coordinators etcd:///...: %w (set --etcd-endpoints or $%s)", err, discovery.EnvEndpoints)
+		}
+		opts = append(opts, client.WithEtcd(list))
+	}
+	c, err := client.New(addrs, a.logger(), opts...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}
@@ -299,6 +336,8 @@ func rpcError(what string, err error, notFoundHint string) error {
 			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
 		case codes.PermissionDenied:
 			hint = "ask someone who is allowed, or check the approvers in the pipeline file"
+		case codes.Unauthenticated:
+			hint = "give --token or set $" + authn.EnvToken + " ('kilnctl token bootstrap' prints a fresh cluster's first admin token)"
 		case codes.Unavailable:
 			hint = unavailableHint
 		case codes.DeadlineExceeded:

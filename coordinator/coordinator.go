@@ -36,6 +36,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/api"
 	"github.com/kiln-ci/kiln/coordinator/blobgc"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
@@ -43,6 +44,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/coordinator/blobsync"
 	"github.com/kiln-ci/kiln/coordinator/builds"
+	"github.com/kiln-ci/kiln/coordinator/enroll"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/logrepl"
 	"github.com/kiln-ci/kiln/coordinator/logstore"
@@ -52,11 +54,14 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/watcher"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/httpserve"
 	"github.com/kiln-ci/kiln/internal/leader"
 	"github.com/kiln-ci/kiln/internal/periodic"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -137,6 +142,32 @@ type Config struct {
 	// Autopilot tunes the promotion of joined coordinators from
 	// non-voter to voter (zero fields: defaults).
 	Autopilot membership.Config
+	// TLS, when TLS.CA is set, serves gRPC over TLS only, runs Raft over
+	// mutual TLS between coordinator certificates, and authorizes every
+	// call by the caller's certificate role (coordinator/authn). Cert and
+	// Key are this node's coordinator certificate (named after NodeID).
+	TLS tlsutil.Files
+	// TLSCAKey is the cluster CA's private key; with it this coordinator
+	// issues agent certificates in exchange for join tokens.
+	TLSCAKey string
+	// JoinTokens redeems agent join tokens for enrollment (nil: agents
+	// cannot enroll; they use certificates made with kilnctl tls).
+	JoinTokens enroll.Tokens
+	// AgentCertValidity is how long certificates issued to enrolled
+	// agents are valid (default 30 days; agents renew at two thirds).
+	AgentCertValidity time.Duration
+	// GitAllow lists the repository URLs the coordinator may contact for
+	// clients (gitsrc.ParsePolicy; nil: gitsrc.DefaultAllow, any https or
+	// ssh host that is not a local address).
+	GitAllow []string
+	// ACL turns on authorization of every RPC by token and role
+	// (coordinator/acl); it needs SecretsKeyFile, from which peers derive
+	// the credential they present to each other.
+	ACL bool
+	// SecretsKeyFile is the 32-byte cluster key (same file on every
+	// coordinator, never replicated): it seals secrets and, with ACL,
+	// authenticates coordinators to each other. Empty: no secrets.
+	SecretsKeyFile string
 	// HTTPAddr is the HTTP listen address of /metrics (port 0 picks a
 	// free port); empty serves no HTTP. kiln-coordinator's flag defaults
 	// to DefaultHTTPAddr.
@@ -208,12 +239,21 @@ func (c *Config) Validate() error {
 		return errors.New("blob-gc-grace: must be positive")
 	case c.BlobStore != BlobStoreDisk && c.BlobStore != BlobStoreS3:
 		return fmt.Errorf("blob-store: %q is neither %q nor %q", c.BlobStore, BlobStoreDisk, BlobStoreS3)
+	case c.ACL && c.SecretsKeyFile == "":
+		return errors.New("secrets-key-file: required with --acl (coordinators prove to each other that they hold it)")
 	case len(c.InitialCluster) == 0 && len(c.Join) == 0:
 		return errors.New("initial-cluster: give --initial-cluster (a new cluster) or --join (an existing one)")
 	}
 	if err := c.validateLifecycle(); err != nil {
 		return err
 	}
+	if err := c.validateTLS(); err != nil {
+		return err
+	}
+	if _, err := gitsrc.ParsePolicy(c.gitAllow()); err != nil {
+		return err
+	}
+
 	if c.BlobStore == BlobStoreS3 {
 		s3 := c.s3Config()
 		if err := s3.Validate(); err != nil {
@@ -299,6 +339,10 @@ type Coordinator struct {
 	once      sync.Once
 	// removed receives the builds the expiry deleted (removedLoop).
 	removed chan state.RemovedBuilds
+	// tls is the loaded TLS material (nil: plaintext).
+	tls *tlsSetup
+	// tokens creates, revokes and redeems tokens (Tokens).
+	tokens *acl.Tokens
 	// http serves /metrics (nil without Config.HTTPAddr); metrics is its
 	// registry.
 	http    *httpserve.Server
@@ -316,6 +360,10 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	log = log.With(zap.String("node", cfg.NodeID))
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	tlsSet, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
@@ -335,6 +383,13 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		lis.Close()
 		return nil, err
 	}
+	var keys *secrets.Keyring
+	if cfg.SecretsKeyFile != "" {
+		if keys, err = secrets.LoadKeyFile(cfg.SecretsKeyFile); err != nil {
+			lis.Close()
+			return nil, err
+		}
+	}
 	store := state.New()
 	removed := removedBuildsQueue(store, log)
 	f := fsm.New(store, log.Named("fsm"))
@@ -347,6 +402,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		ElectionTimeout:   cfg.RaftElectionTimeout,
 		SnapshotThreshold: cfg.SnapshotThreshold,
 		SnapshotInterval:  cfg.SnapshotInterval,
+		TLS:               tlsSet.raft(),
 	}, f, log)
 	if err != nil {
 		lis.Close()
@@ -356,10 +412,11 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 		LeaseTTL:          cfg.LeaseTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		DefaultJobTimeout: cfg.DefaultJobTimeout,
+		Secrets:           secretOpener(store, keys, log.Named("secrets")),
 	}, store, node, log.Named("scheduler"))
 
 	c := &Coordinator{cfg: cfg, log: log, store: store, node: node, sched: sched, local: blobs, lis: lis, addr: advertise, removed: removed,
-		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.New()}
+		raftAdr: node.RaftAddr(), crash: make(chan struct{}), peers: peers.NewWithCredentials(tlsSet.peerCredentials(), peerDialOptions(cfg, keys)...), tls: tlsSet}
 	c.reads = readindex.New(node, store, c.IsLeader, c.leaderGRPCAddr, c.peers)
 	if err := c.openHTTP(); err != nil {
 		lis.Close()
@@ -368,25 +425,47 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	}
 	c.autopilot = membership.New(cfg.Autopilot, cfg.NodeID, node, store, c.peers, log.Named("autopilot"))
 	deps := &api.Deps{NodeID: cfg.NodeID, GRPCAddr: advertise, RaftAddr: c.raftAdr, Store: store, Raft: node, Scheduler: sched, Blobs: blobs,
-		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes}
-	c.grpc = grpc.NewServer(
+		Reads: c.reads, MemberHealth: c.autopilot.Healthy, Log: log.Named("api"), MaxLogBytes: cfg.MaxLogBytes,
+		ACL: cfg.ACL, Tokens: acl.NewTokens(node, nil), Keyring: keys}
+	c.tokens = deps.Tokens
+	if c.cfg.JoinTokens == nil {
+		c.cfg.JoinTokens = joinTokens{deps.Tokens}
+	}
+	authz := c.authorizer(cfg, keys, store, node, log.Named("acl"))
+	// Interceptors run in order: the certificate role table (with TLS),
+	// then the token role table (with --acl), then answer redaction.
+	c.grpc = grpc.NewServer(append(tlsSet.serverOptions(),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.MaxRecvMsgSize(4<<20),
-	)
+		grpc.ChainUnaryInterceptor(authz.Unary()),
+		grpc.ChainStreamInterceptor(authz.Stream()),
+		// No answer to a client carries git URL credentials.
+		grpc.ChainUnaryInterceptor(api.RedactUnary),
+		grpc.ChainStreamInterceptor(api.RedactStream),
+	)...)
+	if deps.Git, err = gitGuard(cfg, log); err != nil {
+		_ = node.Close()
+		lis.Close()
+		return nil, err
+	}
 	deps.Builds = builds.New(builds.Config{Raft: node, Repos: store, Blobs: blobs, Leading: c.IsLeader, Kick: sched.Kick,
-		MaxBuildBytes: cfg.MaxBuildBytes, Log: log.Named("builds")})
+		Resolve: deps.Git.Resolve, MaxBuildBytes: cfg.MaxBuildBytes,
+		HasSecret: func(repo, name string) bool { return store.SealedSecret(repo, name) != nil },
+		Log:       log.Named("builds")})
 	control := api.NewControlServer(deps)
 	kilnv1.RegisterControlServiceServer(c.grpc, control)
 	c.watch = watcher.New(watcher.Config{
 		Store: store,
 		Raft:  node,
 		// Builds of new commits go through the same service as SubmitBuild.
-		Submit: deps.Builds.Submit,
-		Log:    log.Named("watcher"),
+		Submit:   deps.Builds.Submit,
+		Resolve:  deps.Git.Resolve,
+		ReadFile: deps.Git.ReadFile,
+		Log:      log.Named("watcher"),
 	})
 	c.blobs = blobrepl.New(blobrepl.Config{NodeID: cfg.NodeID, Store: blobs, Members: node.Members, Nodes: store.Nodes,
-		Log: log.Named("blobrepl")})
+		Dial: peerDial(tlsSet.peerCredentials(), peerDialOptions(cfg, keys)), Log: log.Named("blobrepl")})
 	deps.FetchBlob = c.blobs.Fetch
 	c.logs = newLogReplicator(c, logs)
 	deps.Logs = c.logs
@@ -395,6 +474,9 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterClusterServiceServer(c.grpc, api.NewClusterServer(deps))
 	kilnv1.RegisterOpsServiceServer(c.grpc, api.NewOpsServer(deps))
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
+	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
+	kilnv1.RegisterAccessServiceServer(c.grpc, api.NewAccessServer(deps))
+	kilnv1.RegisterDeployServiceServer(c.grpc, api.NewDeployServer(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

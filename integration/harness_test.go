@@ -159,6 +159,9 @@ type harness struct {
 
 	mu    sync.Mutex
 	procs []*proc
+
+	// coordArgs are added to every coordinator's command line.
+	coordArgs []string
 }
 
 func newHarness(t *testing.T) *harness {
@@ -711,7 +714,7 @@ func (h *harness) startCluster(n int) *cluster {
 		c.nodes = append(c.nodes, nd)
 	}
 	for _, nd := range c.nodes {
-		nd.proc = h.startProc("coordinator-"+nd.id, "kiln-coordinator",
+		nd.proc = h.startProc("coordinator-"+nd.id, "kiln-coordinator", append([]string{
 			"--node-id", nd.id,
 			"--data-dir", nd.dataDir,
 			"--grpc-addr", nd.grpcAddr,
@@ -721,7 +724,7 @@ func (h *harness) startCluster(n int) *cluster {
 			"--lease-ttl", leaseTTL,
 			"--heartbeat-interval", heartbeatInterval,
 			"--log-level", "info",
-		)
+		}, h.coordArgs...)...)
 	}
 	c.waitLeader(30 * time.Second)
 	return c
@@ -809,6 +812,8 @@ func (c *cluster) followers(l *node) []*node {
 func (c *cluster) startAgent(name string, slots int, labels string) *proc {
 	c.h.t.Helper()
 	return c.h.startProc("agent-"+name, "kiln-agent",
+		// Job processes carry the owner mark, so cleanup finds orphans.
+		"--pass-env", ownerEnv,
 		"--coordinators", strings.Join(c.addrs(), ","),
 		"--name", name,
 		"--labels", labels,

@@ -91,7 +91,8 @@ type Executor struct {
 	// quiet: a process that left the group (setsid) could otherwise hold the
 	// pipe open forever (DefaultPipeIdle when zero).
 	PipeIdle time.Duration
-	// Env is the base environment of the commands; nil means os.Environ().
+	// Env is the base environment of the commands; nil means the part of
+	// os.Environ() that DefaultPassEnv allows (see BaseEnv).
 	Env []string
 	// Shell overrides the interpreter (argv before the script); nil picks
 	// bash -e -c, or /bin/sh -e -c when bash is not installed.
@@ -223,11 +224,7 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	args := append(append([]string(nil), shell[1:]...), strings.Join(spec.Commands, "\n"))
 	cmd := exec.Command(shell[0], args...)
 	cmd.Dir = ws
-	env := e.Env
-	if env == nil {
-		env = os.Environ()
-	}
-	env = append([]string(nil), env...)
+	env := append([]string(nil), e.baseEnv()...)
 	for k, v := range spec.Env {
 		env = append(env, k+"="+v)
 	}

@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -24,6 +25,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/internal/authn"
+	"github.com/kiln-ci/kiln/internal/discovery"
 )
 
 func main() {
@@ -89,19 +92,42 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	cfg := agent.NewConfig()
 	fs := flag.NewFlagSet("kiln-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port)")
+	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port), or etcd:///PREFIX (the coordinators registered in etcd)")
+	etcdEndpoints := fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, resolving etcd:/// coordinators (default $"+discovery.EnvEndpoints+")")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "unique agent name")
 	labels := fs.String("labels", "", "comma-separated key=value labels; os and arch are added unless given")
 	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
 	fs.StringVar(&cfg.WorkDir, "work-dir", cfg.WorkDir, "directory holding one workspace per job attempt")
 	fs.DurationVar(&cfg.HeartbeatInterval, "heartbeat", cfg.HeartbeatInterval, "heartbeat interval when the leader names none")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", os.Getenv("KILN_TLS_CA"), "cluster CA certificate: talk TLS to coordinators it signed (default $KILN_TLS_CA)")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", os.Getenv("KILN_TLS_CERT"), "this agent's certificate (role agent; its name is the agent's name) (default $KILN_TLS_CERT)")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", os.Getenv("KILN_TLS_KEY"), "key of --tls-cert (default $KILN_TLS_KEY)")
+	fs.StringVar(&cfg.JoinToken, "join-token", "", "join token (kilnctl token create --agent) exchanged once for an agent certificate kept in the work dir; prefer $KILN_JOIN_TOKEN, flags show in ps")
+	fs.Func("pass-env", "also give jobs the agent's environment variables matching this glob (repeatable; default: only PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LANGUAGE, LC_*, TZ, TMPDIR)", func(v string) error {
+		cfg.PassEnv = append(cfg.PassEnv, v)
+		return nil
+	})
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "", "listen address of the agent's /metrics (Prometheus), e.g. 127.0.0.1:7081; empty serves none")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&cfg.Token, "token", os.Getenv(authn.EnvToken), "API token of role agent for coordinators started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, 0, err
 	}
+	if cfg.Token != "" {
+		if err := authn.ValidToken(cfg.Token); err != nil {
+			return cfg, 0, fmt.Errorf("--token: %w", err)
+		}
+	}
 	if fs.NArg() > 0 {
 		return cfg, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if cfg.JoinToken == "" {
+		cfg.JoinToken = os.Getenv("KILN_JOIN_TOKEN")
+	}
+	nameSet := false
+	fs.Visit(func(f *flag.Flag) { nameSet = nameSet || f.Name == "name" })
+	if cfg.TLS.Cert != "" && nameSet {
+		return cfg, 0, errors.New("--name: the agent's name comes from its certificate (--tls-cert); drop --name")
 	}
 	var level zapcore.Level
 	if err := level.Set(*logLevel); err != nil {
@@ -115,6 +141,17 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	}
 	if len(cfg.Coordinators) == 0 {
 		return cfg, 0, errors.New("--coordinators is required")
+	}
+	if slices.ContainsFunc(cfg.Coordinators, discovery.IsTarget) {
+		eps := *etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return cfg, 0, fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		cfg.EtcdEndpoints = list
 	}
 	parsed, err := parseLabels(*labels)
 	if err != nil {

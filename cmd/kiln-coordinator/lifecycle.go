@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 
+	"go.uber.org/zap"
+
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -23,4 +25,17 @@ func addLifecycleFlags(fs *flag.FlagSet, cfg *coordinator.Config) {
 	})
 	fs.IntVar(&cfg.MaxBuildBytes, "max-build-bytes", cfg.MaxBuildBytes, "largest resolved build (bytes, after matrix expansion) a submit may create; at most 3 MiB")
 	fs.Int64Var(&cfg.MaxLogBytes, "max-log-bytes", cfg.MaxLogBytes, "log bytes kept per job attempt; output past it is dropped and one marker line says how much")
+}
+
+// deprecatedFlags maps old flag names to the names that replace them.
+var deprecatedFlags = map[string]string{"artifact-expiry-interval": "expiry-interval"}
+
+// warnDeprecatedFlags logs one warning per deprecated flag given (set
+// holds the names of the flags on the command line).
+func warnDeprecatedFlags(log *zap.Logger, set map[string]bool) {
+	for old, repl := range deprecatedFlags {
+		if set[old] {
+			log.Warn("flag is deprecated; use its new name", zap.String("flag", "--"+old), zap.String("use", "--"+repl))
+		}
+	}
 }

@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/kiln-ci/kiln/coordinator"
 )
 
@@ -48,5 +51,17 @@ func TestLifecycleFlags(t *testing.T) {
 	cfg.InitialCluster = map[string]string{cfg.NodeID: cfg.RaftAddr}
 	if err := cfg.Validate(); err == nil || err.Error() != "max-log-bytes: 100 is below the 4096 minimum" {
 		t.Fatalf("Validate: %v", err)
+	}
+}
+
+func TestDeprecatedFlagWarns(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	warnDeprecatedFlags(zap.New(core), map[string]bool{"expiry-interval": true})
+	if logs.Len() != 0 {
+		t.Fatal("warned about the new name")
+	}
+	warnDeprecatedFlags(zap.New(core), map[string]bool{"artifact-expiry-interval": true})
+	if e := logs.All(); len(e) != 1 || e[0].ContextMap()["use"] != "--expiry-interval" {
+		t.Fatalf("warnings %v", e)
 	}
 }

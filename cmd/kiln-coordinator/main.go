@@ -22,6 +22,8 @@ import (
 	"github.com/kiln-ci/kiln/agent"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -38,6 +40,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("kiln-coordinator", flag.ContinueOnError)
 	var (
 		initialCluster, join, logLevel, logFormat string
+		etcdEndpoints, etcdPrefix                 string
 		dev                                       bool
 		devSlots                                  int
 	)
@@ -73,6 +76,23 @@ func run(args []string) error {
 	fs.BoolVar(&cfg.S3.Insecure, "s3-insecure", false, "talk plain HTTP to the S3 endpoint instead of TLS (loopback testing only)")
 	fs.DurationVar(&cfg.Autopilot.Stabilization, "promote-after", 2*time.Second, "how long a joined coordinator must stay caught up and in contact before it is promoted from non-voter to voter")
 	fs.Uint64Var(&cfg.SnapshotThreshold, "snapshot-threshold", cfg.SnapshotThreshold, "log entries between raft snapshots")
+	fs.StringVar(&cfg.TLS.CA, "tls-ca", "", "cluster CA certificate: serve gRPC over TLS only, run Raft over mutual TLS, and authorize calls by certificate role")
+	fs.StringVar(&cfg.TLS.Cert, "tls-cert", "", "this coordinator's certificate (role coordinator, named after --node-id; kilnctl tls cert create)")
+	fs.StringVar(&cfg.TLS.Key, "tls-key", "", "key of --tls-cert")
+	fs.DurationVar(&cfg.AgentCertValidity, "agent-cert-validity", 30*24*time.Hour, "validity of certificates issued to enrolled agents (they renew at two thirds)")
+	fs.StringVar(&cfg.TLSCAKey, "tls-ca-key", "", "the CA's private key: lets this coordinator issue agent certificates for join tokens")
+	fs.Func("git-allow", "repository URLs the coordinator may contact, comma-separated, repeatable: HOSTGLOB (https/ssh), SCHEME://HOSTGLOB, file:// or file:///DIR; local addresses only when named without wildcards (default *: any https/ssh host that is not a local address; --dev: everything)", func(v string) error {
+		for _, e := range strings.Split(v, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				cfg.GitAllow = append(cfg.GitAllow, e)
+			}
+		}
+		return nil
+	})
+	fs.BoolVar(&cfg.ACL, "acl", false, "authorize every call by API token and role (needs --secrets-key-file; see kilnctl token bootstrap)")
+	fs.StringVar(&cfg.SecretsKeyFile, "secrets-key-file", "", "32-byte cluster key, the same file on every coordinator (mode 600, never replicated): seals secrets and, with --acl, authenticates coordinators to each other")
+	fs.StringVar(&etcdEndpoints, "etcd-endpoints", "", "etcd client URLs, comma-separated: register this coordinator's gRPC address there (under --etcd-prefix, with a lease kept alive) for clients using --coordinators etcd:///PREFIX")
+	fs.StringVar(&etcdPrefix, "etcd-prefix", discovery.DefaultPrefix, "etcd key prefix of the registration (with --etcd-endpoints)")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -100,6 +120,9 @@ func run(args []string) error {
 	if join != "" {
 		cfg.Join = strings.Split(join, ",")
 	}
+	if dev && cfg.ACL {
+		return errors.New("--acl: not available with --dev (the built-in agent has no token); run a cluster without --dev")
+	}
 	if dev {
 		if !set["node-id"] {
 			cfg.NodeID = "dev"
@@ -110,13 +133,34 @@ func run(args []string) error {
 		if len(cfg.InitialCluster) == 0 {
 			cfg.InitialCluster = map[string]string{cfg.NodeID: cfg.RaftAddr}
 		}
+		if cfg.GitAllow == nil {
+			// One user on one machine: local repositories are the point.
+			cfg.GitAllow = gitsrc.DevAllow
+		}
+	}
+	var reg *discovery.Registration
+	if etcdEndpoints != "" {
+		eps, err := discovery.ParseEndpoints(etcdEndpoints)
+		if err != nil {
+			return fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		prefix, err := discovery.CleanPrefix(etcdPrefix)
+		if err != nil {
+			return fmt.Errorf("--etcd-prefix: %w", err)
+		}
+		reg = &discovery.Registration{Endpoints: eps, Prefix: prefix, NodeID: cfg.NodeID}
 	}
 	log, err := logging.New(logLevel, logFormat)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	warnDeprecatedFlags(log, set)
 
+	if dev && cfg.TLS.Enabled() {
+		return errors.New("--dev runs a plaintext single-node cluster on loopback; start without --dev to use TLS")
+	}
+	warnPlaintext(log, cfg, dev)
 	c, err := coordinator.New(cfg, log)
 	if err != nil {
 		return err
@@ -126,6 +170,10 @@ func run(args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
+	if reg != nil {
+		reg.Addr = c.GRPCAddr()
+		g.Go(func() error { return discovery.Register(gctx, *reg, log.Named("discovery")) })
+	}
 	if dev {
 		acfg := agent.NewConfig()
 		acfg.Coordinators = []string{c.GRPCAddr()}
@@ -157,4 +205,20 @@ func run(args []string) error {
 		return err
 	}
 	return nil
+}
+
+// warnPlaintext says loudly that a coordinator without TLS lets anyone who
+// reaches its ports act as any agent, client or coordinator.
+func warnPlaintext(log *zap.Logger, cfg coordinator.Config, dev bool) {
+	if cfg.TLS.Enabled() {
+		return
+	}
+	if dev {
+		log.Warn("dev mode: plaintext gRPC and Raft, no authentication; keep --grpc-addr on loopback",
+			zap.String("grpc_addr", cfg.GRPCAddr))
+		return
+	}
+	log.Warn("TLS is off: anyone who can reach the gRPC or Raft port can act as an agent, a client or a coordinator; "+
+		"see README 'TLS and identities' (--tls-ca, --tls-cert, --tls-key)",
+		zap.String("grpc_addr", cfg.GRPCAddr), zap.String("raft_addr", cfg.RaftAddr))
 }

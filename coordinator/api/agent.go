@@ -8,7 +8,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/coordinator/agentsession"
+	"github.com/kiln-ci/kiln/coordinator/authn"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -58,6 +60,9 @@ func (s *AgentServer) Connect(stream kilnv1.AgentService_ConnectServer) error {
 	if reg == nil {
 		return invalid("the first message of a session must be register")
 	}
+	if err := agentNameFromCertificate(stream.Context(), reg); err != nil {
+		return err
+	}
 	if err := validateRegister(reg); err != nil {
 		return err
 	}
@@ -82,6 +87,26 @@ func (s *AgentServer) sessionStatus(err error) error {
 		return s.d.notLeader()
 	}
 	return s.d.toStatus(err)
+}
+
+// agentNameFromCertificate makes the agent's certificate name its session
+// name, so one identity can neither take over another's session nor
+// report on another's attempts (reports are checked against the session's
+// agent). An agent that names itself otherwise is refused. Without TLS
+// (no identity in the context) the registered name stands.
+func agentNameFromCertificate(ctx context.Context, reg *kilnv1.Register) error {
+	id, ok := authn.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	if id.Role != tlsutil.RoleAgent {
+		return status.Errorf(codes.PermissionDenied, "%s is not an agent certificate", id)
+	}
+	if reg.GetName() != "" && reg.GetName() != id.Name {
+		return status.Errorf(codes.PermissionDenied, "this agent's certificate is for %q; it cannot register as %q", id.Name, reg.GetName())
+	}
+	reg.Name = id.Name
+	return nil
 }
 
 func validateRegister(reg *kilnv1.Register) error {

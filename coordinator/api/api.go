@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/coordinator/blobrepl"
 	"github.com/kiln-ci/kiln/coordinator/blobstore"
 	"github.com/kiln-ci/kiln/coordinator/builds"
@@ -27,7 +28,9 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/readindex"
 	"github.com/kiln-ci/kiln/coordinator/scheduler"
+	"github.com/kiln-ci/kiln/coordinator/secrets"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/leader"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -65,6 +68,16 @@ type Deps struct {
 	// MaxLogBytes is the log kept per job attempt (--max-log-bytes; 0:
 	// no limit), announced to agents.
 	MaxLogBytes int64
+	// Git reaches repositories for AddRepo behind the --git-allow policy
+	// (nil: any valid URL, git's messages not hidden).
+	Git *gitsrc.Guard
+	// ACL reports whether --acl is on (callers are then named by their
+	// token, see coordinator/acl).
+	ACL bool
+	// Tokens creates, revokes and redeems tokens.
+	Tokens *acl.Tokens
+	// Keyring seals secrets (nil: no --secrets-key-file).
+	Keyring *secrets.Keyring
 }
 
 // Limits on what clients may send. They are part of the API contract and
@@ -113,6 +126,10 @@ func (d *Deps) notLeader() error {
 	}
 	return leader.NotLeaderError(id, addr)
 }
+
+// RequireLeader is requireLeader for services outside this package: a
+// gRPC status (NotLeader with the leader's address) unless this node leads.
+func (d *Deps) RequireLeader() error { return d.requireLeader() }
 
 // requireLeader fails unless this node leads and its leader work started.
 func (d *Deps) requireLeader() error {

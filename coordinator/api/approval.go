@@ -6,6 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -15,6 +16,11 @@ const MaxCommentBytes = 4 << 10
 
 // DecideApproval commits a decision on a BLOCKED approval step.
 func (s *ControlServer) DecideApproval(ctx context.Context, req *kilnv1.DecideApprovalRequest) (*kilnv1.DecideApprovalResponse, error) {
+	byRole := ""
+	if p, ok := acl.FromContext(ctx); ok {
+		// With ACLs the decider is the token, never a client-sent string.
+		req.By, byRole = p.Name, p.Role.String()
+	}
 	switch {
 	case req.GetBuildId() == "":
 		return nil, invalid("build_id is required")
@@ -38,7 +44,7 @@ func (s *ControlServer) DecideApproval(ctx context.Context, req *kilnv1.DecideAp
 	}
 	res, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_DECIDE_APPROVAL, &fsmv1.DecideApproval{
 		RequestId: req.GetRequestId(), BuildId: req.GetBuildId(), Step: req.GetStep(), Approve: req.GetApprove(),
-		By: req.GetBy(), Comment: req.GetComment(), TimeUnixMs: s.d.now().UnixMilli(),
+		By: req.GetBy(), ByRole: byRole, Comment: req.GetComment(), TimeUnixMs: s.d.now().UnixMilli(),
 	})
 	if err != nil {
 		return nil, s.d.toStatus(err)

@@ -6,6 +6,11 @@ import (
 
 	"github.com/hashicorp/raft"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/kiln-ci/kiln/coordinator/authn"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -85,6 +90,10 @@ func (s *ClusterServer) ReadIndex(ctx context.Context, _ *kilnv1.ReadIndexReques
 func (s *ClusterServer) Join(ctx context.Context, req *kilnv1.JoinRequest) (*kilnv1.JoinResponse, error) {
 	if req.GetNodeId() == "" || req.GetRaftAddr() == "" || req.GetGrpcAddr() == "" {
 		return nil, invalid("node_id, raft_addr and grpc_addr are required")
+	}
+	if id, ok := authn.FromContext(ctx); ok && (id.Role != tlsutil.RoleCoordinator || id.Name != req.GetNodeId()) {
+		// A member's certificate names the one node id it may join as.
+		return nil, status.Errorf(codes.PermissionDenied, "certificate %s cannot join as coordinator %q", id, req.GetNodeId())
 	}
 	if !s.d.Raft.IsLeader() {
 		return nil, s.d.notLeader()

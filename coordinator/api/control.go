@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/coordinator/acl"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -32,6 +33,10 @@ func NewControlServer(d *Deps) *ControlServer { return &ControlServer{d: d} }
 func (s *ControlServer) SubmitBuild(ctx context.Context, req *kilnv1.SubmitBuildRequest) (*kilnv1.SubmitBuildResponse, error) {
 	if err := validateSubmit(req); err != nil {
 		return nil, err
+	}
+	if p, ok := acl.FromContext(ctx); ok {
+		// With ACLs the submitter is the token, never a client-sent string.
+		req.Submitter = p.Name
 	}
 	b, err := s.d.Builds.Submit(ctx, req)
 	if err != nil {

@@ -42,7 +42,7 @@ func (s *ControlServer) AddRepo(ctx context.Context, req *kilnv1.AddRepoRequest)
 	if err := s.d.requireLeader(); err != nil {
 		return nil, err
 	}
-	res, err := gitsrc.Resolve(ctx, repo.GetUrl(), "refs/heads/"+repo.GetBranch())
+	res, err := s.d.Git.Resolve(ctx, repo.GetUrl(), "refs/heads/"+repo.GetBranch())
 	if err != nil {
 		if errors.Is(err, gitsrc.ErrRefNotFound) {
 			return nil, status.Errorf(codes.InvalidArgument, "branch: %s has no branch %q", gitsrc.Redact(repo.GetUrl()), repo.GetBranch())
@@ -117,7 +117,7 @@ func (s *ControlServer) ListRepos(ctx context.Context, req *kilnv1.ListReposRequ
 	repos := s.d.Store.Repos()
 	out := make([]*kilnv1.Repo, 0, len(repos))
 	for _, r := range repos {
-		if red := gitsrc.Redact(r.GetUrl()); red != r.GetUrl() {
+		if red := gitsrc.StripCredentials(r.GetUrl()); red != r.GetUrl() {
 			r = proto.Clone(r).(*kilnv1.Repo)
 			r.Url = red
 		}

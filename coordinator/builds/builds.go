@@ -147,6 +147,9 @@ type Config struct {
 	Kick func()
 	// Resolve pins a git ref to a commit (default gitsrc.Resolve).
 	Resolve func(ctx context.Context, url, ref string) (gitsrc.Resolved, error)
+	// HasSecret reports whether a secret a step names exists for builds of
+	// the repository (its own or a global one); nil: no secrets exist.
+	HasSecret func(repo, name string) bool
 	// Now is the clock of command timestamps (default time.Now).
 	Now func() time.Time
 	// Log defaults to a no-op logger.
@@ -260,7 +263,25 @@ func (s *Service) command(ctx context.Context, req *kilnv1.SubmitBuildRequest) (
 	if len(cmd.Name) > MaxNameBytes {
 		return nil, invalid("name: %d bytes; the limit is %d", len(cmd.Name), MaxNameBytes)
 	}
+	if err := s.checkSecrets(cmd); err != nil {
+		return nil, err
+	}
 	return cmd, nil
+}
+
+// checkSecrets refuses a build whose steps name a secret that is not set
+// (for its repository or globally), so a job never runs without one.
+func (s *Service) checkSecrets(cmd *fsmv1.SubmitBuild) error {
+	repo := cmd.GetSource().GetRepo()
+	for _, st := range cmd.GetSteps() {
+		for _, name := range st.GetSecrets() {
+			if s.cfg.HasSecret == nil || !s.cfg.HasSecret(repo, name) {
+				return &Error{Kind: KindFailedPrecondition,
+					Msg: fmt.Sprintf("step %s: secret %s is not set (kilnctl secret set %s, with --repo for one repository)", st.GetKey(), name, name)}
+			}
+		}
+	}
+	return nil
 }
 
 // checkBody checks the parts of a request the build depends on. The API

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -19,6 +20,8 @@ import (
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 	"google.golang.org/grpc"
 )
@@ -42,6 +45,14 @@ type Options struct {
 	// S3, when set, makes every coordinator use this S3 bucket as its
 	// blob store (--blob-store s3) instead of its local disk.
 	S3 *s3store.Config
+	// TLS, when set, runs the cluster over TLS (see TLSOptions); agents
+	// started with StartAgent get agent certificates, Client a client one.
+	TLS *TLSOptions
+	// ACL starts every coordinator with --acl and a shared secrets key
+	// file (written by Start); SecretsKey alone (32 bytes) turns on
+	// secrets without ACLs.
+	ACL        bool
+	SecretsKey []byte
 	// HTTP serves /metrics on a free loopback port of every coordinator
 	// (Node.C.HTTPAddr()).
 	HTTP bool
@@ -55,6 +66,11 @@ type Cluster struct {
 	mu     sync.Mutex
 	Nodes  []*Node
 	Agents []*Agent
+	// pki is the TLS material (nil without Options.TLS).
+	pki *pki
+	// AgentToken is given to agents started after it is set (--acl).
+	AgentToken string
+	keyFile    string
 }
 
 // Node is one in-process coordinator.
@@ -70,10 +86,12 @@ type Node struct {
 
 // Agent is one in-process agent.
 type Agent struct {
-	Name   string
-	cancel context.CancelFunc
-	done   chan error
-	A      *agent.Agent
+	Name string
+	// WorkDir holds the agent's workspaces.
+	WorkDir string
+	cancel  context.CancelFunc
+	done    chan error
+	A       *agent.Agent
 }
 
 // Start runs n coordinators: the first bootstraps, the others join it.
@@ -88,6 +106,23 @@ func Start(t testing.TB, n int, opts Options) *Cluster {
 	// data dirs are removed (a running node may still write, e.g. its log
 	// catch-up).
 	t.Cleanup(c.stopAll)
+	if opts.TLS != nil {
+		p, err := newPKI(filepath.Join(base, "pki"))
+		if err != nil {
+			t.Fatalf("test CA: %v", err)
+		}
+		c.pki = p
+	}
+	if opts.ACL && opts.SecretsKey == nil {
+		opts.SecretsKey = []byte("0123456789abcdef0123456789abcdef")
+		c.opts = opts
+	}
+	if opts.SecretsKey != nil {
+		c.keyFile = filepath.Join(base, "cluster.key")
+		if err := os.WriteFile(c.keyFile, opts.SecretsKey, 0o600); err != nil {
+			t.Fatalf("write key file: %v", err)
+		}
+	}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("n%d", i)
 		cfg := c.config(id, filepath.Join(base, id), "127.0.0.1:0", "127.0.0.1:0")
@@ -116,6 +151,8 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 		cfg.SnapshotThreshold = c.opts.SnapshotThreshold
 	}
 	cfg.BlobSyncInterval = 200 * time.Millisecond
+	// Test repositories are file:// URLs and git daemons on loopback.
+	cfg.GitAllow = gitsrc.DevAllow
 	cfg.Autopilot.Stabilization = 300 * time.Millisecond
 	cfg.Autopilot.Interval = 100 * time.Millisecond
 	cfg.ExpiryInterval = 100 * time.Millisecond
@@ -138,9 +175,21 @@ func (c *Cluster) config(id, dir, grpcAddr, raftAddr string) coordinator.Config 
 	if c.opts.MaxLogBytes > 0 {
 		cfg.MaxLogBytes = c.opts.MaxLogBytes
 	}
+	cfg.ACL = c.opts.ACL
+	cfg.SecretsKeyFile = c.keyFile
 	if c.opts.S3 != nil {
 		cfg.BlobStore = coordinator.BlobStoreS3
 		cfg.S3 = *c.opts.S3
+	}
+	if c.pki != nil {
+		files, err := c.pki.files(tlsutil.RoleCoordinator, id)
+		if err != nil {
+			c.t.Fatalf("coordinator certificate: %v", err)
+		}
+		cfg.TLS = files
+		cfg.TLSCAKey = filepath.Join(c.pki.dir, tlsutil.CAKeyFile)
+		cfg.JoinTokens = c.opts.TLS.JoinTokens
+		cfg.AgentCertValidity = c.opts.TLS.AgentCertValidity
 	}
 	return cfg
 }
@@ -276,18 +325,40 @@ func (c *Cluster) WaitMembers(n int) {
 // StartAgent runs an in-process agent connected to every coordinator.
 func (c *Cluster) StartAgent(name string, labels map[string]string, slots int) *Agent {
 	c.t.Helper()
+	return c.StartAgentConfig(c.AgentConfig(name, labels, slots))
+}
+
+// AgentConfig is the configuration StartAgent uses; with TLS the agent
+// gets a certificate for name.
+func (c *Cluster) AgentConfig(name string, labels map[string]string, slots int) agent.Config {
+	c.t.Helper()
 	cfg := agent.NewConfig()
 	cfg.Coordinators = c.Addrs()
 	cfg.Name = name
 	cfg.Labels = labels
 	cfg.Slots = slots
 	cfg.WorkDir = filepath.Join(c.t.TempDir(), name)
+	if c.pki != nil {
+		files, err := c.pki.files(tlsutil.RoleAgent, name)
+		if err != nil {
+			c.t.Fatalf("agent certificate: %v", err)
+		}
+		cfg.TLS = files
+	}
+	cfg.Token = c.AgentToken
+	return cfg
+}
+
+// StartAgentConfig runs an in-process agent with cfg.
+func (c *Cluster) StartAgentConfig(cfg agent.Config) *Agent {
+	c.t.Helper()
+	name := cfg.Name
 	a, err := agent.New(cfg, c.log.Named("agent-"+name))
 	if err != nil {
 		c.t.Fatalf("start agent %s: %v", name, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ag := &Agent{Name: name, cancel: cancel, done: make(chan error, 1), A: a}
+	ag := &Agent{Name: name, WorkDir: cfg.WorkDir, cancel: cancel, done: make(chan error, 1), A: a}
 	go func() { ag.done <- a.Run(ctx) }()
 	c.mu.Lock()
 	c.Agents = append(c.Agents, ag)
@@ -317,7 +388,26 @@ func (c *Cluster) stopAll() {
 // Client returns a leader-finding client over every node, closed at cleanup.
 func (c *Cluster) Client() *client.Client {
 	c.t.Helper()
-	cl, err := client.New(c.Addrs(), c.log.Named("client"))
+	var opts []client.Option
+	if c.pki != nil {
+		creds, err := c.pki.clientCreds()
+		if err != nil {
+			c.t.Fatalf("client certificate: %v", err)
+		}
+		opts = append(opts, client.WithCredentials(creds))
+	}
+	cl, err := client.New(c.Addrs(), c.log.Named("client"), opts...)
+	if err != nil {
+		c.t.Fatalf("client: %v", err)
+	}
+	c.t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
+
+// ClientWithToken is Client sending token as its bearer credential.
+func (c *Cluster) ClientWithToken(token string) *client.Client {
+	c.t.Helper()
+	cl, err := client.New(c.Addrs(), c.log.Named("client"), client.WithToken(token))
 	if err != nil {
 		c.t.Fatalf("client: %v", err)
 	}

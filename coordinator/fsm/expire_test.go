@@ -173,11 +173,11 @@ func finishedBuilds(t *testing.T, first, n int, finishedMs int64) *harness {
 
 // TestSnapshotAfterExpiryIsTheLiveSize: once the old builds are deleted
 // (by ExpireBuilds commands of 1000 each), a snapshot is as small as one
-// of a store that only ever held the builds still kept. 10 000 builds by
+// of a store that only ever held the builds still kept. 5 000 builds by
 // default to stay fast; KILN_EXPIRE_BUILDS=100000 runs the 100k case of
 // the issue (about 13 s of CPU).
 func TestSnapshotAfterExpiryIsTheLiveSize(t *testing.T) {
-	total, live := 10_000, 100
+	total, live := 5_000, 100
 	if v := os.Getenv("KILN_EXPIRE_BUILDS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1000 || n%1000 != 0 {

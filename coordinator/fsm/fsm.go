@@ -76,6 +76,10 @@ type Result struct {
 	// Expired lists the builds whose artifacts ExpireArtifacts expired, or
 	// the builds ExpireBuilds deleted.
 	Expired []string
+	// Token is the token after CreateToken, RevokeToken or RedeemToken.
+	Token *kilnv1.Token
+	// Deployment is the record after StartDeployment or UpdateDeployment.
+	Deployment *kilnv1.Deployment
 }
 
 // FSM applies committed commands to a state.Store. It implements raft.FSM.
@@ -119,6 +123,14 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
 	fsmv1.CommandType_COMMAND_TYPE_COMMIT_LOGS:        func() proto.Message { return &fsmv1.CommitLogs{} },
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_BUILDS:      func() proto.Message { return &fsmv1.ExpireBuilds{} },
+	fsmv1.CommandType_COMMAND_TYPE_CREATE_TOKEN:       func() proto.Message { return &fsmv1.CreateToken{} },
+	fsmv1.CommandType_COMMAND_TYPE_REVOKE_TOKEN:       func() proto.Message { return &fsmv1.RevokeToken{} },
+	fsmv1.CommandType_COMMAND_TYPE_REDEEM_TOKEN:       func() proto.Message { return &fsmv1.RedeemToken{} },
+	fsmv1.CommandType_COMMAND_TYPE_SET_SECRET:         func() proto.Message { return &fsmv1.SetSecret{} },
+	fsmv1.CommandType_COMMAND_TYPE_DELETE_SECRET:      func() proto.Message { return &fsmv1.DeleteSecret{} },
+	fsmv1.CommandType_COMMAND_TYPE_APPEND_AUDIT:       func() proto.Message { return &fsmv1.AppendAudit{} },
+	fsmv1.CommandType_COMMAND_TYPE_START_DEPLOYMENT:   func() proto.Message { return &fsmv1.StartDeployment{} },
+	fsmv1.CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT:  func() proto.Message { return &fsmv1.UpdateDeployment{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -269,6 +281,27 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 	case *fsmv1.ExpireBuilds:
 		ids, err := s.ExpireBuilds(idx, c)
 		return &Result{Expired: ids, Err: err}
+	case *fsmv1.CreateToken:
+		t, err := s.CreateToken(idx, c)
+		return &Result{Token: t, Err: err}
+	case *fsmv1.RevokeToken:
+		t, err := s.RevokeToken(idx, c)
+		return &Result{Token: t, Err: err}
+	case *fsmv1.RedeemToken:
+		t, err := s.RedeemToken(idx, c)
+		return &Result{Token: t, Err: err}
+	case *fsmv1.SetSecret:
+		return &Result{Err: s.SetSecret(idx, c)}
+	case *fsmv1.DeleteSecret:
+		return &Result{Err: s.DeleteSecret(idx, c)}
+	case *fsmv1.AppendAudit:
+		return &Result{Err: s.AppendAudit(idx, c)}
+	case *fsmv1.StartDeployment:
+		d, err := s.StartDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
+	case *fsmv1.UpdateDeployment:
+		d, err := s.UpdateDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

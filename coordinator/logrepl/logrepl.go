@@ -18,8 +18,8 @@
 // leader's copy in flight, then reads them from its peers (ReadLog), the
 // leader first. Run is the background catch-up every node runs: after the
 // node has applied its log and then every interval it compares each job's
-// committed position with the local store, fetches what is missing and
-// checks the chain digest.
+// committed position with the local store (by file size first), fetches
+// what is missing and checks the chain digest of what it completed.
 package logrepl
 
 import (
@@ -424,8 +424,9 @@ func (r *Replicator) Read(ctx context.Context, jobID string, attempt uint32, aft
 
 // Run is the background catch-up: once ready (the node applied its log)
 // and then every interval, it fetches the committed chunks the local store
-// lacks and checks each log's chain digest against the committed one,
-// until ctx ends.
+// lacks and checks the chain digest of each log it had to complete against
+// the committed one, until ctx ends. A log whose file is long enough to
+// hold the committed chunks is not read.
 func (r *Replicator) Run(ctx context.Context, interval time.Duration, positions func() []state.LogPosition, ready func(context.Context) error) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -442,6 +443,12 @@ func (r *Replicator) pass(ctx context.Context, pos []state.LogPosition, done map
 		k := fmt.Sprintf("%s/%d", p.JobID, p.Attempt)
 		seen[k] = true
 		if done[k] == p.Seq {
+			continue
+		}
+		if r.cfg.Store.HoldsThrough(p.JobID, p.Attempt, p.Seq, p.Bytes) {
+			// Complete by its size: not read, so a restart does not read
+			// every log on disk.
+			done[k] = p.Seq
 			continue
 		}
 		last, err := r.cfg.Store.Last(p.JobID, p.Attempt)

@@ -375,6 +375,20 @@ func (s *Store) Last(jobID string, attempt uint32) (uint64, error) {
 	return uint64(len(seg.entries)), nil
 }
 
+// HoldsThrough reports, from the segment file's size alone (no read),
+// whether it holds chunks 1..seq whose data is bytes long: a record is a
+// 24-byte header and the data, so such a file is at least bytes + 24*seq
+// long. The catch-up uses it to skip a complete log without reading it;
+// a damaged file is still found when the segment is next opened.
+func (s *Store) HoldsThrough(jobID string, attempt uint32, seq, bytes uint64) bool {
+	dir, err := s.jobDir(jobID)
+	if err != nil || attempt == 0 {
+		return false
+	}
+	st, err := os.Stat(filepath.Join(dir, strconv.FormatUint(uint64(attempt), 10)+".log"))
+	return err == nil && uint64(st.Size()) >= bytes+headerSize*seq
+}
+
 // Totals returns the byte and line counts and chain digest of chunks
 // 1..seq, which must be stored (seq 0 gives zero totals).
 func (s *Store) Totals(jobID string, attempt uint32, seq uint64) (Totals, error) {

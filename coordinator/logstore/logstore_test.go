@@ -210,3 +210,25 @@ func TestEvictedSegmentsReload(t *testing.T) {
 		}
 	}
 }
+
+func TestHoldsThroughBySize(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.HoldsThrough("6.f", 1, 1, 7) {
+		t.Fatal("a missing segment holds chunks")
+	}
+	// Chunks 1..3 of "line N\n": 7 bytes each.
+	if _, err := s.Append("6.f", 1, chunks("6.f", 1, 1, 3)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		seq, bytes uint64
+		want       bool
+	}{{3, 21, true}, {2, 14, true}, {4, 28, false}, {3, 22, false}} {
+		if got := s.HoldsThrough("6.f", 1, tc.seq, tc.bytes); got != tc.want {
+			t.Errorf("HoldsThrough(seq %d, %d bytes) = %v, want %v", tc.seq, tc.bytes, got, tc.want)
+		}
+	}
+}

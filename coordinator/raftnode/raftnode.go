@@ -56,6 +56,9 @@ type Config struct {
 	TrailingLogs uint64
 	// ApplyTimeout bounds how long an Apply waits to be enqueued.
 	ApplyTimeout time.Duration
+	// TLS, when set, runs the transport over mutual TLS between
+	// coordinator certificates (nil: plain TCP).
+	TLS *TLS
 }
 
 // Defaults fills zero fields with the defaults.
@@ -162,7 +165,7 @@ func openNode(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 		}
 		advertise = tcpAddr
 	}
-	transport, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 5, 5*time.Second, hlog)
+	transport, err := newTransport(cfg, advertise, hlog)
 	if err != nil {
 		closeLog()
 		return nil, fmt.Errorf("raft: listen on %s: %w", cfg.RaftAddr, err)
@@ -221,6 +224,21 @@ func openNode(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 		return nil, fmt.Errorf("%w: start raft: %w", ErrDamagedState, err)
 	}
 	return &Node{raft: r, hlog: hlog, cfg: cfg, log: log, wal: logStore, meta: meta, transport: transport}, nil
+}
+
+// newTransport is the plain TCP transport, or the mutual TLS one when
+// cfg.TLS is set.
+func newTransport(cfg Config, advertise net.Addr, hlog hclog.Logger) (*raft.NetworkTransport, error) {
+	if cfg.TLS == nil {
+		return raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 5, 5*time.Second, hlog)
+	}
+	layer, err := newTLSStreamLayer(cfg.RaftAddr, advertise, *cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: layer, MaxPool: 5, Timeout: 5 * time.Second, Logger: hlog,
+	}), nil
 }
 
 // Close stops the member and releases its files and port.

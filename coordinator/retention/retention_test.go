@@ -52,7 +52,7 @@ func finished(t *testing.T, a *applier, n int, finishedMs int64) {
 func TestBuildsPassDeletesDueBuildsInBoundedCommands(t *testing.T) {
 	store := state.New()
 	a := &applier{f: fsm.New(store, nil)}
-	finished(t, a, 2500, 1_000)
+	finished(t, a, 1200, 1_000)
 	finished(t, a, 3, 50_000) // within retention
 	now := time.UnixMilli(40_000)
 	cfg := Config{Store: store, Raft: a, BuildRetention: 30 * time.Second, Now: func() time.Time { return now }}
@@ -64,23 +64,23 @@ func TestBuildsPassDeletesDueBuildsInBoundedCommands(t *testing.T) {
 		t.Fatalf("retention 0 deleted %d builds", n)
 	}
 	before := len(a.types)
-	if n := BuildsPass(context.Background(), cfg); n != 2500 {
-		t.Fatalf("deleted %d builds, want 2500", n)
+	if n := BuildsPass(context.Background(), cfg); n != 1200 {
+		t.Fatalf("deleted %d builds, want 1200", n)
 	}
-	// 3 commands of at most 1000 builds; the loop stops once none is due.
+	// 2 commands of at most 1000 builds; the loop stops once none is due.
 	var expires int
 	for _, ty := range a.types[before:] {
 		if ty == fsmv1.CommandType_COMMAND_TYPE_EXPIRE_BUILDS {
 			expires++
 		}
 	}
-	if expires != 3 || len(a.types)-before != 3 {
+	if expires != 2 || len(a.types)-before != 2 {
 		t.Fatalf("%d ExpireBuilds commands of %d", expires, len(a.types)-before)
 	}
 	if left := store.ListBuilds(0); len(left) != 3 {
 		t.Fatalf("%d builds left, want the 3 within retention", len(left))
 	}
-	if n := BuildsPass(context.Background(), cfg); n != 0 || len(a.types) != before+3 {
+	if n := BuildsPass(context.Background(), cfg); n != 0 || len(a.types) != before+2 {
 		t.Fatal("a pass with nothing due committed a command")
 	}
 }

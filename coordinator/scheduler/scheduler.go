@@ -14,10 +14,8 @@ package scheduler
 import (
 	"context"
 	"errors"
-	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/kiln-ci/kiln/coordinator/fsm"
 	"github.com/kiln-ci/kiln/coordinator/raftnode"
 	"github.com/kiln-ci/kiln/coordinator/state"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/glob"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -49,6 +48,9 @@ type Config struct {
 	DefaultJobTimeout time.Duration
 	// Now is the clock (tests may replace it).
 	Now func() time.Time
+	// Secrets opens the named secrets for a job of a build of repo: the
+	// values by name, and the names it could not open (nil: no secrets).
+	Secrets func(repo string, names []string) (values map[string]string, missing []string)
 }
 
 // Defaults fills zero fields.
@@ -293,8 +295,15 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 	)
 	now := s.cfg.Now().UnixMilli()
 	for _, job := range queued {
+		if job.GetSpec().GetDeploy() != nil {
+			continue // the deploy controller runs it as pinned jobs
+		}
+		pin := job.GetSpec().GetPinAgent()
 		var best *candidate
 		for _, c := range cands {
+			if pin != "" && c.sess.Agent != pin {
+				continue
+			}
 			// Most free slots; ties go to the first agent by name
 			// (deterministic, which keeps tests and logs readable).
 			if c.free > 0 && Matches(job.GetSpec().GetAgents(), c.sess.Labels) &&
@@ -373,7 +382,7 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 	if timeout <= 0 {
 		timeout = s.cfg.DefaultJobTimeout.Milliseconds()
 	}
-	return &kilnv1.JobAssignment{
+	a := &kilnv1.JobAssignment{
 		JobId:     job.GetId(),
 		BuildId:   job.GetBuildId(),
 		Key:       job.GetKey(),
@@ -387,6 +396,20 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
 	}
+	if names := job.GetSpec().GetSecrets(); len(names) > 0 {
+		// Opened here, in the leader's memory, and sent only on this
+		// agent's stream: never in a Raft command.
+		if s.cfg.Secrets == nil {
+			a.MissingSecrets = names
+		} else {
+			a.Secrets, a.MissingSecrets = s.cfg.Secrets(b.GetSource().GetRepo(), names)
+		}
+		if len(a.MissingSecrets) > 0 {
+			s.log.Warn("job assigned without some of its secrets; the agent fails it", zap.String("job", job.GetId()),
+				zap.Strings("missing", a.MissingSecrets))
+		}
+	}
+	return a
 }
 
 // inputs are the artifacts an attempt receives. With spec.artifacts_from
@@ -470,16 +493,9 @@ func checkoutSource(b *kilnv1.Build) *kilnv1.Source {
 	return src
 }
 
-// redactURL drops the password of a URL's user info, so that a token in
-// the repository URL does not end up in every job's environment.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil || !strings.Contains(raw, "://") {
-		return raw
-	}
-	u.User = url.User(u.User.Username())
-	return u.String()
-}
+// redactURL drops the credentials of a URL's user info, so that a token
+// in the repository URL does not end up in every job's environment.
+func redactURL(raw string) string { return gitsrc.StripCredentials(raw) }
 
 // expireLeases commits the loss of agents whose lease lapsed.
 func (s *Scheduler) expireLeases(ctx context.Context) {

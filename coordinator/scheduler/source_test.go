@@ -52,11 +52,11 @@ func TestAssignmentCarriesSourceAndEnv(t *testing.T) {
 		t.Errorf("assignment source = %v", asg.GetSource())
 	}
 
-	// Without a repository: the URL (password removed) and the build id.
+	// Without a repository: the URL (credentials removed) and the build id.
 	b = mustApply(fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, &fsmv1.SubmitBuild{RequestId: "r3", Steps: step,
 		Source: &kilnv1.Source{GitUrl: "https://bot:s3cret@example.com/x.git", Ref: "v1", Commit: commit, Tag: "v1"}}).Build
 	asg = s.assignment(b.GetJobs()[0], 1)
-	want = map[string]string{"KILN_REPO": "https://bot@example.com/x.git", "KILN_TAG": "v1", "KILN_BRANCH": "",
+	want = map[string]string{"KILN_REPO": "https://example.com/x.git", "KILN_TAG": "v1", "KILN_BRANCH": "",
 		"KILN_BUILD_NUMBER": b.GetId(), "KILN_EVENT": "manual"}
 	for k, v := range want {
 		if got := asg.GetEnv()[k]; got != v {

@@ -115,7 +115,9 @@
 // spec is ErrInvalidCommand; a gate that is not BLOCKED is ErrInvalidState.
 // A user decision needs by (else ErrInvalidCommand) and, when the gate lists
 // approvers, by must be one of them, whole ("alice@host") or by its user
-// part ("alice"), else ErrNotPermitted "<by> may not approve <step>;
+// part ("alice"), or an entry "role:NAME" must name by_role or a role below
+// it (by_role is the decider's token role with --acl), else ErrNotPermitted
+// "<by> may not approve <step>;
 // approvers: ...". A timeout (timed_out, by the leader as "kiln") is refused
 // with ErrInvalidState before blocked_unix_ms + the gate's timeout
 // (approval.timeout_ms, 0 meaning 7 days). The gate records Approval{

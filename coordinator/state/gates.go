@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kiln-ci/kiln/internal/lifecycle"
+	"github.com/kiln-ci/kiln/internal/role"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -31,13 +32,29 @@ func ApprovalDeadline(j *kilnv1.Job) int64 {
 }
 
 // mayApprove reports whether by is one of the approvers: the whole
-// "user@host" or its user part.
-func mayApprove(approvers []string, by string) bool {
+// "user@host" (or token name) or its user part, or, for an entry
+// "role:NAME", a decider whose token role (byRole, set with --acl) is NAME
+// or above.
+func mayApprove(approvers []string, by, byRole string) bool {
 	if len(approvers) == 0 {
 		return true
 	}
 	user, _, _ := strings.Cut(by, "@")
-	return slices.Contains(approvers, by) || slices.Contains(approvers, user)
+	if slices.Contains(approvers, by) || slices.Contains(approvers, user) {
+		return true
+	}
+	have, err := role.Parse(byRole)
+	if err != nil {
+		return false
+	}
+	for _, a := range approvers {
+		if name, ok := strings.CutPrefix(a, role.ApproverPrefix); ok {
+			if want, err := role.Parse(name); err == nil && have.AtLeast(want) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // DecideApproval approves, rejects or times out a BLOCKED approval gate and
@@ -72,7 +89,7 @@ func (s *Store) DecideApproval(index uint64, cmd *fsmv1.DecideApproval) (*kilnv1
 			if by == "" {
 				return nil, fmt.Errorf("decide approval: no approver named: %w", ErrInvalidCommand)
 			}
-			if !mayApprove(a.GetApprovers(), by) {
+			if !mayApprove(a.GetApprovers(), by, cmd.GetByRole()) {
 				return nil, fmt.Errorf("%s may not approve %s; approvers: %s: %w", by, j.Key, strings.Join(a.GetApprovers(), ", "), ErrNotPermitted)
 			}
 		}
@@ -129,6 +146,9 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 			if i < 0 {
 				return nil, fmt.Errorf("retry build %s: no step %q: %w", row.ID, step, ErrNotFound)
 			}
+			if jobs[i].GetSpec().GetPinAgent() != "" {
+				return nil, fmt.Errorf("retry build %s: %s is a host action of a deployment; retry its deploy step: %w", row.ID, step, ErrInvalidState)
+			}
 			if !lifecycle.JobRetryable(jobs[i].GetState()) {
 				return nil, fmt.Errorf("retry build %s: step %s %s; only a failed, timed out, lost or canceled step can be retried: %w",
 					row.ID, step, jobStateWord(jobs[i].GetState()), ErrInvalidState)
@@ -155,13 +175,16 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 				}
 			}
 			for _, j := range jobs {
-				if seen[j.GetKey()] && !retry[j.GetKey()] && j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "" {
+				if seen[j.GetKey()] && !retry[j.GetKey()] && j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "" && j.GetSpec().GetPinAgent() == "" {
 					revive[j.GetKey()] = true
 				}
 			}
 		} else {
 			for _, j := range jobs {
 				switch {
+				case j.GetSpec().GetPinAgent() != "":
+					// A host action belongs to its (finished) deployment;
+					// retrying the deploy step starts a new one.
 				case lifecycle.JobRetryable(j.GetState()):
 					retry[j.GetKey()] = true
 				case j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "":

@@ -48,6 +48,7 @@ type LogPosition struct {
 	JobID   string
 	Attempt uint32
 	Seq     uint64
+	Bytes   uint64
 	Digest  []byte
 }
 
@@ -60,7 +61,7 @@ func (s *Store) LogPositions() []LogPosition {
 	for raw := it.Next(); raw != nil; raw = it.Next() {
 		j := raw.(*kilnv1.Job)
 		if j.GetLogSeq() > 0 && len(j.GetLogDigest()) > 0 {
-			out = append(out, LogPosition{JobID: j.GetId(), Attempt: j.GetAttempt(), Seq: j.GetLogSeq(), Digest: j.GetLogDigest()})
+			out = append(out, LogPosition{JobID: j.GetId(), Attempt: j.GetAttempt(), Seq: j.GetLogSeq(), Bytes: j.GetLogBytes(), Digest: j.GetLogDigest()})
 		}
 	}
 	return out

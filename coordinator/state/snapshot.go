@@ -105,7 +105,12 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 			return err
 		}
 	}
-	return nil
+	if err := sn.aclRecords(fn); err != nil {
+		return err
+	}
+	return each(tableDeployments, func(raw interface{}) error {
+		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Deployment{Deployment: raw.(*kilnv1.Deployment)}})
+	})
 }
 
 // Restore replaces the whole store with the records returned by next, which
@@ -209,7 +214,20 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			if err := insert(tableTestReports, &testReportRow{Report: proto.Clone(r.TestReport).(*kilnv1.TestReport), BuildID: j.GetBuildId(), Seq: testSeq}); err != nil {
 				return err
 			}
+		case *fsmv1.SnapshotRecord_Deployment:
+			if r.Deployment.GetId() == "" {
+				return fmt.Errorf("restore: deployment without an id")
+			}
+			if err := insert(tableDeployments, proto.Clone(r.Deployment)); err != nil {
+				return err
+			}
 		default:
+			if ok, err := restoreACL(tx, rec); ok {
+				if err != nil {
+					return fmt.Errorf("restore: %w", err)
+				}
+				continue
+			}
 			return fmt.Errorf("restore: unknown record %T", r)
 		}
 	}

@@ -104,7 +104,7 @@ func schema() *memdb.DBSchema {
 	id := func(field string) *memdb.IndexSchema {
 		return &memdb.IndexSchema{Name: "id", Unique: true, Indexer: &memdb.StringFieldIndex{Field: field}}
 	}
-	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+	tables := map[string]*memdb.TableSchema{
 		tableMeta:  {Name: tableMeta, Indexes: map[string]*memdb.IndexSchema{"id": id("ID")}},
 		tableRepos: {Name: tableRepos, Indexes: map[string]*memdb.IndexSchema{"id": id("Name")}},
 		tableBuilds: {Name: tableBuilds, Indexes: map[string]*memdb.IndexSchema{
@@ -127,13 +127,19 @@ func schema() *memdb.DBSchema {
 			"queue":   {Name: "queue", AllowMissing: true, Indexer: queueIndexer{}},
 			"active":  {Name: "active", AllowMissing: true, Indexer: activeAgentIndexer{}},
 			"blocked": {Name: "blocked", AllowMissing: true, Indexer: blockedIndexer{}},
+			"deployq": queuedDeployIndex(),
 		}},
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
 		}},
 		tableArtifacts:   artifactTable(),
 		tableTestReports: testReportTable(),
-	}}
+		tableDeployments: deploymentTable(),
+	}
+	for name, t := range aclTables() {
+		tables[name] = t
+	}
+	return &memdb.DBSchema{Tables: tables}
 }
 
 // queueIndexer indexes QUEUED jobs by queue_index (big-endian, so iteration

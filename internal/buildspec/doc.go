@@ -16,7 +16,7 @@
 //	  shell: bash | /bin/sh       sh, /bin/bash are accepted too; anything else is an error
 //	  variables: {K: V}           StepSpec.Env (scalars; numbers and booleans keep their text)
 //	  exported-variables: [K]     warning: visible to later commands and phases of this job only
-//	  parameter-store, secrets-manager   error: not supported by Kiln
+//	  parameter-store, secrets-manager   {VAR: ref}: warning; the job gets the Kiln secret VAR (StepSpec.Secrets), AWS is not called
 //	  git-credential-helper: yes  error (no is accepted: it changes nothing)
 //	phases:
 //	  install | pre_build | build | post_build:

@@ -55,6 +55,10 @@ type Spec struct {
 	Variables map[string]string
 	// ExportedVariables is env.exported-variables.
 	ExportedVariables []string
+	// Secrets are the variables of env.parameter-store and
+	// env.secrets-manager, in file order: each is the Kiln secret of the
+	// same name.
+	Secrets []string
 	// Phases holds the phases present in the file, in execution order.
 	Phases []*Phase
 	// Artifacts is nil when the file has no artifacts section.
@@ -406,14 +410,46 @@ func (p *parser) env(n *yaml.Node, s *Spec) {
 	}
 	for _, k := range []string{"parameter-store", "secrets-manager"} {
 		if v, ok := f[k]; ok {
-			p.errorf(v.Key, "pass secrets to the build with kilnctl run --env, or fetch them with the aws CLI in a command",
-				"env.%s is not supported by Kiln", k)
+			p.secretRefs(k, v.Val, s)
 		}
 	}
 	if v, ok := f["git-credential-helper"]; ok && p.boolean(v.Val, "env.git-credential-helper") {
 		p.errorf(v.Key, "configure git credentials on the agent, or remove the key",
 			"env.git-credential-helper is not supported by Kiln")
 	}
+}
+
+// secretRefs maps env.parameter-store and env.secrets-manager entries
+// (VARIABLE: reference) to Kiln secrets named after the variable, with a
+// warning naming each mapping: Kiln does not call AWS; an operator sets
+// the Kiln secret (kilnctl secret set VARIABLE).
+func (p *parser) secretRefs(key string, n *yaml.Node, s *Spec) {
+	what := "env." + key
+	r := p.kind(n, yaml.MappingNode, what)
+	if r == nil {
+		return
+	}
+	p.eachKey(r, what, "variable", func(k, v *yaml.Node) {
+		if !envNameRE.MatchString(k.Value) {
+			p.errorf(k, "use letters, digits and '_', not starting with a digit", "invalid variable name %q", k.Value)
+			return
+		}
+		ref, ok := p.str(v, what+"."+k.Value)
+		if !ok {
+			return
+		}
+		if _, clash := s.Variables[k.Value]; clash {
+			p.errorf(k, "remove it from env.variables", "%s is both in env.variables and in %s", k.Value, what)
+			return
+		}
+		if slices.Contains(s.Secrets, k.Value) {
+			p.errorf(k, "", "%s is set by both env.parameter-store and env.secrets-manager", k.Value)
+			return
+		}
+		s.Secrets = append(s.Secrets, k.Value)
+		p.warnf(k, "%s.%s: %q is not fetched from AWS; the job gets the Kiln secret %s instead (kilnctl secret set %s)",
+			what, k.Value, ref, k.Value, k.Value)
+	})
 }
 
 func (p *parser) variables(n *yaml.Node) map[string]string {

@@ -145,8 +145,6 @@ func TestParseUnsupported(t *testing.T) {
 	sameLines(t, "errors", errStrings(t, err), []string{
 		f + `:2:1: run-as is not supported by Kiln (hint: run the commands as the agent's user, or use sudo -u in the commands)`,
 		f + `:4:10: env.shell "zsh" is not supported by Kiln (hint: use bash or /bin/sh)`,
-		f + `:5:3: env.parameter-store is not supported by Kiln (hint: pass secrets to the build with kilnctl run --env, or fetch them with the aws CLI in a command)`,
-		f + `:7:3: env.secrets-manager is not supported by Kiln (hint: pass secrets to the build with kilnctl run --env, or fetch them with the aws CLI in a command)`,
 		f + `:9:3: env.git-credential-helper is not supported by Kiln (hint: configure git credentials on the agent, or remove the key)`,
 		f + `:10:1: batch builds are not supported by Kiln (hint: write a Kiln pipeline file (.kiln.yaml) with several steps instead)`,
 		f + `:15:3: unknown key "pre-build" in phases (hint: did you mean "pre_build"?)`,
@@ -159,8 +157,32 @@ func TestParseUnsupported(t *testing.T) {
 		f + `:34:3: reports.group has no files (hint: list the report files, such as files: ['**/junit*.xml'])`,
 		f + `:35:18: reports.group: unknown file-format "XUNIT" (hint: known formats: JUNITXML, CUCUMBERJSON, TESTNGXML, NUNITXML, NUNIT3XML, VISUALSTUDIOTRX, CLOVERXML, COBERTURAXML, JACOCOXML, SIMPLECOV)`,
 	})
-	if len(warns) != 0 {
-		t.Errorf("warnings = %v", warnStrings(warns))
+	sameLines(t, "warnings", warnStrings(warns), []string{
+		f + `:6:5: warning: env.parameter-store.DB_PASSWORD: "/prod/db/password" is not fetched from AWS; the job gets the Kiln secret DB_PASSWORD instead (kilnctl secret set DB_PASSWORD)`,
+		f + `:8:5: warning: env.secrets-manager.TOKEN: "prod/token:value" is not fetched from AWS; the job gets the Kiln secret TOKEN instead (kilnctl secret set TOKEN)`,
+	})
+}
+
+// env.parameter-store and env.secrets-manager name Kiln secrets the job
+// gets; a variable may not be set twice.
+func TestSecretMappings(t *testing.T) {
+	src := "version: 0.2\nenv:\n  variables: {A: x}\n  parameter-store: {P: /p}\n  secrets-manager: {S: 'id:key'}\nphases:\n  build:\n    commands: [make]\n"
+	s, warns, err := Parse("f.yml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Step().GetSecrets(); !slices.Equal(got, []string{"P", "S"}) || len(warns) != 2 {
+		t.Fatalf("secrets %v, warnings %v", got, warnStrings(warns))
+	}
+	for _, bad := range []string{
+		"version: 0.2\nenv:\n  variables: {A: x}\n  secrets-manager: {A: id}\nphases:\n  build:\n    commands: [make]\n",
+		"version: 0.2\nenv:\n  parameter-store: {A: /a}\n  secrets-manager: {A: id}\nphases:\n  build:\n    commands: [make]\n",
+		"version: 0.2\nenv:\n  secrets-manager: {1A: id}\nphases:\n  build:\n    commands: [make]\n",
+		"version: 0.2\nenv:\n  secrets-manager: [A]\nphases:\n  build:\n    commands: [make]\n",
+	} {
+		if _, _, err := Parse("f.yml", []byte(bad)); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
 	}
 }
 

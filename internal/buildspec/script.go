@@ -3,6 +3,7 @@ package buildspec
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,6 +27,7 @@ func (s *Spec) Step() *kilnv1.StepSpec {
 	if len(s.Variables) > 0 {
 		st.Env = maps.Clone(s.Variables)
 	}
+	st.Secrets = slices.Clone(s.Secrets)
 	if s.Artifacts != nil {
 		st.Artifacts = append([]string(nil), s.Artifacts.Globs...)
 	}

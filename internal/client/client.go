@@ -18,10 +18,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
+	"github.com/kiln-ci/kiln/internal/authn"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/leader"
 )
 
@@ -49,15 +52,47 @@ type Client struct {
 	log   *zap.Logger
 	addrs []string
 
+	creds credentials.TransportCredentials
+	// token, when set, is sent as the bearer credential of every call.
+	token string
+
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
 	current string // the address calls go to first
 	closed  bool
+
+	// etcdEndpoints are the etcd servers of WithEtcd.
+	etcdEndpoints []string
+	// etcd resolves etcd:///PREFIX addresses (WithEtcd); nil without.
+	etcd *discovery.Resolver
 }
 
-// New returns a client for the coordinators at addrs (host:port). No
-// connection is made until the first call. log may be nil.
-func New(addrs []string, log *zap.Logger) (*Client, error) {
+// Option configures a Client.
+type Option func(*Client)
+
+// WithCredentials sets the transport credentials of every connection
+// (default: plaintext); see tlsutil.ClientConfig for TLS.
+func WithCredentials(creds credentials.TransportCredentials) Option {
+	return func(c *Client) { c.creds = creds }
+}
+
+// WithToken sends token as "authorization: Bearer <token>" with every call
+// (coordinators started with --acl require one).
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithEtcd lets addrs hold etcd:///PREFIX targets, resolved through the
+// etcd servers at endpoints (the coordinators registered under PREFIX). A
+// call through such a target reaches one registered coordinator; a "not
+// leader" answer moves the client to the leader's own address, and when
+// that fails the client returns to the target.
+func WithEtcd(endpoints []string) Option {
+	return func(c *Client) { c.etcdEndpoints = endpoints }
+}
+
+// New returns a client for the coordinators at addrs (host:port, or
+// etcd:///PREFIX with WithEtcd). No connection is made until the first
+// call. log may be nil.
+func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
 	var clean []string
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
@@ -71,7 +106,29 @@ func New(addrs []string, log *zap.Logger) (*Client, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	return &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0]}, nil
+	c := &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0], creds: insecure.NewCredentials()}
+	for _, o := range opts {
+		o(c)
+	}
+	if slices.ContainsFunc(clean, discovery.IsTarget) {
+		for _, a := range clean {
+			if !discovery.IsTarget(a) {
+				continue
+			}
+			if _, err := discovery.ParseTarget(a); err != nil {
+				return nil, fmt.Errorf("client: %w", err)
+			}
+		}
+		if len(c.etcdEndpoints) == 0 {
+			return nil, fmt.Errorf("client: %s needs etcd endpoints (--etcd-endpoints or $%s)", clean[slices.IndexFunc(clean, discovery.IsTarget)], discovery.EnvEndpoints)
+		}
+		r, err := discovery.NewResolver(c.etcdEndpoints, log)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		c.etcd = r
+	}
+	return c, nil
 }
 
 // Addrs returns the configured coordinator addresses.
@@ -89,6 +146,12 @@ func (c *Client) Close() error {
 		}
 	}
 	clear(c.conns)
+	if c.etcd != nil {
+		if err := c.etcd.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close etcd resolver: %w", err))
+		}
+		c.etcd = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -250,8 +313,15 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if conn, ok := c.conns[addr]; ok {
 		return conn, nil
 	}
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	var extra []grpc.DialOption
+	if c.token != "" {
+		extra = append(extra, grpc.WithPerRPCCredentials(authn.Bearer(c.token)))
+	}
+	if c.etcd != nil {
+		extra = append(extra, c.etcd.DialOption())
+	}
+	conn, err := grpc.NewClient(addr, append(extra,
+		grpc.WithTransportCredentials(c.creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
 			Time:                KeepaliveTime,
 			Timeout:             KeepaliveTimeout,
@@ -264,7 +334,7 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 3 * time.Second,
 		}),
-	)
+	)...)
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
 	}

@@ -154,17 +154,25 @@ func ValidateRef(ref string) error {
 	return nil
 }
 
-// Redact hides the password of a URL's user info (https://user:token@host).
+// Redact hides the secrets of a URL's user info for logs and error
+// messages: the password (https://user:xxxxx@host), and the user name of
+// http(s):// and git:// URLs, which is often a token by itself
+// (https://xxxxx@host). A URL that does not parse loses its user info.
 func Redact(raw string) string {
 	if !strings.Contains(raw, "://") {
 		return raw
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	if err != nil {
+		return stripUserInfo(raw)
+	}
+	if u.User == nil {
 		return raw
 	}
 	if _, has := u.User.Password(); has {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	} else if s := strings.ToLower(u.Scheme); s != "ssh" {
+		u.User = url.User("xxxxx")
 	}
 	return u.String()
 }

@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kiln-ci/kiln/internal/role"
 	"github.com/kiln-ci/kiln/internal/yamlpos"
 )
 
@@ -23,7 +24,7 @@ import (
 var (
 	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
 	stageKeys       = []string{"name", "steps"}
-	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "production"}
+	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets", "production", "deploy"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -299,6 +300,13 @@ func (p *parser) step(n *yaml.Node) *Step {
 	if x, ok := f["name"]; ok {
 		st.Name, _ = p.str(x.Val, "step name")
 	}
+	if _, ok := f["deploy"]; ok {
+		if y, ok := f["approval"]; ok {
+			p.errorf(y.Key, "make the gate its own step and list it in the deploy step's needs", "a step cannot have both deploy and approval")
+		}
+		p.deployStep(st, f)
+		return st
+	}
 	if x, ok := f["approval"]; ok {
 		st.Approval = p.approval(x.Val)
 		for _, k := range stepKeys {
@@ -370,6 +378,9 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	if x, ok := f["junit"]; ok {
 		st.JUnit = p.globs(x.Key, x.Val, "junit")
+	}
+	if x, ok := f["secrets"]; ok {
+		st.Secrets = p.secretNames(x.Key, x.Val, st.Env)
 	}
 	p.stepCommon(st, f)
 	return st
@@ -653,6 +664,8 @@ func (p *parser) approval(n *yaml.Node) *Approval {
 				p.errorf(e, "", "approver name is %d characters; the limit is %d", len(s), maxNameLen)
 			case seen[s]:
 				p.errorf(e, "", "duplicate approver %q", s)
+			case badRoleApprover(s) != "":
+				p.errorf(e, "", "%s", badRoleApprover(s))
 			default:
 				seen[s] = true
 				a.Approvers = append(a.Approvers, s)
@@ -885,4 +898,59 @@ func (p *parser) count(n *yaml.Node, what string, lo, hi int64) *int32 {
 	}
 	c := int32(v)
 	return &c
+}
+
+// badRoleApprover explains what is wrong with an approvers entry
+// "role:NAME" whose NAME is not a human role; "" when s is fine.
+func badRoleApprover(s string) string {
+	name, ok := strings.CutPrefix(s, role.ApproverPrefix)
+	if !ok {
+		return ""
+	}
+	r, err := role.Parse(name)
+	if err != nil || !r.Human() {
+		return fmt.Sprintf("approver %q: role must be viewer, developer, approver, operator or admin", s)
+	}
+	return ""
+}
+
+// secretNameRE is what a secret name must look like: an environment
+// variable name.
+var secretNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// maxSecretsPerStep bounds the secrets: list of one step.
+const maxSecretsPerStep = 64
+
+// secretNames parses a step's secrets: list of secret names, each becoming
+// an environment variable of the job (so it may not also be in env).
+func (p *parser) secretNames(key, n *yaml.Node, env map[string]string) []string {
+	if n.Kind == yaml.ScalarNode && !yamlpos.IsNull(n) {
+		p.errorf(n, fmt.Sprintf("write secrets: [%s]", n.Value), "secrets must be a list of secret names, not %s", yamlpos.KindName(n))
+		return nil
+	}
+	if !p.isKind(n, yaml.SequenceNode, "secrets", false) {
+		return nil
+	}
+	if len(n.Content) > maxSecretsPerStep {
+		p.errorf(key, "", "secrets lists %d names; the limit is %d", len(n.Content), maxSecretsPerStep)
+		return nil
+	}
+	var out []string
+	for _, e := range n.Content {
+		s, ok := p.str(e, "secret name")
+		switch {
+		case !ok:
+		case len(s) > 128 || !secretNameRE.MatchString(s):
+			p.errorf(e, "secret names are environment variable names: letters, digits and _, not starting with a digit", "secret name %q is invalid", s)
+		case slices.Contains(out, s):
+			p.errorf(e, "", "secret %q is listed twice", s)
+		default:
+			if _, clash := env[s]; clash {
+				p.errorf(e, "remove it from env: the secret sets the variable", "%s is both in env and in secrets", s)
+				continue
+			}
+			out = append(out, s)
+		}
+	}
+	return out
 }

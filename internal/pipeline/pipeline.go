@@ -154,11 +154,16 @@ type Step struct {
 	// Artifacts and JUnit are relative path globs.
 	Artifacts []string
 	JUnit     []string
+	// Secrets are the names of the secrets the step's job receives as
+	// environment variables.
+	Secrets []string
 	// ArtifactsFrom selects the artifacts the step downloads (artifacts:
 	// {from: STEP, paths: [...]}); nil means every artifact of its needs.
 	ArtifactsFrom *ArtifactsFrom
 	// Approval is set for an approval gate (which has no commands).
 	Approval *Approval
+	// Deploy is set for a deploy step (whose commands are in it).
+	Deploy *Deploy
 	// Line and Column locate the step in the file.
 	Line, Column int
 

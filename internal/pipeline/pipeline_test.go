@@ -43,6 +43,7 @@ func render(t *testing.T, p *Pipeline) []byte {
 			TimeoutMs int64
 			Prompt    string
 		} `json:",omitempty"`
+		Deploy *kilnv1.DeploySpec `json:",omitempty"`
 	}
 	out := struct {
 		Name        string
@@ -63,6 +64,7 @@ func render(t *testing.T, p *Pipeline) []byte {
 			TimeoutMs: s.TimeoutMs, OnAgentLost: s.Retry.GetOnAgentLost(), OnFailure: s.Retry.GetOnFailure(),
 			Stage: s.Stage, Needs: s.Needs, AllowFailure: s.AllowFailure, SkipReason: s.SkipReason,
 			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit}
+		x.Deploy = s.GetDeploy()
 		if a := s.Approval; a != nil {
 			x.Approval = &struct {
 				Approvers []string
@@ -264,7 +266,15 @@ func checkSteps(t *testing.T, steps []*kilnv1.StepSpec) {
 			t.Fatalf("bad or duplicate key %q", s.Key)
 		}
 		index[s.Key] = i
-		if s.Retry == nil || (s.Approval == nil) == (len(s.Commands) == 0) {
+		// Exactly one of: commands, an approval gate, a deploy block
+		// (with its own commands and environment).
+		kinds := 0
+		for _, has := range []bool{len(s.Commands) > 0, s.Approval != nil, s.Deploy != nil} {
+			if has {
+				kinds++
+			}
+		}
+		if s.Retry == nil || kinds != 1 || (s.Deploy != nil && (len(s.Deploy.Commands) == 0 || s.Deploy.Environment == "")) {
 			t.Fatalf("invalid step accepted: %v", s)
 		}
 	}

@@ -358,6 +358,7 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		Production:   st.Production,
 		Artifacts:    slices.Clone(st.Artifacts),
 		Junit:        slices.Clone(st.JUnit),
+		Secrets:      slices.Clone(st.Secrets),
 	}
 	switch {
 	case spec.Name == "":
@@ -376,6 +377,20 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 			Prompt:    st.Approval.Prompt,
 		}
 		spec.Retry = &kilnv1.RetryPolicy{}
+		return spec
+	}
+	if st.Deploy != nil {
+		spec.Deploy = deploySpec(st.Deploy)
+		// Each host action is its own job: no retry of the step itself.
+		spec.Retry = &kilnv1.RetryPolicy{}
+		if len(st.Env) > 0 {
+			spec.Env = maps.Clone(st.Env)
+		}
+		timeout := st.Timeout
+		if timeout == 0 {
+			timeout = p.Timeout
+		}
+		spec.TimeoutMs = timeout.Milliseconds()
 		return spec
 	}
 	spec.Commands = slices.Clone(st.Commands)

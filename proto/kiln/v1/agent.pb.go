@@ -803,9 +803,16 @@ type JobAssignment struct {
 	// with ArtifactsUploaded before JobFinished.
 	Artifacts []string `protobuf:"bytes,10,rep,name=artifacts,proto3" json:"artifacts,omitempty"`
 	// JUnit report globs to parse after the commands.
-	Junit         []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Junit []string `protobuf:"bytes,11,rep,name=junit,proto3" json:"junit,omitempty"`
+	// Secret values the step names (StepSpec.secrets), by variable name: the
+	// agent adds them to the environment and masks them in the log.
+	Secrets map[string]string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Secrets the step names that the leader could not deliver (deleted
+	// since the submit, or sealed under another key): the agent fails the
+	// attempt instead of running without them.
+	MissingSecrets []string `protobuf:"bytes,81,rep,name=missing_secrets,json=missingSecrets,proto3" json:"missing_secrets,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *JobAssignment) Reset() {
@@ -911,6 +918,20 @@ func (x *JobAssignment) GetArtifacts() []string {
 func (x *JobAssignment) GetJunit() []string {
 	if x != nil {
 		return x.Junit
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetSecrets() map[string]string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetMissingSecrets() []string {
+	if x != nil {
+		return x.MissingSecrets
 	}
 	return nil
 }
@@ -1247,7 +1268,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\x9b\x03\n" +
+	"timeUnixMs\"\xbf\x04\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1261,8 +1282,13 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06inputs\x18\t \x03(\v2\x11.kiln.v1.ArtifactR\x06inputs\x12\x1c\n" +
 	"\tartifacts\x18\n" +
 	" \x03(\tR\tartifacts\x12\x14\n" +
-	"\x05junit\x18\v \x03(\tR\x05junit\x1a6\n" +
+	"\x05junit\x18\v \x03(\tR\x05junit\x12=\n" +
+	"\asecrets\x18P \x03(\v2#.kiln.v1.JobAssignment.SecretsEntryR\asecrets\x12'\n" +
+	"\x0fmissing_secrets\x18Q \x03(\tR\x0emissingSecrets\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
+	"\fSecretsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"q\n" +
 	"\x11ArtifactsUploaded\x12\x15\n" +
@@ -1305,7 +1331,7 @@ func file_kiln_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_kiln_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_kiln_v1_agent_proto_goTypes = []any{
 	(JobResult)(0),            // 0: kiln.v1.JobResult
 	(*ConnectRequest)(nil),    // 1: kiln.v1.ConnectRequest
@@ -1323,17 +1349,18 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*TestReports)(nil),       // 13: kiln.v1.TestReports
 	nil,                       // 14: kiln.v1.Register.LabelsEntry
 	nil,                       // 15: kiln.v1.JobAssignment.EnvEntry
-	(*LogChunk)(nil),          // 16: kiln.v1.LogChunk
-	(*Source)(nil),            // 17: kiln.v1.Source
-	(*Artifact)(nil),          // 18: kiln.v1.Artifact
-	(*ArtifactFile)(nil),      // 19: kiln.v1.ArtifactFile
-	(*TestReport)(nil),        // 20: kiln.v1.TestReport
+	nil,                       // 16: kiln.v1.JobAssignment.SecretsEntry
+	(*LogChunk)(nil),          // 17: kiln.v1.LogChunk
+	(*Source)(nil),            // 18: kiln.v1.Source
+	(*Artifact)(nil),          // 19: kiln.v1.Artifact
+	(*ArtifactFile)(nil),      // 20: kiln.v1.ArtifactFile
+	(*TestReport)(nil),        // 21: kiln.v1.TestReport
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
 	6,  // 1: kiln.v1.ConnectRequest.heartbeat:type_name -> kiln.v1.Heartbeat
 	7,  // 2: kiln.v1.ConnectRequest.started:type_name -> kiln.v1.JobStarted
-	16, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
+	17, // 3: kiln.v1.ConnectRequest.log:type_name -> kiln.v1.LogChunk
 	8,  // 4: kiln.v1.ConnectRequest.finished:type_name -> kiln.v1.JobFinished
 	10, // 5: kiln.v1.ConnectRequest.artifacts:type_name -> kiln.v1.ArtifactsUploaded
 	13, // 6: kiln.v1.ConnectRequest.tests:type_name -> kiln.v1.TestReports
@@ -1345,17 +1372,18 @@ var file_kiln_v1_agent_proto_depIdxs = []int32{
 	3,  // 12: kiln.v1.Register.running:type_name -> kiln.v1.AttemptRef
 	0,  // 13: kiln.v1.JobFinished.result:type_name -> kiln.v1.JobResult
 	15, // 14: kiln.v1.JobAssignment.env:type_name -> kiln.v1.JobAssignment.EnvEntry
-	17, // 15: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
-	18, // 16: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
-	19, // 17: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
-	20, // 18: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
-	1,  // 19: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 20: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	20, // [20:21] is the sub-list for method output_type
-	19, // [19:20] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	18, // 15: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
+	19, // 16: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
+	16, // 17: kiln.v1.JobAssignment.secrets:type_name -> kiln.v1.JobAssignment.SecretsEntry
+	20, // 18: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
+	21, // 19: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
+	1,  // 20: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 21: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	21, // [21:22] is the sub-list for method output_type
+	20, // [20:21] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -1385,7 +1413,7 @@ func file_kiln_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_agent_proto_rawDesc), len(file_kiln_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

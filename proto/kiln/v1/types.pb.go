@@ -390,9 +390,19 @@ type StepSpec struct {
 	// of this step's needs), the files matching paths. Without it, the step
 	// gets every artifact of its needs.
 	ArtifactsFrom []*ArtifactSource `protobuf:"bytes,16,rep,name=artifacts_from,json=artifactsFrom,proto3" json:"artifacts_from,omitempty"`
+	// Names of the secrets the job gets as environment variables (resolved
+	// by the leader at assignment: a secret of the build's repository, else a
+	// global one).
+	Secrets []string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// The step deploys to production (`production: true`): delivery
 	// statistics count its runs as production deployments.
-	Production    bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
+	Production bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
+	// Set for a deploy step (deploy.proto): the leader's deploy controller
+	// runs it as jobs pinned to the environment's agents; it never goes to
+	// an agent itself.
+	Deploy *DeploySpec `protobuf:"bytes,120,opt,name=deploy,proto3" json:"deploy,omitempty"`
+	// Only the agent of this name may run the job (deploy actions).
+	PinAgent      string `protobuf:"bytes,121,opt,name=pin_agent,json=pinAgent,proto3" json:"pin_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -539,11 +549,32 @@ func (x *StepSpec) GetArtifactsFrom() []*ArtifactSource {
 	return nil
 }
 
+func (x *StepSpec) GetSecrets() []string {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
 func (x *StepSpec) GetProduction() bool {
 	if x != nil {
 		return x.Production
 	}
 	return false
+}
+
+func (x *StepSpec) GetDeploy() *DeploySpec {
+	if x != nil {
+		return x.Deploy
+	}
+	return nil
+}
+
+func (x *StepSpec) GetPinAgent() string {
+	if x != nil {
+		return x.PinAgent
+	}
+	return ""
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -2205,11 +2236,11 @@ var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/types.proto\x12\akiln.v1\"P\n" +
+	"\x13kiln/v1/types.proto\x12\akiln.v1\x1a\x18kiln/v1/deployspec.proto\"P\n" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\x9b\x06\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xff\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2229,10 +2260,13 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\tartifacts\x18\r \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\x0e \x03(\tR\x05junit\x125\n" +
 	"\x06matrix\x18\x0f \x03(\v2\x1d.kiln.v1.StepSpec.MatrixEntryR\x06matrix\x12>\n" +
-	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12\x1f\n" +
+	"\x0eartifacts_from\x18\x10 \x03(\v2\x17.kiln.v1.ArtifactSourceR\rartifactsFrom\x12\x18\n" +
+	"\asecrets\x18P \x03(\tR\asecrets\x12\x1f\n" +
 	"\n" +
 	"production\x18\x82\x01 \x01(\bR\n" +
-	"production\x1a9\n" +
+	"production\x12+\n" +
+	"\x06deploy\x18x \x01(\v2\x13.kiln.v1.DeploySpecR\x06deploy\x12\x1b\n" +
+	"\tpin_agent\x18y \x01(\tR\bpinAgent\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -2481,6 +2515,7 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	nil,                    // 24: kiln.v1.StepSpec.MatrixEntry
 	nil,                    // 25: kiln.v1.Build.EnvEntry
 	nil,                    // 26: kiln.v1.Agent.LabelsEntry
+	(*DeploySpec)(nil),     // 27: kiln.v1.DeploySpec
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
 	22, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
@@ -2489,24 +2524,25 @@ var file_kiln_v1_types_proto_depIdxs = []int32{
 	7,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
 	24, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	6,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
-	2,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	5,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	8,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	10, // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	25, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	9,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	19, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	26, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	3,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	17, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	19, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	20, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	27, // 6: kiln.v1.StepSpec.deploy:type_name -> kiln.v1.DeploySpec
+	2,  // 7: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	5,  // 8: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	8,  // 9: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	1,  // 10: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	10, // 11: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	25, // 12: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	9,  // 13: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 14: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	26, // 15: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	3,  // 16: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	17, // 17: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	19, // 18: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	20, // 19: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -2514,6 +2550,7 @@ func file_kiln_v1_types_proto_init() {
 	if File_kiln_v1_types_proto != nil {
 		return
 	}
+	file_kiln_v1_deployspec_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

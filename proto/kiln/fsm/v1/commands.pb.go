@@ -56,6 +56,16 @@ const (
 	CommandType_COMMAND_TYPE_COMMIT_LOGS CommandType = 20
 	// Lifecycle range: 25-31.
 	CommandType_COMMAND_TYPE_EXPIRE_BUILDS CommandType = 25
+	// Access control (acl.proto): 40-49.
+	CommandType_COMMAND_TYPE_CREATE_TOKEN  CommandType = 40
+	CommandType_COMMAND_TYPE_REVOKE_TOKEN  CommandType = 41
+	CommandType_COMMAND_TYPE_REDEEM_TOKEN  CommandType = 42
+	CommandType_COMMAND_TYPE_SET_SECRET    CommandType = 43
+	CommandType_COMMAND_TYPE_DELETE_SECRET CommandType = 44
+	CommandType_COMMAND_TYPE_APPEND_AUDIT  CommandType = 45
+	// Deployments (deploy.proto).
+	CommandType_COMMAND_TYPE_START_DEPLOYMENT  CommandType = 50
+	CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT CommandType = 51
 )
 
 // Enum value maps for CommandType.
@@ -83,6 +93,14 @@ var (
 		19: "COMMAND_TYPE_EXPIRE_ARTIFACTS",
 		20: "COMMAND_TYPE_COMMIT_LOGS",
 		25: "COMMAND_TYPE_EXPIRE_BUILDS",
+		40: "COMMAND_TYPE_CREATE_TOKEN",
+		41: "COMMAND_TYPE_REVOKE_TOKEN",
+		42: "COMMAND_TYPE_REDEEM_TOKEN",
+		43: "COMMAND_TYPE_SET_SECRET",
+		44: "COMMAND_TYPE_DELETE_SECRET",
+		45: "COMMAND_TYPE_APPEND_AUDIT",
+		50: "COMMAND_TYPE_START_DEPLOYMENT",
+		51: "COMMAND_TYPE_UPDATE_DEPLOYMENT",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -107,6 +125,14 @@ var (
 		"COMMAND_TYPE_EXPIRE_ARTIFACTS":   19,
 		"COMMAND_TYPE_COMMIT_LOGS":        20,
 		"COMMAND_TYPE_EXPIRE_BUILDS":      25,
+		"COMMAND_TYPE_CREATE_TOKEN":       40,
+		"COMMAND_TYPE_REVOKE_TOKEN":       41,
+		"COMMAND_TYPE_REDEEM_TOKEN":       42,
+		"COMMAND_TYPE_SET_SECRET":         43,
+		"COMMAND_TYPE_DELETE_SECRET":      44,
+		"COMMAND_TYPE_APPEND_AUDIT":       45,
+		"COMMAND_TYPE_START_DEPLOYMENT":   50,
+		"COMMAND_TYPE_UPDATE_DEPLOYMENT":  51,
 	}
 )
 
@@ -276,7 +302,10 @@ type DecideApproval struct {
 	Comment    string                 `protobuf:"bytes,6,opt,name=comment,proto3" json:"comment,omitempty"`
 	TimeUnixMs int64                  `protobuf:"varint,7,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
 	// Set by the leader's timeout: the job ends TIMED_OUT, not FAILED.
-	TimedOut      bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	TimedOut bool `protobuf:"varint,8,opt,name=timed_out,json=timedOut,proto3" json:"timed_out,omitempty"`
+	// Role of the decider's token (--acl), matched against "role:NAME"
+	// approvers.
+	ByRole        string `protobuf:"bytes,80,opt,name=by_role,json=byRole,proto3" json:"by_role,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -365,6 +394,13 @@ func (x *DecideApproval) GetTimedOut() bool {
 		return x.TimedOut
 	}
 	return false
+}
+
+func (x *DecideApproval) GetByRole() string {
+	if x != nil {
+		return x.ByRole
+	}
+	return ""
 }
 
 // RetryBuild re-queues failed steps of a finished build.
@@ -1270,6 +1306,10 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Repo
 	//	*SnapshotRecord_Artifact
 	//	*SnapshotRecord_TestReport
+	//	*SnapshotRecord_Token
+	//	*SnapshotRecord_Secret
+	//	*SnapshotRecord_Audit
+	//	*SnapshotRecord_Deployment
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1402,6 +1442,42 @@ func (x *SnapshotRecord) GetTestReport() *v1.TestReport {
 	return nil
 }
 
+func (x *SnapshotRecord) GetToken() *TokenRecord {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Token); ok {
+			return x.Token
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetSecret() *SecretRecord {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Secret); ok {
+			return x.Secret
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetAudit() *v1.AuditRecord {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Audit); ok {
+			return x.Audit
+		}
+	}
+	return nil
+}
+
+func (x *SnapshotRecord) GetDeployment() *v1.Deployment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Deployment); ok {
+			return x.Deployment
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1446,6 +1522,22 @@ type SnapshotRecord_TestReport struct {
 	TestReport *v1.TestReport `protobuf:"bytes,10,opt,name=test_report,json=testReport,proto3,oneof"`
 }
 
+type SnapshotRecord_Token struct {
+	Token *TokenRecord `protobuf:"bytes,80,opt,name=token,proto3,oneof"`
+}
+
+type SnapshotRecord_Secret struct {
+	Secret *SecretRecord `protobuf:"bytes,81,opt,name=secret,proto3,oneof"`
+}
+
+type SnapshotRecord_Audit struct {
+	Audit *v1.AuditRecord `protobuf:"bytes,82,opt,name=audit,proto3,oneof"`
+}
+
+type SnapshotRecord_Deployment struct {
+	Deployment *v1.Deployment `protobuf:"bytes,120,opt,name=deployment,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1465,6 +1557,14 @@ func (*SnapshotRecord_Repo) isSnapshotRecord_Record() {}
 func (*SnapshotRecord_Artifact) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_TestReport) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Token) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Secret) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Audit) isSnapshotRecord_Record() {}
+
+func (*SnapshotRecord_Deployment) isSnapshotRecord_Record() {}
 
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
@@ -1785,7 +1885,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x14kiln/v1/deploy.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1803,7 +1903,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x01\n" +
 	"\x0eDecideApproval\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
@@ -1814,7 +1914,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\acomment\x18\x06 \x01(\tR\acomment\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
 	"timeUnixMs\x12\x1b\n" +
-	"\ttimed_out\x18\b \x01(\bR\btimedOut\"|\n" +
+	"\ttimed_out\x18\b \x01(\bR\btimedOut\x12\x17\n" +
+	"\aby_role\x18P \x01(\tR\x06byRole\"|\n" +
 	"\n" +
 	"RetryBuild\x12\x1d\n" +
 	"\n" +
@@ -1894,7 +1995,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xcf\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x9b\x05\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1907,7 +2008,13 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\bartifact\x18\t \x01(\v2\x11.kiln.v1.ArtifactH\x00R\bartifact\x126\n" +
 	"\vtest_report\x18\n" +
 	" \x01(\v2\x13.kiln.v1.TestReportH\x00R\n" +
-	"testReportB\b\n" +
+	"testReport\x120\n" +
+	"\x05token\x18P \x01(\v2\x18.kiln.fsm.v1.TokenRecordH\x00R\x05token\x123\n" +
+	"\x06secret\x18Q \x01(\v2\x19.kiln.fsm.v1.SecretRecordH\x00R\x06secret\x12,\n" +
+	"\x05audit\x18R \x01(\v2\x14.kiln.v1.AuditRecordH\x00R\x05audit\x125\n" +
+	"\n" +
+	"deployment\x18x \x01(\v2\x13.kiln.v1.DeploymentH\x00R\n" +
+	"deploymentB\b\n" +
 	"\x06record\"\xdf\x01\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
@@ -1933,7 +2040,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xb7\x05\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xb7\a\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -1957,7 +2064,15 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_RECORD_TESTS\x10\x12\x12!\n" +
 	"\x1dCOMMAND_TYPE_EXPIRE_ARTIFACTS\x10\x13\x12\x1c\n" +
 	"\x18COMMAND_TYPE_COMMIT_LOGS\x10\x14\x12\x1e\n" +
-	"\x1aCOMMAND_TYPE_EXPIRE_BUILDS\x10\x19B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x1aCOMMAND_TYPE_EXPIRE_BUILDS\x10\x19\x12\x1d\n" +
+	"\x19COMMAND_TYPE_CREATE_TOKEN\x10(\x12\x1d\n" +
+	"\x19COMMAND_TYPE_REVOKE_TOKEN\x10)\x12\x1d\n" +
+	"\x19COMMAND_TYPE_REDEEM_TOKEN\x10*\x12\x1b\n" +
+	"\x17COMMAND_TYPE_SET_SECRET\x10+\x12\x1e\n" +
+	"\x1aCOMMAND_TYPE_DELETE_SECRET\x10,\x12\x1d\n" +
+	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-\x12!\n" +
+	"\x1dCOMMAND_TYPE_START_DEPLOYMENT\x102\x12\"\n" +
+	"\x1eCOMMAND_TYPE_UPDATE_DEPLOYMENT\x103B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -2011,8 +2126,12 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*v1.Node)(nil),              // 34: kiln.v1.Node
 	(*v1.Artifact)(nil),          // 35: kiln.v1.Artifact
 	(*v1.TestReport)(nil),        // 36: kiln.v1.TestReport
-	(*v1.ArtifactsUploaded)(nil), // 37: kiln.v1.ArtifactsUploaded
-	(*v1.TestReports)(nil),       // 38: kiln.v1.TestReports
+	(*TokenRecord)(nil),          // 37: kiln.fsm.v1.TokenRecord
+	(*SecretRecord)(nil),         // 38: kiln.fsm.v1.SecretRecord
+	(*v1.AuditRecord)(nil),       // 39: kiln.v1.AuditRecord
+	(*v1.Deployment)(nil),        // 40: kiln.v1.Deployment
+	(*v1.ArtifactsUploaded)(nil), // 41: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 42: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
@@ -2033,13 +2152,17 @@ var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	27, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
 	35, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
 	36, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
-	37, // 18: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	38, // 19: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	37, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
+	38, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
+	39, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
+	40, // 21: kiln.fsm.v1.SnapshotRecord.deployment:type_name -> kiln.v1.Deployment
+	41, // 22: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	42, // 23: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -2047,6 +2170,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 	if File_kiln_fsm_v1_commands_proto != nil {
 		return
 	}
+	file_kiln_fsm_v1_acl_proto_init()
 	file_kiln_fsm_v1_commands_proto_msgTypes[16].OneofWrappers = []any{
 		(*SnapshotRecord_Meta)(nil),
 		(*SnapshotRecord_Build)(nil),
@@ -2058,6 +2182,10 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Repo)(nil),
 		(*SnapshotRecord_Artifact)(nil),
 		(*SnapshotRecord_TestReport)(nil),
+		(*SnapshotRecord_Token)(nil),
+		(*SnapshotRecord_Secret)(nil),
+		(*SnapshotRecord_Audit)(nil),
+		(*SnapshotRecord_Deployment)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
