@@ -84,6 +84,14 @@ type Config struct {
 	// HTTPAddr, when set, is the listen address of the agent's own
 	// /metrics (Prometheus); empty serves none.
 	HTTPAddr string
+	// Docker, when set, runs steps that name an image in containers; the
+	// agent then announces docker=true and, at start, removes the
+	// containers a previous run of it left behind. The agent does not
+	// close it.
+	Docker *executor.Docker
+	// Sandbox, when set, runs shell steps under bubblewrap; the agent
+	// announces sandbox=true.
+	Sandbox *executor.Sandbox
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators

@@ -25,8 +25,8 @@ import (
 
 	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/client"
-	"github.com/kiln-ci/kiln/internal/tlsutil"
 	"github.com/kiln-ci/kiln/internal/discovery"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 

@@ -20,10 +20,11 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
-	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/discovery"
+	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
 )
@@ -181,6 +182,11 @@ func run(args []string) error {
 		acfg.Slots = devSlots
 		acfg.WorkDir = filepath.Join(cfg.DataDir, "work")
 		acfg.Labels = map[string]string{"dev": "true"}
+		// Steps with an image run here too when a Docker engine answers.
+		if d, err := executor.NewDocker(ctx, ""); err == nil {
+			acfg.Docker = d
+			defer d.Close()
+		}
 		a, err := agent.New(acfg, log.Named("agent"))
 		if err != nil {
 			stop()

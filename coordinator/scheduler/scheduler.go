@@ -395,6 +395,9 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		// The step's artifact and JUnit report globs.
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
+		// Container image, limits, network and services of the step.
+		Runtime:   job.GetSpec().GetRuntime(),
+		Buildspec: job.GetSpec().GetBuildspec(),
 	}
 	if names := job.GetSpec().GetSecrets(); len(names) > 0 {
 		// Opened here, in the leader's memory, and sent only on this

@@ -247,7 +247,7 @@ func validateSteps(steps []*kilnv1.StepSpec) error {
 			}
 			continue // its commands run as the deployment's jobs
 		}
-		if len(sp.GetCommands()) == 0 && sp.GetSkipReason() == "" {
+		if len(sp.GetCommands()) == 0 && sp.GetBuildspec() == "" && sp.GetSkipReason() == "" { // a buildspec step has its commands in the workspace
 			return fmt.Errorf("step %q: no commands: %w", sp.GetKey(), ErrInvalidCommand)
 		}
 		for _, c := range sp.GetCommands() {
