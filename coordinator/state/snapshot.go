@@ -37,6 +37,9 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	tx := sn.tx
 	m := readMeta(tx)
 	meta := &fsmv1.SnapshotMeta{Version: SnapshotVersion, NextBuildNumber: m.NextBuild, LastIndex: m.LastIndex}
+	if m.Expired != (ExpiredCounts{}) {
+		meta.ExpiredJobsByState, meta.ExpiredBuildsByState = m.Expired.Jobs[:], m.Expired.Builds[:]
+	}
 	if err := fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Meta{Meta: meta}}); err != nil {
 		return err
 	}
@@ -153,7 +156,7 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			if next == 0 {
 				next = 1
 			}
-			if err := insert(tableMeta, &metaRow{ID: metaID, NextBuild: next, LastIndex: idx}); err != nil {
+			if err := insert(tableMeta, &metaRow{ID: metaID, NextBuild: next, LastIndex: idx, Expired: expiredFrom(r.Meta)}); err != nil {
 				return err
 			}
 		case *fsmv1.SnapshotRecord_Node:

@@ -55,11 +55,15 @@ type buildRow struct {
 	JobIDs []string
 }
 
-// metaRow holds the store-wide counters.
+// metaRow holds the store-wide counters. It is copied by value on every
+// update (arrays, not maps).
 type metaRow struct {
 	ID        string
 	NextBuild uint64
 	LastIndex uint64
+	// Expired counts the jobs and builds that build expiry removed, by
+	// final state (expired.go).
+	Expired ExpiredCounts
 }
 
 // Store is the replicated state store. It is safe for concurrent use: reads

@@ -1572,9 +1572,14 @@ type SnapshotMeta struct {
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NextBuildNumber uint64                 `protobuf:"varint,2,opt,name=next_build_number,json=nextBuildNumber,proto3" json:"next_build_number,omitempty"`
 	// Raft index of the last command applied in the snapshot.
-	LastIndex     uint64 `protobuf:"varint,3,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastIndex uint64 `protobuf:"varint,3,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	// Jobs and builds that build expiry removed, counted by their final
+	// state (index = kiln.v1.JobState / kiln.v1.BuildState value), so the
+	// result counters of /metrics never go down when history expires.
+	ExpiredJobsByState   []uint64 `protobuf:"varint,130,rep,packed,name=expired_jobs_by_state,json=expiredJobsByState,proto3" json:"expired_jobs_by_state,omitempty"`
+	ExpiredBuildsByState []uint64 `protobuf:"varint,131,rep,packed,name=expired_builds_by_state,json=expiredBuildsByState,proto3" json:"expired_builds_by_state,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *SnapshotMeta) Reset() {
@@ -1626,6 +1631,20 @@ func (x *SnapshotMeta) GetLastIndex() uint64 {
 		return x.LastIndex
 	}
 	return 0
+}
+
+func (x *SnapshotMeta) GetExpiredJobsByState() []uint64 {
+	if x != nil {
+		return x.ExpiredJobsByState
+	}
+	return nil
+}
+
+func (x *SnapshotMeta) GetExpiredBuildsByState() []uint64 {
+	if x != nil {
+		return x.ExpiredBuildsByState
+	}
+	return nil
 }
 
 // RequestRecord remembers the outcome of a request id.
@@ -1996,12 +2015,14 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
 	"deployment\x18x \x01(\v2\x13.kiln.v1.DeploymentH\x00R\n" +
 	"deploymentB\b\n" +
-	"\x06record\"s\n" +
+	"\x06record\"\xdf\x01\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11next_build_number\x18\x02 \x01(\x04R\x0fnextBuildNumber\x12\x1d\n" +
 	"\n" +
-	"last_index\x18\x03 \x01(\x04R\tlastIndex\"I\n" +
+	"last_index\x18\x03 \x01(\x04R\tlastIndex\x122\n" +
+	"\x15expired_jobs_by_state\x18\x82\x01 \x03(\x04R\x12expiredJobsByState\x126\n" +
+	"\x17expired_builds_by_state\x18\x83\x01 \x03(\x04R\x14expiredBuildsByState\"I\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
