@@ -255,8 +255,15 @@ type proc struct {
 }
 
 // startProc starts a new process and registers it for cleanup.
+//
+// A coordinator given no --http-addr gets a free loopback port: its
+// default (127.0.0.1:7080) would collide between the test's coordinators
+// and with anything else on the machine.
 func (h *harness) startProc(name, bin string, args ...string) *proc {
 	h.t.Helper()
+	if bin == "kiln-coordinator" && !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--http-addr") }) {
+		args = append(args, "--http-addr", "127.0.0.1:0")
+	}
 	p := &proc{h: h, name: name, path: binPath(bin), args: args}
 	h.mu.Lock()
 	h.procs = append(h.procs, p)
