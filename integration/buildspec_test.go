@@ -86,7 +86,7 @@ reports:
 	// any phase, with the reason in the log.
 	r = runBuildspec(t, h, addrs, "nouser.yml", "version: 0.2\nrun-as: kiln-no-such-user\nphases:\n  build:\n    commands: [echo never-ran]\n")
 	if r.code != 1 || strings.Contains(r.stdout, "never-ran") ||
-		!strings.Contains(r.stdout, "[buildspec] run-as kiln-no-such-user: there is no such user on this agent") {
+		!strings.Contains(r.stdout, "[buildspec] run-as kiln-no-such-user: there is no such user where the job runs") {
 		t.Errorf("run-as unknown user: %s", r)
 	}
 

@@ -52,6 +52,9 @@ var (
 var table = map[string]Rule{
 	"/kiln.v1.ControlService/*": clientFacing,
 	"/kiln.v1.OpsService/*":     clientFacing,
+	"/kiln.v1.DeployService/*":  clientFacing,
+	// Tokens, secrets, audit: API tokens decide (coordinator/acl).
+	"/kiln.v1.AccessService/*": clientFacing,
 
 	// The agent session: an agent certificate, whose name is the agent's.
 	"/kiln.v1.AgentService/Connect": agentOnly,

@@ -143,17 +143,17 @@ exit $?'
 // variables of this shell.
 const runAsFuncs = `_bs_how() {
   if ! _bs_uid=$(id -u "$1" 2>/dev/null); then
-    printf '[buildspec] run-as %s: there is no such user on this agent\n' "$1" >&2
+    printf '[buildspec] run-as %s: there is no such user where the job runs\n' "$1" >&2
     return 1
   fi
   if [ "$_bs_uid" = "$(id -u)" ]; then echo self; return 0; fi
   if [ "$(id -u)" = 0 ]; then
     if command -v setpriv >/dev/null 2>&1; then echo setpriv; return 0; fi
-    printf '[buildspec] run-as %s: the agent runs as root but setpriv (util-linux) is not installed\n' "$1" >&2
+    printf '[buildspec] run-as %s: the job runs as root but setpriv (util-linux) is not installed where it runs\n' "$1" >&2
     return 1
   fi
   if command -v sudo >/dev/null 2>&1 && sudo -n -E -u "$1" -- true >/dev/null 2>&1; then echo sudo; return 0; fi
-  printf '[buildspec] run-as %s: the agent runs as uid %s, is not root and may not sudo -n -E -u %s; run the agent as root, allow it that sudo, or remove run-as\n' "$1" "$(id -u)" "$1" >&2
+  printf '[buildspec] run-as %s: the job runs as uid %s, is not root and may not sudo -n -E -u %s; run the agent (or the job container) as root with setpriv, allow that sudo, or remove run-as\n' "$1" "$(id -u)" "$1" >&2
   return 1
 }
 _bs_as() {
@@ -200,7 +200,7 @@ func (s *Spec) Script() string {
 				b.WriteString(runAsFuncs)
 			}
 			fmt.Fprintf(&b, "%s=$(_bs_how %s) || { _bs_say %s; exit 1; }\n", users[ph.RunAs], shq(ph.RunAs),
-				shq("build failed: phases run as "+ph.RunAs+", which this agent cannot do"))
+				shq("build failed: phases run as "+ph.RunAs+", which is not possible where the job runs"))
 		}
 	}
 	var loop strings.Builder
@@ -259,7 +259,7 @@ func (s *Spec) Script() string {
 	// Top-level run-as: the whole script runs as the user, or the build
 	// fails at once with the reason (known only on the agent).
 	return "# run-as " + s.RunAs + "\n_bs_say() { printf '[buildspec] %s\\n' \"$*\"; }\n" + runAsFuncs +
-		"if ! _bs_h=$(_bs_how " + shq(s.RunAs) + "); then\n  _bs_say " + shq("build failed: run-as "+s.RunAs+" is not possible on this agent") +
+		"if ! _bs_h=$(_bs_how " + shq(s.RunAs) + "); then\n  _bs_say " + shq("build failed: run-as "+s.RunAs+" is not possible where the job runs") +
 		"\n  exit 1\nfi\n_bs_say \"running as " + s.RunAs + " ($_bs_h)\"\n" +
 		"_bs_as " + shq(s.RunAs) + " \"$_bs_h\" /bin/sh -c " + shq(body) + " buildspec\nexit $?\n"
 }

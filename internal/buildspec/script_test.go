@@ -484,7 +484,7 @@ func TestScriptRunAsRefused(t *testing.T) {
 		for _, sh := range shells(t) {
 			out, code := runSpec(t, sh, src)
 			if code != 1 || strings.Contains(out, "ran") || strings.Contains(out, "phase ") ||
-				!strings.Contains(out, "[buildspec] run-as "+user+": there is no such user on this agent\n") ||
+				!strings.Contains(out, "[buildspec] run-as "+user+": there is no such user where the job runs\n") ||
 				!strings.Contains(out, "[buildspec] build failed: ") {
 				t.Errorf("%s: exit %d, output:\n%s", sh, code, out)
 			}
@@ -564,7 +564,7 @@ func TestScriptRunAsNotRoot(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || strings.Contains(string(out), "ran") ||
-		!strings.Contains(string(out), "[buildspec] run-as root: the agent runs as uid "+uid+", is not root and may not sudo -n -E -u root") {
+		!strings.Contains(string(out), "[buildspec] run-as root: the job runs as uid "+uid+", is not root and may not sudo -n -E -u root") {
 		t.Errorf("err %v, output:\n%s", err, out)
 	}
 }
