@@ -14,6 +14,7 @@
 //   - systemd/: TestSystemdUnits checks the flags of ExecStart and runs
 //     systemd-analyze verify where it is installed.
 //
-// The binaries are built once per test run with CGO_ENABLED=0 by
+// The flag checks use binaries built as integration/ builds them (shared
+// build cache); only the compose test builds the static ones, with
 // docker/prepare.sh, the script users run.
 package deployments

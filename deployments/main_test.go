@@ -31,6 +31,33 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+var (
+	hostOnce sync.Once
+	hostDir  string // binaries built as integration/ builds them
+	hostErr  error
+)
+
+// hostBinaries builds kiln-coordinator, kiln-agent and kilnctl once with
+// the plain go build integration/ uses (the compiled packages come from the
+// same build cache) and returns their directory: enough to read flags and
+// to verify units, without the static build the images need.
+func hostBinaries(t *testing.T) string {
+	t.Helper()
+	hostOnce.Do(func() {
+		hostDir = filepath.Join(rootDir, "host")
+		cmd := exec.Command("go", "build", "-o", hostDir+string(filepath.Separator),
+			"./cmd/kiln-coordinator", "./cmd/kiln-agent", "./cmd/kilnctl")
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			hostErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if hostErr != nil {
+		t.Fatal(hostErr)
+	}
+	return hostDir
+}
+
 // binaries builds the static binaries (and copies busybox) once with
 // docker/prepare.sh and returns the directory holding them.
 func binaries(t *testing.T) string {
@@ -68,7 +95,7 @@ func flagsOf(t *testing.T, binary string) map[string]bool {
 	if f, ok := flagsCache[binary]; ok {
 		return f
 	}
-	out, err := exec.Command(filepath.Join(binaries(t), binary), "-h").CombinedOutput()
+	out, err := exec.Command(filepath.Join(hostBinaries(t), binary), "-h").CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s -h: %v\n%s", binary, err, out)
 	}

@@ -33,7 +33,7 @@ func TestSystemdUnits(t *testing.T) {
 	if err != nil || len(units) < 2 {
 		t.Fatalf("units: %v %v", units, err)
 	}
-	bin := binaries(t)
+	bin := hostBinaries(t)
 	dir := t.TempDir()
 	var copies []string
 	for _, u := range units {
