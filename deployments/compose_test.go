@@ -161,8 +161,9 @@ func TestComposeCluster(t *testing.T) {
 	var st struct {
 		Leader string
 		Nodes  []struct {
-			ID    string
-			Voter bool
+			ID       string
+			Voter    bool
+			RaftAddr string `json:"raft_addr"`
 		}
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -174,6 +175,11 @@ func TestComposeCluster(t *testing.T) {
 	for _, n := range st.Nodes {
 		if !n.Voter {
 			t.Errorf("node %s is not a voter: %s", n.ID, out)
+		}
+		// Raft addresses stay names (a recreated container may get
+		// another IP); see coordinator/raftnode's hostAddr.
+		if n.RaftAddr != n.ID+":7071" {
+			t.Errorf("node %s has Raft address %q, want %s:7071: %s", n.ID, n.RaftAddr, n.ID, out)
 		}
 	}
 

@@ -155,9 +155,10 @@ func openNode(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 		closeLog()
 		return nil, fmt.Errorf("%w: open snapshot store %s: %w", ErrDamagedState, snapDir, err)
 	}
-	// With port 0 the transport advertises the port it bound.
-	var advertise net.Addr
-	if _, port, _ := net.SplitHostPort(cfg.RaftAddr); port != "0" {
+	// With port 0 the transport advertises the port it bound; a host name
+	// is advertised as written (see hostAddr), an IP as resolved.
+	advertise := advertiseName(cfg.RaftAddr)
+	if _, port, _ := net.SplitHostPort(cfg.RaftAddr); port != "0" && advertise == nil {
 		tcpAddr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
 		if err != nil {
 			closeLog()
@@ -230,7 +231,16 @@ func openNode(cfg Config, f raft.FSM, log *zap.Logger) (*Node, error) {
 // cfg.TLS is set.
 func newTransport(cfg Config, advertise net.Addr, hlog hclog.Logger) (*raft.NetworkTransport, error) {
 	if cfg.TLS == nil {
-		return raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 5, 5*time.Second, hlog)
+		if _, named := advertise.(hostAddr); !named {
+			return raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 5, 5*time.Second, hlog)
+		}
+		layer, err := newTCPStreamLayer(cfg.RaftAddr, advertise)
+		if err != nil {
+			return nil, err
+		}
+		return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: layer, MaxPool: 5, Timeout: 5 * time.Second, Logger: hlog,
+		}), nil
 	}
 	layer, err := newTLSStreamLayer(cfg.RaftAddr, advertise, *cfg.TLS)
 	if err != nil {

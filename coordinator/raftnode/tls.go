@@ -45,7 +45,9 @@ func newTLSStreamLayer(bind string, advertise net.Addr, t TLS) (*tlsStreamLayer,
 	if advertise == nil {
 		advertise = l.Addr()
 	}
-	if tcp, ok := advertise.(*net.TCPAddr); !ok || tcp.IP == nil || tcp.IP.IsUnspecified() {
+	// A name (hostAddr) is advertised as written: peers resolve it.
+	_, named := advertise.(hostAddr)
+	if tcp, ok := advertise.(*net.TCPAddr); !named && (!ok || tcp.IP == nil || tcp.IP.IsUnspecified()) {
 		l.Close()
 		return nil, fmt.Errorf("raft address %v is not advertisable", advertise)
 	}
