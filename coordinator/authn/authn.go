@@ -65,6 +65,11 @@ var table = map[string]Rule{
 	// Job log copies between coordinators.
 	"/kiln.v1.LogReplicationService/*": coordinatorOnly,
 
+	// Tokens, secrets, audit: people (the token decides with --acl).
+	"/kiln.v1.AccessService/*": clientFacing,
+	// Anyone may ask who its credential makes it.
+	"/kiln.v1.AccessService/WhoAmI": anyone,
+
 	"/kiln.v1.ClusterService/Status": clientFacing,
 	// Raft-adjacent: only members of the cluster.
 	"/kiln.v1.ClusterService/Join":      coordinatorOnly,
