@@ -97,7 +97,7 @@ func (h *harness) startTLSCluster(p *pki, n int) *cluster {
 			"--node-id", nd.id, "--data-dir", nd.dataDir,
 			"--grpc-addr", nd.grpcAddr, "--raft-addr", nd.raftAddr,
 			"--initial-cluster", strings.Join(initial, ","),
-			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval,
+			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval, "--http-addr", "127.0.0.1:0",
 			"--tls-ca", p.ca(), "--tls-cert", cert, "--tls-key", key,
 		)
 	}
