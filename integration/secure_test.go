@@ -61,7 +61,9 @@ func TestSecuredClusterTLSAndACL(t *testing.T) {
 			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", ports[2*i+1]), "--initial-cluster", strings.Join(initial, ","),
 			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval, "--http-addr", "127.0.0.1:0",
 			"--tls-ca", p.ca(), "--tls-cert", cert, "--tls-key", ckey, "--tls-ca-key", filepath.Join(p.dir, "ca-key.pem"),
-			"--acl", "--secrets-key-file", key))
+			"--acl", "--secrets-key-file", key,
+			// Short enough that the agent renews during the test.
+			"--agent-cert-validity", "9s"))
 	}
 	// Every kilnctl run trusts the cluster's CA from here on.
 	t.Setenv("KILN_TLS_CA", p.ca())
@@ -119,6 +121,7 @@ func TestSecuredClusterTLSAndACL(t *testing.T) {
 	dev, ops, join := create("--name", "dev", "--role", "developer"), create("--name", "ops", "--role", "operator"),
 		create("--name", "pool", "--agent")
 	agentTok := create("--name", "hosts", "--role", "agent")
+	rel := create("--name", "rel", "--role", "approver")
 
 	// The secret, set by the operator on standard input.
 	raw := make([]byte, 12)
@@ -163,6 +166,94 @@ steps:
 		t.Fatalf("build %s: %+v, want passed on a1", id, b)
 	}
 
+	// The agent renews its certificate (RenewAgent: agent certificate, no
+	// token) two thirds into its validity.
+	identityFile := filepath.Join(workDir, "agent-identity.pem")
+	enrolled, err := os.ReadFile(identityFile)
+	if err != nil {
+		t.Fatalf("the enrolled agent has no identity file: %v", err)
+	}
+	eventually(t, 20*time.Second, func() error {
+		now, err := os.ReadFile(identityFile)
+		if err != nil || bytes.Equal(now, enrolled) {
+			return fmt.Errorf("identity file not renewed yet (%v)", err)
+		}
+		return nil
+	})
+
+	// Log replication with both on: every coordinator serves the log
+	// from its own store (peers copy it with certificate + peer credential).
+	for _, a := range addrs {
+		eventually(t, 15*time.Second, func() error {
+			r := h.ctlEnv([]string{a}, as(dev), "--timeout", "5s", "logs", id)
+			if r.code != 0 || r.stdout != wantLog {
+				return fmt.Errorf("log on %s: %s", a, r)
+			}
+			return nil
+		})
+	}
+	// Blob replication and agent downloads: an uploaded source reaches the
+	// job.
+	src := filepath.Join(h.root, "src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "hello.txt"), []byte("uploaded\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.ctlEnv(addrs, as(dev), "run", "--upload", src, "--wait", "--", "cat hello.txt"); r.code != 0 || !strings.HasSuffix(r.stdout, "\nuploaded\n") {
+		t.Fatalf("uploaded-source build: %s", r)
+	}
+
+	// An approval is recorded under the approver's token name, whatever
+	// USER the client has; a developer may not approve.
+	gated := filepath.Join(h.root, "gated.yaml")
+	if err := os.WriteFile(gated, []byte(`name: gated
+stages:
+  - name: gate
+    steps:
+      - key: gate
+        approval:
+          approvers: [rel]
+  - name: deploy
+    steps:
+      - key: deploy
+        command: echo deployed
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = h.ctlEnv(addrs, as(dev), "run", "-f", gated)
+	gid := strings.TrimSpace(r.stdout)
+	if r.code != 0 || gid == "" {
+		t.Fatalf("submit gated: %s", r)
+	}
+	if r := h.ctlEnv(addrs, append(as(dev), "USER=rel"), "approve", gid, "gate"); r.code == 0 || !strings.Contains(r.stderr, "needs role approver") {
+		t.Fatalf("developer approving: %s", r)
+	}
+	eventually(t, 15*time.Second, func() error {
+		r := h.ctlEnv(addrs, append(as(rel), "USER=mallory"), "approve", gid, "gate", "--comment", "ship")
+		if r.code != 0 {
+			return fmt.Errorf("approve: %s", r)
+		}
+		return nil
+	})
+	eventually(t, 20*time.Second, func() error {
+		var g buildJSON
+		r := h.ctlEnv(addrs, as(dev), "status", gid, "-o", "json")
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &g) != nil {
+			return fmt.Errorf("status: %s", r)
+		}
+		if g.State != "passed" {
+			return fmt.Errorf("gated build is %s: %+v", g.State, g.Jobs)
+		}
+		for _, j := range g.Jobs {
+			if j.Key == "gate" && (j.Approval == nil || j.Approval.By != "rel" || !j.Approval.Approved) {
+				t.Fatalf("gate decision %+v, want approved by rel", j.Approval)
+			}
+		}
+		return nil
+	})
+
 	// The join token was used up: a second agent cannot enroll with it.
 	second := h.startProc("agent-a2", "kiln-agent", "--coordinators", strings.Join(addrs, ","), "--name", "a2",
 		"--work-dir", filepath.Join(h.root, "work", "a2"), "--heartbeat", agentHeartbeat,
@@ -198,13 +289,19 @@ steps:
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &recs) != nil {
 		t.Fatalf("audit: %s", r)
 	}
-	var submitted, setSecret bool
+	var submitted, setSecret, approved, enrollAudited bool
 	for _, rec := range recs {
+		enrollAudited = enrollAudited || (rec.Method == "EnrollAgent" && rec.What == "agent=a1" && rec.Code == "OK")
+		approved = approved || (rec.Who == "rel" && rec.Method == "DecideApproval" && strings.Contains(rec.What, "build="+gid) && rec.Code == "OK")
 		submitted = submitted || (rec.Who == "dev" && rec.Method == "SubmitBuild" && strings.Contains(rec.What, "build="+id) && rec.Code == "OK")
 		setSecret = setSecret || (rec.Who == "ops" && rec.Method == "SetSecret" && strings.Contains(rec.What, "secret=DEPLOY_KEY"))
 	}
-	if !submitted || !setSecret {
-		t.Errorf("audit lacks dev's SubmitBuild of %s (%v) or ops's SetSecret (%v): %s", id, submitted, setSecret, r.stdout)
+	if !enrollAudited {
+		t.Errorf("audit lacks a1's enrollment: %s", r.stdout)
+	}
+	if !submitted || !setSecret || !approved {
+		t.Errorf("audit lacks dev's SubmitBuild of %s (%v), ops's SetSecret (%v) or rel's approval of %s (%v): %s",
+			id, submitted, setSecret, gid, approved, r.stdout)
 	}
 
 	// API answers as an admin reads them, and every file of the test.
@@ -223,7 +320,7 @@ steps:
 		}
 	}
 	scanned := 0
-	err := filepath.WalkDir(h.root, func(path string, d fs.DirEntry, err error) error {
+	err = filepath.WalkDir(h.root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return err
 		}

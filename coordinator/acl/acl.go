@@ -308,6 +308,10 @@ func Describe(req, resp any) string {
 		return fmt.Sprintf("secret=%s repo=%q", r.GetName(), r.GetRepo())
 	case *kilnv1.DeleteSecretRequest:
 		return fmt.Sprintf("secret=%s repo=%q", r.GetName(), r.GetRepo())
+	case *kilnv1.EnrollAgentRequest:
+		// The caller has no credential yet: the record names the agent
+		// the certificate was asked for, never the join token.
+		return fmt.Sprintf("agent=%s", r.GetName())
 	}
 	return ""
 }
