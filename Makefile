@@ -58,7 +58,7 @@ lint:
 # comparison through the real binaries (KILN_BENCH_BASE against the work
 # tree, one run, ratios), then the in-process dispatch benchmarks.
 KILN_BENCH_BASE ?= ad0a9dd
-KILN_E2E_FLAGS  ?=
+KILN_E2E_FLAGS  ?= -log-mb 512
 bench: bench-e2e
 	$(GO) test -run '^$$' -bench 'DispatchLatency' -benchtime 3000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Throughput' -benchtime 10000x -timeout 20m ./bench/

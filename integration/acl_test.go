@@ -32,7 +32,7 @@ func TestACLClusterOfProcesses(t *testing.T) {
 		h.startProc("coordinator-"+id, "kiln-coordinator", "--node-id", id,
 			"--data-dir", filepath.Join(h.root, "data", id), "--grpc-addr", addrs[i],
 			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", ports[2*i+1]), "--initial-cluster", strings.Join(initial, ","),
-			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval, "--http-addr", "127.0.0.1:0",
+			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval,
 			"--acl", "--secrets-key-file", key)
 	}
 	// The admin token, once a leader is up.

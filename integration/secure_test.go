@@ -59,7 +59,7 @@ func TestSecuredClusterTLSAndACL(t *testing.T) {
 		coords = append(coords, h.startProc("coordinator-"+id, "kiln-coordinator", "--node-id", id,
 			"--data-dir", filepath.Join(h.root, "data", id), "--grpc-addr", addrs[i],
 			"--raft-addr", fmt.Sprintf("127.0.0.1:%d", ports[2*i+1]), "--initial-cluster", strings.Join(initial, ","),
-			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval, "--http-addr", "127.0.0.1:0",
+			"--lease-ttl", leaseTTL, "--heartbeat-interval", heartbeatInterval,
 			"--tls-ca", p.ca(), "--tls-cert", cert, "--tls-key", ckey, "--tls-ca-key", filepath.Join(p.dir, "ca-key.pem"),
 			"--acl", "--secrets-key-file", key,
 			// Short enough that the agent renews during the test.

@@ -52,6 +52,9 @@ var (
 var table = map[string]Rule{
 	"/kiln.v1.ControlService/*": clientFacing,
 	"/kiln.v1.OpsService/*":     clientFacing,
+	"/kiln.v1.DeployService/*":  clientFacing,
+	// Tokens, secrets, audit: API tokens decide (coordinator/acl).
+	"/kiln.v1.AccessService/*": clientFacing,
 
 	// The agent session: an agent certificate, whose name is the agent's.
 	"/kiln.v1.AgentService/Connect": agentOnly,
@@ -65,8 +68,6 @@ var table = map[string]Rule{
 	// Job log copies between coordinators.
 	"/kiln.v1.LogReplicationService/*": coordinatorOnly,
 
-	// Tokens, secrets, audit: people (the token decides with --acl).
-	"/kiln.v1.AccessService/*": clientFacing,
 	// Anyone may ask who its credential makes it.
 	"/kiln.v1.AccessService/WhoAmI": anyone,
 
