@@ -76,3 +76,16 @@ bench-more:
 
 clean:
 	rm -rf bin
+
+# Every Go fuzz test (found by name, so a new FuzzXxx is included), each for
+# FUZZTIME; the first failure stops the run and leaves its input under the
+# package's testdata/fuzz.
+FUZZTIME ?= 15s
+.PHONY: fuzz
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$(dirname $$f) $$fn"; \
+			$(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done

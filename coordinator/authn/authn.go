@@ -68,6 +68,9 @@ var table = map[string]Rule{
 	// Job log copies between coordinators.
 	"/kiln.v1.LogReplicationService/*": coordinatorOnly,
 
+	// Anyone may ask who its credential makes it.
+	"/kiln.v1.AccessService/WhoAmI": anyone,
+
 	"/kiln.v1.ClusterService/Status": clientFacing,
 	// Raft-adjacent: only members of the cluster.
 	"/kiln.v1.ClusterService/Join":      coordinatorOnly,
