@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -147,23 +148,62 @@ func (f *fanout) send(b []byte) error {
 			continue
 		default:
 		}
-		// Full: leave it behind when the others still make a quorum.
-		if f.live-1 >= f.need {
-			sp.dropped = true
-			f.live--
-			close(sp.drop)
-			continue
-		}
-		select {
-		case sp.ch <- b:
-		case <-sp.dead:
-			sp.dropped = true
-			f.live--
-		case <-f.ctx.Done():
-			return f.ctx.Err()
+		// Full: leave it behind as soon as enough of the others keep up
+		// (have room) to make the quorum; until then wait for it. A peer
+		// is never dropped just for being full while the others are full
+		// too: under load the peer that keeps up can be momentarily full,
+		// and dropping it would leave the upload waiting on the one that
+		// does not. The others' room is looked at again every
+		// fanoutRecheck while waiting, since they drain meanwhile.
+		if err := f.waitOrDrop(sp, b); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// fanoutRecheck is how often a send waiting on a full peer looks again
+// whether the other peers have room to make the quorum without it.
+const fanoutRecheck = 10 * time.Millisecond
+
+// waitOrDrop hands b to the full peer sp, or drops sp once the others
+// keep up enough to make the quorum without it.
+func (f *fanout) waitOrDrop(sp *streamPeer, b []byte) error {
+	var tick *time.Ticker
+	for {
+		if f.keepingUp(sp) >= f.need {
+			sp.dropped = true
+			f.live--
+			close(sp.drop)
+			return nil
+		}
+		if tick == nil {
+			tick = time.NewTicker(fanoutRecheck)
+			defer tick.Stop()
+		}
+		select {
+		case sp.ch <- b:
+			return nil
+		case <-sp.dead:
+			sp.dropped = true
+			f.live--
+			return nil
+		case <-f.ctx.Done():
+			return f.ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// keepingUp counts the peers other than sp still fed whose queue has room.
+func (f *fanout) keepingUp(sp *streamPeer) int {
+	n := 0
+	for _, o := range f.peers {
+		if o != sp && !o.dropped && len(o.ch) < cap(o.ch) {
+			n++
+		}
+	}
+	return n
 }
 
 // teeReader hands what the local store reads to the peers too.
