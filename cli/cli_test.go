@@ -535,3 +535,19 @@ func TestShellLineQuotesArgumentLists(t *testing.T) {
 		}
 	}
 }
+
+// TestNoCoordinatorFailsFast: with nothing listening anywhere, kilnctl
+// gives up after --dial-timeout, not the (here 60 s) --timeout.
+func TestNoCoordinatorFailsFast(t *testing.T) {
+	start := time.Now()
+	_, errOut, code := runCLI(t, "--coordinators", "127.0.0.1:1,127.0.0.1:2", "--timeout", "60s", "--dial-timeout", "200ms", "builds")
+	must(t, code, 1, errOut)
+	if !strings.Contains(errOut, "no coordinator reachable at 127.0.0.1:1,127.0.0.1:2") {
+		t.Errorf("stderr = %q", errOut)
+	}
+	// runCLI's context ends after 20 s: anything near that means the dial
+	// timeout did not apply.
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("took %v", d)
+	}
+}

@@ -92,7 +92,10 @@ type app struct {
 	stdout, stderr io.Writer
 	coordinators   []string
 	timeout        time.Duration
-	verbose        bool
+	// dialTimeout is --dial-timeout: how long to retry while no
+	// coordinator answers at all.
+	dialTimeout time.Duration
+	verbose     bool
 	// consistency is what reads ask for (--consistency).
 	consistency kilnv1.Consistency
 	// tls holds --tls-ca, --tls-cert and --tls-key (see tls.go).
@@ -124,6 +127,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringSliceVar(&a.coordinators, "coordinators", nil,
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
+	pf.DurationVar(&a.dialTimeout, "dial-timeout", 2*time.Second,
+		"give up after this long when no coordinator answers at any address (nothing running there); once one answers, retries go on until --timeout")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
 	pf.StringVar(&a.token, "token", "", "API token for clusters started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
@@ -241,7 +246,7 @@ func (a *app) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(a.addrs(), a.logger(), append(opts, client.WithToken(tok))...)
+	c, err := client.New(a.addrs(), a.logger(), append(opts, client.WithToken(tok), client.WithDialTimeout(a.dialTimeout))...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}
