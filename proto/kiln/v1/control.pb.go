@@ -542,7 +542,11 @@ type StreamLogsRequest struct {
 	// A client that reconnects during a follow passes what it has printed.
 	After []*LogPosition `protobuf:"bytes,4,rep,name=after,proto3" json:"after,omitempty"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// One attempt of the job named by job_key (1 = the first run); 0 means
+	// the current attempt. An earlier attempt is served from the answering
+	// coordinator's copy, never followed.
+	Attempt       uint32 `protobuf:"varint,160,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -610,6 +614,13 @@ func (x *StreamLogsRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+func (x *StreamLogsRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 // LogPosition is the last chunk a client has of one job attempt.
@@ -1924,13 +1935,14 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\":\n" +
 	"\x12WatchBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\xc3\x01\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\xde\x01\n" +
 	"\x11StreamLogsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x17\n" +
 	"\ajob_key\x18\x02 \x01(\tR\x06jobKey\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x12*\n" +
 	"\x05after\x18\x04 \x03(\v2\x14.kiln.v1.LogPositionR\x05after\x126\n" +
-	"\vconsistency\x18\x05 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"R\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x19\n" +
+	"\aattempt\x18\xa0\x01 \x01(\rR\aattempt\"R\n" +
 	"\vLogPosition\x12\x17\n" +
 	"\ajob_key\x18\x01 \x01(\tR\x06jobKey\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
