@@ -313,13 +313,15 @@ func rpcError(what string, err error, notFoundHint string) error {
 	msg := err.Error()
 	var hint string
 	if st, ok := statusOf(err); ok {
-		msg = st.Message()
+		// The coordinator often names the operation too ("retry build 3:
+		// no step ..."): say it once.
+		msg = strings.TrimPrefix(st.Message(), what+": ")
 		switch st.Code() {
 		case codes.NotFound:
 			hint = notFoundHint
 		case codes.InvalidArgument:
 			code = ExitUsage
-			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
+			hint = invalidHint(msg)
 		case codes.PermissionDenied:
 			hint = "ask someone who is allowed, or check the approvers in the pipeline file"
 		case codes.Unauthenticated:
@@ -346,6 +348,19 @@ func rpcError(what string, err error, notFoundHint string) error {
 		}
 	}
 	return &ExitError{Code: code, Err: errors.New(text)}
+}
+
+// invalidHint is the hint for an InvalidArgument answer, by what was
+// wrong: the source (a ref the repository lacks, a URL not allowed), the
+// pipeline file, or the request itself.
+func invalidHint(msg string) string {
+	switch {
+	case strings.HasPrefix(msg, "source:"):
+		return "check --git and --ref: 'git ls-remote URL' lists the repository's branches and tags"
+	case strings.HasPrefix(msg, "invalid build file"):
+		return "'kilnctl validate FILE' checks a pipeline file offline with the same rules"
+	}
+	return "fix the request (see the command's --help)"
 }
 
 // statusOf finds the gRPC status in err's chain, keeping its own message
