@@ -513,7 +513,7 @@ func TestValidate(t *testing.T) {
 	_ = os.WriteFile(bad, []byte("steps:\n  - key: A\n    command: x\n  - key: b\n    timeout: soon\n    command: y\n"), 0o644)
 	out, errOut, code := runCLI(t, "validate", good)
 	must(t, code, 0, errOut)
-	if out != good+": ok (3 steps in 2 stages)\n" {
+	if out != good+": ok (3 steps in 2 stages)\n  STAGE  STEP  NEEDS\n  0      a     -\n  0      b     -\n  1      c     a,b\n" {
 		t.Errorf("stdout = %q", out)
 	}
 	out, errOut, code = runCLI(t, "validate", bad)
@@ -603,5 +603,18 @@ func TestRunWaitPrintsFailingJobs(t *testing.T) {
 	want := "build 1 submitted\nbuild 1 failed\n  reason: step main timed_out\n  job main timed_out: timed out after 1s\n"
 	if errOut != want {
 		t.Errorf("stderr = %q, want %q", errOut, want)
+	}
+}
+
+// validate lists the keys a build gets, matrices expanded.
+func TestValidateListsExpandedKeys(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "m.yaml")
+	_ = os.WriteFile(f, []byte("steps:\n  - key: unit\n    matrix: {go: [\"1.22\", \"1.23\"]}\n    commands: [x]\n  - key: after\n    needs: [unit]\n    commands: [y]\n"), 0o644)
+	out, errOut, code := runCLI(t, "validate", f)
+	must(t, code, 0, errOut)
+	for _, want := range []string{"unit-1.22", "unit-1.23", "after      unit-1.22,unit-1.23"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
 	}
 }
