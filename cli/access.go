@@ -188,8 +188,8 @@ func (a *app) tokenListCommand() *cobra.Command {
 			for _, t := range toks {
 				out = append(out, toTokenJSON(t))
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tKIND\tROLE\tSTATE\tCREATED\tEXPIRES\tCREATED BY")
@@ -331,8 +331,8 @@ func (a *app) secretListCommand() *cobra.Command {
 			for _, s := range list {
 				out = append(out, secretJSON{s.GetName(), s.GetRepo(), rfc3339(s.GetUpdatedUnixMs()), s.GetUpdatedBy()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tREPO\tUPDATED\tBY")
@@ -418,8 +418,8 @@ func (a *app) auditCommand() *cobra.Command {
 				out = append(out, AuditJSON{Seq: r.GetSeq(), Time: rfc3339(r.GetTimeUnixMs()), Who: r.GetWho(), Role: r.GetRole(),
 					Method: r.GetMethod(), What: r.GetWhat(), Addr: r.GetPeerAddr(), Code: r.GetCode()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "TIME\tWHO\tROLE\tMETHOD\tRESULT\tFROM\tWHAT")

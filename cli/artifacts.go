@@ -62,12 +62,12 @@ func (a *app) artifactsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := []ArtifactJSON{}
 				for _, x := range arts {
 					out = append(out, toArtifactJSON(x))
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "STEP\tPATH\tSIZE\tSHA256")

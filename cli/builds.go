@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -173,6 +174,45 @@ func writeJSON(w io.Writer, v any) error {
 	return err
 }
 
+// structured reports whether -o asks for data (json or yaml), not a table.
+func structured(output string) bool { return output == "json" || output == "yaml" }
+
+// writeOutput writes v as JSON, or as YAML for -o yaml. The YAML has the
+// same keys in the same order as the JSON (it is the JSON document
+// re-encoded in block style), so scripts can switch freely.
+func writeOutput(w io.Writer, output string, v any) error {
+	if output != "yaml" {
+		return writeJSON(w, v)
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	blockStyle(&doc)
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	return enc.Close()
+}
+
+// blockStyle clears the flow style the JSON input gave every node, and
+// the double quotes of strings that need none.
+func blockStyle(n *yaml.Node) {
+	n.Style &^= yaml.FlowStyle
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+		n.Style &^= yaml.DoubleQuotedStyle
+	}
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+}
+
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
@@ -227,8 +267,8 @@ func (a *app) statusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, toBuildJSON(b))
+			if structured(output) {
+				return writeOutput(a.stdout, output, toBuildJSON(b))
 			}
 			return printBuild(a.stdout, b)
 		}),
@@ -353,12 +393,12 @@ func (a *app) buildsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := make([]BuildJSON, 0, len(builds))
 				for _, b := range builds {
 					out = append(out, toBuildJSON(b))
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "ID\tNAME\tSOURCE\tCOMMIT\tSUBMITTER\tSTATE\tDURATION\tFINISHED")
@@ -503,8 +543,8 @@ func (a *app) agentsCommand() *cobra.Command {
 				out = append(out, AgentJSON{Name: ag.GetName(), Labels: labels, Slots: ag.GetSlots(),
 					Running: ag.GetRunning(), State: agentState(ag.GetState()), Version: ag.GetVersion()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tSTATE\tSLOTS\tRUNNING\tVERSION\tLABELS")

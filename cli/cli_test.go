@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -246,7 +247,7 @@ func TestUsageErrors(t *testing.T) {
 		{"run", "--label", "novalue", "--", "make"},
 		{"run", "-f", "/does/not/exist.yaml"},
 		{"status"},
-		{"status", "1", "-o", "yaml"},
+		{"status", "1", "-o", "xml"},
 		{"logs", "1", "2"},
 		{"bogus"},
 		{"cluster", "bogus"},
@@ -616,5 +617,43 @@ func TestValidateListsExpandedKeys(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// -o yaml is the JSON document in YAML: same keys, same order, same types.
+func TestStatusYAML(t *testing.T) {
+	f := newFake()
+	f.addBuild(sampleBuild())
+	addr := f.serve(t)
+	out, errOut, code := runCLI(t, "--coordinators", addr, "status", "7", "-o", "yaml")
+	must(t, code, 0, errOut)
+	for _, want := range []string{"id: \"7\"\nname: app\nstate: failed\n", "commit: 0123456789abcdef0123456789abcdef01234567\n",
+		"jobs:\n  - id: 7.build\n    key: build\n", "    exit_code: -1\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("yaml lacks %q:\n%s", want, out)
+		}
+	}
+	var fromYAML, fromJSON any
+	if err := yaml.Unmarshal([]byte(out), &fromYAML); err != nil {
+		t.Fatal(err)
+	}
+	jsonOut, _, _ := runCLI(t, "--coordinators", addr, "status", "7", "-o", "json")
+	if err := json.Unmarshal([]byte(jsonOut), &fromJSON); err != nil {
+		t.Fatal(err)
+	}
+	y, _ := json.Marshal(fromYAML)
+	j, _ := json.Marshal(fromJSON)
+	if !bytes.Equal(y, j) {
+		t.Errorf("yaml and json differ:\n%s\n%s", y, j)
+	}
+	out, errOut, code = runCLI(t, "--coordinators", addr, "builds", "-o", "yaml")
+	must(t, code, 0, errOut)
+	if !strings.HasPrefix(out, "- id: \"7\"\n") {
+		t.Errorf("builds yaml:\n%s", out)
+	}
+	_, errOut, code = runCLI(t, "--coordinators", addr, "builds", "-o", "xml")
+	must(t, code, 2, errOut)
+	if !strings.Contains(errOut, "use table, json or yaml") {
+		t.Errorf("stderr = %q", errOut)
 	}
 }

@@ -71,8 +71,8 @@ func (a *app) clusterCommand() *cobra.Command {
 				}
 				out.Nodes = append(out.Nodes, nj)
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			leader := "none known"
 			if out.Leader != "" {

@@ -121,8 +121,8 @@ func (a *app) repoListCommand() *cobra.Command {
 			for _, r := range repos {
 				out = append(out, toRepoJSON(r))
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL")

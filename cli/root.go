@@ -379,12 +379,12 @@ func statusOf(err error) (*status.Status, bool) {
 // outputFormat validates the -o flag.
 func outputFormat(o string) error {
 	switch o {
-	case "table", "json":
+	case "table", "json", "yaml":
 		return nil
 	}
-	return usageErrorf("unknown output format %q: use table or json", o)
+	return usageErrorf("unknown output format %q: use table, json or yaml", o)
 }
 
 func addOutputFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "output", "o", "table", "output format: table or json")
+	cmd.Flags().StringVarP(p, "output", "o", "table", "output format: table, json or yaml")
 }

@@ -123,7 +123,7 @@ func (a *app) testsCommand() *cobra.Command {
 					break
 				}
 			}
-			return printTests(a.stdout, resp, output == "json")
+			return printTests(a.stdout, resp, output)
 		}),
 	}
 	cmd.Flags().BoolVar(&failed, "failed", false, "show failed and errored cases only")
@@ -132,8 +132,8 @@ func (a *app) testsCommand() *cobra.Command {
 	return cmd
 }
 
-func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error {
-	if asJSON {
+func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, output string) error {
+	if structured(output) {
 		out := TestsJSON{Summary: toTestSummaryJSON(resp.GetSummary()), Cases: []TestCaseJSON{}, Errors: []TestReportErrorJSON{}}
 		for _, r := range resp.GetReports() {
 			if r.GetError() != "" {
@@ -144,7 +144,7 @@ func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error 
 					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky(), Output: c.GetOutput()})
 			}
 		}
-		return writeJSON(w, out)
+		return writeOutput(w, output, out)
 	}
 	fmt.Fprintln(w, summaryLine(resp.GetSummary()))
 	for _, r := range resp.GetReports() {
@@ -250,12 +250,12 @@ func (a *app) testsFlakyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := []FlakyTestJSON{}
 				for _, f := range resp.GetTests() {
 					out = append(out, FlakyTestJSON{Classname: f.GetClassname(), Name: f.GetName(), FlakyBuilds: f.GetFlakyBuilds(), Builds: f.GetBuilds(), LastBuildID: f.GetLastBuildId()})
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "FLAKY\tBUILDS\tCLASS\tNAME\tLAST")
