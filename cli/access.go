@@ -19,17 +19,24 @@ import (
 // MaxSecretValue bounds a secret read from stdin (the server's limit).
 const MaxSecretValue = 64 << 10
 
-// tokenValue is --token, else $KILN_TOKEN.
+// tokenValue is --token, else $KILN_TOKEN, else the context's token file.
 func (a *app) tokenValue() (string, error) {
-	tok := a.token
+	tok, from := a.token, "--token"
 	if tok == "" {
-		tok = strings.TrimSpace(os.Getenv(authn.EnvToken))
+		tok, from = strings.TrimSpace(os.Getenv(authn.EnvToken)), "$"+authn.EnvToken
+	}
+	if tok == "" {
+		var err error
+		if tok, err = a.contextToken(); err != nil {
+			return "", err
+		}
+		from = "the context's token file"
 	}
 	if tok == "" {
 		return "", nil
 	}
 	if err := authn.ValidToken(tok); err != nil {
-		return "", usageErrorf("--token / $%s: %v", authn.EnvToken, err)
+		return "", usageErrorf("%s: %v", from, err)
 	}
 	return tok, nil
 }

@@ -19,7 +19,18 @@ import (
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// Never read the config file of whoever runs the tests.
+	dir, err := os.MkdirTemp("", "kilnctl-test-config")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv(EnvConfig, filepath.Join(dir, "none.yaml"))
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))
+}
 
 // runCLI runs kilnctl with args and returns stdout, stderr and the exit
 // code.

@@ -102,6 +102,11 @@ type app struct {
 	tls tlsutil.Files
 	// token is --token (else $KILN_TOKEN is used).
 	token string
+	// contextFlag is --context; ctx* cache the context in use (config.go).
+	contextFlag string
+	ctxLoaded   bool
+	ctxActive   *ClusterContext
+	ctxErr      error
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -140,6 +145,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		return nil
 	})
 	a.addTLSFlags(root)
+	pf.StringVar(&a.contextFlag, "context", "", "use this context of the config file (see 'kilnctl config'); default its current-context")
 
 	root.AddCommand(
 		a.tlsCommand(),
@@ -157,6 +163,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.testsCommand(),
 		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
 		a.queueCommand(), a.statsCommand(),
+		a.configCommand(),
 	)
 	return root
 }
@@ -207,12 +214,17 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 }
 
 // addrs returns the coordinator addresses: --coordinators, else
-// $KILN_COORDINATORS, else the default.
+// $KILN_COORDINATORS, else the context's, else the default.
 func (a *app) addrs() []string {
 	list := a.coordinators
 	if len(list) == 0 {
 		if env := os.Getenv(EnvCoordinators); strings.TrimSpace(env) != "" {
 			list = strings.Split(env, ",")
+		}
+	}
+	if len(list) == 0 {
+		if c, _ := a.activeContext(); c != nil {
+			list = c.Coordinators
 		}
 	}
 	var out []string
@@ -238,6 +250,9 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
+	if _, err := a.activeContext(); err != nil {
+		return nil, err
+	}
 	opts, err := a.clientOptions()
 	if err != nil {
 		return nil, err
