@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,12 @@ type RepoJSON struct {
 	PollMs     int64  `json:"poll_ms"`
 	LastCommit string `json:"last_commit"`
 	Builds     uint64 `json:"builds"`
+	// LastError is why the newest watched commit could not be built (its
+	// pipeline file missing or invalid), with that commit and the failed
+	// build recording it; empty once a later commit builds.
+	LastError        string `json:"last_error"`
+	LastErrorCommit  string `json:"last_error_commit"`
+	LastErrorBuildID string `json:"last_error_build_id"`
 }
 
 func toRepoJSON(r *kilnv1.Repo) RepoJSON {
@@ -32,6 +39,10 @@ func toRepoJSON(r *kilnv1.Repo) RepoJSON {
 		PollMs:     r.GetPollIntervalMs(),
 		LastCommit: r.GetLastCommit(),
 		Builds:     r.GetBuilds(),
+
+		LastError:        r.GetLastError(),
+		LastErrorCommit:  r.GetLastErrorCommit(),
+		LastErrorBuildID: r.GetLastErrorBuildId(),
 	}
 }
 
@@ -40,8 +51,11 @@ func (a *app) repoCommand() *cobra.Command {
 		Use:   "repo",
 		Short: "Register and list repositories whose branch the cluster watches",
 		Long: "A registered repository's branch is polled by the leader; each new commit\n" +
-			"starts a build of the repository's pipeline file at that commit (event\n" +
-			"\"push\"), exactly once per commit.",
+			"tip it sees starts one build of the repository's pipeline file at that\n" +
+			"commit (event \"push\"). Several commits pushed between two polls start one\n" +
+			"build, of the tip; a tip is never built twice, even across leader changes.\n" +
+			"A tip whose pipeline file is missing or invalid becomes a failed build with\n" +
+			"the problems as its reason, and 'repo list' shows it as the LAST ERROR.",
 	}
 	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand())
 	return cmd
@@ -125,13 +139,17 @@ func (a *app) repoListCommand() *cobra.Command {
 				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
-			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL")
+			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL\tLAST ERROR")
 			for _, r := range out {
 				last := r.LastCommit
 				if len(last) > 12 {
 					last = last[:12]
 				}
-				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Name, r.Branch, r.Poll, r.Builds, orDash(last), r.Pipeline, r.URL)
+				lastErr := "-"
+				if r.LastError != "" {
+					lastErr = fmt.Sprintf("build %s: %s", r.LastErrorBuildID, oneLine(strings.TrimPrefix(r.LastError, "invalid build file:\n"), 80))
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, r.Poll, r.Builds, orDash(last), r.Pipeline, r.URL, lastErr)
 			}
 			return t.Flush()
 		}),

@@ -111,3 +111,21 @@ func TestRunGitSource(t *testing.T) {
 		t.Error("source set without --git")
 	}
 }
+
+func TestRepoListShowsLastError(t *testing.T) {
+	f := &repoFake{repos: []*kilnv1.Repo{{Name: "web", Url: "u", Branch: "main", Pipeline: ".kiln.yaml", LastCommit: "abc",
+		LastError: "invalid build file:\n.kiln.yaml:3:5: steps[0]: no commands\nmore", LastErrorCommit: "abc", LastErrorBuildId: "12"}}}
+	addr := f.serve(t)
+	out, errOut, code := runCLI(t, "--coordinators", addr, "repo", "list")
+	must(t, code, 0, errOut)
+	if !strings.Contains(out, "LAST ERROR") || !strings.Contains(out, "build 12: .kiln.yaml:3:5: steps[0]: no commands\n") {
+		t.Errorf("table:\n%s", out)
+	}
+	out, errOut, code = runCLI(t, "--coordinators", addr, "repo", "list", "-o", "json")
+	must(t, code, 0, errOut)
+	var list []RepoJSON
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 || list[0].LastErrorBuildID != "12" ||
+		list[0].LastErrorCommit != "abc" || !strings.HasPrefix(list[0].LastError, "invalid build file:") {
+		t.Errorf("json %v: %s", err, out)
+	}
+}

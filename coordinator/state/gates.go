@@ -242,6 +242,7 @@ func (s *Store) AddRepo(index uint64, cmd *fsmv1.AddRepo) (*kilnv1.Repo, error) 
 		if old := getRepo(w.tx, r.GetName()); old != nil {
 			r.LastCommit = old.GetLastCommit()
 			r.Builds = old.GetBuilds()
+			r.LastError, r.LastErrorCommit, r.LastErrorBuildId = old.GetLastError(), old.GetLastErrorCommit(), old.GetLastErrorBuildId()
 		}
 		mustInsert(w.tx, tableRepos, r)
 		return r, nil

@@ -171,8 +171,13 @@ type SubmitBuild struct {
 	ConcurrencyGroup    string                 `protobuf:"bytes,9,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
 	ConcurrencyLimit    int32                  `protobuf:"varint,10,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
 	ArtifactRetentionMs int64                  `protobuf:"varint,11,opt,name=artifact_retention_ms,json=artifactRetentionMs,proto3" json:"artifact_retention_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Set when the build file could not be used (the branch watcher found a
+	// commit whose pipeline file is missing, too large or invalid): the
+	// build is created FAILED with this reason and no jobs, so the broken
+	// commit shows in the build list. steps must be empty.
+	InvalidReason string `protobuf:"bytes,160,opt,name=invalid_reason,json=invalidReason,proto3" json:"invalid_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitBuild) Reset() {
@@ -280,6 +285,13 @@ func (x *SubmitBuild) GetArtifactRetentionMs() int64 {
 		return x.ArtifactRetentionMs
 	}
 	return 0
+}
+
+func (x *SubmitBuild) GetInvalidReason() string {
+	if x != nil {
+		return x.InvalidReason
+	}
+	return ""
 }
 
 // DecideApproval approves or rejects a BLOCKED approval step. The leader
@@ -1843,7 +1855,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\x8b\x04\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1858,7 +1870,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x11concurrency_group\x18\t \x01(\tR\x10concurrencyGroup\x12+\n" +
 	"\x11concurrency_limit\x18\n" +
 	" \x01(\x05R\x10concurrencyLimit\x122\n" +
-	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x1a6\n" +
+	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x12&\n" +
+	"\x0einvalid_reason\x18\xa0\x01 \x01(\tR\rinvalidReason\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x01\n" +
