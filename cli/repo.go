@@ -57,8 +57,36 @@ func (a *app) repoCommand() *cobra.Command {
 			"A tip whose pipeline file is missing or invalid becomes a failed build with\n" +
 			"the problems as its reason, and 'repo list' shows it as the LAST ERROR.",
 	}
-	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand())
+	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand(), a.repoRemoveCommand())
 	return cmd
+}
+
+func (a *app) repoRemoveCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Stop watching a repository (its builds stay)",
+		Long: "remove unregisters a repository: its branch is no longer polled. Its builds\n" +
+			"stay. Registering the name again starts its build counter\n" +
+			"(KILN_BUILD_NUMBER) from 1.",
+		Args: exactArgs(1, "a repository name"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			var repo *kilnv1.Repo
+			err := a.control(cmd.Context(), "remove repository "+args[0], "'kilnctl repo list' lists the registered repositories",
+				func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					resp, err := cs.RemoveRepo(ctx, &kilnv1.RemoveRepoRequest{Name: args[0]})
+					if err != nil {
+						return err
+					}
+					repo = resp.GetRepo()
+					return nil
+				})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "repository %s removed (%d builds kept)\n", args[0], repo.GetBuilds())
+			return nil
+		}),
+	}
 }
 
 func (a *app) repoAddCommand() *cobra.Command {

@@ -262,3 +262,16 @@ func (s *Store) RepoPolled(index uint64, cmd *fsmv1.RepoPolled) (*kilnv1.Repo, e
 		return r, nil
 	})
 }
+
+// RemoveRepo unregisters a repository; its builds stay. It returns the
+// repository as it was.
+func (s *Store) RemoveRepo(index uint64, cmd *fsmv1.RemoveRepo) (*kilnv1.Repo, error) {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Repo, error) {
+		r := getRepo(w.tx, cmd.GetName())
+		if r == nil {
+			return nil, fmt.Errorf("repository %q is not registered: %w", cmd.GetName(), ErrNotFound)
+		}
+		mustDelete(w.tx, tableRepos, r)
+		return r, nil
+	})
+}

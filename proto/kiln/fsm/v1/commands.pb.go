@@ -63,6 +63,8 @@ const (
 	CommandType_COMMAND_TYPE_SET_SECRET    CommandType = 43
 	CommandType_COMMAND_TYPE_DELETE_SECRET CommandType = 44
 	CommandType_COMMAND_TYPE_APPEND_AUDIT  CommandType = 45
+	// Rough edges (edges): 60-64.
+	CommandType_COMMAND_TYPE_REMOVE_REPO CommandType = 60
 )
 
 // Enum value maps for CommandType.
@@ -96,6 +98,7 @@ var (
 		43: "COMMAND_TYPE_SET_SECRET",
 		44: "COMMAND_TYPE_DELETE_SECRET",
 		45: "COMMAND_TYPE_APPEND_AUDIT",
+		60: "COMMAND_TYPE_REMOVE_REPO",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -126,6 +129,7 @@ var (
 		"COMMAND_TYPE_SET_SECRET":         43,
 		"COMMAND_TYPE_DELETE_SECRET":      44,
 		"COMMAND_TYPE_APPEND_AUDIT":       45,
+		"COMMAND_TYPE_REMOVE_REPO":        60,
 	}
 )
 
@@ -576,6 +580,53 @@ func (x *RepoPolled) GetCommit() string {
 	return ""
 }
 
+// RemoveRepo unregisters a watched repository: the watcher stops polling
+// it. Its builds stay. Removing a repository that is not registered is
+// NotFound.
+type RemoveRepo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRepo) Reset() {
+	*x = RemoveRepo{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRepo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRepo) ProtoMessage() {}
+
+func (x *RemoveRepo) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRepo.ProtoReflect.Descriptor instead.
+func (*RemoveRepo) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RemoveRepo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // AssignJob gives the next attempt of a queued job to an agent.
 // Rejected unless the job is queued and attempt == job.attempt + 1.
 type AssignJob struct {
@@ -590,7 +641,7 @@ type AssignJob struct {
 
 func (x *AssignJob) Reset() {
 	*x = AssignJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +653,7 @@ func (x *AssignJob) String() string {
 func (*AssignJob) ProtoMessage() {}
 
 func (x *AssignJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +666,7 @@ func (x *AssignJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJob.ProtoReflect.Descriptor instead.
 func (*AssignJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AssignJob) GetJobId() string {
@@ -659,7 +710,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +722,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +735,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -728,7 +779,7 @@ type AppendLogs struct {
 
 func (x *AppendLogs) Reset() {
 	*x = AppendLogs{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +791,7 @@ func (x *AppendLogs) String() string {
 func (*AppendLogs) ProtoMessage() {}
 
 func (x *AppendLogs) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +804,7 @@ func (x *AppendLogs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLogs.ProtoReflect.Descriptor instead.
 func (*AppendLogs) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppendLogs) GetAgent() string {
@@ -783,7 +834,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -795,7 +846,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -808,7 +859,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FinishJob) GetAgent() string {
@@ -845,7 +896,7 @@ type CancelBuild struct {
 
 func (x *CancelBuild) Reset() {
 	*x = CancelBuild{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +908,7 @@ func (x *CancelBuild) String() string {
 func (*CancelBuild) ProtoMessage() {}
 
 func (x *CancelBuild) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +921,7 @@ func (x *CancelBuild) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuild.ProtoReflect.Descriptor instead.
 func (*CancelBuild) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelBuild) GetRequestId() string {
@@ -917,7 +968,7 @@ type RegisterAgent struct {
 
 func (x *RegisterAgent) Reset() {
 	*x = RegisterAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +980,7 @@ func (x *RegisterAgent) String() string {
 func (*RegisterAgent) ProtoMessage() {}
 
 func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +993,7 @@ func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgent.ProtoReflect.Descriptor instead.
 func (*RegisterAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterAgent) GetName() string {
@@ -1007,7 +1058,7 @@ type DisconnectAgent struct {
 
 func (x *DisconnectAgent) Reset() {
 	*x = DisconnectAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1070,7 @@ func (x *DisconnectAgent) String() string {
 func (*DisconnectAgent) ProtoMessage() {}
 
 func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1083,7 @@ func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectAgent.ProtoReflect.Descriptor instead.
 func (*DisconnectAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DisconnectAgent) GetName() string {
@@ -1071,7 +1122,7 @@ type ExpireAgent struct {
 
 func (x *ExpireAgent) Reset() {
 	*x = ExpireAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1083,7 +1134,7 @@ func (x *ExpireAgent) String() string {
 func (*ExpireAgent) ProtoMessage() {}
 
 func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1096,7 +1147,7 @@ func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireAgent.ProtoReflect.Descriptor instead.
 func (*ExpireAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExpireAgent) GetName() string {
@@ -1140,7 +1191,7 @@ type LoseAttempts struct {
 
 func (x *LoseAttempts) Reset() {
 	*x = LoseAttempts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1203,7 @@ func (x *LoseAttempts) String() string {
 func (*LoseAttempts) ProtoMessage() {}
 
 func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1216,7 @@ func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoseAttempts.ProtoReflect.Descriptor instead.
 func (*LoseAttempts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LoseAttempts) GetAttempts() []*v1.AttemptRef {
@@ -1201,7 +1252,7 @@ type SetNode struct {
 
 func (x *SetNode) Reset() {
 	*x = SetNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1264,7 @@ func (x *SetNode) String() string {
 func (*SetNode) ProtoMessage() {}
 
 func (x *SetNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1277,7 @@ func (x *SetNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNode.ProtoReflect.Descriptor instead.
 func (*SetNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetNode) GetId() string {
@@ -1260,7 +1311,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1323,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1336,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{15}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -1321,7 +1372,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1384,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1397,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{16}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1568,7 +1619,7 @@ type SnapshotMeta struct {
 
 func (x *SnapshotMeta) Reset() {
 	*x = SnapshotMeta{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1631,7 @@ func (x *SnapshotMeta) String() string {
 func (*SnapshotMeta) ProtoMessage() {}
 
 func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1644,7 @@ func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMeta.ProtoReflect.Descriptor instead.
 func (*SnapshotMeta) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{17}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotMeta) GetVersion() uint32 {
@@ -1628,7 +1679,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1691,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1704,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{18}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1684,7 +1735,7 @@ type RegisterArtifacts struct {
 
 func (x *RegisterArtifacts) Reset() {
 	*x = RegisterArtifacts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1747,7 @@ func (x *RegisterArtifacts) String() string {
 func (*RegisterArtifacts) ProtoMessage() {}
 
 func (x *RegisterArtifacts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1760,7 @@ func (x *RegisterArtifacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterArtifacts.ProtoReflect.Descriptor instead.
 func (*RegisterArtifacts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{19}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterArtifacts) GetAgent() string {
@@ -1746,7 +1797,7 @@ type RecordTests struct {
 
 func (x *RecordTests) Reset() {
 	*x = RecordTests{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1758,7 +1809,7 @@ func (x *RecordTests) String() string {
 func (*RecordTests) ProtoMessage() {}
 
 func (x *RecordTests) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1771,7 +1822,7 @@ func (x *RecordTests) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTests.ProtoReflect.Descriptor instead.
 func (*RecordTests) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{20}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RecordTests) GetAgent() string {
@@ -1809,7 +1860,7 @@ type ExpireArtifacts struct {
 
 func (x *ExpireArtifacts) Reset() {
 	*x = ExpireArtifacts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1821,7 +1872,7 @@ func (x *ExpireArtifacts) String() string {
 func (*ExpireArtifacts) ProtoMessage() {}
 
 func (x *ExpireArtifacts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1834,7 +1885,7 @@ func (x *ExpireArtifacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireArtifacts.ProtoReflect.Descriptor instead.
 func (*ExpireArtifacts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{21}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExpireArtifacts) GetTimeUnixMs() int64 {
@@ -1900,7 +1951,10 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
 	"RepoPolled\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06commit\x18\x02 \x01(\tR\x06commit\"t\n" +
+	"\x06commit\x18\x02 \x01(\tR\x06commit\" \n" +
+	"\n" +
+	"RemoveRepo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"t\n" +
 	"\tAssignJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x14\n" +
@@ -2006,7 +2060,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xf0\x06\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\x8e\a\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -2036,7 +2090,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_REDEEM_TOKEN\x10*\x12\x1b\n" +
 	"\x17COMMAND_TYPE_SET_SECRET\x10+\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_DELETE_SECRET\x10,\x12\x1d\n" +
-	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-\x12\x1c\n" +
+	"\x18COMMAND_TYPE_REMOVE_REPO\x10<B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -2051,7 +2106,7 @@ func file_kiln_fsm_v1_commands_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_fsm_v1_commands_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(CommandType)(0),             // 0: kiln.fsm.v1.CommandType
 	(*SubmitBuild)(nil),          // 1: kiln.fsm.v1.SubmitBuild
@@ -2059,67 +2114,68 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*RetryBuild)(nil),           // 3: kiln.fsm.v1.RetryBuild
 	(*AddRepo)(nil),              // 4: kiln.fsm.v1.AddRepo
 	(*RepoPolled)(nil),           // 5: kiln.fsm.v1.RepoPolled
-	(*AssignJob)(nil),            // 6: kiln.fsm.v1.AssignJob
-	(*StartJob)(nil),             // 7: kiln.fsm.v1.StartJob
-	(*AppendLogs)(nil),           // 8: kiln.fsm.v1.AppendLogs
-	(*FinishJob)(nil),            // 9: kiln.fsm.v1.FinishJob
-	(*CancelBuild)(nil),          // 10: kiln.fsm.v1.CancelBuild
-	(*RegisterAgent)(nil),        // 11: kiln.fsm.v1.RegisterAgent
-	(*DisconnectAgent)(nil),      // 12: kiln.fsm.v1.DisconnectAgent
-	(*ExpireAgent)(nil),          // 13: kiln.fsm.v1.ExpireAgent
-	(*LoseAttempts)(nil),         // 14: kiln.fsm.v1.LoseAttempts
-	(*SetNode)(nil),              // 15: kiln.fsm.v1.SetNode
-	(*RemoveNode)(nil),           // 16: kiln.fsm.v1.RemoveNode
-	(*SnapshotRecord)(nil),       // 17: kiln.fsm.v1.SnapshotRecord
-	(*SnapshotMeta)(nil),         // 18: kiln.fsm.v1.SnapshotMeta
-	(*RequestRecord)(nil),        // 19: kiln.fsm.v1.RequestRecord
-	(*RegisterArtifacts)(nil),    // 20: kiln.fsm.v1.RegisterArtifacts
-	(*RecordTests)(nil),          // 21: kiln.fsm.v1.RecordTests
-	(*ExpireArtifacts)(nil),      // 22: kiln.fsm.v1.ExpireArtifacts
-	nil,                          // 23: kiln.fsm.v1.SubmitBuild.EnvEntry
-	nil,                          // 24: kiln.fsm.v1.RegisterAgent.LabelsEntry
-	(*v1.StepSpec)(nil),          // 25: kiln.v1.StepSpec
-	(*v1.Source)(nil),            // 26: kiln.v1.Source
-	(*v1.Repo)(nil),              // 27: kiln.v1.Repo
-	(*v1.LogChunk)(nil),          // 28: kiln.v1.LogChunk
-	(*v1.JobFinished)(nil),       // 29: kiln.v1.JobFinished
-	(*v1.AttemptRef)(nil),        // 30: kiln.v1.AttemptRef
-	(*v1.Build)(nil),             // 31: kiln.v1.Build
-	(*v1.Job)(nil),               // 32: kiln.v1.Job
-	(*v1.Agent)(nil),             // 33: kiln.v1.Agent
-	(*v1.Node)(nil),              // 34: kiln.v1.Node
-	(*v1.Artifact)(nil),          // 35: kiln.v1.Artifact
-	(*v1.TestReport)(nil),        // 36: kiln.v1.TestReport
-	(*TokenRecord)(nil),          // 37: kiln.fsm.v1.TokenRecord
-	(*SecretRecord)(nil),         // 38: kiln.fsm.v1.SecretRecord
-	(*v1.AuditRecord)(nil),       // 39: kiln.v1.AuditRecord
-	(*v1.ArtifactsUploaded)(nil), // 40: kiln.v1.ArtifactsUploaded
-	(*v1.TestReports)(nil),       // 41: kiln.v1.TestReports
+	(*RemoveRepo)(nil),           // 6: kiln.fsm.v1.RemoveRepo
+	(*AssignJob)(nil),            // 7: kiln.fsm.v1.AssignJob
+	(*StartJob)(nil),             // 8: kiln.fsm.v1.StartJob
+	(*AppendLogs)(nil),           // 9: kiln.fsm.v1.AppendLogs
+	(*FinishJob)(nil),            // 10: kiln.fsm.v1.FinishJob
+	(*CancelBuild)(nil),          // 11: kiln.fsm.v1.CancelBuild
+	(*RegisterAgent)(nil),        // 12: kiln.fsm.v1.RegisterAgent
+	(*DisconnectAgent)(nil),      // 13: kiln.fsm.v1.DisconnectAgent
+	(*ExpireAgent)(nil),          // 14: kiln.fsm.v1.ExpireAgent
+	(*LoseAttempts)(nil),         // 15: kiln.fsm.v1.LoseAttempts
+	(*SetNode)(nil),              // 16: kiln.fsm.v1.SetNode
+	(*RemoveNode)(nil),           // 17: kiln.fsm.v1.RemoveNode
+	(*SnapshotRecord)(nil),       // 18: kiln.fsm.v1.SnapshotRecord
+	(*SnapshotMeta)(nil),         // 19: kiln.fsm.v1.SnapshotMeta
+	(*RequestRecord)(nil),        // 20: kiln.fsm.v1.RequestRecord
+	(*RegisterArtifacts)(nil),    // 21: kiln.fsm.v1.RegisterArtifacts
+	(*RecordTests)(nil),          // 22: kiln.fsm.v1.RecordTests
+	(*ExpireArtifacts)(nil),      // 23: kiln.fsm.v1.ExpireArtifacts
+	nil,                          // 24: kiln.fsm.v1.SubmitBuild.EnvEntry
+	nil,                          // 25: kiln.fsm.v1.RegisterAgent.LabelsEntry
+	(*v1.StepSpec)(nil),          // 26: kiln.v1.StepSpec
+	(*v1.Source)(nil),            // 27: kiln.v1.Source
+	(*v1.Repo)(nil),              // 28: kiln.v1.Repo
+	(*v1.LogChunk)(nil),          // 29: kiln.v1.LogChunk
+	(*v1.JobFinished)(nil),       // 30: kiln.v1.JobFinished
+	(*v1.AttemptRef)(nil),        // 31: kiln.v1.AttemptRef
+	(*v1.Build)(nil),             // 32: kiln.v1.Build
+	(*v1.Job)(nil),               // 33: kiln.v1.Job
+	(*v1.Agent)(nil),             // 34: kiln.v1.Agent
+	(*v1.Node)(nil),              // 35: kiln.v1.Node
+	(*v1.Artifact)(nil),          // 36: kiln.v1.Artifact
+	(*v1.TestReport)(nil),        // 37: kiln.v1.TestReport
+	(*TokenRecord)(nil),          // 38: kiln.fsm.v1.TokenRecord
+	(*SecretRecord)(nil),         // 39: kiln.fsm.v1.SecretRecord
+	(*v1.AuditRecord)(nil),       // 40: kiln.v1.AuditRecord
+	(*v1.ArtifactsUploaded)(nil), // 41: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 42: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
-	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
-	25, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
-	26, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
-	27, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
-	28, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
-	29, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
-	24, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
-	30, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
-	18, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
-	31, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
-	32, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
-	33, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
-	28, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
-	34, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
-	19, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
-	27, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
-	35, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
-	36, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
-	37, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
-	38, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
-	39, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
-	40, // 21: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	41, // 22: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	24, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
+	26, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
+	27, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
+	28, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
+	29, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
+	30, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
+	25, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
+	31, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
+	19, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
+	32, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
+	33, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
+	34, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
+	29, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
+	35, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
+	20, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
+	28, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
+	36, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
+	37, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
+	38, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
+	39, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
+	40, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
+	41, // 21: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	42, // 22: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
 	23, // [23:23] is the sub-list for method output_type
 	23, // [23:23] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
@@ -2133,7 +2189,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		return
 	}
 	file_kiln_fsm_v1_acl_proto_init()
-	file_kiln_fsm_v1_commands_proto_msgTypes[16].OneofWrappers = []any{
+	file_kiln_fsm_v1_commands_proto_msgTypes[17].OneofWrappers = []any{
 		(*SnapshotRecord_Meta)(nil),
 		(*SnapshotRecord_Build)(nil),
 		(*SnapshotRecord_Job)(nil),
@@ -2154,7 +2210,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_fsm_v1_commands_proto_rawDesc), len(file_kiln_fsm_v1_commands_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
