@@ -49,8 +49,8 @@ func toRepoJSON(r *kilnv1.Repo) RepoJSON {
 func (a *app) repoCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "repo",
-		Short: "Register and list repositories whose branch the cluster watches",
-		Long: "A registered repository's branch is polled by the leader; each new commit\n" +
+		Short: "Register, list and remove repositories whose branch the cluster watches",
+		Long: "A registered repository's branch is polled by the leader; each new branch\n" +
 			"tip it sees starts one build of the repository's pipeline file at that\n" +
 			"commit (event \"push\"). Several commits pushed between two polls start one\n" +
 			"build, of the tip; a tip is never built twice, even across leader changes.\n" +

@@ -1,6 +1,6 @@
 // Package watcher is the leader-only branch watcher: it polls the branch of
 // every registered repository and starts a build of the repository's
-// pipeline file for each new commit.
+// pipeline file for each new branch tip a poll sees.
 //
 // The branch tip of each poll is built, once: a poll that sees a tip other
 // than the repository's last_commit submits the build through the builds
