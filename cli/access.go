@@ -19,17 +19,24 @@ import (
 // MaxSecretValue bounds a secret read from stdin (the server's limit).
 const MaxSecretValue = 64 << 10
 
-// tokenValue is --token, else $KILN_TOKEN.
+// tokenValue is --token, else $KILN_TOKEN, else the context's token file.
 func (a *app) tokenValue() (string, error) {
-	tok := a.token
+	tok, from := a.token, "--token"
 	if tok == "" {
-		tok = strings.TrimSpace(os.Getenv(authn.EnvToken))
+		tok, from = strings.TrimSpace(os.Getenv(authn.EnvToken)), "$"+authn.EnvToken
+	}
+	if tok == "" {
+		var err error
+		if tok, err = a.contextToken(); err != nil {
+			return "", err
+		}
+		from = "the context's token file"
 	}
 	if tok == "" {
 		return "", nil
 	}
 	if err := authn.ValidToken(tok); err != nil {
-		return "", usageErrorf("--token / $%s: %v", authn.EnvToken, err)
+		return "", usageErrorf("%s: %v", from, err)
 	}
 	return tok, nil
 }
@@ -188,8 +195,8 @@ func (a *app) tokenListCommand() *cobra.Command {
 			for _, t := range toks {
 				out = append(out, toTokenJSON(t))
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tKIND\tROLE\tSTATE\tCREATED\tEXPIRES\tCREATED BY")
@@ -331,8 +338,8 @@ func (a *app) secretListCommand() *cobra.Command {
 			for _, s := range list {
 				out = append(out, secretJSON{s.GetName(), s.GetRepo(), rfc3339(s.GetUpdatedUnixMs()), s.GetUpdatedBy()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tREPO\tUPDATED\tBY")
@@ -418,8 +425,8 @@ func (a *app) auditCommand() *cobra.Command {
 				out = append(out, AuditJSON{Seq: r.GetSeq(), Time: rfc3339(r.GetTimeUnixMs()), Who: r.GetWho(), Role: r.GetRole(),
 					Method: r.GetMethod(), What: r.GetWhat(), Addr: r.GetPeerAddr(), Code: r.GetCode()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "TIME\tWHO\tROLE\tMETHOD\tRESULT\tFROM\tWHAT")

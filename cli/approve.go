@@ -52,7 +52,11 @@ func (a *app) retryCommand() *cobra.Command {
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			req := &kilnv1.RetryBuildRequest{RequestId: newRequestID(), BuildId: id, Step: step}
-			b, err := controlBuild(cmd.Context(), a, nil, "retry build "+id, buildNotFoundHint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.RetryBuildResponse, error) {
+			hint := buildNotFoundHint
+			if step != "" {
+				hint = "'kilnctl status " + id + "' lists the build's steps; " + buildNotFoundHint
+			}
+			b, err := controlBuild(cmd.Context(), a, nil, "retry build "+id, hint, func(ctx context.Context, cs kilnv1.ControlServiceClient) (*kilnv1.RetryBuildResponse, error) {
 				return cs.RetryBuild(ctx, req)
 			})
 			if err != nil {

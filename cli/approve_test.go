@@ -121,6 +121,31 @@ func TestRetry(t *testing.T) {
 	if !strings.Contains(errOut, "only a finished build can be retried") {
 		t.Errorf("stderr = %q", errOut)
 	}
+	// The coordinator's message names the operation as the CLI does: it is
+	// said once, with a hint about steps, not builds.
+	g.answer = status.Error(codes.NotFound, `retry build 5: no step "nosuch"`)
+	_, errOut, code = runCLI(t, "--coordinators", addr, "retry", "5", "--step", "nosuch")
+	must(t, code, 1, errOut)
+	if want := "kilnctl: retry build 5: no step \"nosuch\" (hint: 'kilnctl status 5' lists the build's steps; list builds with 'kilnctl builds')\n"; errOut != want {
+		t.Errorf("stderr = %q, want %q", errOut, want)
+	}
+}
+
+// Each InvalidArgument answer gets the hint that fits what was wrong.
+func TestInvalidArgumentHints(t *testing.T) {
+	for _, tt := range []struct{ msg, hint string }{
+		{"source: ref \"nosuch\" not found in https://x/y.git", "git ls-remote"},
+		{"invalid build file:\nx.yaml:1:1: bad", "kilnctl validate FILE"},
+		{"name: too long", "--help"},
+	} {
+		err := rpcError("submit build", status.Error(codes.InvalidArgument, tt.msg), "")
+		if ExitCode(err) != ExitUsage || !strings.Contains(err.Error(), tt.hint) || strings.Count(err.Error(), "hint:") != 1 {
+			t.Errorf("%q: %v (exit %d), want hint with %q", tt.msg, err, ExitCode(err), tt.hint)
+		}
+		if strings.Contains(tt.msg, "source") && strings.Contains(err.Error(), "validate") {
+			t.Errorf("a bad ref hints at validate: %v", err)
+		}
+	}
 }
 
 func TestStatusShowsBlockedAndApproval(t *testing.T) {

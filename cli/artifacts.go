@@ -62,12 +62,12 @@ func (a *app) artifactsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := []ArtifactJSON{}
 				for _, x := range arts {
 					out = append(out, toArtifactJSON(x))
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "STEP\tPATH\tSIZE\tSHA256")
@@ -325,6 +325,12 @@ func (a *app) progress(name string, size int64) func(int64) {
 	if !ok || !term.IsTerminal(int(f.Fd())) {
 		return func(int64) {}
 	}
+	return progressLine(f, name, size)
+}
+
+// progressLine draws "\rNAME  x/y MiB  p%" on f at most every 100 ms (and
+// at the end); -1 ends the line.
+func progressLine(f io.Writer, name string, size int64) func(int64) {
 	var last time.Time
 	drawn := false
 	return func(n int64) {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/kiln-ci/kiln/internal/client"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -22,15 +23,25 @@ const buildNotFoundHint = "list builds with 'kilnctl builds'"
 // BuildJSON is a build as `kilnctl status -o json` and `kilnctl builds -o
 // json` print it. Times are RFC 3339 (UTC) or empty.
 type BuildJSON struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	State     string    `json:"state"`
-	Submitter string    `json:"submitter"`
-	Created   string    `json:"created"`
-	Started   string    `json:"started"`
-	Finished  string    `json:"finished"`
-	Reason    string    `json:"reason"`
-	Jobs      []JobJSON `json:"jobs"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Submitter string `json:"submitter"`
+	Created   string `json:"created"`
+	Started   string `json:"started"`
+	Finished  string `json:"finished"`
+	Reason    string `json:"reason"`
+	// Source: the registered repository (if any), the git URL, the ref as
+	// submitted and the commit it resolved to; archive_sha256 for an
+	// uploaded source. Empty for a build without source. Event is what
+	// started the build (manual, push, api).
+	Repo          string    `json:"repo"`
+	GitURL        string    `json:"git_url"`
+	Ref           string    `json:"ref"`
+	Commit        string    `json:"commit"`
+	ArchiveSHA256 string    `json:"archive_sha256,omitempty"`
+	Event         string    `json:"event"`
+	Jobs          []JobJSON `json:"jobs"`
 	// Tests is the summary of the jobs' current attempts' test reports.
 	Tests *TestSummaryJSON `json:"tests,omitempty"`
 }
@@ -73,6 +84,13 @@ func toBuildJSON(b *kilnv1.Build) BuildJSON {
 		Finished:  rfc3339(b.GetFinishedUnixMs()),
 		Reason:    b.GetReason(),
 		Jobs:      []JobJSON{},
+
+		Repo:          b.GetSource().GetRepo(),
+		GitURL:        b.GetSource().GetGitUrl(),
+		Ref:           b.GetSource().GetRef(),
+		Commit:        b.GetSource().GetCommit(),
+		ArchiveSHA256: b.GetSource().GetArchiveSha256(),
+		Event:         b.GetEvent(),
 	}
 	if ts := b.GetTests(); ts != nil {
 		tj := toTestSummaryJSON(ts)
@@ -156,6 +174,45 @@ func writeJSON(w io.Writer, v any) error {
 	return err
 }
 
+// structured reports whether -o asks for data (json or yaml), not a table.
+func structured(output string) bool { return output == "json" || output == "yaml" }
+
+// writeOutput writes v as JSON, or as YAML for -o yaml. The YAML has the
+// same keys in the same order as the JSON (it is the JSON document
+// re-encoded in block style), so scripts can switch freely.
+func writeOutput(w io.Writer, output string, v any) error {
+	if output != "yaml" {
+		return writeJSON(w, v)
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	blockStyle(&doc)
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(&doc); err != nil {
+		return fmt.Errorf("encode yaml: %w", err)
+	}
+	return enc.Close()
+}
+
+// blockStyle clears the flow style the JSON input gave every node, and
+// the double quotes of strings that need none.
+func blockStyle(n *yaml.Node) {
+	n.Style &^= yaml.FlowStyle
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+		n.Style &^= yaml.DoubleQuotedStyle
+	}
+	for _, c := range n.Content {
+		blockStyle(c)
+	}
+}
+
 func newTable(w io.Writer) *tabwriter.Writer {
 	return tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 }
@@ -210,8 +267,8 @@ func (a *app) statusCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, toBuildJSON(b))
+			if structured(output) {
+				return writeOutput(a.stdout, output, toBuildJSON(b))
 			}
 			return printBuild(a.stdout, b)
 		}),
@@ -227,6 +284,20 @@ func printBuild(w io.Writer, b *kilnv1.Build) error {
 	fmt.Fprintf(t, "NAME\t%s\n", orDash(bj.Name))
 	fmt.Fprintf(t, "STATE\t%s\n", bj.State)
 	fmt.Fprintf(t, "SUBMITTER\t%s\n", orDash(bj.Submitter))
+	if bj.Repo != "" {
+		fmt.Fprintf(t, "REPO\t%s\n", bj.Repo)
+	}
+	if bj.GitURL != "" {
+		fmt.Fprintf(t, "GIT\t%s\n", bj.GitURL)
+		fmt.Fprintf(t, "REF\t%s\n", orDash(bj.Ref))
+		fmt.Fprintf(t, "COMMIT\t%s\n", orDash(bj.Commit))
+	}
+	if bj.ArchiveSHA256 != "" {
+		fmt.Fprintf(t, "SOURCE\tuploaded archive sha256:%s\n", bj.ArchiveSHA256)
+	}
+	if bj.Event != "" {
+		fmt.Fprintf(t, "EVENT\t%s\n", bj.Event)
+	}
 	fmt.Fprintf(t, "CREATED\t%s\n", orDash(bj.Created))
 	fmt.Fprintf(t, "STARTED\t%s\n", orDash(bj.Started))
 	fmt.Fprintf(t, "FINISHED\t%s\n", orDash(bj.Finished))
@@ -258,7 +329,45 @@ func printBuild(w io.Writer, b *kilnv1.Build) error {
 		}
 		fmt.Fprintf(t, "%s\t%s\t%d\t%s\t%s\t%s\n", j.Key, j.State, j.Attempt, orDash(j.Agent), exit, orDash(reason))
 	}
-	return t.Flush()
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	for _, j := range bj.Jobs {
+		if j.Attempt > 1 {
+			// Retried jobs keep every attempt's log; say how to reach them.
+			fmt.Fprintf(w, "\nEarlier attempts' logs: kilnctl logs %s --job KEY --attempt N (N from 1 to ATTEMPT)\n", bj.ID)
+			break
+		}
+	}
+	return nil
+}
+
+// sourceCell is a build's source in one table cell: "repo@ref" (or the
+// git URL's last element), "upload", or "-".
+func sourceCell(b *kilnv1.Build) string {
+	src := b.GetSource()
+	name := src.GetRepo()
+	if name == "" && src.GetGitUrl() != "" {
+		u := strings.TrimSuffix(strings.TrimRight(src.GetGitUrl(), "/"), ".git")
+		name = u[strings.LastIndexAny(u, "/:")+1:]
+	}
+	switch {
+	case name != "" && src.GetRef() != "":
+		return oneLine(name+"@"+src.GetRef(), 40)
+	case name != "":
+		return oneLine(name, 40)
+	case src.GetArchiveSha256() != "":
+		return "upload"
+	}
+	return "-"
+}
+
+// shortCommit is the first 10 hex digits of a commit id, or "-".
+func shortCommit(c string) string {
+	if len(c) > 10 {
+		return c[:10]
+	}
+	return orDash(c)
 }
 
 func (a *app) buildsCommand() *cobra.Command {
@@ -284,17 +393,18 @@ func (a *app) buildsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := make([]BuildJSON, 0, len(builds))
 				for _, b := range builds {
 					out = append(out, toBuildJSON(b))
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
-			fmt.Fprintln(t, "ID\tNAME\tSUBMITTER\tSTATE\tDURATION\tFINISHED")
+			fmt.Fprintln(t, "ID\tNAME\tSOURCE\tCOMMIT\tSUBMITTER\tSTATE\tDURATION\tFINISHED")
 			for _, b := range builds {
-				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\n", b.GetId(), orDash(oneLine(b.GetName(), 40)),
+				fmt.Fprintf(t, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.GetId(), orDash(oneLine(b.GetName(), 40)),
+					sourceCell(b), shortCommit(b.GetSource().GetCommit()),
 					orDash(b.GetSubmitter()), buildState(b.GetState()), buildDuration(b), orDash(rfc3339(b.GetFinishedUnixMs())))
 			}
 			return t.Flush()
@@ -433,8 +543,8 @@ func (a *app) agentsCommand() *cobra.Command {
 				out = append(out, AgentJSON{Name: ag.GetName(), Labels: labels, Slots: ag.GetSlots(),
 					Running: ag.GetRunning(), State: agentState(ag.GetState()), Version: ag.GetVersion()})
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "NAME\tSTATE\tSLOTS\tRUNNING\tVERSION\tLABELS")

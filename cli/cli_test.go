@@ -14,11 +14,23 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
 
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// Never read the config file of whoever runs the tests.
+	dir, err := os.MkdirTemp("", "kilnctl-test-config")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv(EnvConfig, filepath.Join(dir, "none.yaml"))
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))
+}
 
 // runCLI runs kilnctl with args and returns stdout, stderr and the exit
 // code.
@@ -246,7 +258,7 @@ func TestUsageErrors(t *testing.T) {
 		{"run", "--label", "novalue", "--", "make"},
 		{"run", "-f", "/does/not/exist.yaml"},
 		{"status"},
-		{"status", "1", "-o", "yaml"},
+		{"status", "1", "-o", "xml"},
 		{"logs", "1", "2"},
 		{"bogus"},
 		{"cluster", "bogus"},
@@ -270,6 +282,9 @@ func sampleBuild() *kilnv1.Build {
 	return &kilnv1.Build{Id: "7", Name: "app", State: kilnv1.BuildState_BUILD_STATE_FAILED, Submitter: "bob@h",
 		CreatedUnixMs: 1_700_000_000_000, StartedUnixMs: 1_700_000_001_000, FinishedUnixMs: 1_700_000_062_000,
 		Reason: "job test timed out",
+		Source: &kilnv1.Source{Repo: "app", GitUrl: "https://example.com/app.git", Ref: "main", Branch: "main",
+			Commit: "0123456789abcdef0123456789abcdef01234567"},
+		Event: "push",
 		Jobs: []*kilnv1.Job{
 			{Id: "7.build", Key: "build", State: kilnv1.JobState_JOB_STATE_PASSED, Attempt: 1, Agent: "ag1", LogBytes: 120, LogLines: 3},
 			{Id: "7.test", Key: "test", State: kilnv1.JobState_JOB_STATE_TIMED_OUT, Attempt: 2, Agent: "ag2", ExitCode: -1, Reason: "timeout"},
@@ -289,6 +304,8 @@ func TestStatusJSON(t *testing.T) {
 		"id": "7", "name": "app", "state": "failed", "submitter": "bob@h",
 		"created": "2023-11-14T22:13:20Z", "started": "2023-11-14T22:13:21Z", "finished": "2023-11-14T22:14:22Z",
 		"reason": "job test timed out",
+		"repo":   "app", "git_url": "https://example.com/app.git", "ref": "main",
+		"commit": "0123456789abcdef0123456789abcdef01234567", "event": "push",
 		"jobs": []any{
 			map[string]any{"id": "7.build", "key": "build", "state": "passed", "attempt": 1.0, "agent": "ag1", "exit_code": 0.0, "reason": "", "log_bytes": 120.0, "log_lines": 3.0},
 			map[string]any{"id": "7.test", "key": "test", "state": "timed_out", "attempt": 2.0, "agent": "ag2", "exit_code": -1.0, "reason": "timeout", "log_bytes": 0.0, "log_lines": 0.0},
@@ -307,7 +324,9 @@ func TestStatusTableAndNotFound(t *testing.T) {
 	addr := f.serve(t)
 	out, errOut, code := runCLI(t, "--coordinators", addr, "status", "7")
 	must(t, code, 0, errOut)
-	for _, want := range []string{"BUILD      7\n", "STATE      failed\n", "DURATION   1m1s\n", "JOB    STATE", "test   timed_out  2"} {
+	for _, want := range []string{"BUILD      7\n", "STATE      failed\n", "DURATION   1m1s\n", "JOB    STATE", "test   timed_out  2",
+		"REPO       app\n", "REF        main\n", "COMMIT     0123456789abcdef0123456789abcdef01234567\n", "EVENT      push\n",
+		"Earlier attempts' logs: kilnctl logs 7 --job KEY --attempt N"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -327,8 +346,9 @@ func TestBuilds(t *testing.T) {
 	out, errOut, code := runCLI(t, "--coordinators", addr, "builds")
 	must(t, code, 0, errOut)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 3 || !regexp.MustCompile(`^ID\s+NAME\s+SUBMITTER\s+STATE\s+DURATION\s+FINISHED$`).MatchString(lines[0]) ||
-		!strings.HasPrefix(lines[1], "8 ") || !strings.Contains(lines[2], "1m1s") {
+	if len(lines) != 3 || !regexp.MustCompile(`^ID\s+NAME\s+SOURCE\s+COMMIT\s+SUBMITTER\s+STATE\s+DURATION\s+FINISHED$`).MatchString(lines[0]) ||
+		!strings.HasPrefix(lines[1], "8 ") || !strings.Contains(lines[2], "1m1s") ||
+		!regexp.MustCompile(`^7\s+app\s+app@main\s+0123456789\s+bob@h`).MatchString(lines[2]) {
 		t.Errorf("table:\n%s", out)
 	}
 	out, errOut, code = runCLI(t, "--coordinators", addr, "builds", "--limit", "1", "-o", "json")
@@ -388,7 +408,7 @@ func TestLogs(t *testing.T) {
 	}
 	_, errOut, code = runCLI(t, "--coordinators", addr, "logs", "3", "--job", "zzz")
 	must(t, code, 1, errOut)
-	if !strings.Contains(errOut, `build 3 has no job "zzz" (jobs: a, b)`) {
+	if !strings.Contains(errOut, `kilnctl: logs of build 3: no job "zzz" (hint: its jobs are a, b)`) || strings.Count(errOut, "kilnctl:") != 1 {
 		t.Errorf("stderr = %q", errOut)
 	}
 }
@@ -397,7 +417,7 @@ func TestLogs(t *testing.T) {
 // line or losing a job's unfinished one.
 func TestLogsFollowResumes(t *testing.T) {
 	f := newFake()
-	f.addBuild(&kilnv1.Build{Id: "1", State: kilnv1.BuildState_BUILD_STATE_RUNNING, Jobs: []*kilnv1.Job{{Key: "a"}, {Key: "b"}}})
+	f.addBuild(&kilnv1.Build{Id: "1", State: kilnv1.BuildState_BUILD_STATE_PASSED, Jobs: []*kilnv1.Job{{Key: "a"}, {Key: "b"}}})
 	f.logs["1"] = []*kilnv1.StreamLogsResponse{chunk("a", 1, 1, "x\ny"), chunk("b", 1, 1, "1\n"), chunk("a", 1, 2, "z\n")}
 	f.breakAfter = 2
 	out, errOut, code := runCLI(t, "--coordinators", f.serve(t), "logs", "1", "-f")
@@ -508,7 +528,7 @@ func TestValidate(t *testing.T) {
 	_ = os.WriteFile(bad, []byte("steps:\n  - key: A\n    command: x\n  - key: b\n    timeout: soon\n    command: y\n"), 0o644)
 	out, errOut, code := runCLI(t, "validate", good)
 	must(t, code, 0, errOut)
-	if out != good+": ok (3 steps in 2 stages)\n" {
+	if out != good+": ok (3 steps in 2 stages)\n  STAGE  STEP  NEEDS\n  0      a     -\n  0      b     -\n  1      c     a,b\n" {
 		t.Errorf("stdout = %q", out)
 	}
 	out, errOut, code = runCLI(t, "validate", bad)
@@ -536,5 +556,118 @@ func TestShellLineQuotesArgumentLists(t *testing.T) {
 		if got := shellLine(c.words); got != c.want {
 			t.Errorf("shellLine(%q) = %q, want %q", c.words, got, c.want)
 		}
+	}
+}
+
+// TestNoCoordinatorFailsFast: with nothing listening anywhere, kilnctl
+// gives up after --dial-timeout, not the (here 60 s) --timeout.
+func TestNoCoordinatorFailsFast(t *testing.T) {
+	start := time.Now()
+	_, errOut, code := runCLI(t, "--coordinators", "127.0.0.1:1,127.0.0.1:2", "--timeout", "60s", "--dial-timeout", "200ms", "builds")
+	must(t, code, 1, errOut)
+	if !strings.Contains(errOut, "no coordinator reachable at 127.0.0.1:1,127.0.0.1:2") {
+		t.Errorf("stderr = %q", errOut)
+	}
+	// runCLI's context ends after 20 s: anything near that means the dial
+	// timeout did not apply.
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("took %v", d)
+	}
+}
+
+// logs -f on a build that did not pass prints the final state with the
+// failing jobs and exits 1; --attempt asks for one attempt of one job.
+func TestLogsFollowFinalStateAndAttempt(t *testing.T) {
+	f := newFake()
+	f.addBuild(&kilnv1.Build{Id: "1", State: kilnv1.BuildState_BUILD_STATE_CANCELED, Reason: "canceled by user",
+		Jobs: []*kilnv1.Job{{Key: "a", State: kilnv1.JobState_JOB_STATE_CANCELED, Attempt: 2, Reason: "canceled by user"},
+			{Key: "b", State: kilnv1.JobState_JOB_STATE_PASSED, Attempt: 1}}})
+	f.logs["1"] = []*kilnv1.StreamLogsResponse{chunk("a", 1, 1, "first\n"), chunk("a", 2, 1, "second\n")}
+	addr := f.serve(t)
+	_, errOut, code := runCLI(t, "--coordinators", addr, "logs", "1", "--job", "a", "-f")
+	must(t, code, 1, errOut)
+	want := "--- job a: attempt 2 ---\nbuild 1 canceled\n  reason: canceled by user\n  job a canceled: canceled by user [attempt 2; earlier: kilnctl logs 1 --job a --attempt N]\n"
+	if errOut != want {
+		t.Errorf("stderr = %q, want %q", errOut, want)
+	}
+	out, errOut, code := runCLI(t, "--coordinators", addr, "logs", "1", "--job", "a", "--attempt", "1")
+	must(t, code, 0, errOut)
+	if out != "first\n" {
+		t.Errorf("attempt 1 log = %q", out)
+	}
+	if req := f.streamReqs[len(f.streamReqs)-1]; req.Attempt != 1 || req.JobKey != "a" || req.Follow {
+		t.Errorf("request = %v", req)
+	}
+	_, errOut, code = runCLI(t, "--coordinators", addr, "logs", "1", "--attempt", "1")
+	must(t, code, 2, errOut)
+	if !strings.Contains(errOut, "--attempt needs --job") {
+		t.Errorf("stderr = %q", errOut)
+	}
+}
+
+// run --wait on a failed build names the failing job and its reason.
+func TestRunWaitPrintsFailingJobs(t *testing.T) {
+	f := newFake()
+	f.newBuild = func(b *kilnv1.Build) {
+		finished(kilnv1.BuildState_BUILD_STATE_FAILED)(b)
+		b.Reason = "step main timed_out"
+		b.Jobs = []*kilnv1.Job{{Key: "main", State: kilnv1.JobState_JOB_STATE_TIMED_OUT, Attempt: 1, ExitCode: -1, Reason: "timed out after 1s"}}
+	}
+	_, errOut, code := runCLI(t, "--coordinators", f.serve(t), "run", "--wait", "--", "sleep 5")
+	must(t, code, 1, errOut)
+	want := "build 1 submitted\nbuild 1 failed\n  reason: step main timed_out\n  job main timed_out: timed out after 1s\n"
+	if errOut != want {
+		t.Errorf("stderr = %q, want %q", errOut, want)
+	}
+}
+
+// validate lists the keys a build gets, matrices expanded.
+func TestValidateListsExpandedKeys(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "m.yaml")
+	_ = os.WriteFile(f, []byte("steps:\n  - key: unit\n    matrix: {go: [\"1.22\", \"1.23\"]}\n    commands: [x]\n  - key: after\n    needs: [unit]\n    commands: [y]\n"), 0o644)
+	out, errOut, code := runCLI(t, "validate", f)
+	must(t, code, 0, errOut)
+	for _, want := range []string{"unit-1.22", "unit-1.23", "after      unit-1.22,unit-1.23"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// -o yaml is the JSON document in YAML: same keys, same order, same types.
+func TestStatusYAML(t *testing.T) {
+	f := newFake()
+	f.addBuild(sampleBuild())
+	addr := f.serve(t)
+	out, errOut, code := runCLI(t, "--coordinators", addr, "status", "7", "-o", "yaml")
+	must(t, code, 0, errOut)
+	for _, want := range []string{"id: \"7\"\nname: app\nstate: failed\n", "commit: 0123456789abcdef0123456789abcdef01234567\n",
+		"jobs:\n  - id: 7.build\n    key: build\n", "    exit_code: -1\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("yaml lacks %q:\n%s", want, out)
+		}
+	}
+	var fromYAML, fromJSON any
+	if err := yaml.Unmarshal([]byte(out), &fromYAML); err != nil {
+		t.Fatal(err)
+	}
+	jsonOut, _, _ := runCLI(t, "--coordinators", addr, "status", "7", "-o", "json")
+	if err := json.Unmarshal([]byte(jsonOut), &fromJSON); err != nil {
+		t.Fatal(err)
+	}
+	y, _ := json.Marshal(fromYAML)
+	j, _ := json.Marshal(fromJSON)
+	if !bytes.Equal(y, j) {
+		t.Errorf("yaml and json differ:\n%s\n%s", y, j)
+	}
+	out, errOut, code = runCLI(t, "--coordinators", addr, "builds", "-o", "yaml")
+	must(t, code, 0, errOut)
+	if !strings.HasPrefix(out, "- id: \"7\"\n") {
+		t.Errorf("builds yaml:\n%s", out)
+	}
+	_, errOut, code = runCLI(t, "--coordinators", addr, "builds", "-o", "xml")
+	must(t, code, 2, errOut)
+	if !strings.Contains(errOut, "use table, json or yaml") {
+		t.Errorf("stderr = %q", errOut)
 	}
 }

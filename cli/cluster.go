@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -69,8 +71,8 @@ func (a *app) clusterCommand() *cobra.Command {
 				}
 				out.Nodes = append(out.Nodes, nj)
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			leader := "none known"
 			if out.Leader != "" {
@@ -128,12 +130,30 @@ func (a *app) validateCommand() *cobra.Command {
 			if bf.Pipeline != nil {
 				p := bf.Pipeline
 				fmt.Fprintf(a.stdout, "%s: ok (%d steps in %d stages)\n", file, p.NumSteps(), len(p.Stages))
-				return nil
+				return printStepKeys(a.stdout, bf.Steps())
 			}
+			// A buildspec is one step; its key is the dialect's name.
 			fmt.Fprintf(a.stdout, "%s: ok (%s, %d step)\n", file, bf.Dialect, bf.NumSteps())
 			return nil
 		}),
 	}
+}
+
+// printStepKeys lists the steps a build of the file gets, matrices
+// expanded (the keys --job, --step and needs: use), with their stage and
+// what each waits for. Conditions (if:) are not evaluated: every step is
+// listed.
+func printStepKeys(w io.Writer, specs []*kilnv1.StepSpec) error {
+	t := newTable(w)
+	fmt.Fprintln(t, "  STAGE\tSTEP\tNEEDS")
+	for _, sp := range specs {
+		needs := strings.Join(sp.GetNeeds(), ",")
+		if sp.GetApproval() != nil {
+			needs += " (approval gate)"
+		}
+		fmt.Fprintf(t, "  %d\t%s\t%s\n", sp.GetStage(), sp.GetKey(), orDash(strings.TrimSpace(needs)))
+	}
+	return t.Flush()
 }
 
 // loadBuildFile parses a pipeline file or CodeBuild buildspec (the dialect

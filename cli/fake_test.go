@@ -197,6 +197,9 @@ func (f *fake) StreamLogs(req *kilnv1.StreamLogsRequest, stream grpc.ServerStrea
 		if req.JobKey != "" && c.JobKey != req.JobKey {
 			continue
 		}
+		if req.Attempt != 0 && c.Attempt != req.Attempt {
+			continue
+		}
 		// Deliberately resend the last chunk the client has: the client
 		// must drop it.
 		if pos, ok := after[fmt.Sprint(c.JobKey, "/", c.Attempt)]; ok && c.Seq < pos {

@@ -21,8 +21,9 @@ import (
 
 func (a *app) logsCommand() *cobra.Command {
 	var (
-		job    string
-		follow bool
+		job     string
+		follow  bool
+		attempt uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "logs BUILD",
@@ -30,10 +31,20 @@ func (a *app) logsCommand() *cobra.Command {
 		Long: "Print a build's log on stdout. A one-job build (or --job) prints the\n" +
 			"bytes as produced. With -f and several jobs, each line is prefixed\n" +
 			"with [job key]; without -f the jobs' logs follow each other in build\n" +
-			"order.",
+			"order.\n\n" +
+			"A retried job keeps the log of every attempt: --attempt N (with --job)\n" +
+			"prints attempt N (1 is the first run); the default is the current one.\n" +
+			"With -f the build's final state is printed on stderr when it ends, and\n" +
+			"the exit status is 1 unless it passed.",
 		Args: exactArgs(1, "one build id"),
 		RunE: action(func(cmd *cobra.Command, args []string) error {
 			id := args[0]
+			if attempt > 0 && job == "" {
+				return usageErrorf("--attempt needs --job: attempts are numbered per job (see 'kilnctl status %s')", id)
+			}
+			if attempt > 0 && follow {
+				return usageErrorf("--attempt and -f do not go together: an earlier attempt has ended; the current one is followed without --attempt")
+			}
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -51,18 +62,28 @@ func (a *app) logsCommand() *cobra.Command {
 					keys = append(keys, j.GetKey())
 				}
 				if len(keys) > 0 && !slices.Contains(keys, job) {
-					return &ExitError{Code: ExitFailed, Err: fmt.Errorf("build %s has no job %q (jobs: %s)", id, job, strings.Join(keys, ", "))}
+					return &ExitError{Code: ExitFailed, Err: fmt.Errorf("logs of build %s: no job %q (hint: its jobs are %s)", id, job, strings.Join(keys, ", "))}
 				}
 				jobs = 1
 			}
 			p := newLogPrinter(a.stdout, a.stderr, follow && jobs > 1)
-			if err := a.streamLogs(ctx, c, id, job, follow, p); err != nil {
-				return rpcError("logs of build "+id, err, "list builds with 'kilnctl builds'")
+			if err := a.streamLogsAttempt(ctx, c, id, job, attempt, follow, p); err != nil {
+				return rpcError("logs of build "+id, err, "list builds with 'kilnctl builds', a job's attempts with 'kilnctl status "+id+"'")
 			}
-			return nil
+			if !follow {
+				return nil
+			}
+			// The stream ends when every job has finished; the build's
+			// state may lag it by a commit, so wait for it.
+			b, err = a.waitTerminal(ctx, c, id)
+			if err != nil {
+				return rpcError("wait for build "+id, err, "")
+			}
+			return a.reportOutcome(b)
 		}),
 	}
 	cmd.Flags().StringVar(&job, "job", "", "only this job (by key)")
+	cmd.Flags().Uint32Var(&attempt, "attempt", 0, "with --job: print this attempt's log (1 is the first run; default the current attempt)")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep streaming until the jobs are finished")
 	return cmd
 }
@@ -78,8 +99,13 @@ func (e errGaveUp) Error() string { return e.last.Error() }
 // if need be) and resumed after the chunks already printed. It gives up
 // when no stream could be reopened for --timeout.
 func (a *app) streamLogs(ctx context.Context, c *client.Client, id, job string, follow bool, p *logPrinter) error {
+	return a.streamLogsAttempt(ctx, c, id, job, 0, follow, p)
+}
+
+// streamLogsAttempt is streamLogs of one attempt of job (0: the current).
+func (a *app) streamLogsAttempt(ctx context.Context, c *client.Client, id, job string, attempt uint32, follow bool, p *logPrinter) error {
 	err := a.followStream(ctx, c, func(ctx context.Context, conn grpc.ClientConnInterface) (func() error, error) {
-		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after(), Consistency: a.consistency}
+		req := &kilnv1.StreamLogsRequest{BuildId: id, JobKey: job, Follow: follow, After: p.after(), Consistency: a.consistency, Attempt: attempt}
 		stream, err := kilnv1.NewControlServiceClient(conn).StreamLogs(ctx, req)
 		if err != nil {
 			return nil, err

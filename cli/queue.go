@@ -106,8 +106,8 @@ func (a *app) queueCommand() *cobra.Command {
 				return err
 			}
 			q := toQueueJSON(resp)
-			if output == "json" {
-				return writeJSON(a.stdout, q)
+			if structured(output) {
+				return writeOutput(a.stdout, output, q)
 			}
 			return printQueue(a, q)
 		}),

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,6 +21,12 @@ type RepoJSON struct {
 	PollMs     int64  `json:"poll_ms"`
 	LastCommit string `json:"last_commit"`
 	Builds     uint64 `json:"builds"`
+	// LastError is why the newest watched commit could not be built (its
+	// pipeline file missing or invalid), with that commit and the failed
+	// build recording it; empty once a later commit builds.
+	LastError        string `json:"last_error"`
+	LastErrorCommit  string `json:"last_error_commit"`
+	LastErrorBuildID string `json:"last_error_build_id"`
 }
 
 func toRepoJSON(r *kilnv1.Repo) RepoJSON {
@@ -32,19 +39,54 @@ func toRepoJSON(r *kilnv1.Repo) RepoJSON {
 		PollMs:     r.GetPollIntervalMs(),
 		LastCommit: r.GetLastCommit(),
 		Builds:     r.GetBuilds(),
+
+		LastError:        r.GetLastError(),
+		LastErrorCommit:  r.GetLastErrorCommit(),
+		LastErrorBuildID: r.GetLastErrorBuildId(),
 	}
 }
 
 func (a *app) repoCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "repo",
-		Short: "Register and list repositories whose branch the cluster watches",
-		Long: "A registered repository's branch is polled by the leader; each new commit\n" +
-			"starts a build of the repository's pipeline file at that commit (event\n" +
-			"\"push\"), exactly once per commit.",
+		Short: "Register, list and remove repositories whose branch the cluster watches",
+		Long: "A registered repository's branch is polled by the leader; each new branch\n" +
+			"tip it sees starts one build of the repository's pipeline file at that\n" +
+			"commit (event \"push\"). Several commits pushed between two polls start one\n" +
+			"build, of the tip; a tip is never built twice, even across leader changes.\n" +
+			"A tip whose pipeline file is missing or invalid becomes a failed build with\n" +
+			"the problems as its reason, and 'repo list' shows it as the LAST ERROR.",
 	}
-	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand())
+	cmd.AddCommand(a.repoAddCommand(), a.repoListCommand(), a.repoRemoveCommand())
 	return cmd
+}
+
+func (a *app) repoRemoveCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Stop watching a repository (its builds stay)",
+		Long: "remove unregisters a repository: its branch is no longer polled. Its builds\n" +
+			"stay. Registering the name again starts its build counter\n" +
+			"(KILN_BUILD_NUMBER) from 1.",
+		Args: exactArgs(1, "a repository name"),
+		RunE: action(func(cmd *cobra.Command, args []string) error {
+			var repo *kilnv1.Repo
+			err := a.control(cmd.Context(), "remove repository "+args[0], "'kilnctl repo list' lists the registered repositories",
+				func(ctx context.Context, cs kilnv1.ControlServiceClient) error {
+					resp, err := cs.RemoveRepo(ctx, &kilnv1.RemoveRepoRequest{Name: args[0]})
+					if err != nil {
+						return err
+					}
+					repo = resp.GetRepo()
+					return nil
+				})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "repository %s removed (%d builds kept)\n", args[0], repo.GetBuilds())
+			return nil
+		}),
+	}
 }
 
 func (a *app) repoAddCommand() *cobra.Command {
@@ -121,17 +163,21 @@ func (a *app) repoListCommand() *cobra.Command {
 			for _, r := range repos {
 				out = append(out, toRepoJSON(r))
 			}
-			if output == "json" {
-				return writeJSON(a.stdout, out)
+			if structured(output) {
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
-			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL")
+			fmt.Fprintln(t, "NAME\tBRANCH\tPOLL\tBUILDS\tLAST COMMIT\tPIPELINE\tURL\tLAST ERROR")
 			for _, r := range out {
 				last := r.LastCommit
 				if len(last) > 12 {
 					last = last[:12]
 				}
-				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Name, r.Branch, r.Poll, r.Builds, orDash(last), r.Pipeline, r.URL)
+				lastErr := "-"
+				if r.LastError != "" {
+					lastErr = fmt.Sprintf("build %s: %s", r.LastErrorBuildID, oneLine(strings.TrimPrefix(r.LastError, "invalid build file:\n"), 80))
+				}
+				fmt.Fprintf(t, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Name, r.Branch, r.Poll, r.Builds, orDash(last), r.Pipeline, r.URL, lastErr)
 			}
 			return t.Flush()
 		}),

@@ -42,6 +42,18 @@ func (f *repoFake) ListRepos(context.Context, *kilnv1.ListReposRequest) (*kilnv1
 	return &kilnv1.ListReposResponse{Repos: f.repos}, nil
 }
 
+func (f *repoFake) RemoveRepo(_ context.Context, req *kilnv1.RemoveRepoRequest) (*kilnv1.RemoveRepoResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i, r := range f.repos {
+		if r.GetName() == req.GetName() {
+			f.repos = append(f.repos[:i], f.repos[i+1:]...)
+			return &kilnv1.RemoveRepoResponse{Repo: r}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "repository %q is not registered", req.GetName())
+}
+
 func (f *repoFake) serve(t *testing.T) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -109,5 +121,38 @@ func TestRunGitSource(t *testing.T) {
 	must(t, code, 0, errOut)
 	if f.submits[len(f.submits)-1].GetSource() != nil {
 		t.Error("source set without --git")
+	}
+}
+
+func TestRepoListShowsLastError(t *testing.T) {
+	f := &repoFake{repos: []*kilnv1.Repo{{Name: "web", Url: "u", Branch: "main", Pipeline: ".kiln.yaml", LastCommit: "abc",
+		LastError: "invalid build file:\n.kiln.yaml:3:5: steps[0]: no commands\nmore", LastErrorCommit: "abc", LastErrorBuildId: "12"}}}
+	addr := f.serve(t)
+	out, errOut, code := runCLI(t, "--coordinators", addr, "repo", "list")
+	must(t, code, 0, errOut)
+	if !strings.Contains(out, "LAST ERROR") || !strings.Contains(out, "build 12: .kiln.yaml:3:5: steps[0]: no commands\n") {
+		t.Errorf("table:\n%s", out)
+	}
+	out, errOut, code = runCLI(t, "--coordinators", addr, "repo", "list", "-o", "json")
+	must(t, code, 0, errOut)
+	var list []RepoJSON
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 1 || list[0].LastErrorBuildID != "12" ||
+		list[0].LastErrorCommit != "abc" || !strings.HasPrefix(list[0].LastError, "invalid build file:") {
+		t.Errorf("json %v: %s", err, out)
+	}
+}
+
+func TestRepoRemove(t *testing.T) {
+	f := &repoFake{repos: []*kilnv1.Repo{{Name: "web", Builds: 4}}}
+	addr := f.serve(t)
+	out, errOut, code := runCLI(t, "--coordinators", addr, "repo", "remove", "web")
+	must(t, code, 0, errOut)
+	if out != "repository web removed (4 builds kept)\n" || len(f.repos) != 0 {
+		t.Errorf("stdout %q, repos %v", out, f.repos)
+	}
+	_, errOut, code = runCLI(t, "--coordinators", addr, "repo", "remove", "web")
+	must(t, code, 1, errOut)
+	if errOut != "kilnctl: remove repository web: repository \"web\" is not registered (hint: 'kilnctl repo list' lists the registered repositories)\n" {
+		t.Errorf("stderr = %q", errOut)
 	}
 }

@@ -95,13 +95,21 @@ type app struct {
 	coordinators   []string
 	etcdEndpoints  string // --etcd-endpoints, for etcd:/// coordinators
 	timeout        time.Duration
-	verbose        bool
+	// dialTimeout is --dial-timeout: how long to retry while no
+	// coordinator answers at all.
+	dialTimeout time.Duration
+	verbose     bool
 	// consistency is what reads ask for (--consistency).
 	consistency kilnv1.Consistency
 	// tls holds --tls-ca, --tls-cert and --tls-key (see tls.go).
 	tls tlsutil.Files
 	// token is --token (else $KILN_TOKEN is used).
 	token string
+	// contextFlag is --context; ctx* cache the context in use (config.go).
+	contextFlag string
+	ctxLoaded   bool
+	ctxActive   *ClusterContext
+	ctxErr      error
 }
 
 // NewRootCommand returns the kilnctl command tree writing to stdout and
@@ -129,6 +137,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&a.etcdEndpoints, "etcd-endpoints", "",
 		"etcd client URLs, comma-separated, resolving --coordinators etcd:///PREFIX (default $"+discovery.EnvEndpoints+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
+	pf.DurationVar(&a.dialTimeout, "dial-timeout", 2*time.Second,
+		"give up after this long when no coordinator answers at any address (nothing running there); once one answers, retries go on until --timeout")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
 	pf.StringVar(&a.token, "token", "", "API token for clusters started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	pf.Func("consistency", "how fresh reads must be: linearizable (default: reflects every acknowledged write, whichever coordinator answers) or stale (the answering coordinator's local state, no round trip to the leader)", func(v string) error {
@@ -140,6 +150,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		return nil
 	})
 	a.addTLSFlags(root)
+	pf.StringVar(&a.contextFlag, "context", "", "use this context of the config file (see 'kilnctl config'); default its current-context")
 
 	root.AddCommand(
 		a.tlsCommand(),
@@ -158,6 +169,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
 		a.queueCommand(), a.statsCommand(),
 		a.deploymentsCommand(), a.rollbackCommand(),
+		a.configCommand(),
 	)
 	return root
 }
@@ -208,12 +220,17 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 }
 
 // addrs returns the coordinator addresses: --coordinators, else
-// $KILN_COORDINATORS, else the default.
+// $KILN_COORDINATORS, else the context's, else the default.
 func (a *app) addrs() []string {
 	list := a.coordinators
 	if len(list) == 0 {
 		if env := os.Getenv(EnvCoordinators); strings.TrimSpace(env) != "" {
 			list = strings.Split(env, ",")
+		}
+	}
+	if len(list) == 0 {
+		if c, _ := a.activeContext(); c != nil {
+			list = c.Coordinators
 		}
 	}
 	var out []string
@@ -239,6 +256,9 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
+	if _, err := a.activeContext(); err != nil {
+		return nil, err
+	}
 	addrs := a.addrs()
 	opts, err := a.clientOptions()
 	if err != nil {
@@ -248,7 +268,7 @@ func (a *app) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts = append(opts, client.WithToken(tok))
+	opts = append(opts, client.WithToken(tok), client.WithDialTimeout(a.dialTimeout))
 	if slices.ContainsFunc(addrs, discovery.IsTarget) {
 		eps := a.etcdEndpoints
 		if strings.TrimSpace(eps) == "" {
@@ -327,13 +347,15 @@ func rpcError(what string, err error, notFoundHint string) error {
 	msg := err.Error()
 	var hint string
 	if st, ok := statusOf(err); ok {
-		msg = st.Message()
+		// The coordinator often names the operation too ("retry build 3:
+		// no step ..."): say it once.
+		msg = strings.TrimPrefix(st.Message(), what+": ")
 		switch st.Code() {
 		case codes.NotFound:
 			hint = notFoundHint
 		case codes.InvalidArgument:
 			code = ExitUsage
-			hint = "fix the request; 'kilnctl validate FILE' checks a pipeline file offline"
+			hint = invalidHint(msg)
 		case codes.PermissionDenied:
 			hint = "ask someone who is allowed, or check the approvers in the pipeline file"
 		case codes.Unauthenticated:
@@ -362,6 +384,19 @@ func rpcError(what string, err error, notFoundHint string) error {
 	return &ExitError{Code: code, Err: errors.New(text)}
 }
 
+// invalidHint is the hint for an InvalidArgument answer, by what was
+// wrong: the source (a ref the repository lacks, a URL not allowed), the
+// pipeline file, or the request itself.
+func invalidHint(msg string) string {
+	switch {
+	case strings.HasPrefix(msg, "source:"):
+		return "check --git and --ref: 'git ls-remote URL' lists the repository's branches and tags"
+	case strings.HasPrefix(msg, "invalid build file"):
+		return "'kilnctl validate FILE' checks a pipeline file offline with the same rules"
+	}
+	return "fix the request (see the command's --help)"
+}
+
 // statusOf finds the gRPC status in err's chain, keeping its own message
 // (status.FromError would replace it with the whole chain's text).
 func statusOf(err error) (*status.Status, bool) {
@@ -378,12 +413,12 @@ func statusOf(err error) (*status.Status, bool) {
 // outputFormat validates the -o flag.
 func outputFormat(o string) error {
 	switch o {
-	case "table", "json":
+	case "table", "json", "yaml":
 		return nil
 	}
-	return usageErrorf("unknown output format %q: use table or json", o)
+	return usageErrorf("unknown output format %q: use table, json or yaml", o)
 }
 
 func addOutputFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "output", "o", "table", "output format: table or json")
+	cmd.Flags().StringVarP(p, "output", "o", "table", "output format: table, json or yaml")
 }

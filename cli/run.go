@@ -170,12 +170,45 @@ func (a *app) waitForBuild(ctx context.Context, c *client.Client, id string, job
 	if err != nil {
 		return rpcError("wait for build "+id, err, "")
 	}
-	state := buildState(b.GetState())
-	fmt.Fprintf(a.stderr, "build %s %s\n", id, state)
-	if b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
-		return &ExitError{Code: ExitFailed}
+	return a.reportOutcome(b)
+}
+
+// reportOutcome prints "build ID STATE" on stderr and, when the build did
+// not pass, its reason and each job that failed, timed out, was lost or
+// canceled with its exit code and reason, so a failed run says why
+// without a second command. It returns the silent exit-1 error unless
+// the build passed.
+func (a *app) reportOutcome(b *kilnv1.Build) error {
+	fmt.Fprintf(a.stderr, "build %s %s\n", b.GetId(), buildState(b.GetState()))
+	if b.GetState() == kilnv1.BuildState_BUILD_STATE_PASSED {
+		return nil
 	}
-	return nil
+	if r := b.GetReason(); r != "" {
+		fmt.Fprintf(a.stderr, "  reason: %s\n", oneLine(r, 200))
+	}
+	for _, j := range b.GetJobs() {
+		switch j.GetState() {
+		case kilnv1.JobState_JOB_STATE_FAILED, kilnv1.JobState_JOB_STATE_TIMED_OUT,
+			kilnv1.JobState_JOB_STATE_LOST, kilnv1.JobState_JOB_STATE_CANCELED:
+		default:
+			continue
+		}
+		line := fmt.Sprintf("  job %s %s", j.GetKey(), jobState(j.GetState()))
+		if j.GetState() == kilnv1.JobState_JOB_STATE_FAILED && j.GetSpec().GetApproval() == nil && j.GetExitCode() != 0 {
+			line += fmt.Sprintf(" (exit %d)", j.GetExitCode())
+		}
+		if r := j.GetReason(); r != "" {
+			line += ": " + oneLine(r, 200)
+		}
+		if j.GetSpec().GetAllowFailure() {
+			line += " [allowed to fail]"
+		}
+		if j.GetAttempt() > 1 {
+			line += fmt.Sprintf(" [attempt %d; earlier: kilnctl logs %s --job %s --attempt N]", j.GetAttempt(), b.GetId(), j.GetKey())
+		}
+		fmt.Fprintln(a.stderr, line)
+	}
+	return &ExitError{Code: ExitFailed}
 }
 
 // waitTerminal follows the build with ControlService.WatchBuild until it

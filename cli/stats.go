@@ -116,8 +116,8 @@ func (a *app) statsCommand() *cobra.Command {
 				return err
 			}
 			s := toStatsJSON(resp.GetStats())
-			if output == "json" {
-				return writeJSON(a.stdout, s)
+			if structured(output) {
+				return writeOutput(a.stdout, output, s)
 			}
 			return printStats(a, s)
 		}),

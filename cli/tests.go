@@ -123,7 +123,7 @@ func (a *app) testsCommand() *cobra.Command {
 					break
 				}
 			}
-			return printTests(a.stdout, resp, output == "json")
+			return printTests(a.stdout, resp, output)
 		}),
 	}
 	cmd.Flags().BoolVar(&failed, "failed", false, "show failed and errored cases only")
@@ -132,8 +132,8 @@ func (a *app) testsCommand() *cobra.Command {
 	return cmd
 }
 
-func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error {
-	if asJSON {
+func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, output string) error {
+	if structured(output) {
 		out := TestsJSON{Summary: toTestSummaryJSON(resp.GetSummary()), Cases: []TestCaseJSON{}, Errors: []TestReportErrorJSON{}}
 		for _, r := range resp.GetReports() {
 			if r.GetError() != "" {
@@ -144,7 +144,7 @@ func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error 
 					Classname: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(), DurationMs: c.GetDurationMs(), Message: c.GetMessage(), Flaky: c.GetFlaky(), Output: c.GetOutput()})
 			}
 		}
-		return writeJSON(w, out)
+		return writeOutput(w, output, out)
 	}
 	fmt.Fprintln(w, summaryLine(resp.GetSummary()))
 	for _, r := range resp.GetReports() {
@@ -164,7 +164,56 @@ func printTests(w io.Writer, resp *kilnv1.ListTestsResponse, asJSON bool) error 
 				time.Duration(c.GetDurationMs())*time.Millisecond, orDash(firstLine(c.GetMessage())))
 		}
 	}
-	return t.Flush()
+	if err := t.Flush(); err != nil {
+		return err
+	}
+	// The message attribute is often just "Failed"; the text that says
+	// why (assertion, first stack frames) follows it. Show its start.
+	for _, r := range resp.GetReports() {
+		for _, c := range r.GetCases() {
+			if c.GetResult() != "failed" && c.GetResult() != "errored" && !c.GetFlaky() {
+				continue
+			}
+			lines := failureLines(c.GetMessage(), maxFailureLines)
+			if len(lines) <= 1 {
+				continue // the MESSAGE column said it all
+			}
+			name := c.GetName()
+			if c.GetClassname() != "" {
+				name = c.GetClassname() + "." + name
+			}
+			fmt.Fprintf(w, "\n--- %s %s (%s)\n", c.GetResult(), name, r.GetStep())
+			for _, l := range lines {
+				fmt.Fprintf(w, "    %s\n", l)
+			}
+		}
+	}
+	return nil
+}
+
+// maxFailureLines is how many lines of a failure's text the tests table
+// shows under it; -o json has the whole (truncated) message.
+const maxFailureLines = 8
+
+// failureLines returns the first n non-blank lines of a failure message,
+// each at most 160 bytes, with "..." as the last when more were cut.
+func failureLines(msg string, n int) []string {
+	var out []string
+	for _, l := range strings.Split(msg, "\n") {
+		l = strings.TrimRight(l, " \t\r")
+		if strings.TrimSpace(l) == "" {
+			continue
+		}
+		if len(out) == n {
+			out = append(out, "...")
+			break
+		}
+		if len(l) > 160 {
+			l = l[:157] + "..."
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 func (a *app) testsFlakyCommand() *cobra.Command {
@@ -201,12 +250,12 @@ func (a *app) testsFlakyCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if output == "json" {
+			if structured(output) {
 				out := []FlakyTestJSON{}
 				for _, f := range resp.GetTests() {
 					out = append(out, FlakyTestJSON{Classname: f.GetClassname(), Name: f.GetName(), FlakyBuilds: f.GetFlakyBuilds(), Builds: f.GetBuilds(), LastBuildID: f.GetLastBuildId()})
 				}
-				return writeJSON(a.stdout, out)
+				return writeOutput(a.stdout, output, out)
 			}
 			t := newTable(a.stdout)
 			fmt.Fprintln(t, "FLAKY\tBUILDS\tCLASS\tNAME\tLAST")

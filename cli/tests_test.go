@@ -19,7 +19,7 @@ type testsServer struct {
 
 func (s *testsServer) ListTests(_ context.Context, req *kilnv1.ListTestsRequest) (*kilnv1.ListTestsResponse, error) {
 	s.failedOnly = append(s.failedOnly, req.GetFailedOnly())
-	cases := []*kilnv1.TestCase{{Classname: "pkg.T", Name: "bad", Result: "failed", DurationMs: 1500, Message: "boom\ntrace"}}
+	cases := []*kilnv1.TestCase{{Classname: "pkg.T", Name: "bad", Result: "failed", DurationMs: 1500, Message: "boom\n\ntrace"}}
 	if !req.GetFailedOnly() {
 		cases = append([]*kilnv1.TestCase{{Classname: "pkg.T", Name: "shaky", Result: "passed", Flaky: true}}, cases...)
 	}
@@ -57,7 +57,7 @@ func TestTestsCommands(t *testing.T) {
 	out, errOut, code := runCLI(t, "--coordinators", addr, "tests", "7")
 	must(t, code, 0, errOut)
 	if !strings.HasPrefix(out, "2 tests, 1 passed, 1 failed, 0 errored, 0 skipped, 1 flaky (1.5s)\n") ||
-		!strings.Contains(out, "RESULT") || !strings.Contains(out, "passed (flaky)") || !strings.Contains(out, "boom") || strings.Contains(out, "trace") {
+		!strings.Contains(out, "RESULT") || !strings.Contains(out, "passed (flaky)") || !strings.Contains(out, "boom") || !strings.Contains(out, "\n--- failed pkg.T.bad (test)\n    boom\n    trace\n") {
 		t.Fatalf("tests output:\n%s", out)
 	}
 	out, errOut, code = runCLI(t, "--coordinators", addr, "tests", "7", "--failed", "-o", "json")
@@ -84,5 +84,14 @@ func TestTestsCommands(t *testing.T) {
 	var bj BuildJSON
 	if err := json.Unmarshal([]byte(out), &bj); err != nil || bj.Tests == nil || bj.Tests.Total != 2 || bj.Tests.Flaky != 1 || bj.Tests.DurationMs != 20 {
 		t.Fatalf("status json %v %+v", err, bj)
+	}
+}
+
+func TestFailureLinesBounded(t *testing.T) {
+	msg := "Failed\n\nexpected 1\n  got 2\n" + strings.Repeat("at frame\n", 20)
+	got := failureLines(msg, 4)
+	want := []string{"Failed", "expected 1", "  got 2", "at frame", "..."}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("failureLines = %q, want %q", got, want)
 	}
 }

@@ -42,7 +42,10 @@ func (a *app) tlsFiles() tlsutil.Files {
 
 // clientOptions are the cluster client's TLS options (none: plaintext).
 func (a *app) clientOptions() ([]client.Option, error) {
-	f := a.tlsFiles()
+	f, err := a.contextTLS(a.tlsFiles())
+	if err != nil {
+		return nil, err
+	}
 	if err := f.Validate(); err != nil {
 		return nil, usageErrorf("%v", err)
 	}

@@ -51,9 +51,11 @@ func (a *app) uploadDir(ctx context.Context, c *client.Client, dir string) (*kil
 	sha := hex.EncodeToString(h.Sum(nil))
 	uctx, cancel := context.WithTimeout(ctx, max(a.timeout, minUploadTimeout))
 	defer cancel()
+	prog := a.progress("upload "+dir, size)
 	err = c.Do(uctx, func(ctx context.Context, conn grpc.ClientConnInterface) error {
-		return sendBlob(ctx, conn, f, size, sha)
+		return sendBlob(ctx, conn, f, size, sha, prog)
 	})
+	prog(-1)
 	if err != nil {
 		return nil, rpcError("upload "+dir, err, "")
 	}
@@ -61,8 +63,9 @@ func (a *app) uploadDir(ctx context.Context, c *client.Client, dir string) (*kil
 	return &kilnv1.Source{ArchiveSha256: sha, ArchiveSize: size}, nil
 }
 
-// sendBlob streams the file from its start as one Upload.
-func sendBlob(ctx context.Context, conn grpc.ClientConnInterface, f *os.File, size int64, sha string) error {
+// sendBlob streams the file from its start as one Upload, reporting the
+// bytes sent so far to prog.
+func sendBlob(ctx context.Context, conn grpc.ClientConnInterface, f *os.File, size int64, sha string, prog func(int64)) error {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
@@ -75,8 +78,14 @@ func sendBlob(ctx context.Context, conn grpc.ClientConnInterface, f *os.File, si
 	err = stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Header{Header: &kilnv1.BlobHeader{
 		Size: size, Sha256: sha, Kind: "source"}}})
 	if err == nil {
+		var sent int64
 		_, err = blobio.SendChunks(ctx, f, blobio.ChunkSize, func(chunk []byte) error {
-			return stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}})
+			if err := stream.Send(&kilnv1.UploadRequest{Msg: &kilnv1.UploadRequest_Data{Data: chunk}}); err != nil {
+				return err
+			}
+			sent += int64(len(chunk))
+			prog(sent)
+			return nil
 		})
 	}
 	// io.EOF from Send means the server answered early (e.g. not the

@@ -95,3 +95,25 @@ func TestRunUploadsDirectory(t *testing.T) {
 		t.Errorf("--upload with --git: exit %d", code)
 	}
 }
+
+// The progress line redraws in place and ends with a newline; without a
+// terminal nothing is drawn.
+func TestProgressLine(t *testing.T) {
+	var buf bytes.Buffer
+	p := progressLine(&buf, "upload src", 2<<20)
+	p(1 << 20)
+	p(2 << 20)
+	p(-1)
+	got := buf.String()
+	if !strings.HasPrefix(got, "\rupload src  1.0/2.0 MiB   50%") || !strings.HasSuffix(got, "\rupload src  2.0/2.0 MiB  100%\n") {
+		t.Errorf("progress = %q", got)
+	}
+	a := &app{stderr: &buf}
+	buf.Reset()
+	q := a.progress("x", 10)
+	q(5)
+	q(-1)
+	if buf.Len() != 0 {
+		t.Errorf("drawn without a terminal: %q", buf.String())
+	}
+}

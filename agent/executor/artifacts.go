@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -258,22 +260,99 @@ func downloadInputs(ctx context.Context, ws string, inputs []*kilnv1.Artifact, f
 	}
 	defer root.Close()
 	for _, in := range inputs {
-		af := in.GetFile()
-		if err := checkArtifactPath(af.GetPath()); err != nil {
+		if err := checkArtifactPath(in.GetFile().GetPath()); err != nil {
 			return err
 		}
+	}
+	placed, err := placeInputs(inputs, out)
+	if err != nil {
+		return err
+	}
+	for _, p := range placed {
+		af := p.file
 		if af.GetSize() < 0 {
 			return fmt.Errorf("%s: negative size", af.GetPath())
 		}
-		fmt.Fprintf(out, "kiln: downloading artifact %s from %s (%d bytes, sha256 %.12s)\n", af.GetPath(), in.GetStep(), af.GetSize(), af.GetSha256())
+		fmt.Fprintf(out, "kiln: downloading artifact %s from %s (%d bytes, sha256 %.12s)\n", af.GetPath(), p.step, af.GetSize(), af.GetSha256())
 		if err := downloadInput(ctx, root, af, fetch); err != nil {
 			return fmt.Errorf("%s: %w", af.GetPath(), err)
 		}
 	}
-	if len(inputs) > 0 {
-		fmt.Fprintf(out, "kiln: downloaded %d artifacts\n", len(inputs))
+	if len(placed) > 0 {
+		fmt.Fprintf(out, "kiln: downloaded %d artifacts\n", len(placed))
 	}
 	return nil
+}
+
+// placedInput is an input artifact with the workspace path it is written
+// to (file.path) and the step it comes from.
+type placedInput struct {
+	step string
+	file *kilnv1.ArtifactFile
+}
+
+// placeInputs decides where each input goes, deterministically whatever
+// the order of the inputs: a path that one needed step produced (or that
+// several produced with the same content) is written at that path once.
+// A path that several steps produced with different content (the legs
+// of a matrix writing the same report, say) is written once per step at
+// STEP/PATH and not at PATH, with a kiln: line saying so; silently
+// keeping one of them would make the result depend on the order. A
+// STEP/PATH that another input also claims is an error.
+func placeInputs(inputs []*kilnv1.Artifact, out io.Writer) ([]placedInput, error) {
+	byPath := map[string][]*kilnv1.Artifact{}
+	var paths []string
+	for _, in := range inputs {
+		p := in.GetFile().GetPath()
+		if _, ok := byPath[p]; !ok {
+			paths = append(paths, p)
+		}
+		byPath[p] = append(byPath[p], in)
+	}
+	slices.Sort(paths)
+	var placed []placedInput
+	claimed := map[string]string{} // workspace path → step
+	claim := func(dst, step string, af *kilnv1.ArtifactFile) error {
+		if other, ok := claimed[dst]; ok {
+			return fmt.Errorf("%s: both %s and %s put an artifact there; rename one of them", dst, other, step)
+		}
+		claimed[dst] = step
+		f := proto.Clone(af).(*kilnv1.ArtifactFile)
+		f.Path = dst
+		placed = append(placed, placedInput{step: step, file: f})
+		return nil
+	}
+	for _, p := range paths {
+		ins := byPath[p]
+		slices.SortFunc(ins, func(a, b *kilnv1.Artifact) int { return strings.Compare(a.GetStep(), b.GetStep()) })
+		same := true
+		for _, in := range ins[1:] {
+			if in.GetFile().GetSha256() != ins[0].GetFile().GetSha256() || in.GetFile().GetMode() != ins[0].GetFile().GetMode() {
+				same = false
+			}
+		}
+		if same {
+			if err := claim(p, ins[0].GetStep(), ins[0].GetFile()); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		steps := make([]string, len(ins))
+		for i, in := range ins {
+			steps[i] = in.GetStep()
+		}
+		fmt.Fprintf(out, "kiln: artifact %s differs between steps %s: each is written to STEP/%s\n", p, strings.Join(steps, ", "), p)
+		for _, in := range ins {
+			dst := in.GetStep() + "/" + p
+			if err := checkArtifactPath(dst); err != nil {
+				return nil, err
+			}
+			if err := claim(dst, in.GetStep(), in.GetFile()); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return placed, nil
 }
 
 func downloadInput(ctx context.Context, root *os.Root, af *kilnv1.ArtifactFile, fetch func(ctx context.Context, sha string, w io.Writer) error) error {

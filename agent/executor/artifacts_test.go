@@ -249,3 +249,44 @@ func paths(files []CollectedFile) []string {
 	}
 	return ps
 }
+
+// Inputs of several steps at one path: identical content is written once
+// at the path; different content goes to STEP/PATH for each step, the
+// same whatever the order of the inputs.
+func TestInputsAtTheSamePathFromSeveralSteps(t *testing.T) {
+	from := func(step, path, data string) *kilnv1.Artifact {
+		in := inputOf(path, data, 0o644)
+		in.Step = step
+		return in
+	}
+	blobs := map[string]string{shaOf("r22"): "r22", shaOf("r23"): "r23", shaOf("lib"): "lib"}
+	orders := [][]*kilnv1.Artifact{
+		{from("unit-1.22", "report.xml", "r22"), from("unit-1.23", "report.xml", "r23"), from("unit-1.22", "lib.a", "lib"), from("unit-1.23", "lib.a", "lib")},
+		{from("unit-1.23", "lib.a", "lib"), from("unit-1.23", "report.xml", "r23"), from("unit-1.22", "lib.a", "lib"), from("unit-1.22", "report.xml", "r22")},
+	}
+	for i, inputs := range orders {
+		ws := t.TempDir()
+		var log strings.Builder
+		if err := downloadInputs(context.Background(), ws, inputs, fetchFrom(blobs), &log); err != nil {
+			t.Fatalf("order %d: %v", i, err)
+		}
+		want := map[string]string{"lib.a": "lib", "unit-1.22/report.xml": "r22", "unit-1.23/report.xml": "r23"}
+		for p, data := range want {
+			if b, err := os.ReadFile(filepath.Join(ws, p)); err != nil || string(b) != data {
+				t.Errorf("order %d: %s = %q, %v; want %q", i, p, b, err, data)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(ws, "report.xml")); err == nil {
+			t.Errorf("order %d: the ambiguous report.xml was written at its path", i)
+		}
+		if !strings.Contains(log.String(), "kiln: artifact report.xml differs between steps unit-1.22, unit-1.23: each is written to STEP/report.xml\n") {
+			t.Errorf("order %d: log\n%s", i, log.String())
+		}
+	}
+	// STEP/PATH that another artifact already uses: a clear error.
+	clash := []*kilnv1.Artifact{from("a", "x", "r22"), from("b", "x", "r23"), from("c", "a/x", "lib")}
+	err := downloadInputs(context.Background(), t.TempDir(), clash, fetchFrom(blobs), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "a/x: both") {
+		t.Fatalf("clash: %v", err)
+	}
+}

@@ -288,6 +288,8 @@ func Describe(req, resp any) string {
 		return fmt.Sprintf("%s build=%s step=%s comment=%q", verb, r.GetBuildId(), r.GetStep(), r.GetComment())
 	case *kilnv1.AddRepoRequest:
 		return fmt.Sprintf("repo=%s url=%q branch=%s", r.GetName(), r.GetUrl(), r.GetBranch())
+	case *kilnv1.RemoveRepoRequest:
+		return fmt.Sprintf("repo=%s", r.GetName())
 	case *kilnv1.JoinRequest:
 		return fmt.Sprintf("node=%s raft=%s grpc=%s", r.GetNodeId(), r.GetRaftAddr(), r.GetGrpcAddr())
 	case *kilnv1.LeaveRequest:

@@ -55,6 +55,7 @@ var Methods = map[string]Rule{
 	"/kiln.v1.ControlService/RetryBuild":     {Min: role.Developer, Audit: true},
 	"/kiln.v1.ControlService/AddRepo":        {Min: role.Operator, Audit: true},
 	"/kiln.v1.ControlService/ListRepos":      {Min: role.Viewer},
+	"/kiln.v1.ControlService/RemoveRepo":     {Min: role.Operator, Audit: true},
 	"/kiln.v1.ControlService/ListArtifacts":  {Min: role.Viewer},
 	"/kiln.v1.ControlService/ListTests":      {Min: role.Viewer},
 	"/kiln.v1.ControlService/FlakyTests":     {Min: role.Viewer},

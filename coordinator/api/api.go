@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -158,6 +159,12 @@ func (d *Deps) readBarrier(ctx context.Context, c kilnv1.Consistency) error {
 	return d.toStatus(err)
 }
 
+// withoutSentinel is err's message without the ": not found"-style
+// suffix of the sentinel it wraps: the status code already says it.
+func withoutSentinel(err, sentinel error) string {
+	return strings.TrimSuffix(err.Error(), ": "+sentinel.Error())
+}
+
 // toStatus maps internal errors to gRPC status codes.
 func (d *Deps) toStatus(err error) error {
 	if err == nil {
@@ -178,9 +185,9 @@ func (d *Deps) toStatus(err error) error {
 		}
 		return d.notLeader()
 	case errors.Is(err, fsm.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
+		return status.Error(codes.NotFound, withoutSentinel(err, fsm.ErrNotFound))
 	case errors.Is(err, fsm.ErrInvalidCommand):
-		return status.Error(codes.InvalidArgument, err.Error())
+		return status.Error(codes.InvalidArgument, withoutSentinel(err, fsm.ErrInvalidCommand))
 	case errors.Is(err, fsm.ErrNotPermitted):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, fsm.ErrStaleAttempt), errors.Is(err, fsm.ErrInvalidState), errors.Is(err, fsm.ErrLogsIncomplete):

@@ -215,8 +215,29 @@ const (
 // With follow it keeps going until every selected job is finished, waking
 // only for changes of the build and of the selected jobs and their logs.
 func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.ControlService_StreamLogsServer) error {
+	if req.GetAttempt() != 0 && req.GetJobKey() == "" {
+		return invalid("attempt needs job_key: attempts are numbered per job")
+	}
 	if err := s.d.readBarrier(stream.Context(), req.GetConsistency()); err != nil {
 		return err
+	}
+	if a := req.GetAttempt(); a != 0 {
+		view := s.d.Store.View()
+		jobs, ok := view.BuildJobs(req.GetBuildId(), req.GetJobKey())
+		if !ok {
+			return status.Errorf(codes.NotFound, "build %q not found", req.GetBuildId())
+		}
+		if len(jobs) == 0 {
+			return status.Errorf(codes.NotFound, "build %s has no job %q", req.GetBuildId(), req.GetJobKey())
+		}
+		j := jobs[0]
+		if a > j.GetAttempt() {
+			return status.Errorf(codes.NotFound, "job %s of build %s has %d attempt(s); there is no attempt %d", j.GetKey(), req.GetBuildId(), j.GetAttempt(), a)
+		}
+		if a < j.GetAttempt() {
+			return s.sendPastAttempt(stream, j, a)
+		}
+		// The current attempt: the usual stream of this one job.
 	}
 	type pos struct {
 		attempt uint32
@@ -281,6 +302,32 @@ func (s *ControlServer) StreamLogs(req *kilnv1.StreamLogsRequest, stream kilnv1.
 		}
 		if err := view.Wait(stream.Context()); err != nil {
 			return status.FromContextError(stream.Context().Err()).Err()
+		}
+	}
+}
+
+// sendPastAttempt sends the log of an earlier attempt of job j as the
+// answering coordinator holds it. The state keeps the committed position
+// of the current attempt only. An earlier attempt's chunks were each
+// acknowledged by a majority, so a coordinator that was down during that
+// attempt may hold fewer until its catch-up; ask another one then.
+func (s *ControlServer) sendPastAttempt(stream kilnv1.ControlService_StreamLogsServer, j *kilnv1.Job, attempt uint32) error {
+	var after uint64
+	for {
+		chunks, err := s.d.Logs.ReadHeld(j.GetId(), attempt, after, logReadBytes)
+		if err != nil {
+			return s.d.toStatus(err)
+		}
+		if len(chunks) == 0 {
+			return nil
+		}
+		for _, c := range chunks {
+			if err := stream.Send(&kilnv1.StreamLogsResponse{
+				JobId: j.GetId(), JobKey: j.GetKey(), Attempt: attempt, Seq: c.GetSeq(), Data: c.GetData(),
+			}); err != nil {
+				return err
+			}
+			after = c.GetSeq()
 		}
 	}
 }

@@ -65,6 +65,26 @@ func (s *ControlServer) AddRepo(ctx context.Context, req *kilnv1.AddRepoRequest)
 	return &kilnv1.AddRepoResponse{Repo: r}, nil
 }
 
+// RemoveRepo unregisters a repository: the watcher stops polling its
+// branch. Its builds stay.
+func (s *ControlServer) RemoveRepo(ctx context.Context, req *kilnv1.RemoveRepoRequest) (*kilnv1.RemoveRepoResponse, error) {
+	if req.GetName() == "" || len(req.GetName()) > MaxNameBytes {
+		return nil, invalid("name: give the repository's name (at most %d bytes)", MaxNameBytes)
+	}
+	if err := s.d.requireLeader(); err != nil {
+		return nil, err
+	}
+	out, err := s.d.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_REMOVE_REPO, &fsmv1.RemoveRepo{Name: req.GetName()})
+	if err != nil {
+		return nil, s.d.toStatus(err)
+	}
+	if out.Err != nil {
+		return nil, s.d.toStatus(out.Err)
+	}
+	s.d.Log.Info("repository removed", zap.String("repo", req.GetName()))
+	return &kilnv1.RemoveRepoResponse{Repo: out.Repo}, nil
+}
+
 func validateAddRepo(req *kilnv1.AddRepoRequest) (*kilnv1.Repo, error) {
 	name := req.GetName()
 	switch {

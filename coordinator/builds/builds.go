@@ -323,6 +323,16 @@ func (s *Service) fromFile(req *kilnv1.SubmitBuildRequest, cmd *fsmv1.SubmitBuil
 	if cmd.Steps, err = f.Resolve(conditionContext(req, cmd)); err != nil {
 		return &Error{Kind: KindInvalid, Msg: "invalid build file:\n" + err.Error(), Err: err}
 	}
+	if f.Buildspec != nil {
+		// A buildspec's env.variables are its step's env, which jobs see
+		// over the build's; CodeBuild gives start-build overrides (here
+		// --env) priority over them, so those leave the step's env.
+		for _, st := range cmd.Steps {
+			for k := range req.GetEnv() {
+				delete(st.Env, k)
+			}
+		}
+	}
 	if cmd.Name == "" {
 		cmd.Name = f.Name()
 	}

@@ -210,6 +210,17 @@ steps:
 			},
 		},
 		{
+			name: "buildspec: --env overrides env.variables",
+			req: &kilnv1.SubmitBuildRequest{RequestId: "r", SpecFilename: "buildspec.yml", Env: map[string]string{"STAGE": "prod"},
+				SpecYaml: "version: 0.2\nenv:\n  variables:\n    STAGE: dev\n    KEEP: k\nphases:\n  build:\n    commands:\n      - make\n"},
+			check: func(t *testing.T, cmd *fsmv1.SubmitBuild) {
+				step := cmd.GetSteps()[0].GetEnv()
+				if _, ok := step["STAGE"]; ok || step["KEEP"] != "k" || cmd.GetEnv()["STAGE"] != "prod" {
+					t.Fatalf("step env %v, build env %v", step, cmd.GetEnv())
+				}
+			},
+		},
+		{
 			name: "git branch resolved; `if` sees the resolved branch; event defaults to the request's",
 			req: &kilnv1.SubmitBuildRequest{RequestId: "r", SpecYaml: pipelineFile, Event: "api",
 				Env: map[string]string{"B": "request"}, Source: &kilnv1.Source{GitUrl: "https://git.example/x.git", Ref: "main"}},

@@ -123,6 +123,10 @@ func TestACLRoleOperationMatrix(t *testing.T) {
 			_, err := cs(cc).AddRepo(ctx, &kilnv1.AddRepoRequest{Name: "", Url: ""})
 			return err
 		}},
+		{"RemoveRepo", operators, func(ctx context.Context, cc grpc.ClientConnInterface) error {
+			_, err := cs(cc).RemoveRepo(ctx, &kilnv1.RemoveRepoRequest{Name: "nope"})
+			return err
+		}},
 		{"SetSecret", operators, func(ctx context.Context, cc grpc.ClientConnInterface) error {
 			_, err := kilnv1.NewAccessServiceClient(cc).SetSecret(ctx, &kilnv1.SetSecretRequest{Name: "X"})
 			return err

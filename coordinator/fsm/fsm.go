@@ -60,7 +60,8 @@ type Result struct {
 	// RetryBuild (for a repeated request id: the build as it is, with Err
 	// nil).
 	Build *kilnv1.Build
-	// Repo is the repository after AddRepo or RepoPolled.
+	// Repo is the repository after AddRepo or RepoPolled (before
+	// RemoveRepo).
 	Repo *kilnv1.Repo
 	// Outcomes are what the agent reports did, for the leader to
 	// acknowledge: AppendLogs gives one per (job_id, attempt) in the batch,
@@ -118,6 +119,7 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_RETRY_BUILD:        func() proto.Message { return &fsmv1.RetryBuild{} },
 	fsmv1.CommandType_COMMAND_TYPE_ADD_REPO:           func() proto.Message { return &fsmv1.AddRepo{} },
 	fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED:        func() proto.Message { return &fsmv1.RepoPolled{} },
+	fsmv1.CommandType_COMMAND_TYPE_REMOVE_REPO:        func() proto.Message { return &fsmv1.RemoveRepo{} },
 	fsmv1.CommandType_COMMAND_TYPE_REGISTER_ARTIFACTS: func() proto.Message { return &fsmv1.RegisterArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_EXPIRE_ARTIFACTS:   func() proto.Message { return &fsmv1.ExpireArtifacts{} },
 	fsmv1.CommandType_COMMAND_TYPE_RECORD_TESTS:       func() proto.Message { return &fsmv1.RecordTests{} },
@@ -270,6 +272,9 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return &Result{Repo: r, Err: err}
 	case *fsmv1.RepoPolled:
 		r, err := s.RepoPolled(idx, c)
+		return &Result{Repo: r, Err: err}
+	case *fsmv1.RemoveRepo:
+		r, err := s.RemoveRepo(idx, c)
 		return &Result{Repo: r, Err: err}
 	case *fsmv1.RegisterArtifacts:
 		return outcome(s.RegisterArtifacts(idx, c))

@@ -422,6 +422,18 @@ func (r *Replicator) Read(ctx context.Context, jobID string, attempt uint32, aft
 	return r.cfg.Store.Read(jobID, attempt, afterSeq, through, maxBytes)
 }
 
+// ReadHeld returns the chunks after afterSeq of a job attempt that this
+// node's store holds, at most maxBytes of data (at least one chunk), with
+// no fetch from peers: for attempts whose committed end the state no
+// longer records (an earlier attempt of a retried job).
+func (r *Replicator) ReadHeld(jobID string, attempt uint32, afterSeq uint64, maxBytes int) ([]*kilnv1.LogChunk, error) {
+	last, err := r.cfg.Store.Last(jobID, attempt)
+	if err != nil {
+		return nil, err
+	}
+	return r.cfg.Store.Read(jobID, attempt, afterSeq, last, maxBytes)
+}
+
 // Run is the background catch-up: once ready (the node applied its log)
 // and then every interval, it fetches the committed chunks the local store
 // lacks and checks the chain digest of each log it had to complete against

@@ -248,6 +248,7 @@ func (s *Store) AddRepo(index uint64, cmd *fsmv1.AddRepo) (*kilnv1.Repo, error) 
 		if old := getRepo(w.tx, r.GetName()); old != nil {
 			r.LastCommit = old.GetLastCommit()
 			r.Builds = old.GetBuilds()
+			r.LastError, r.LastErrorCommit, r.LastErrorBuildId = old.GetLastError(), old.GetLastErrorCommit(), old.GetLastErrorBuildId()
 		}
 		mustInsert(w.tx, tableRepos, r)
 		return r, nil
@@ -264,6 +265,19 @@ func (s *Store) RepoPolled(index uint64, cmd *fsmv1.RepoPolled) (*kilnv1.Repo, e
 		r = proto.Clone(r).(*kilnv1.Repo)
 		r.LastCommit = cmd.GetCommit()
 		mustInsert(w.tx, tableRepos, r)
+		return r, nil
+	})
+}
+
+// RemoveRepo unregisters a repository; its builds stay. It returns the
+// repository as it was.
+func (s *Store) RemoveRepo(index uint64, cmd *fsmv1.RemoveRepo) (*kilnv1.Repo, error) {
+	return writeResult(s, index, func(w *wtx) (*kilnv1.Repo, error) {
+		r := getRepo(w.tx, cmd.GetName())
+		if r == nil {
+			return nil, fmt.Errorf("repository %q is not registered: %w", cmd.GetName(), ErrNotFound)
+		}
+		mustDelete(w.tx, tableRepos, r)
 		return r, nil
 	})
 }

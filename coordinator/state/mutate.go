@@ -91,6 +91,9 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		if b, ok, err := w.seenRequest(cmd.GetRequestId()); ok || err != nil {
 			return b, err
 		}
+		if cmd.GetInvalidReason() != "" {
+			return w.submitInvalid(cmd)
+		}
 		steps := cmd.GetSteps()
 		if err := validateSteps(steps); err != nil {
 			return nil, fmt.Errorf("submit build: %w", err)
@@ -155,6 +158,8 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 			}
 			r = proto.Clone(r).(*kilnv1.Repo)
 			r.Builds++
+			// A build that is not broken clears the repository's error.
+			r.LastError, r.LastErrorCommit, r.LastErrorBuildId = "", "", ""
 			mustInsert(w.tx, tableRepos, r)
 			b.RepoBuildNumber = r.Builds
 		}
@@ -187,6 +192,61 @@ func (s *Store) SubmitBuild(index uint64, cmd *fsmv1.SubmitBuild) (*kilnv1.Build
 		w.advance(bid, now)
 		return assembleBuild(w.tx, getBuildRow(w.tx, bid)), nil
 	})
+}
+
+// MaxInvalidReason bounds SubmitBuild.invalid_reason (the build's reason
+// and the repository's last error).
+const MaxInvalidReason = 8 << 10
+
+// submitInvalid creates the FAILED, jobless build recording a commit whose
+// build file could not be used (SubmitBuild.invalid_reason), and sets its
+// repository's last error.
+func (w *wtx) submitInvalid(cmd *fsmv1.SubmitBuild) (*kilnv1.Build, error) {
+	reason := cmd.GetInvalidReason()
+	switch {
+	case len(cmd.GetSteps()) > 0:
+		return nil, fmt.Errorf("submit build: steps with an invalid_reason: %w", ErrInvalidCommand)
+	case len(reason) > MaxInvalidReason:
+		return nil, fmt.Errorf("submit build: invalid_reason of %d bytes; the limit is %d: %w", len(reason), MaxInvalidReason, ErrInvalidCommand)
+	}
+	m := *readMeta(w.tx)
+	bid := strconv.FormatUint(m.NextBuild, 10)
+	m.NextBuild++
+	mustInsert(w.tx, tableMeta, &m)
+	now := cmd.GetTimeUnixMs()
+	event := cmd.GetEvent()
+	if event == "" {
+		event = "manual"
+	}
+	b := &kilnv1.Build{
+		Id:             bid,
+		Name:           cmd.GetName(),
+		State:          bFailed,
+		Submitter:      cmd.GetSubmitter(),
+		CreatedUnixMs:  now,
+		FinishedUnixMs: now,
+		Reason:         reason,
+		Env:            maps.Clone(cmd.GetEnv()),
+		RequestId:      cmd.GetRequestId(),
+		Event:          event,
+	}
+	if cmd.GetSource() != nil {
+		b.Source = proto.Clone(cmd.GetSource()).(*kilnv1.Source)
+	}
+	if name := b.GetSource().GetRepo(); name != "" {
+		r := getRepo(w.tx, name)
+		if r == nil {
+			return nil, fmt.Errorf("submit build: unknown repository %q: %w", name, ErrInvalidCommand)
+		}
+		r = proto.Clone(r).(*kilnv1.Repo)
+		r.Builds++
+		r.LastError, r.LastErrorCommit, r.LastErrorBuildId = reason, b.GetSource().GetCommit(), bid
+		mustInsert(w.tx, tableRepos, r)
+		b.RepoBuildNumber = r.Builds
+	}
+	mustInsert(w.tx, tableBuilds, &buildRow{ID: bid, Build: b})
+	w.recordRequest(cmd.GetRequestId(), bid)
+	return assembleBuild(w.tx, getBuildRow(w.tx, bid)), nil
 }
 
 // seenRequest returns the build recorded for a request id, if any.

@@ -1,27 +1,30 @@
 // Package watcher is the leader-only branch watcher: it polls the branch of
 // every registered repository and starts a build of the repository's
-// pipeline file for each new commit.
+// pipeline file for each new branch tip a poll sees.
 //
-// Exactly once per commit, across failovers: a poll that sees a commit other
+// The branch tip of each poll is built, once: a poll that sees a tip other
 // than the repository's last_commit submits the build through the builds
 // service (coordinator/builds, what the API's SubmitBuild calls) with the
-// request id "watch/<repo>/<commit>", and
-// only then commits RepoPolled{repo, commit}. A leader that dies between the
-// two leaves last_commit behind; the next leader polls, sees the same commit
-// and submits the same request id again, which the FSM answers with the
-// first build. Only commits seen at poll time are built: several pushes
-// between two polls start one build, for the newest commit.
+// request id "watch/<repo>/<commit>", and only then commits
+// RepoPolled{repo, commit}. A leader that dies between the two leaves
+// last_commit behind; the next leader polls, sees the same commit and
+// submits the same request id again, which the FSM answers with the first
+// build. Commits pushed together between two polls are not built one by
+// one: only the tip the poll sees is.
 //
-// A pipeline file that is missing, too large or does not parse starts no
-// build: the watcher logs a warning and still records the commit as polled,
-// so the same broken commit is not fetched again on every poll; the next
-// commit is tried afresh. Errors reaching the repository or the cluster are
-// retried at the next poll.
+// A pipeline file that is missing, too large or does not parse starts a
+// build that is FAILED at once, with no jobs and the problems as its
+// reason (SubmitBuild.invalid_reason, same request id), which also sets
+// the repository's last_error: the broken commit shows in `kilnctl builds`
+// and `kilnctl repo list`. The commit is recorded as polled, so it is not
+// fetched again on every poll; the next commit is tried afresh. Errors
+// reaching the repository or the cluster are retried at the next poll.
 package watcher
 
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,6 +33,7 @@ import (
 
 	"github.com/kiln-ci/kiln/coordinator/builds"
 	"github.com/kiln-ci/kiln/coordinator/fsm"
+	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -218,10 +222,13 @@ func (w *Watcher) poll(ctx context.Context, r *kilnv1.Repo) error {
 		log.Info("commit already built", zap.String("build", id))
 		return w.recordPolled(ctx, name, commit)
 	}
+	src := &kilnv1.Source{GitUrl: r.GetUrl(), Ref: r.GetBranch(), Commit: commit, Branch: r.GetBranch(), Repo: name}
 	data, err := w.cfg.ReadFile(ctx, r.GetUrl(), commit, r.GetPipeline(), MaxPipelineBytes)
 	switch {
 	case errors.Is(err, gitsrc.ErrFileNotFound), errors.Is(err, gitsrc.ErrFileTooLarge):
-		log.Warn("no build for the new commit: pipeline file unusable", zap.String("pipeline", r.GetPipeline()), zap.Error(err))
+		if err := w.submitBroken(ctx, log, reqID, src, "pipeline file "+r.GetPipeline()+": "+err.Error()); err != nil {
+			return err
+		}
 		return w.recordPolled(ctx, name, commit)
 	case err != nil:
 		return err
@@ -231,13 +238,14 @@ func (w *Watcher) poll(ctx context.Context, r *kilnv1.Repo) error {
 		Submitter:    Submitter,
 		SpecYaml:     string(data),
 		SpecFilename: r.GetPipeline(),
-		Source: &kilnv1.Source{GitUrl: r.GetUrl(), Ref: r.GetBranch(), Commit: commit,
-			Branch: r.GetBranch(), Repo: name},
-		Branch: r.GetBranch(),
-		Event:  Event,
+		Source:       src,
+		Branch:       r.GetBranch(),
+		Event:        Event,
 	})
 	if builds.IsInvalid(err) {
-		log.Warn("no build for the new commit: pipeline file rejected", zap.String("pipeline", r.GetPipeline()), zap.Error(err))
+		if err := w.submitBroken(ctx, log, reqID, src, err.Error()); err != nil {
+			return err
+		}
 		return w.recordPolled(ctx, name, commit)
 	}
 	if err != nil {
@@ -246,6 +254,30 @@ func (w *Watcher) poll(ctx context.Context, r *kilnv1.Repo) error {
 	log.Info("build started for new commit", zap.String("build", b.GetId()), zap.Uint64("repo_build_number", b.GetRepoBuildNumber()))
 	return w.recordPolled(ctx, name, commit)
 }
+
+// submitBroken commits the FAILED build recording a commit whose pipeline
+// file could not be used, with reason (bounded) as its reason.
+func (w *Watcher) submitBroken(ctx context.Context, log *zap.Logger, reqID string, src *kilnv1.Source, reason string) error {
+	if len(reason) > state.MaxInvalidReason {
+		reason = strings.ToValidUTF8(reason[:state.MaxInvalidReason-len(truncated)], "") + truncated
+	}
+	res, err := w.cfg.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_SUBMIT_BUILD, &fsmv1.SubmitBuild{
+		RequestId: reqID, Submitter: Submitter, Source: src, Event: Event,
+		TimeUnixMs: w.cfg.Now().UnixMilli(), InvalidReason: reason,
+	})
+	if err != nil {
+		return err
+	}
+	if res.Err != nil {
+		return res.Err
+	}
+	log.Warn("new commit not built: pipeline file unusable; recorded as a failed build",
+		zap.String("build", res.Build.GetId()), zap.String("reason", reason))
+	return nil
+}
+
+// truncated ends a reason cut to state.MaxInvalidReason.
+const truncated = "\n... (truncated)"
 
 func (w *Watcher) recordPolled(ctx context.Context, name, commit string) error {
 	res, err := w.cfg.Raft.Apply(ctx, fsmv1.CommandType_COMMAND_TYPE_REPO_POLLED, &fsmv1.RepoPolled{Name: name, Commit: commit})

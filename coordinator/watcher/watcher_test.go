@@ -177,25 +177,41 @@ func TestRecordLostAfterSubmitDoesNotDuplicate(t *testing.T) {
 	}
 }
 
-func TestBadPipelineStartsNothingAndIsRecorded(t *testing.T) {
+func TestBadPipelineIsAFailedBuildAndTheRepoError(t *testing.T) {
 	r := gittest.New(t, "main")
 	c1 := r.Commit("broken", map[string]string{".kiln.yaml": "invalid"})
 	h := newHarness(t)
 	h.addRepo("web", r.URL())
 	h.run(Config{})
 	eventually(t, "the broken commit is recorded", func() bool { return h.lastCommit("web") == c1 })
-	// A commit without the file: recorded, no build.
+	bs := h.builds()
+	if len(bs) != 1 {
+		t.Fatalf("%d builds for the broken commit, want 1 failed build", len(bs))
+	}
+	if b := bs[0]; b.GetState() != kilnv1.BuildState_BUILD_STATE_FAILED || b.GetReason() != "invalid build file" ||
+		len(b.GetJobs()) != 0 || b.GetSource().GetCommit() != c1 || b.GetRequestId() != "watch/web/"+c1 || b.GetEvent() != "push" {
+		t.Fatalf("broken build = %v", b)
+	}
+	if repo, _ := h.store.Repo("web"); repo.GetLastError() != "invalid build file" || repo.GetLastErrorCommit() != c1 ||
+		repo.GetLastErrorBuildId() != bs[0].GetId() {
+		t.Fatalf("repo = %v", repo)
+	}
+	// A commit without the file: a failed build naming the file.
 	r.Git("rm", "-q", ".kiln.yaml")
 	c2 := r.Commit("no file", nil)
 	eventually(t, "the commit without a pipeline is recorded", func() bool { return h.lastCommit("web") == c2 })
-	if n := len(h.builds()); n != 0 {
-		t.Fatalf("%d builds for broken commits", n)
+	bs = h.builds()
+	if len(bs) != 2 || !strings.Contains(bs[1].GetReason(), "pipeline file .kiln.yaml: ") || bs[1].GetState() != kilnv1.BuildState_BUILD_STATE_FAILED {
+		t.Fatalf("builds = %v", bs)
 	}
-	// A fixed commit builds.
+	// A fixed commit builds and clears the repository's error.
 	c3 := r.Commit("fixed", map[string]string{".kiln.yaml": "echo ok"})
 	eventually(t, "the fixed commit is built", func() bool { return h.lastCommit("web") == c3 })
-	if bs := h.builds(); len(bs) != 1 || bs[0].GetSource().GetCommit() != c3 {
+	if bs := h.builds(); len(bs) != 3 || bs[2].GetSource().GetCommit() != c3 || len(bs[2].GetJobs()) != 1 {
 		t.Fatalf("builds = %v", bs)
+	}
+	if repo, _ := h.store.Repo("web"); repo.GetLastError() != "" || repo.GetBuilds() != 3 {
+		t.Fatalf("repo after the fix = %v", repo)
 	}
 }
 

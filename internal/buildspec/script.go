@@ -46,6 +46,17 @@ _bs_done=0 _bs_code=0 _bs_pc=0 _bs_abort= _bs_first= _bs_stage= _bs_skip=0
 _bs_phase= _bs_of= _bs_defabort=0 _bs_prc=0 _bs_frc=0 _bs_kind=cmd _bs_c= _bs_d=
 CODEBUILD_BUILD_SUCCEEDING=1; export CODEBUILD_BUILD_SUCCEEDING
 if [ -z "${CODEBUILD_SRC_DIR:-}" ]; then CODEBUILD_SRC_DIR=$PWD; export CODEBUILD_SRC_DIR; fi
+# CodeBuild's build and source variables, from what Kiln knows (KILN_*);
+# set ones are kept. Webhook variables are set for push builds only.
+: "${CODEBUILD_BUILD_ID:=${KILN_BUILD_NAME:-kiln}:${KILN_BUILD_ID:-}}" "${CODEBUILD_BUILD_NUMBER:=${KILN_BUILD_NUMBER:-}}"
+: "${CODEBUILD_RESOLVED_SOURCE_VERSION:=${KILN_COMMIT:-}}" "${CODEBUILD_SOURCE_VERSION:=${KILN_BRANCH:-${KILN_TAG:-${KILN_COMMIT:-}}}}"
+: "${CODEBUILD_SOURCE_REPO_URL:=${KILN_REPO:-}}" "${CODEBUILD_INITIATOR:=kiln}"
+export CODEBUILD_BUILD_ID CODEBUILD_BUILD_NUMBER CODEBUILD_RESOLVED_SOURCE_VERSION CODEBUILD_SOURCE_VERSION CODEBUILD_SOURCE_REPO_URL CODEBUILD_INITIATOR
+if [ "${KILN_EVENT:-}" = push ]; then
+  if [ -n "${KILN_TAG:-}" ]; then _bs_ref=refs/tags/$KILN_TAG _bs_trig=tag/$KILN_TAG; else _bs_ref=refs/heads/${KILN_BRANCH:-} _bs_trig=branch/${KILN_BRANCH:-}; fi
+  : "${CODEBUILD_WEBHOOK_EVENT:=PUSH}" "${CODEBUILD_WEBHOOK_HEAD_REF:=$_bs_ref}" "${CODEBUILD_WEBHOOK_TRIGGER:=$_bs_trig}"
+  export CODEBUILD_WEBHOOK_EVENT CODEBUILD_WEBHOOK_HEAD_REF CODEBUILD_WEBHOOK_TRIGGER
+fi
 _bs_say() { printf '[buildspec] %s\n' "$*"; }
 _bs_traps() {
   trap '_bs_rc=$?; eval "$_bs_onexit"' EXIT

@@ -12,12 +12,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -55,6 +57,12 @@ type Client struct {
 	creds credentials.TransportCredentials
 	// token, when set, is sent as the bearer credential of every call.
 	token string
+	// dialTimeout, when positive, bounds how long Do retries while no
+	// coordinator has ever answered this client (see WithDialTimeout).
+	dialTimeout time.Duration
+	// reached is set once any coordinator answered a call over a working
+	// connection (whatever the answer).
+	reached atomic.Bool
 
 	mu      sync.Mutex
 	conns   map[string]*grpc.ClientConn
@@ -75,6 +83,14 @@ type Option func(*Client)
 func WithCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *Client) { c.creds = creds }
 }
+
+// WithDialTimeout makes Do give up after d when no coordinator has answered
+// this client yet: every address refused the connection or could not be
+// reached. Without it Do retries until its context ends, which with
+// nothing running looks like a hang. Once any coordinator has answered
+// (even "not leader" during an election), Do keeps retrying until the
+// context ends as before: the cluster exists and is recovering.
+func WithDialTimeout(d time.Duration) Option { return func(c *Client) { c.dialTimeout = d } }
 
 // WithToken sends token as "authorization: Bearer <token>" with every call
 // (coordinators started with --acl require one).
@@ -197,6 +213,7 @@ func (e *UnavailableError) GRPCStatus() *status.Status {
 // fn may run several times; anything it sends must be safe to repeat (the
 // API's mutating calls carry a request_id for that).
 func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.ClientConnInterface) error) error {
+	start := time.Now()
 	var (
 		tried    []string
 		lastErr  error
@@ -227,6 +244,11 @@ func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.
 				return err
 			}
 			callErr = fn(ctx, conn)
+			if callErr == nil || status.Code(callErr) != codes.Unavailable || conn.GetState() == connectivity.Ready {
+				// The coordinator answered: an Unavailable on a ready
+				// connection is its own (no leader yet), not a failed dial.
+				c.reached.Store(true)
+			}
 			return callErr
 		})
 		if err == nil {
@@ -241,6 +263,10 @@ func (c *Client) Do(ctx context.Context, fn func(ctx context.Context, conn grpc.
 			return err
 		}
 		lastErr = err
+		if c.dialTimeout > 0 && !c.reached.Load() && time.Since(start) >= c.dialTimeout {
+			// Nothing answers at any address: nothing is running there.
+			return &UnavailableError{Tried: tried, Last: lastErr}
+		}
 		next := c.advance(addr)
 		d := backoffDelay(failures)
 		failures++

@@ -241,3 +241,62 @@ func TestBackoffBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestDialTimeoutFailsFastWhenNothingListens(t *testing.T) {
+	a, b := deadAddr(t), deadAddr(t)
+	c, err := New([]string{a, b}, nil, WithDialTimeout(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The context allows far longer than the dial timeout: Do must not use it.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = submit(ctx, c)
+	var ue *UnavailableError
+	if !errors.As(err, &ue) {
+		t.Fatalf("err = %T %v, want *UnavailableError", err, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Do waited for the whole context instead of the dial timeout")
+	}
+	if len(ue.Tried) != 2 {
+		t.Errorf("tried %v, want both addresses", ue.Tried)
+	}
+}
+
+func TestDialTimeoutKeepsRetryingWhileACoordinatorAnswers(t *testing.T) {
+	// One node answers "no leader known" (an election): the client must
+	// keep trying past the dial timeout until the leader appears.
+	electing := startNode(t)
+	c, err := New([]string{electing.addr}, nil, WithDialTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Become leader only after the node has been asked more than once,
+	// which with the backoff is past the dial timeout.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			if electing.callCount() >= 4 {
+				electing.mu.Lock()
+				electing.isLeader = true
+				electing.mu.Unlock()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	got, err := submit(ctx, c)
+	<-done
+	if err != nil {
+		t.Fatalf("gave up while a coordinator answered: %v", err)
+	}
+	if got != electing.addr {
+		t.Errorf("served by %s", got)
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"os/exec"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -349,6 +350,105 @@ func CheckoutTo(ctx context.Context, dir, rawURL, commit string, log io.Writer) 
 		return fmt.Errorf("checked out %s, want %s", got, commit)
 	}
 	fmt.Fprintf(log, "kiln: checked out %s\n", commit)
+	if err := fetchTags(ctx, dir, rawURL, commit, log); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// Tags are a convenience (git describe); the checkout stands.
+		fmt.Fprintf(log, "kiln: warning: tags not fetched: %v\n", err)
+	}
+	return nil
+}
+
+// deepenSteps are the history depths a shallow checkout is deepened to,
+// in turn, looking for the newest tag in it; after the last the whole
+// history is fetched.
+var deepenSteps = []int{50, 500, 5000}
+
+// maxTagRefspecs bounds the refspecs of one git fetch of tags.
+const maxTagRefspecs = 500
+
+// fetchTags makes `git describe --tags` work in a shallow checkout: it
+// deepens the history of commit until it holds a commit some tag of the
+// repository points at (or the whole history), then fetches every tag
+// that points into the history it now holds. A repository without tags
+// costs one ls-remote; a full (non-shallow) fetch already has the tags.
+func fetchTags(ctx context.Context, dir, rawURL, commit string, log io.Writer) error {
+	var shallow bytes.Buffer
+	if err := run(ctx, dir, &shallow, io.Discard, "rev-parse", "--is-shallow-repository"); err != nil {
+		return fmt.Errorf("git rev-parse: %w", err)
+	}
+	if strings.TrimSpace(shallow.String()) != "true" {
+		return nil // the fallback fetch took every tag
+	}
+	out, err := lsRemote(ctx, rawURL, false, "refs/tags/*")
+	if err != nil {
+		return err
+	}
+	// Tag name → the commit it points at (annotated tags peeled).
+	tags := map[string]string{}
+	for name, sha := range parseRefs(out) {
+		if base, ok := strings.CutSuffix(name, "^{}"); ok {
+			tags[base] = sha
+		} else if _, seen := tags[name]; !seen {
+			tags[name] = sha
+		}
+	}
+	if len(tags) == 0 {
+		return nil
+	}
+	held := func() ([]string, error) {
+		var in strings.Builder
+		names := make([]string, 0, len(tags))
+		for name, sha := range tags {
+			names = append(names, name)
+			in.WriteString(sha + "^{commit}\n")
+		}
+		var res bytes.Buffer
+		cmd := command(ctx, dir, "cat-file", "--batch-check")
+		cmd.Stdin = strings.NewReader(in.String())
+		cmd.Stdout = &res
+		if err := runCmd(cmd); err != nil {
+			return nil, fmt.Errorf("git cat-file: %w", err)
+		}
+		var have []string
+		for i, line := range strings.Split(strings.TrimSuffix(res.String(), "\n"), "\n") {
+			if i < len(names) && !strings.HasSuffix(line, " missing") {
+				have = append(have, names[i])
+			}
+		}
+		return have, nil
+	}
+	have, err := held()
+	if err != nil {
+		return err
+	}
+	for i := 0; len(have) == 0 && i <= len(deepenSteps); i++ {
+		args := []string{"fetch", "-q", "--no-tags", "--unshallow", "--", rawURL, commit}
+		if i < len(deepenSteps) {
+			args[3] = fmt.Sprintf("--depth=%d", deepenSteps[i])
+		}
+		if err := run(ctx, dir, log, log, args...); err != nil {
+			return fmt.Errorf("deepen history: %w", err)
+		}
+		if have, err = held(); err != nil {
+			return err
+		}
+	}
+	if len(have) == 0 {
+		return nil // no tag points into this commit's history
+	}
+	slices.Sort(have)
+	for start := 0; start < len(have); start += maxTagRefspecs {
+		args := []string{"fetch", "-q", "--no-tags", "--", rawURL}
+		for _, name := range have[start:min(start+maxTagRefspecs, len(have))] {
+			args = append(args, "+"+name+":"+name)
+		}
+		if err := run(ctx, dir, log, log, args...); err != nil {
+			return fmt.Errorf("fetch tags: %w", err)
+		}
+	}
+	fmt.Fprintf(log, "kiln: fetched %d tag(s) in the history of %.12s\n", len(have), commit)
 	return nil
 }
 

@@ -174,7 +174,16 @@ func TestCheckoutExactCommit(t *testing.T) {
 	if !strings.Contains(log.String(), "checked out "+mid) || strings.Contains(log.String(), "fetching all branches") {
 		t.Errorf("want a shallow fetch by id and the checkout line:\n%s", log.String())
 	}
-	// Shallow: one commit only.
+	// The fixture has tags, so the history was deepened to reach them
+	// (TestCheckoutFetchesTagsOfItsHistory); without tags it stays one
+	// commit deep.
+	bare := gittest.New(t, "main")
+	bare.Commit("a", map[string]string{"f": "a\n"})
+	tip := bare.Commit("b", map[string]string{"f": "b\n"})
+	dir = t.TempDir()
+	if err := gitsrc.CheckoutTo(ctx(t), dir, bare.URL(), tip, nil); err != nil {
+		t.Fatal(err)
+	}
 	if n := git(t, dir, "rev-list", "--count", "HEAD"); n != "1" {
 		t.Errorf("history has %s commits, want 1 (shallow)", n)
 	}
@@ -344,4 +353,35 @@ func silentServer(t *testing.T) string {
 		mu.Unlock()
 	})
 	return l.Addr().String()
+}
+
+// A shallow checkout gets the tags of its history: git describe --tags
+// works, and tags of other branches' commits are not fetched.
+func TestCheckoutFetchesTagsOfItsHistory(t *testing.T) {
+	f := newFixture(t)
+	// c3 is main's tip; light and v1 point at c1, both at c2; a tag on the
+	// feature branch is not in main's history.
+	f.r.Git("tag", "only-feature", f.feature)
+	mid := f.r.Commit("four", map[string]string{"README": "four\n"})
+	dir := t.TempDir()
+	var log bytes.Buffer
+	if err := gitsrc.CheckoutTo(ctx(t), dir, f.r.URL(), mid, &log); err != nil {
+		t.Fatalf("checkout: %v\n%s", err, log.String())
+	}
+	if got := git(t, dir, "describe", "--tags"); !strings.HasPrefix(got, "both-2-g") {
+		t.Errorf("git describe --tags = %q, want both-2-g...\n%s", got, log.String())
+	}
+	tags := git(t, dir, "tag", "--list")
+	for _, want := range []string{"both", "light", "v1"} {
+		if !strings.Contains(tags, want) {
+			t.Errorf("tag %s missing: %q", want, tags)
+		}
+	}
+	if strings.Contains(tags, "only-feature") {
+		t.Errorf("a tag outside the history was fetched: %q", tags)
+	}
+	// The annotated tag arrived as a tag object.
+	if typ := git(t, dir, "cat-file", "-t", "v1"); typ != "tag" {
+		t.Errorf("v1 is a %s, want an annotated tag", typ)
+	}
 }

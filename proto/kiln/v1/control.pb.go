@@ -553,7 +553,11 @@ type StreamLogsRequest struct {
 	// A client that reconnects during a follow passes what it has printed.
 	After []*LogPosition `protobuf:"bytes,4,rep,name=after,proto3" json:"after,omitempty"`
 	// How fresh the answer must be; unspecified means linearizable.
-	Consistency   Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	Consistency Consistency `protobuf:"varint,5,opt,name=consistency,proto3,enum=kiln.v1.Consistency" json:"consistency,omitempty"`
+	// One attempt of the job named by job_key (1 = the first run); 0 means
+	// the current attempt. An earlier attempt is served from the answering
+	// coordinator's copy, never followed.
+	Attempt       uint32 `protobuf:"varint,160,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -621,6 +625,13 @@ func (x *StreamLogsRequest) GetConsistency() Consistency {
 		return x.Consistency
 	}
 	return Consistency_CONSISTENCY_UNSPECIFIED
+}
+
+func (x *StreamLogsRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
 }
 
 // LogPosition is the last chunk a client has of one job attempt.
@@ -1390,6 +1401,95 @@ func (x *ListReposRequest) GetPageToken() string {
 	return ""
 }
 
+type RemoveRepoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRepoRequest) Reset() {
+	*x = RemoveRepoRequest{}
+	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRepoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRepoRequest) ProtoMessage() {}
+
+func (x *RemoveRepoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRepoRequest.ProtoReflect.Descriptor instead.
+func (*RemoveRepoRequest) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveRepoRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type RemoveRepoResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The repository as it was when removed.
+	Repo          *Repo `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRepoResponse) Reset() {
+	*x = RemoveRepoResponse{}
+	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRepoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRepoResponse) ProtoMessage() {}
+
+func (x *RemoveRepoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRepoResponse.ProtoReflect.Descriptor instead.
+func (*RemoveRepoResponse) Descriptor() ([]byte, []int) {
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveRepoResponse) GetRepo() *Repo {
+	if x != nil {
+		return x.Repo
+	}
+	return nil
+}
+
 type ListReposResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Repos []*Repo                `protobuf:"bytes,1,rep,name=repos,proto3" json:"repos,omitempty"`
@@ -1402,7 +1502,7 @@ type ListReposResponse struct {
 
 func (x *ListReposResponse) Reset() {
 	*x = ListReposResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	mi := &file_kiln_v1_control_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1414,7 +1514,7 @@ func (x *ListReposResponse) String() string {
 func (*ListReposResponse) ProtoMessage() {}
 
 func (x *ListReposResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[22]
+	mi := &file_kiln_v1_control_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1427,7 +1527,7 @@ func (x *ListReposResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReposResponse.ProtoReflect.Descriptor instead.
 func (*ListReposResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{22}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListReposResponse) GetRepos() []*Repo {
@@ -1457,7 +1557,7 @@ type ListArtifactsRequest struct {
 
 func (x *ListArtifactsRequest) Reset() {
 	*x = ListArtifactsRequest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	mi := &file_kiln_v1_control_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1469,7 +1569,7 @@ func (x *ListArtifactsRequest) String() string {
 func (*ListArtifactsRequest) ProtoMessage() {}
 
 func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[23]
+	mi := &file_kiln_v1_control_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1482,7 +1582,7 @@ func (x *ListArtifactsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsRequest.ProtoReflect.Descriptor instead.
 func (*ListArtifactsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{23}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListArtifactsRequest) GetBuildId() string {
@@ -1518,7 +1618,7 @@ type ListArtifactsResponse struct {
 
 func (x *ListArtifactsResponse) Reset() {
 	*x = ListArtifactsResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[24]
+	mi := &file_kiln_v1_control_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1630,7 @@ func (x *ListArtifactsResponse) String() string {
 func (*ListArtifactsResponse) ProtoMessage() {}
 
 func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[24]
+	mi := &file_kiln_v1_control_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1643,7 @@ func (x *ListArtifactsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListArtifactsResponse.ProtoReflect.Descriptor instead.
 func (*ListArtifactsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{24}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListArtifactsResponse) GetArtifacts() []*Artifact {
@@ -1575,7 +1675,7 @@ type ListTestsRequest struct {
 
 func (x *ListTestsRequest) Reset() {
 	*x = ListTestsRequest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[25]
+	mi := &file_kiln_v1_control_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1587,7 +1687,7 @@ func (x *ListTestsRequest) String() string {
 func (*ListTestsRequest) ProtoMessage() {}
 
 func (x *ListTestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[25]
+	mi := &file_kiln_v1_control_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1600,7 +1700,7 @@ func (x *ListTestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTestsRequest.ProtoReflect.Descriptor instead.
 func (*ListTestsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{25}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListTestsRequest) GetBuildId() string {
@@ -1644,7 +1744,7 @@ type ListTestsResponse struct {
 
 func (x *ListTestsResponse) Reset() {
 	*x = ListTestsResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[26]
+	mi := &file_kiln_v1_control_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1756,7 @@ func (x *ListTestsResponse) String() string {
 func (*ListTestsResponse) ProtoMessage() {}
 
 func (x *ListTestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[26]
+	mi := &file_kiln_v1_control_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1769,7 @@ func (x *ListTestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTestsResponse.ProtoReflect.Descriptor instead.
 func (*ListTestsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{26}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListTestsResponse) GetSummary() *TestSummary {
@@ -1709,7 +1809,7 @@ type FlakyTestsRequest struct {
 
 func (x *FlakyTestsRequest) Reset() {
 	*x = FlakyTestsRequest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[27]
+	mi := &file_kiln_v1_control_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1821,7 @@ func (x *FlakyTestsRequest) String() string {
 func (*FlakyTestsRequest) ProtoMessage() {}
 
 func (x *FlakyTestsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[27]
+	mi := &file_kiln_v1_control_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1834,7 @@ func (x *FlakyTestsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlakyTestsRequest.ProtoReflect.Descriptor instead.
 func (*FlakyTestsRequest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{27}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FlakyTestsRequest) GetRepo() string {
@@ -1781,7 +1881,7 @@ type FlakyTest struct {
 
 func (x *FlakyTest) Reset() {
 	*x = FlakyTest{}
-	mi := &file_kiln_v1_control_proto_msgTypes[28]
+	mi := &file_kiln_v1_control_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1893,7 @@ func (x *FlakyTest) String() string {
 func (*FlakyTest) ProtoMessage() {}
 
 func (x *FlakyTest) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[28]
+	mi := &file_kiln_v1_control_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1906,7 @@ func (x *FlakyTest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlakyTest.ProtoReflect.Descriptor instead.
 func (*FlakyTest) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{28}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *FlakyTest) GetClassname() string {
@@ -1853,7 +1953,7 @@ type FlakyTestsResponse struct {
 
 func (x *FlakyTestsResponse) Reset() {
 	*x = FlakyTestsResponse{}
-	mi := &file_kiln_v1_control_proto_msgTypes[29]
+	mi := &file_kiln_v1_control_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1865,7 +1965,7 @@ func (x *FlakyTestsResponse) String() string {
 func (*FlakyTestsResponse) ProtoMessage() {}
 
 func (x *FlakyTestsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_v1_control_proto_msgTypes[29]
+	mi := &file_kiln_v1_control_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1878,7 +1978,7 @@ func (x *FlakyTestsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlakyTestsResponse.ProtoReflect.Descriptor instead.
 func (*FlakyTestsResponse) Descriptor() ([]byte, []int) {
-	return file_kiln_v1_control_proto_rawDescGZIP(), []int{29}
+	return file_kiln_v1_control_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FlakyTestsResponse) GetTests() []*FlakyTest {
@@ -1936,13 +2036,14 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x126\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\":\n" +
 	"\x12WatchBuildResponse\x12$\n" +
-	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\xc3\x01\n" +
+	"\x05build\x18\x01 \x01(\v2\x0e.kiln.v1.BuildR\x05build\"\xde\x01\n" +
 	"\x11StreamLogsRequest\x12\x19\n" +
 	"\bbuild_id\x18\x01 \x01(\tR\abuildId\x12\x17\n" +
 	"\ajob_key\x18\x02 \x01(\tR\x06jobKey\x12\x16\n" +
 	"\x06follow\x18\x03 \x01(\bR\x06follow\x12*\n" +
 	"\x05after\x18\x04 \x03(\v2\x14.kiln.v1.LogPositionR\x05after\x126\n" +
-	"\vconsistency\x18\x05 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\"R\n" +
+	"\vconsistency\x18\x05 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x19\n" +
+	"\aattempt\x18\xa0\x01 \x01(\rR\aattempt\"R\n" +
 	"\vLogPosition\x12\x17\n" +
 	"\ajob_key\x18\x01 \x01(\tR\x06jobKey\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
@@ -1996,7 +2097,11 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x10ListReposRequest\x126\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
 	"\n" +
-	"page_token\x18( \x01(\tR\tpageToken\"`\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"'\n" +
+	"\x11RemoveRepoRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"7\n" +
+	"\x12RemoveRepoResponse\x12!\n" +
+	"\x04repo\x18\x01 \x01(\v2\r.kiln.v1.RepoR\x04repo\"`\n" +
 	"\x11ListReposResponse\x12#\n" +
 	"\x05repos\x18\x01 \x03(\v2\r.kiln.v1.RepoR\x05repos\x12&\n" +
 	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\x88\x01\n" +
@@ -2031,7 +2136,7 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\x06builds\x18\x04 \x01(\x05R\x06builds\x12\"\n" +
 	"\rlast_build_id\x18\x05 \x01(\tR\vlastBuildId\">\n" +
 	"\x12FlakyTestsResponse\x12(\n" +
-	"\x05tests\x18\x01 \x03(\v2\x12.kiln.v1.FlakyTestR\x05tests2\xfc\a\n" +
+	"\x05tests\x18\x01 \x03(\v2\x12.kiln.v1.FlakyTestR\x05tests2\xc3\b\n" +
 	"\x0eControlService\x12H\n" +
 	"\vSubmitBuild\x12\x1b.kiln.v1.SubmitBuildRequest\x1a\x1c.kiln.v1.SubmitBuildResponse\x12?\n" +
 	"\bGetBuild\x12\x18.kiln.v1.GetBuildRequest\x1a\x19.kiln.v1.GetBuildResponse\x12E\n" +
@@ -2048,7 +2153,9 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"\n" +
 	"RetryBuild\x12\x1a.kiln.v1.RetryBuildRequest\x1a\x1b.kiln.v1.RetryBuildResponse\x12<\n" +
 	"\aAddRepo\x12\x17.kiln.v1.AddRepoRequest\x1a\x18.kiln.v1.AddRepoResponse\x12B\n" +
-	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponse\x12N\n" +
+	"\tListRepos\x12\x19.kiln.v1.ListReposRequest\x1a\x1a.kiln.v1.ListReposResponse\x12E\n" +
+	"\n" +
+	"RemoveRepo\x12\x1a.kiln.v1.RemoveRepoRequest\x1a\x1b.kiln.v1.RemoveRepoResponse\x12N\n" +
 	"\rListArtifacts\x12\x1d.kiln.v1.ListArtifactsRequest\x1a\x1e.kiln.v1.ListArtifactsResponse\x12B\n" +
 	"\tListTests\x12\x19.kiln.v1.ListTestsRequest\x1a\x1a.kiln.v1.ListTestsResponse\x12E\n" +
 	"\n" +
@@ -2066,7 +2173,7 @@ func file_kiln_v1_control_proto_rawDescGZIP() []byte {
 	return file_kiln_v1_control_proto_rawDescData
 }
 
-var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_kiln_v1_control_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_kiln_v1_control_proto_goTypes = []any{
 	(*SubmitBuildRequest)(nil),     // 0: kiln.v1.SubmitBuildRequest
 	(*SubmitBuildResponse)(nil),    // 1: kiln.v1.SubmitBuildResponse
@@ -2090,86 +2197,91 @@ var file_kiln_v1_control_proto_goTypes = []any{
 	(*AddRepoRequest)(nil),         // 19: kiln.v1.AddRepoRequest
 	(*AddRepoResponse)(nil),        // 20: kiln.v1.AddRepoResponse
 	(*ListReposRequest)(nil),       // 21: kiln.v1.ListReposRequest
-	(*ListReposResponse)(nil),      // 22: kiln.v1.ListReposResponse
-	(*ListArtifactsRequest)(nil),   // 23: kiln.v1.ListArtifactsRequest
-	(*ListArtifactsResponse)(nil),  // 24: kiln.v1.ListArtifactsResponse
-	(*ListTestsRequest)(nil),       // 25: kiln.v1.ListTestsRequest
-	(*ListTestsResponse)(nil),      // 26: kiln.v1.ListTestsResponse
-	(*FlakyTestsRequest)(nil),      // 27: kiln.v1.FlakyTestsRequest
-	(*FlakyTest)(nil),              // 28: kiln.v1.FlakyTest
-	(*FlakyTestsResponse)(nil),     // 29: kiln.v1.FlakyTestsResponse
-	nil,                            // 30: kiln.v1.SubmitBuildRequest.LabelsEntry
-	nil,                            // 31: kiln.v1.SubmitBuildRequest.EnvEntry
-	(*Source)(nil),                 // 32: kiln.v1.Source
-	(*Build)(nil),                  // 33: kiln.v1.Build
-	(Consistency)(0),               // 34: kiln.v1.Consistency
-	(*Agent)(nil),                  // 35: kiln.v1.Agent
-	(*Repo)(nil),                   // 36: kiln.v1.Repo
-	(*Artifact)(nil),               // 37: kiln.v1.Artifact
-	(*TestSummary)(nil),            // 38: kiln.v1.TestSummary
-	(*TestReport)(nil),             // 39: kiln.v1.TestReport
+	(*RemoveRepoRequest)(nil),      // 22: kiln.v1.RemoveRepoRequest
+	(*RemoveRepoResponse)(nil),     // 23: kiln.v1.RemoveRepoResponse
+	(*ListReposResponse)(nil),      // 24: kiln.v1.ListReposResponse
+	(*ListArtifactsRequest)(nil),   // 25: kiln.v1.ListArtifactsRequest
+	(*ListArtifactsResponse)(nil),  // 26: kiln.v1.ListArtifactsResponse
+	(*ListTestsRequest)(nil),       // 27: kiln.v1.ListTestsRequest
+	(*ListTestsResponse)(nil),      // 28: kiln.v1.ListTestsResponse
+	(*FlakyTestsRequest)(nil),      // 29: kiln.v1.FlakyTestsRequest
+	(*FlakyTest)(nil),              // 30: kiln.v1.FlakyTest
+	(*FlakyTestsResponse)(nil),     // 31: kiln.v1.FlakyTestsResponse
+	nil,                            // 32: kiln.v1.SubmitBuildRequest.LabelsEntry
+	nil,                            // 33: kiln.v1.SubmitBuildRequest.EnvEntry
+	(*Source)(nil),                 // 34: kiln.v1.Source
+	(*Build)(nil),                  // 35: kiln.v1.Build
+	(Consistency)(0),               // 36: kiln.v1.Consistency
+	(*Agent)(nil),                  // 37: kiln.v1.Agent
+	(*Repo)(nil),                   // 38: kiln.v1.Repo
+	(*Artifact)(nil),               // 39: kiln.v1.Artifact
+	(*TestSummary)(nil),            // 40: kiln.v1.TestSummary
+	(*TestReport)(nil),             // 41: kiln.v1.TestReport
 }
 var file_kiln_v1_control_proto_depIdxs = []int32{
-	30, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
-	31, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
-	32, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
-	33, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
-	34, // 4: kiln.v1.GetBuildRequest.consistency:type_name -> kiln.v1.Consistency
-	33, // 5: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
-	34, // 6: kiln.v1.ListBuildsRequest.consistency:type_name -> kiln.v1.Consistency
-	33, // 7: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
-	34, // 8: kiln.v1.WatchBuildRequest.consistency:type_name -> kiln.v1.Consistency
-	33, // 9: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
+	32, // 0: kiln.v1.SubmitBuildRequest.labels:type_name -> kiln.v1.SubmitBuildRequest.LabelsEntry
+	33, // 1: kiln.v1.SubmitBuildRequest.env:type_name -> kiln.v1.SubmitBuildRequest.EnvEntry
+	34, // 2: kiln.v1.SubmitBuildRequest.source:type_name -> kiln.v1.Source
+	35, // 3: kiln.v1.SubmitBuildResponse.build:type_name -> kiln.v1.Build
+	36, // 4: kiln.v1.GetBuildRequest.consistency:type_name -> kiln.v1.Consistency
+	35, // 5: kiln.v1.GetBuildResponse.build:type_name -> kiln.v1.Build
+	36, // 6: kiln.v1.ListBuildsRequest.consistency:type_name -> kiln.v1.Consistency
+	35, // 7: kiln.v1.ListBuildsResponse.builds:type_name -> kiln.v1.Build
+	36, // 8: kiln.v1.WatchBuildRequest.consistency:type_name -> kiln.v1.Consistency
+	35, // 9: kiln.v1.WatchBuildResponse.build:type_name -> kiln.v1.Build
 	9,  // 10: kiln.v1.StreamLogsRequest.after:type_name -> kiln.v1.LogPosition
-	34, // 11: kiln.v1.StreamLogsRequest.consistency:type_name -> kiln.v1.Consistency
-	33, // 12: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
-	34, // 13: kiln.v1.ListAgentsRequest.consistency:type_name -> kiln.v1.Consistency
-	35, // 14: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
-	33, // 15: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
-	33, // 16: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
-	36, // 17: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
-	34, // 18: kiln.v1.ListReposRequest.consistency:type_name -> kiln.v1.Consistency
-	36, // 19: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
-	34, // 20: kiln.v1.ListArtifactsRequest.consistency:type_name -> kiln.v1.Consistency
-	37, // 21: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
-	34, // 22: kiln.v1.ListTestsRequest.consistency:type_name -> kiln.v1.Consistency
-	38, // 23: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
-	39, // 24: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
-	34, // 25: kiln.v1.FlakyTestsRequest.consistency:type_name -> kiln.v1.Consistency
-	28, // 26: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
-	0,  // 27: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 28: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 29: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 30: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 31: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 32: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 33: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	15, // 34: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
-	17, // 35: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	19, // 36: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
-	21, // 37: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
-	23, // 38: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
-	25, // 39: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
-	27, // 40: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
-	1,  // 41: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 42: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 43: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 44: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 45: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 46: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 47: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // 48: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
-	18, // 49: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	20, // 50: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
-	22, // 51: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
-	24, // 52: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
-	26, // 53: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
-	29, // 54: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
-	41, // [41:55] is the sub-list for method output_type
-	27, // [27:41] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	36, // 11: kiln.v1.StreamLogsRequest.consistency:type_name -> kiln.v1.Consistency
+	35, // 12: kiln.v1.CancelBuildResponse.build:type_name -> kiln.v1.Build
+	36, // 13: kiln.v1.ListAgentsRequest.consistency:type_name -> kiln.v1.Consistency
+	37, // 14: kiln.v1.ListAgentsResponse.agents:type_name -> kiln.v1.Agent
+	35, // 15: kiln.v1.DecideApprovalResponse.build:type_name -> kiln.v1.Build
+	35, // 16: kiln.v1.RetryBuildResponse.build:type_name -> kiln.v1.Build
+	38, // 17: kiln.v1.AddRepoResponse.repo:type_name -> kiln.v1.Repo
+	36, // 18: kiln.v1.ListReposRequest.consistency:type_name -> kiln.v1.Consistency
+	38, // 19: kiln.v1.RemoveRepoResponse.repo:type_name -> kiln.v1.Repo
+	38, // 20: kiln.v1.ListReposResponse.repos:type_name -> kiln.v1.Repo
+	36, // 21: kiln.v1.ListArtifactsRequest.consistency:type_name -> kiln.v1.Consistency
+	39, // 22: kiln.v1.ListArtifactsResponse.artifacts:type_name -> kiln.v1.Artifact
+	36, // 23: kiln.v1.ListTestsRequest.consistency:type_name -> kiln.v1.Consistency
+	40, // 24: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
+	41, // 25: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
+	36, // 26: kiln.v1.FlakyTestsRequest.consistency:type_name -> kiln.v1.Consistency
+	30, // 27: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
+	0,  // 28: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 29: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 30: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 31: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 32: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 33: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 34: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 35: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 36: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 37: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 38: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	22, // 39: kiln.v1.ControlService.RemoveRepo:input_type -> kiln.v1.RemoveRepoRequest
+	25, // 40: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
+	27, // 41: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
+	29, // 42: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
+	1,  // 43: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 44: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 45: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 46: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 47: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 48: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 49: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 50: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 51: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 52: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	24, // 53: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	23, // 54: kiln.v1.ControlService.RemoveRepo:output_type -> kiln.v1.RemoveRepoResponse
+	26, // 55: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
+	28, // 56: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
+	31, // 57: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
+	43, // [43:58] is the sub-list for method output_type
+	28, // [28:43] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }
@@ -2184,7 +2296,7 @@ func file_kiln_v1_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_v1_control_proto_rawDesc), len(file_kiln_v1_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,6 +30,7 @@ const (
 	ControlService_RetryBuild_FullMethodName     = "/kiln.v1.ControlService/RetryBuild"
 	ControlService_AddRepo_FullMethodName        = "/kiln.v1.ControlService/AddRepo"
 	ControlService_ListRepos_FullMethodName      = "/kiln.v1.ControlService/ListRepos"
+	ControlService_RemoveRepo_FullMethodName     = "/kiln.v1.ControlService/RemoveRepo"
 	ControlService_ListArtifacts_FullMethodName  = "/kiln.v1.ControlService/ListArtifacts"
 	ControlService_ListTests_FullMethodName      = "/kiln.v1.ControlService/ListTests"
 	ControlService_FlakyTests_FullMethodName     = "/kiln.v1.ControlService/FlakyTests"
@@ -72,6 +73,9 @@ type ControlServiceClient interface {
 	AddRepo(ctx context.Context, in *AddRepoRequest, opts ...grpc.CallOption) (*AddRepoResponse, error)
 	// ListRepos returns the registered repositories.
 	ListRepos(ctx context.Context, in *ListReposRequest, opts ...grpc.CallOption) (*ListReposResponse, error)
+	// RemoveRepo unregisters a repository: its branch is no longer watched;
+	// its builds stay.
+	RemoveRepo(ctx context.Context, in *RemoveRepoRequest, opts ...grpc.CallOption) (*RemoveRepoResponse, error)
 	// ListArtifacts returns the artifacts of a build's current attempts
 	// (download their content with BlobService.Download).
 	ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error)
@@ -218,6 +222,16 @@ func (c *controlServiceClient) ListRepos(ctx context.Context, in *ListReposReque
 	return out, nil
 }
 
+func (c *controlServiceClient) RemoveRepo(ctx context.Context, in *RemoveRepoRequest, opts ...grpc.CallOption) (*RemoveRepoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveRepoResponse)
+	err := c.cc.Invoke(ctx, ControlService_RemoveRepo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlServiceClient) ListArtifacts(ctx context.Context, in *ListArtifactsRequest, opts ...grpc.CallOption) (*ListArtifactsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListArtifactsResponse)
@@ -285,6 +299,9 @@ type ControlServiceServer interface {
 	AddRepo(context.Context, *AddRepoRequest) (*AddRepoResponse, error)
 	// ListRepos returns the registered repositories.
 	ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error)
+	// RemoveRepo unregisters a repository: its branch is no longer watched;
+	// its builds stay.
+	RemoveRepo(context.Context, *RemoveRepoRequest) (*RemoveRepoResponse, error)
 	// ListArtifacts returns the artifacts of a build's current attempts
 	// (download their content with BlobService.Download).
 	ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error)
@@ -335,6 +352,9 @@ func (UnimplementedControlServiceServer) AddRepo(context.Context, *AddRepoReques
 }
 func (UnimplementedControlServiceServer) ListRepos(context.Context, *ListReposRequest) (*ListReposResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListRepos not implemented")
+}
+func (UnimplementedControlServiceServer) RemoveRepo(context.Context, *RemoveRepoRequest) (*RemoveRepoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveRepo not implemented")
 }
 func (UnimplementedControlServiceServer) ListArtifacts(context.Context, *ListArtifactsRequest) (*ListArtifactsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListArtifacts not implemented")
@@ -550,6 +570,24 @@ func _ControlService_ListRepos_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ControlService_RemoveRepo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveRepoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServiceServer).RemoveRepo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ControlService_RemoveRepo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServiceServer).RemoveRepo(ctx, req.(*RemoveRepoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ControlService_ListArtifacts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListArtifactsRequest)
 	if err := dec(in); err != nil {
@@ -646,6 +684,10 @@ var ControlService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListRepos",
 			Handler:    _ControlService_ListRepos_Handler,
+		},
+		{
+			MethodName: "RemoveRepo",
+			Handler:    _ControlService_RemoveRepo_Handler,
 		},
 		{
 			MethodName: "ListArtifacts",

@@ -1368,10 +1368,16 @@ type Repo struct {
 	Pipeline       string `protobuf:"bytes,4,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
 	PollIntervalMs int64  `protobuf:"varint,5,opt,name=poll_interval_ms,json=pollIntervalMs,proto3" json:"poll_interval_ms,omitempty"`
 	// The last commit a build was started for.
-	LastCommit    string `protobuf:"bytes,6,opt,name=last_commit,json=lastCommit,proto3" json:"last_commit,omitempty"`
-	Builds        uint64 `protobuf:"varint,7,opt,name=builds,proto3" json:"builds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastCommit string `protobuf:"bytes,6,opt,name=last_commit,json=lastCommit,proto3" json:"last_commit,omitempty"`
+	Builds     uint64 `protobuf:"varint,7,opt,name=builds,proto3" json:"builds,omitempty"`
+	// Why the newest watched commit could not be built (its pipeline file
+	// missing or invalid), with that commit and the FAILED build recording
+	// it; cleared by the next build of the repository that is not broken.
+	LastError        string `protobuf:"bytes,160,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	LastErrorCommit  string `protobuf:"bytes,161,opt,name=last_error_commit,json=lastErrorCommit,proto3" json:"last_error_commit,omitempty"`
+	LastErrorBuildId string `protobuf:"bytes,162,opt,name=last_error_build_id,json=lastErrorBuildId,proto3" json:"last_error_build_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Repo) Reset() {
@@ -1451,6 +1457,27 @@ func (x *Repo) GetBuilds() uint64 {
 		return x.Builds
 	}
 	return 0
+}
+
+func (x *Repo) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *Repo) GetLastErrorCommit() string {
+	if x != nil {
+		return x.LastErrorCommit
+	}
+	return ""
+}
+
+func (x *Repo) GetLastErrorBuildId() string {
+	if x != nil {
+		return x.LastErrorBuildId
+	}
+	return ""
 }
 
 // Agent is an agent registration as the cluster keeps it.
@@ -2379,7 +2406,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x11artifacts_expired\x18\x14 \x01(\bR\x10artifactsExpired\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x02\n" +
 	"\x04Repo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x16\n" +
@@ -2388,7 +2415,11 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x10poll_interval_ms\x18\x05 \x01(\x03R\x0epollIntervalMs\x12\x1f\n" +
 	"\vlast_commit\x18\x06 \x01(\tR\n" +
 	"lastCommit\x12\x16\n" +
-	"\x06builds\x18\a \x01(\x04R\x06builds\"\xfc\x02\n" +
+	"\x06builds\x18\a \x01(\x04R\x06builds\x12\x1e\n" +
+	"\n" +
+	"last_error\x18\xa0\x01 \x01(\tR\tlastError\x12+\n" +
+	"\x11last_error_commit\x18\xa1\x01 \x01(\tR\x0flastErrorCommit\x12.\n" +
+	"\x13last_error_build_id\x18\xa2\x01 \x01(\tR\x10lastErrorBuildId\"\xfc\x02\n" +
 	"\x05Agent\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x122\n" +
 	"\x06labels\x18\x02 \x03(\v2\x1a.kiln.v1.Agent.LabelsEntryR\x06labels\x12\x14\n" +

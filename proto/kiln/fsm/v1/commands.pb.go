@@ -66,6 +66,8 @@ const (
 	// Deployments (deploy.proto).
 	CommandType_COMMAND_TYPE_START_DEPLOYMENT  CommandType = 50
 	CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT CommandType = 51
+	// Rough edges (edges): 60-64.
+	CommandType_COMMAND_TYPE_REMOVE_REPO CommandType = 60
 )
 
 // Enum value maps for CommandType.
@@ -101,6 +103,7 @@ var (
 		45: "COMMAND_TYPE_APPEND_AUDIT",
 		50: "COMMAND_TYPE_START_DEPLOYMENT",
 		51: "COMMAND_TYPE_UPDATE_DEPLOYMENT",
+		60: "COMMAND_TYPE_REMOVE_REPO",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -133,6 +136,7 @@ var (
 		"COMMAND_TYPE_APPEND_AUDIT":       45,
 		"COMMAND_TYPE_START_DEPLOYMENT":   50,
 		"COMMAND_TYPE_UPDATE_DEPLOYMENT":  51,
+		"COMMAND_TYPE_REMOVE_REPO":        60,
 	}
 )
 
@@ -178,8 +182,13 @@ type SubmitBuild struct {
 	ConcurrencyGroup    string                 `protobuf:"bytes,9,opt,name=concurrency_group,json=concurrencyGroup,proto3" json:"concurrency_group,omitempty"`
 	ConcurrencyLimit    int32                  `protobuf:"varint,10,opt,name=concurrency_limit,json=concurrencyLimit,proto3" json:"concurrency_limit,omitempty"`
 	ArtifactRetentionMs int64                  `protobuf:"varint,11,opt,name=artifact_retention_ms,json=artifactRetentionMs,proto3" json:"artifact_retention_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Set when the build file could not be used (the branch watcher found a
+	// commit whose pipeline file is missing, too large or invalid): the
+	// build is created FAILED with this reason and no jobs, so the broken
+	// commit shows in the build list. steps must be empty.
+	InvalidReason string `protobuf:"bytes,160,opt,name=invalid_reason,json=invalidReason,proto3" json:"invalid_reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitBuild) Reset() {
@@ -287,6 +296,13 @@ func (x *SubmitBuild) GetArtifactRetentionMs() int64 {
 		return x.ArtifactRetentionMs
 	}
 	return 0
+}
+
+func (x *SubmitBuild) GetInvalidReason() string {
+	if x != nil {
+		return x.InvalidReason
+	}
+	return ""
 }
 
 // DecideApproval approves or rejects a BLOCKED approval step. The leader
@@ -571,6 +587,53 @@ func (x *RepoPolled) GetCommit() string {
 	return ""
 }
 
+// RemoveRepo unregisters a watched repository: the watcher stops polling
+// it. Its builds stay. Removing a repository that is not registered is
+// NotFound.
+type RemoveRepo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveRepo) Reset() {
+	*x = RemoveRepo{}
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveRepo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveRepo) ProtoMessage() {}
+
+func (x *RemoveRepo) ProtoReflect() protoreflect.Message {
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveRepo.ProtoReflect.Descriptor instead.
+func (*RemoveRepo) Descriptor() ([]byte, []int) {
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RemoveRepo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
 // AssignJob gives the next attempt of a queued job to an agent.
 // Rejected unless the job is queued and attempt == job.attempt + 1.
 type AssignJob struct {
@@ -585,7 +648,7 @@ type AssignJob struct {
 
 func (x *AssignJob) Reset() {
 	*x = AssignJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +660,7 @@ func (x *AssignJob) String() string {
 func (*AssignJob) ProtoMessage() {}
 
 func (x *AssignJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[5]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +673,7 @@ func (x *AssignJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AssignJob.ProtoReflect.Descriptor instead.
 func (*AssignJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{5}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AssignJob) GetJobId() string {
@@ -654,7 +717,7 @@ type StartJob struct {
 
 func (x *StartJob) Reset() {
 	*x = StartJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +729,7 @@ func (x *StartJob) String() string {
 func (*StartJob) ProtoMessage() {}
 
 func (x *StartJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[6]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +742,7 @@ func (x *StartJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartJob.ProtoReflect.Descriptor instead.
 func (*StartJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{6}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StartJob) GetJobId() string {
@@ -723,7 +786,7 @@ type AppendLogs struct {
 
 func (x *AppendLogs) Reset() {
 	*x = AppendLogs{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +798,7 @@ func (x *AppendLogs) String() string {
 func (*AppendLogs) ProtoMessage() {}
 
 func (x *AppendLogs) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[7]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +811,7 @@ func (x *AppendLogs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendLogs.ProtoReflect.Descriptor instead.
 func (*AppendLogs) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{7}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AppendLogs) GetAgent() string {
@@ -778,7 +841,7 @@ type FinishJob struct {
 
 func (x *FinishJob) Reset() {
 	*x = FinishJob{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -790,7 +853,7 @@ func (x *FinishJob) String() string {
 func (*FinishJob) ProtoMessage() {}
 
 func (x *FinishJob) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[8]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -803,7 +866,7 @@ func (x *FinishJob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FinishJob.ProtoReflect.Descriptor instead.
 func (*FinishJob) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{8}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FinishJob) GetAgent() string {
@@ -840,7 +903,7 @@ type CancelBuild struct {
 
 func (x *CancelBuild) Reset() {
 	*x = CancelBuild{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -852,7 +915,7 @@ func (x *CancelBuild) String() string {
 func (*CancelBuild) ProtoMessage() {}
 
 func (x *CancelBuild) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[9]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -865,7 +928,7 @@ func (x *CancelBuild) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelBuild.ProtoReflect.Descriptor instead.
 func (*CancelBuild) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{9}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelBuild) GetRequestId() string {
@@ -912,7 +975,7 @@ type RegisterAgent struct {
 
 func (x *RegisterAgent) Reset() {
 	*x = RegisterAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +987,7 @@ func (x *RegisterAgent) String() string {
 func (*RegisterAgent) ProtoMessage() {}
 
 func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[10]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1000,7 @@ func (x *RegisterAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgent.ProtoReflect.Descriptor instead.
 func (*RegisterAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{10}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterAgent) GetName() string {
@@ -1002,7 +1065,7 @@ type DisconnectAgent struct {
 
 func (x *DisconnectAgent) Reset() {
 	*x = DisconnectAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1014,7 +1077,7 @@ func (x *DisconnectAgent) String() string {
 func (*DisconnectAgent) ProtoMessage() {}
 
 func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[11]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1027,7 +1090,7 @@ func (x *DisconnectAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectAgent.ProtoReflect.Descriptor instead.
 func (*DisconnectAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{11}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DisconnectAgent) GetName() string {
@@ -1066,7 +1129,7 @@ type ExpireAgent struct {
 
 func (x *ExpireAgent) Reset() {
 	*x = ExpireAgent{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1078,7 +1141,7 @@ func (x *ExpireAgent) String() string {
 func (*ExpireAgent) ProtoMessage() {}
 
 func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[12]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1091,7 +1154,7 @@ func (x *ExpireAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireAgent.ProtoReflect.Descriptor instead.
 func (*ExpireAgent) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{12}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExpireAgent) GetName() string {
@@ -1135,7 +1198,7 @@ type LoseAttempts struct {
 
 func (x *LoseAttempts) Reset() {
 	*x = LoseAttempts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1210,7 @@ func (x *LoseAttempts) String() string {
 func (*LoseAttempts) ProtoMessage() {}
 
 func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[13]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1223,7 @@ func (x *LoseAttempts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoseAttempts.ProtoReflect.Descriptor instead.
 func (*LoseAttempts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{13}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LoseAttempts) GetAttempts() []*v1.AttemptRef {
@@ -1196,7 +1259,7 @@ type SetNode struct {
 
 func (x *SetNode) Reset() {
 	*x = SetNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1271,7 @@ func (x *SetNode) String() string {
 func (*SetNode) ProtoMessage() {}
 
 func (x *SetNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[14]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1284,7 @@ func (x *SetNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNode.ProtoReflect.Descriptor instead.
 func (*SetNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{14}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetNode) GetId() string {
@@ -1255,7 +1318,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1330,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[15]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1343,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{15}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -1317,7 +1380,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1392,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[16]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1405,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{16}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -1584,7 +1647,7 @@ type SnapshotMeta struct {
 
 func (x *SnapshotMeta) Reset() {
 	*x = SnapshotMeta{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1659,7 @@ func (x *SnapshotMeta) String() string {
 func (*SnapshotMeta) ProtoMessage() {}
 
 func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[17]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1672,7 @@ func (x *SnapshotMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotMeta.ProtoReflect.Descriptor instead.
 func (*SnapshotMeta) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{17}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SnapshotMeta) GetVersion() uint32 {
@@ -1658,7 +1721,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1733,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[18]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1746,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{18}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RequestRecord) GetRequestId() string {
@@ -1714,7 +1777,7 @@ type RegisterArtifacts struct {
 
 func (x *RegisterArtifacts) Reset() {
 	*x = RegisterArtifacts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1789,7 @@ func (x *RegisterArtifacts) String() string {
 func (*RegisterArtifacts) ProtoMessage() {}
 
 func (x *RegisterArtifacts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[19]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1802,7 @@ func (x *RegisterArtifacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterArtifacts.ProtoReflect.Descriptor instead.
 func (*RegisterArtifacts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{19}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterArtifacts) GetAgent() string {
@@ -1776,7 +1839,7 @@ type RecordTests struct {
 
 func (x *RecordTests) Reset() {
 	*x = RecordTests{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1788,7 +1851,7 @@ func (x *RecordTests) String() string {
 func (*RecordTests) ProtoMessage() {}
 
 func (x *RecordTests) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[20]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1801,7 +1864,7 @@ func (x *RecordTests) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordTests.ProtoReflect.Descriptor instead.
 func (*RecordTests) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{20}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RecordTests) GetAgent() string {
@@ -1839,7 +1902,7 @@ type ExpireArtifacts struct {
 
 func (x *ExpireArtifacts) Reset() {
 	*x = ExpireArtifacts{}
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1851,7 +1914,7 @@ func (x *ExpireArtifacts) String() string {
 func (*ExpireArtifacts) ProtoMessage() {}
 
 func (x *ExpireArtifacts) ProtoReflect() protoreflect.Message {
-	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[21]
+	mi := &file_kiln_fsm_v1_commands_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1864,7 +1927,7 @@ func (x *ExpireArtifacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpireArtifacts.ProtoReflect.Descriptor instead.
 func (*ExpireArtifacts) Descriptor() ([]byte, []int) {
-	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{21}
+	return file_kiln_fsm_v1_commands_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExpireArtifacts) GetTimeUnixMs() int64 {
@@ -1885,7 +1948,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x14kiln/v1/deploy.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x14kiln/v1/deploy.proto\x1a\x13kiln/v1/types.proto\"\x8b\x04\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1900,7 +1963,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x11concurrency_group\x18\t \x01(\tR\x10concurrencyGroup\x12+\n" +
 	"\x11concurrency_limit\x18\n" +
 	" \x01(\x05R\x10concurrencyLimit\x122\n" +
-	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x1a6\n" +
+	"\x15artifact_retention_ms\x18\v \x01(\x03R\x13artifactRetentionMs\x12&\n" +
+	"\x0einvalid_reason\x18\xa0\x01 \x01(\tR\rinvalidReason\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xfa\x01\n" +
@@ -1929,7 +1993,10 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
 	"RepoPolled\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
-	"\x06commit\x18\x02 \x01(\tR\x06commit\"t\n" +
+	"\x06commit\x18\x02 \x01(\tR\x06commit\" \n" +
+	"\n" +
+	"RemoveRepo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"t\n" +
 	"\tAssignJob\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x14\n" +
@@ -2040,7 +2107,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xb7\a\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xd5\a\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -2072,7 +2139,8 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_DELETE_SECRET\x10,\x12\x1d\n" +
 	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-\x12!\n" +
 	"\x1dCOMMAND_TYPE_START_DEPLOYMENT\x102\x12\"\n" +
-	"\x1eCOMMAND_TYPE_UPDATE_DEPLOYMENT\x103B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x1eCOMMAND_TYPE_UPDATE_DEPLOYMENT\x103\x12\x1c\n" +
+	"\x18COMMAND_TYPE_REMOVE_REPO\x10<B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -2087,7 +2155,7 @@ func file_kiln_fsm_v1_commands_proto_rawDescGZIP() []byte {
 }
 
 var file_kiln_fsm_v1_commands_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_kiln_fsm_v1_commands_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(CommandType)(0),             // 0: kiln.fsm.v1.CommandType
 	(*SubmitBuild)(nil),          // 1: kiln.fsm.v1.SubmitBuild
@@ -2095,69 +2163,70 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*RetryBuild)(nil),           // 3: kiln.fsm.v1.RetryBuild
 	(*AddRepo)(nil),              // 4: kiln.fsm.v1.AddRepo
 	(*RepoPolled)(nil),           // 5: kiln.fsm.v1.RepoPolled
-	(*AssignJob)(nil),            // 6: kiln.fsm.v1.AssignJob
-	(*StartJob)(nil),             // 7: kiln.fsm.v1.StartJob
-	(*AppendLogs)(nil),           // 8: kiln.fsm.v1.AppendLogs
-	(*FinishJob)(nil),            // 9: kiln.fsm.v1.FinishJob
-	(*CancelBuild)(nil),          // 10: kiln.fsm.v1.CancelBuild
-	(*RegisterAgent)(nil),        // 11: kiln.fsm.v1.RegisterAgent
-	(*DisconnectAgent)(nil),      // 12: kiln.fsm.v1.DisconnectAgent
-	(*ExpireAgent)(nil),          // 13: kiln.fsm.v1.ExpireAgent
-	(*LoseAttempts)(nil),         // 14: kiln.fsm.v1.LoseAttempts
-	(*SetNode)(nil),              // 15: kiln.fsm.v1.SetNode
-	(*RemoveNode)(nil),           // 16: kiln.fsm.v1.RemoveNode
-	(*SnapshotRecord)(nil),       // 17: kiln.fsm.v1.SnapshotRecord
-	(*SnapshotMeta)(nil),         // 18: kiln.fsm.v1.SnapshotMeta
-	(*RequestRecord)(nil),        // 19: kiln.fsm.v1.RequestRecord
-	(*RegisterArtifacts)(nil),    // 20: kiln.fsm.v1.RegisterArtifacts
-	(*RecordTests)(nil),          // 21: kiln.fsm.v1.RecordTests
-	(*ExpireArtifacts)(nil),      // 22: kiln.fsm.v1.ExpireArtifacts
-	nil,                          // 23: kiln.fsm.v1.SubmitBuild.EnvEntry
-	nil,                          // 24: kiln.fsm.v1.RegisterAgent.LabelsEntry
-	(*v1.StepSpec)(nil),          // 25: kiln.v1.StepSpec
-	(*v1.Source)(nil),            // 26: kiln.v1.Source
-	(*v1.Repo)(nil),              // 27: kiln.v1.Repo
-	(*v1.LogChunk)(nil),          // 28: kiln.v1.LogChunk
-	(*v1.JobFinished)(nil),       // 29: kiln.v1.JobFinished
-	(*v1.AttemptRef)(nil),        // 30: kiln.v1.AttemptRef
-	(*v1.Build)(nil),             // 31: kiln.v1.Build
-	(*v1.Job)(nil),               // 32: kiln.v1.Job
-	(*v1.Agent)(nil),             // 33: kiln.v1.Agent
-	(*v1.Node)(nil),              // 34: kiln.v1.Node
-	(*v1.Artifact)(nil),          // 35: kiln.v1.Artifact
-	(*v1.TestReport)(nil),        // 36: kiln.v1.TestReport
-	(*TokenRecord)(nil),          // 37: kiln.fsm.v1.TokenRecord
-	(*SecretRecord)(nil),         // 38: kiln.fsm.v1.SecretRecord
-	(*v1.AuditRecord)(nil),       // 39: kiln.v1.AuditRecord
-	(*v1.Deployment)(nil),        // 40: kiln.v1.Deployment
-	(*v1.ArtifactsUploaded)(nil), // 41: kiln.v1.ArtifactsUploaded
-	(*v1.TestReports)(nil),       // 42: kiln.v1.TestReports
+	(*RemoveRepo)(nil),           // 6: kiln.fsm.v1.RemoveRepo
+	(*AssignJob)(nil),            // 7: kiln.fsm.v1.AssignJob
+	(*StartJob)(nil),             // 8: kiln.fsm.v1.StartJob
+	(*AppendLogs)(nil),           // 9: kiln.fsm.v1.AppendLogs
+	(*FinishJob)(nil),            // 10: kiln.fsm.v1.FinishJob
+	(*CancelBuild)(nil),          // 11: kiln.fsm.v1.CancelBuild
+	(*RegisterAgent)(nil),        // 12: kiln.fsm.v1.RegisterAgent
+	(*DisconnectAgent)(nil),      // 13: kiln.fsm.v1.DisconnectAgent
+	(*ExpireAgent)(nil),          // 14: kiln.fsm.v1.ExpireAgent
+	(*LoseAttempts)(nil),         // 15: kiln.fsm.v1.LoseAttempts
+	(*SetNode)(nil),              // 16: kiln.fsm.v1.SetNode
+	(*RemoveNode)(nil),           // 17: kiln.fsm.v1.RemoveNode
+	(*SnapshotRecord)(nil),       // 18: kiln.fsm.v1.SnapshotRecord
+	(*SnapshotMeta)(nil),         // 19: kiln.fsm.v1.SnapshotMeta
+	(*RequestRecord)(nil),        // 20: kiln.fsm.v1.RequestRecord
+	(*RegisterArtifacts)(nil),    // 21: kiln.fsm.v1.RegisterArtifacts
+	(*RecordTests)(nil),          // 22: kiln.fsm.v1.RecordTests
+	(*ExpireArtifacts)(nil),      // 23: kiln.fsm.v1.ExpireArtifacts
+	nil,                          // 24: kiln.fsm.v1.SubmitBuild.EnvEntry
+	nil,                          // 25: kiln.fsm.v1.RegisterAgent.LabelsEntry
+	(*v1.StepSpec)(nil),          // 26: kiln.v1.StepSpec
+	(*v1.Source)(nil),            // 27: kiln.v1.Source
+	(*v1.Repo)(nil),              // 28: kiln.v1.Repo
+	(*v1.LogChunk)(nil),          // 29: kiln.v1.LogChunk
+	(*v1.JobFinished)(nil),       // 30: kiln.v1.JobFinished
+	(*v1.AttemptRef)(nil),        // 31: kiln.v1.AttemptRef
+	(*v1.Build)(nil),             // 32: kiln.v1.Build
+	(*v1.Job)(nil),               // 33: kiln.v1.Job
+	(*v1.Agent)(nil),             // 34: kiln.v1.Agent
+	(*v1.Node)(nil),              // 35: kiln.v1.Node
+	(*v1.Artifact)(nil),          // 36: kiln.v1.Artifact
+	(*v1.TestReport)(nil),        // 37: kiln.v1.TestReport
+	(*TokenRecord)(nil),          // 38: kiln.fsm.v1.TokenRecord
+	(*SecretRecord)(nil),         // 39: kiln.fsm.v1.SecretRecord
+	(*v1.AuditRecord)(nil),       // 40: kiln.v1.AuditRecord
+	(*v1.Deployment)(nil),        // 41: kiln.v1.Deployment
+	(*v1.ArtifactsUploaded)(nil), // 42: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 43: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
-	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
-	25, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
-	26, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
-	27, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
-	28, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
-	29, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
-	24, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
-	30, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
-	18, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
-	31, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
-	32, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
-	33, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
-	28, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
-	34, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
-	19, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
-	27, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
-	35, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
-	36, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
-	37, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
-	38, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
-	39, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
-	40, // 21: kiln.fsm.v1.SnapshotRecord.deployment:type_name -> kiln.v1.Deployment
-	41, // 22: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	42, // 23: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	24, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
+	26, // 1: kiln.fsm.v1.SubmitBuild.steps:type_name -> kiln.v1.StepSpec
+	27, // 2: kiln.fsm.v1.SubmitBuild.source:type_name -> kiln.v1.Source
+	28, // 3: kiln.fsm.v1.AddRepo.repo:type_name -> kiln.v1.Repo
+	29, // 4: kiln.fsm.v1.AppendLogs.chunks:type_name -> kiln.v1.LogChunk
+	30, // 5: kiln.fsm.v1.FinishJob.finished:type_name -> kiln.v1.JobFinished
+	25, // 6: kiln.fsm.v1.RegisterAgent.labels:type_name -> kiln.fsm.v1.RegisterAgent.LabelsEntry
+	31, // 7: kiln.fsm.v1.LoseAttempts.attempts:type_name -> kiln.v1.AttemptRef
+	19, // 8: kiln.fsm.v1.SnapshotRecord.meta:type_name -> kiln.fsm.v1.SnapshotMeta
+	32, // 9: kiln.fsm.v1.SnapshotRecord.build:type_name -> kiln.v1.Build
+	33, // 10: kiln.fsm.v1.SnapshotRecord.job:type_name -> kiln.v1.Job
+	34, // 11: kiln.fsm.v1.SnapshotRecord.agent:type_name -> kiln.v1.Agent
+	29, // 12: kiln.fsm.v1.SnapshotRecord.log:type_name -> kiln.v1.LogChunk
+	35, // 13: kiln.fsm.v1.SnapshotRecord.node:type_name -> kiln.v1.Node
+	20, // 14: kiln.fsm.v1.SnapshotRecord.request:type_name -> kiln.fsm.v1.RequestRecord
+	28, // 15: kiln.fsm.v1.SnapshotRecord.repo:type_name -> kiln.v1.Repo
+	36, // 16: kiln.fsm.v1.SnapshotRecord.artifact:type_name -> kiln.v1.Artifact
+	37, // 17: kiln.fsm.v1.SnapshotRecord.test_report:type_name -> kiln.v1.TestReport
+	38, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
+	39, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
+	40, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
+	41, // 21: kiln.fsm.v1.SnapshotRecord.deployment:type_name -> kiln.v1.Deployment
+	42, // 22: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	43, // 23: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
 	24, // [24:24] is the sub-list for method output_type
 	24, // [24:24] is the sub-list for method input_type
 	24, // [24:24] is the sub-list for extension type_name
@@ -2171,7 +2240,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		return
 	}
 	file_kiln_fsm_v1_acl_proto_init()
-	file_kiln_fsm_v1_commands_proto_msgTypes[16].OneofWrappers = []any{
+	file_kiln_fsm_v1_commands_proto_msgTypes[17].OneofWrappers = []any{
 		(*SnapshotRecord_Meta)(nil),
 		(*SnapshotRecord_Build)(nil),
 		(*SnapshotRecord_Job)(nil),
@@ -2193,7 +2262,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_kiln_fsm_v1_commands_proto_rawDesc), len(file_kiln_fsm_v1_commands_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
