@@ -2,7 +2,10 @@ package dashboard_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,7 +109,29 @@ stages:
         command: echo shipped
 `})
 
-	// History: both builds, newest first.
+	ranOnce := filepath.Join(t.TempDir(), "ran-once")
+	report := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: t.Name() + "-report", SpecYaml: fmt.Sprintf(`name: report
+stages:
+  - steps:
+      - key: test
+        junit: [report.xml]
+        artifacts: [out.txt]
+        retry: {on_failure: 1}
+        commands:
+          - |
+            ok='<testcase classname="pkg.T" name="ok" time="0.5"/>'
+            if [ -e %[1]q ]; then
+              echo "<testsuite name=\"s\">$ok<testcase classname=\"pkg.T\" name=\"shaky\"/><testcase classname=\"pkg.T\" name=\"broken\"><failure message=\"boom\">trace</failure></testcase></testsuite>" > report.xml
+              echo artifact-bytes > out.txt
+            else
+              touch %[1]q
+              echo "<testsuite name=\"s\">$ok<testcase classname=\"pkg.T\" name=\"shaky\"><failure message=\"boom\">trace</failure></testcase></testsuite>" > report.xml
+              exit 1
+            fi
+`, ranOnce)})
+	waitFinished(t, c, report.GetId())
+
+	// History: the builds, newest first.
 	err := chromedp.Do(ctx,
 		chromedp.Navigate(base+"/"),
 		chromedp.WaitVisible(chromedp.CSS(`#builds tr[data-id="`+gated.GetId()+`"]`)),
@@ -118,8 +143,8 @@ stages:
 	if err != nil {
 		t.Fatalf("history page: %v", err)
 	}
-	if len(order) != 2 || order[0] != gated.GetId() || order[1] != slow.GetId() {
-		t.Fatalf("history lists %v, want [%s %s] (newest first)", order, gated.GetId(), slow.GetId())
+	if len(order) != 3 || order[0] != report.GetId() || order[1] != gated.GetId() || order[2] != slow.GetId() {
+		t.Fatalf("history lists %v, want [%s %s %s] (newest first)", order, report.GetId(), gated.GetId(), slow.GetId())
 	}
 
 	// The running build's page: the first line is there, then the second
@@ -196,6 +221,37 @@ stages:
 		}
 	}
 
+	// Tests tab: the failed case first, the flaky one marked. Artifacts
+	// tab: the link downloads the file's bytes.
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(base+"/builds/"+report.GetId()+"?tab=tests"),
+		chromedp.WaitVisible(chromedp.CSS(`#tests`)),
+	)
+	if err != nil {
+		t.Fatalf("tests tab: %v", err)
+	}
+	tests, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll('#tests tr.test')).map(r => r.cells[3].textContent + ' ' + r.cells[0].textContent.trim())`))
+	if err != nil {
+		t.Fatalf("tests tab: %v", err)
+	}
+	if len(tests) != 3 || tests[0] != "broken failed" || tests[1] != "shaky passed flaky" || tests[2] != "ok passed" {
+		t.Fatalf("tests tab rows %q, want broken (failed) first, then shaky marked flaky", tests)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(base+"/builds/"+report.GetId()+"?tab=artifacts"),
+		chromedp.WaitVisible(chromedp.CSS(`#artifacts a[download]`)),
+	)
+	if err != nil {
+		t.Fatalf("artifacts tab: %v", err)
+	}
+	href, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('#artifacts a[download]').href`))
+	if err != nil {
+		t.Fatalf("artifacts tab: %v", err)
+	}
+	if got := httpGet(t, href); got != "artifact-bytes\n" {
+		t.Fatalf("artifact download %s: %q", href, got)
+	}
+
 	// Filters and the other pages render.
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(base+"/?state=passed"),
@@ -218,8 +274,8 @@ stages:
 	if err != nil {
 		t.Fatalf("other pages: %v", err)
 	}
-	if rows != 2 {
-		t.Fatalf("state=passed lists %d builds, want 2", rows)
+	if rows != 3 {
+		t.Fatalf("state=passed lists %d builds, want 3", rows)
 	}
 }
 
@@ -230,4 +286,56 @@ func mustText(t *testing.T, ctx context.Context, expr string) string {
 		t.Fatalf("read %s: %v", expr, err)
 	}
 	return s
+}
+
+// waitFinished waits for a build to finish, by WatchBuild (which ends
+// when the build does).
+func waitFinished(t *testing.T, c *clustertest.Cluster, id string) *kilnv1.Build {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var last *kilnv1.Build
+	err := clustertest.Control(ctx, c.Client(), func(ctx context.Context, cc kilnv1.ControlServiceClient) error {
+		stream, err := cc.WatchBuild(ctx, &kilnv1.WatchBuildRequest{BuildId: id})
+		if err != nil {
+			return err
+		}
+		for {
+			resp, err := stream.Recv()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			last = resp.GetBuild()
+		}
+	})
+	if err != nil {
+		t.Fatalf("watch build %s: %v", id, err)
+	}
+	return last
+}
+
+// httpGet fetches url and returns its body (status 200 required).
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %v %q", url, resp.StatusCode, err, b)
+	}
+	return string(b)
 }

@@ -183,10 +183,13 @@ func stages(b *kilnv1.Build, now time.Time) []stageView {
 }
 
 // tests lists the build's test cases: failed and errored first, then the
-// flaky ones, then the rest.
+// flaky ones, then the rest (each group in report order).
 func (d *Dashboard) tests(r *http.Request, s session, id string) ([]testRow, *kilnv1.TestSummary, error) {
 	var rows []testRow
 	var summary *kilnv1.TestSummary
+	// Flaky across the build's attempts (ListTests' first page), or
+	// within one report (reruns).
+	flaky := map[[2]string]bool{}
 	token := ""
 	for page := 0; page < MaxScanPages; page++ {
 		var resp *kilnv1.ListTestsResponse
@@ -200,11 +203,15 @@ func (d *Dashboard) tests(r *http.Request, s session, id string) ([]testRow, *ki
 		}
 		if summary == nil {
 			summary = resp.GetSummary()
+			for _, f := range resp.GetFlaky() {
+				flaky[[2]string{f.GetClassname(), f.GetName()}] = true
+			}
 		}
 		for _, rep := range resp.GetReports() {
 			for _, c := range rep.GetCases() {
 				rows = append(rows, testRow{Step: rep.GetStep(), Class: c.GetClassname(), Name: c.GetName(), Result: c.GetResult(),
-					Message: c.GetMessage(), Duration: dur(time.Duration(c.GetDurationMs()) * time.Millisecond), Flaky: c.GetFlaky()})
+					Message: c.GetMessage(), Duration: dur(time.Duration(c.GetDurationMs()) * time.Millisecond),
+					Flaky: c.GetFlaky() || flaky[[2]string{c.GetClassname(), c.GetName()}]})
 			}
 		}
 		if token = resp.GetNextPageToken(); token == "" {
