@@ -1,6 +1,6 @@
 // Package httpserve is the small HTTP server of the coordinator and the
 // agent (--http-addr): one listener, one ServeMux that other parts add
-// routes to (/metrics today; the web dashboard later), and a Run that
+// routes to (/metrics, the web dashboard), and a Run that
 // serves until its context ends and then shuts down gracefully.
 //
 // The listener is bound in New, so a busy port is a startup error and the
