@@ -26,14 +26,15 @@ func parseTemplates() (map[string]*template.Template, error) {
 }
 
 // jobKeyID is the HTML id of a step's elements (keys are identifiers, but
-// the id must stay valid whatever they hold).
+// the id must stay valid whatever they hold): other runes become
+// ".HEX." (a key holds no "." unescaped, so two keys never share an id).
 func jobKeyID(key string) string {
 	var b strings.Builder
 	for _, r := range key {
 		if r < 128 && (r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
 			b.WriteRune(r)
 		} else {
-			fmt.Fprintf(&b, ".%x", r)
+			fmt.Fprintf(&b, ".%x.", r)
 		}
 	}
 	return b.String()
