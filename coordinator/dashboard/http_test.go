@@ -180,3 +180,33 @@ func TestShutdownEndsLiveStreams(t *testing.T) {
 		t.Fatalf("live stream not ended by the shutdown: %v", err)
 	}
 }
+
+// TestFollowerDashboardOverTLS: the dashboard of a follower, in a 3-node
+// cluster serving gRPC over TLS, reads the builds, shows every member
+// with its lag, and its approval reaches the leader (NotLeader redirect).
+func TestFollowerDashboardOverTLS(t *testing.T) {
+	c := clustertest.Start(t, 3, clustertest.Options{HTTP: true, TLS: &clustertest.TLSOptions{}})
+	gated := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: t.Name(), SpecYaml: `stages:
+  - steps:
+      - key: gate
+        approval: {}
+`})
+	f := c.Followers()[0]
+	w := newWeb(t, "http://"+f.C.HTTPAddr())
+	code, _, body := w.do(http.MethodGet, "/", nil)
+	if code != http.StatusOK || !strings.Contains(body, `data-id="`+gated.GetId()+`"`) {
+		t.Fatalf("follower history: %d\n%s", code, body)
+	}
+	code, _, body = w.do(http.MethodGet, "/cluster", nil)
+	if code != http.StatusOK || strings.Count(body, "<tr") != 4 || strings.Contains(body, "unreachable") || !strings.Contains(body, `id="leader">`+c.Leader().ID+`<`) {
+		t.Fatalf("follower cluster page: %d\n%s", code, body)
+	}
+	code, hdr, body := w.do(http.MethodPost, "/builds/"+gated.GetId()+"/approval",
+		url.Values{"csrf": {w.csrf()}, "step": {"gate"}, "decision": {"approve"}, "by": {"fran@desk"}})
+	if code != http.StatusSeeOther {
+		t.Fatalf("approve on a follower: %d %s\n%s", code, hdr.Get("Location"), body)
+	}
+	if b := waitFinished(t, c, gated.GetId()); b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED {
+		t.Fatalf("build after approval: %s", b.GetState())
+	}
+}
