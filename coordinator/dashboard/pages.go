@@ -85,8 +85,10 @@ type stepView struct {
 	Key, Name, State, Duration, Agent, Reason, Prompt string
 	Attempt                                           uint32
 	Blocked                                           bool
-	Approval                                          *kilnv1.Approval
-	LogBytes                                          uint64
+	// Approval steps run no command: they have no log pane.
+	IsApproval bool
+	Approval   *kilnv1.Approval
+	LogBytes   uint64
 }
 
 // stageView is one column of the stage view: its steps run in parallel.
@@ -171,7 +173,7 @@ func stages(b *kilnv1.Build, now time.Time) []stageView {
 			Blocked: j.GetState() == kilnv1.JobState_JOB_STATE_BLOCKED, Approval: j.GetApproval(), LogBytes: j.GetLogBytes(),
 		}
 		if a := j.GetSpec().GetApproval(); a != nil {
-			sv.Prompt = a.GetPrompt()
+			sv.Prompt, sv.IsApproval = a.GetPrompt(), true
 		}
 		out[i].Steps = append(out[i].Steps, sv)
 	}
