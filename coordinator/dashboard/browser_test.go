@@ -193,6 +193,10 @@ stages:
 	if err != nil {
 		t.Fatalf("approve: %v", err)
 	}
+	cols, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll('#stages .stage')).map(s => s.querySelector('h2').textContent + ':' + Array.from(s.querySelectorAll('.step')).map(e => e.dataset.key).join('+'))`))
+	if err != nil || strings.Join(cols, " ") != "build:compile release:gate ship:deploy" {
+		t.Fatalf("stage view columns %q (%v), want build:compile release:gate ship:deploy", cols, err)
+	}
 	// The click posts the form; RunResponse waits for the page it
 	// redirects to.
 	resp, err := chromedp.RunResponse(ctx, chromedp.Click(chromedp.CSS(`#approve-gate`)))

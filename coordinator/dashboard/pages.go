@@ -172,6 +172,9 @@ func stages(b *kilnv1.Build, now time.Time) []stageView {
 			Duration: span(j.GetStartedUnixMs(), j.GetFinishedUnixMs(), now), Agent: j.GetAgent(), Reason: j.GetReason(),
 			Blocked: j.GetState() == kilnv1.JobState_JOB_STATE_BLOCKED, Approval: j.GetApproval(), LogBytes: j.GetLogBytes(),
 		}
+		if n := j.GetSpec().GetStageName(); n != "" && out[i].Name == "" {
+			out[i].Name = n
+		}
 		if a := j.GetSpec().GetApproval(); a != nil {
 			sv.Prompt, sv.IsApproval = a.GetPrompt(), true
 		}
@@ -179,7 +182,11 @@ func stages(b *kilnv1.Build, now time.Time) []stageView {
 	}
 	sort.SliceStable(out, func(a, b int) bool { return out[a].Index < out[b].Index })
 	for i := range out {
-		out[i].Name = "Stage " + itoa(int(out[i].Index)+1)
+		// Builds submitted before stage names were kept, and files
+		// without them, get a number.
+		if out[i].Name == "" {
+			out[i].Name = "Stage " + itoa(int(out[i].Index)+1)
+		}
 	}
 	return out
 }

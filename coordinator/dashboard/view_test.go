@@ -75,11 +75,11 @@ func TestStagesGroupsJobsByStage(t *testing.T) {
 	b := &kilnv1.Build{Jobs: []*kilnv1.Job{
 		{Key: "deploy", Stage: 2, State: kilnv1.JobState_JOB_STATE_WAITING},
 		{Key: "unit", Stage: 1, State: kilnv1.JobState_JOB_STATE_RUNNING, StartedUnixMs: 7_500},
-		{Key: "lint", Stage: 1, State: kilnv1.JobState_JOB_STATE_PASSED, StartedUnixMs: 1_000, FinishedUnixMs: 3_000},
+		{Key: "lint", Stage: 1, State: kilnv1.JobState_JOB_STATE_PASSED, StartedUnixMs: 1_000, FinishedUnixMs: 3_000, Spec: &kilnv1.StepSpec{StageName: "test"}},
 		{Key: "gate", Stage: 0, State: kilnv1.JobState_JOB_STATE_BLOCKED, Spec: &kilnv1.StepSpec{Approval: &kilnv1.ApprovalSpec{Prompt: "ok?"}}},
 	}}
 	got := stages(b, now)
-	if len(got) != 3 || got[0].Name != "Stage 1" || got[1].Name != "Stage 2" || got[2].Name != "Stage 3" {
+	if len(got) != 3 || got[0].Name != "Stage 1" || got[1].Name != "test" || got[2].Name != "Stage 3" {
 		t.Fatalf("stages %+v", got)
 	}
 	if s := got[1].Steps; len(s) != 2 || s[0].Key != "unit" || s[0].Duration != "2.5s" || s[0].State != "running" || s[1].Key != "lint" || s[1].Duration != "2.0s" {

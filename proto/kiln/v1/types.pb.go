@@ -396,7 +396,10 @@ type StepSpec struct {
 	Secrets []string `protobuf:"bytes,80,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// The step deploys to production (`production: true`): delivery
 	// statistics count its runs as production deployments.
-	Production    bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
+	Production bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
+	// Name of the stage as written in the pipeline file ("" when it has
+	// none); shown by the web dashboard as the column title.
+	StageName     string `protobuf:"bytes,150,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -555,6 +558,13 @@ func (x *StepSpec) GetProduction() bool {
 		return x.Production
 	}
 	return false
+}
+
+func (x *StepSpec) GetStageName() string {
+	if x != nil {
+		return x.StageName
+	}
+	return ""
 }
 
 // ArtifactSource selects artifacts of one earlier step.
@@ -2220,7 +2230,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xb5\x06\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xd5\x06\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2244,7 +2254,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\asecrets\x18P \x03(\tR\asecrets\x12\x1f\n" +
 	"\n" +
 	"production\x18\x82\x01 \x01(\bR\n" +
-	"production\x1a9\n" +
+	"production\x12\x1e\n" +
+	"\n" +
+	"stage_name\x18\x96\x01 \x01(\tR\tstageName\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
