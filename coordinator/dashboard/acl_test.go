@@ -59,7 +59,7 @@ func aclCluster(t *testing.T) (*clustertest.Cluster, map[string]string) {
 // without the CSRF token is refused; an approver's click unblocks the
 // build, and the audit log names the approver's token.
 func TestDashboardWithACLs(t *testing.T) {
-	ctx := browser(t, 45*time.Second)
+	ctx := browser(t, 30*time.Second)
 	c, toks := aclCluster(t)
 	base := "http://" + c.Nodes[0].C.HTTPAddr()
 	gated := submitWith(t, c.ClientWithToken(toks["admin"]), &kilnv1.SubmitBuildRequest{RequestId: t.Name(), SpecYaml: `name: gated

@@ -84,7 +84,7 @@ func poll(expr string) chromedp.Action[chromedp.Void] {
 // log line that the step prints after the page has loaded (pushed over
 // SSE, without a reload), and the approve button unblocks a gated build.
 func TestDashboardInChromium(t *testing.T) {
-	ctx := browser(t, 45*time.Second)
+	ctx := browser(t, 30*time.Second)
 	c := clustertest.Start(t, 1, clustertest.Options{HTTP: true})
 	c.StartAgent("a1", nil, 2)
 	base := "http://" + c.Nodes[0].C.HTTPAddr()
