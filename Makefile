@@ -58,7 +58,7 @@ lint:
 # comparison through the real binaries (KILN_BENCH_BASE against the work
 # tree, one run, ratios), then the in-process dispatch benchmarks.
 KILN_BENCH_BASE ?= ad0a9dd
-KILN_E2E_FLAGS  ?=
+KILN_E2E_FLAGS  ?= -log-mb 512
 bench: bench-e2e
 	$(GO) test -run '^$$' -bench 'DispatchLatency' -benchtime 3000x -timeout 20m ./bench/
 	$(GO) test -run '^$$' -bench 'Throughput' -benchtime 10000x -timeout 20m ./bench/
@@ -76,3 +76,16 @@ bench-more:
 
 clean:
 	rm -rf bin
+
+# Every Go fuzz test (found by name, so a new FuzzXxx is included), each for
+# FUZZTIME; the first failure stops the run and leaves its input under the
+# package's testdata/fuzz.
+FUZZTIME ?= 15s
+.PHONY: fuzz
+fuzz:
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+		for fn in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+			echo "== $$(dirname $$f) $$fn"; \
+			$(GO) test ./$$(dirname $$f) -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done

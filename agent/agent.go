@@ -34,10 +34,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"io"
 	"maps"
+	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,7 @@ import (
 
 	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/agent/mask"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -114,6 +116,9 @@ type Agent struct {
 	// sessionAddr is the coordinator address of the last registered
 	// session (blob downloads go there first).
 	sessionAddr atomic.Pointer[string]
+	// etcd resolves etcd:///PREFIX coordinator addresses; set by Run when
+	// Config.Coordinators holds one, closed when Run returns.
+	etcd atomic.Pointer[discovery.Resolver]
 
 	idle     chan struct{} // closed once draining and nothing is held
 	idleOnce sync.Once
@@ -149,6 +154,12 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 	if _, ok := labels["arch"]; !ok {
 		labels["arch"] = runtime.GOARCH
 	}
+	if cfg.Docker != nil {
+		labels[DockerLabel] = "true"
+	}
+	if cfg.Sandbox != nil {
+		labels[SandboxLabel] = "true"
+	}
 	cfg.Labels = labels
 	cfg.Coordinators = append([]string(nil), cfg.Coordinators...)
 	if err := cfg.Validate(); err != nil {
@@ -169,7 +180,10 @@ func New(cfg Config, log *zap.Logger) (*Agent, error) {
 			KillGrace:      cfg.KillGrace,
 			// Jobs get an allow-list of the agent's environment, never
 			// its secrets.
-			Env: executor.BaseEnv(os.Environ(), cfg.PassEnv),
+			Env:     executor.BaseEnv(os.Environ(), cfg.PassEnv),
+			Name:    cfg.Name,
+			Docker:  cfg.Docker,
+			Sandbox: cfg.Sandbox,
 		},
 		attempts: make(map[attemptKey]*attempt),
 		idle:     make(chan struct{}),
@@ -208,6 +222,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ran = true
 	a.mu.Unlock()
 
+	if slices.ContainsFunc(a.cfg.Coordinators, discovery.IsTarget) {
+		r, err := discovery.NewResolver(a.cfg.EtcdEndpoints, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		a.etcd.Store(r)
+		defer func() { _ = r.Close() }() // after every attempt (wg) ended
+	}
 	a.log.Info("agent starting", zap.Strings("coordinators", a.cfg.Coordinators),
 		zap.Any("labels", a.cfg.Labels), zap.Int("slots", a.cfg.Slots), zap.String("work_dir", a.cfg.WorkDir))
 	if err := a.ensureIdentity(ctx); err != nil {
@@ -223,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	renewDone := make(chan struct{})
 	go func() { defer close(renewDone); a.renewLoop(renewCtx) }()
 	defer func() { stopRenew(); <-renewDone }()
+	a.removeOrphans(ctx)
 	err = a.connectLoop(ctx)
 	if err != nil {
 		a.hardStop()
@@ -234,6 +257,36 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("agent drained")
 	return nil
+}
+
+// Labels the agent announces for its executors.
+const (
+	// DockerLabel=true: the agent reaches a Docker engine and runs steps
+	// that name an image (every such step requires it).
+	DockerLabel = "docker"
+	// SandboxLabel=true: shell steps run under bubblewrap.
+	SandboxLabel = "sandbox"
+)
+
+// removeOrphans removes the containers and networks a previous run of
+// this agent (same name and work dir) left behind: a new process holds no
+// attempt, so none of them is wanted. It runs before the first session so
+// that no container of a new attempt can be mistaken for an orphan.
+func (a *Agent) removeOrphans(ctx context.Context) {
+	if a.cfg.Docker == nil {
+		return
+	}
+	// Bounded: an engine that hangs must not keep the agent from its jobs.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	n, err := a.cfg.Docker.RemoveOrphans(ctx, a.cfg.Name, a.cfg.WorkDir, nil)
+	if err != nil {
+		a.log.Warn("could not remove every orphan container", zap.Int("removed", n), zap.Error(err))
+		return
+	}
+	if n > 0 {
+		a.log.Info("removed orphan containers of a previous run", zap.Int("removed", n))
+	}
 }
 
 // hardStop kills every running attempt and releases blocked writers.
@@ -331,6 +384,8 @@ func (a *Agent) runAttempt(at *attempt) {
 		ArtifactLimits: a.artifactLimits,
 		JUnit:          asg.GetJunit(),
 		TestLimits:     a.testLimits,
+		Runtime:        asg.GetRuntime(),
+		Buildspec:      asg.GetBuildspec(),
 	}
 	proc, err := a.exec.Start(spec, out)
 	if err != nil {

@@ -620,6 +620,16 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("%s: Validate = %v", field, err)
 		}
 	}
+	etcd := good
+	etcd.Coordinators = []string{"etcd:///kiln/coordinators"}
+	var ce *ConfigError
+	if err := etcd.Validate(); !errors.As(err, &ce) || ce.Field != "EtcdEndpoints" {
+		t.Errorf("etcd target without endpoints: %v", err)
+	}
+	etcd.EtcdEndpoints = []string{"127.0.0.1:2379"}
+	if err := etcd.Validate(); err != nil {
+		t.Errorf("etcd target with endpoints: %v", err)
+	}
 	bad := good
 	bad.Coordinators = []string{"no-port"}
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "Coordinators") {

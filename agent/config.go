@@ -9,6 +9,8 @@ import (
 	"os"
 	"runtime"
 	"time"
+
+	"github.com/kiln-ci/kiln/internal/discovery"
 )
 
 // Version is the agent version sent in Register; set it at link time with
@@ -19,8 +21,13 @@ var Version = "dev"
 // defaults, and override fields as needed.
 type Config struct {
 	// Coordinators are the gRPC addresses (host:port) of the coordinators,
-	// dialed round-robin until one of them is (or names) the leader.
+	// dialed round-robin until one of them is (or names) the leader. An
+	// etcd:///PREFIX entry stands for the coordinators registered in etcd
+	// under PREFIX (it needs EtcdEndpoints).
 	Coordinators []string
+	// EtcdEndpoints are the etcd client URLs that resolve etcd:///
+	// coordinator addresses.
+	EtcdEndpoints []string
 	// Name is the agent's unique name (default: the host name).
 	Name string
 	// Labels are announced to the scheduler. New adds os=runtime.GOOS and
@@ -77,6 +84,14 @@ type Config struct {
 	// HTTPAddr, when set, is the listen address of the agent's own
 	// /metrics (Prometheus); empty serves none.
 	HTTPAddr string
+	// Docker, when set, runs steps that name an image in containers; the
+	// agent then announces docker=true and, at start, removes the
+	// containers a previous run of it left behind. The agent does not
+	// close it.
+	Docker *executor.Docker
+	// Sandbox, when set, runs shell steps under bubblewrap; the agent
+	// announces sandbox=true.
+	Sandbox *executor.Sandbox
 }
 
 // NewConfig returns a Config with every default filled in. Coordinators
@@ -125,6 +140,15 @@ func (c *Config) Validate() error {
 		return bad("Coordinators", "at least one coordinator address is required")
 	}
 	for _, addr := range c.Coordinators {
+		if discovery.IsTarget(addr) {
+			if _, err := discovery.ParseTarget(addr); err != nil {
+				return bad("Coordinators", "%v", err)
+			}
+			if len(c.EtcdEndpoints) == 0 {
+				return bad("EtcdEndpoints", "%q needs etcd endpoints", addr)
+			}
+			continue
+		}
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			return bad("Coordinators", "%q is not a host:port address", addr)
 		}

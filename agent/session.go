@@ -28,7 +28,9 @@ var keepaliveParams = keepalive.ClientParameters{
 // dial opens a client connection to a coordinator with the agent's
 // keepalive parameters and transport credentials (TLS with the agent's
 // current certificate, or plaintext). The agent's API token (--token), if
-// any, is sent as the bearer credential of every call.
+// any, is sent as the bearer credential of every call; etcd:///PREFIX
+// addresses resolve through the agent's etcd resolver
+// (Config.EtcdEndpoints).
 func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
 	creds := a.creds
 	if creds == nil {
@@ -40,6 +42,9 @@ func (a *Agent) dial(addr string) (*grpc.ClientConn, error) {
 	}
 	if a.cfg.Token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(authn.Bearer(a.cfg.Token)))
+	}
+	if r := a.etcd.Load(); r != nil {
+		opts = append(opts, r.DialOption())
 	}
 	return grpc.NewClient(addr, opts...)
 }

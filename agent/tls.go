@@ -67,6 +67,10 @@ func setupTLS(cfg *Config, log *zap.Logger) (*agentTLS, credentials.TransportCre
 			if cfg.JoinToken != "" {
 				log.Info("already enrolled; the join token is not used", zap.String("identity", t.path))
 			}
+			if cfg.Name != id.Name {
+				log.Info("the agent's name is the one it enrolled with", zap.String("name", id.Name),
+					zap.String("configured", cfg.Name), zap.String("identity", t.path))
+			}
 			cfg.Name = id.Name
 			t.cert.Set(pair)
 		case errors.Is(err, os.ErrNotExist) && cfg.JoinToken != "":

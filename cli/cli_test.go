@@ -252,6 +252,9 @@ func TestUsageErrors(t *testing.T) {
 		{"cluster", "bogus"},
 		{"builds", "--nope"},
 		{"validate"},
+		{"--coordinators", "etcd:///kiln/coordinators", "--etcd-endpoints", "", "cluster", "status"},
+		{"--coordinators", "etcd:///kiln/coordinators", "--etcd-endpoints", "ftp://x:1", "cluster", "status"},
+		{"--coordinators", "etcd://host/kiln", "--etcd-endpoints", "127.0.0.1:1", "cluster", "status"},
 	} {
 		_, errOut, code := runCLI(t, args...)
 		if code != 2 {

@@ -44,7 +44,7 @@ type QueuedJobJSON struct {
 	WaitedMs     int64             `json:"waited_ms"`
 	Labels       map[string]string `json:"labels"`
 	// Code is the kind of reason: no_matching_agent, agents_unavailable,
-	// agents_busy, dispatching, concurrency_group, needs, approval.
+	// agents_busy, dispatching, concurrency_group, needs, approval, deploy.
 	Code             string   `json:"code"`
 	Reason           string   `json:"reason"`
 	MissingLabels    []string `json:"missing_labels,omitempty"`

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/client"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
@@ -91,6 +93,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 type app struct {
 	stdout, stderr io.Writer
 	coordinators   []string
+	etcdEndpoints  string // --etcd-endpoints, for etcd:/// coordinators
 	timeout        time.Duration
 	verbose        bool
 	// consistency is what reads ask for (--consistency).
@@ -123,6 +126,8 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf := root.PersistentFlags()
 	pf.StringSliceVar(&a.coordinators, "coordinators", nil,
 		"coordinator gRPC addresses, comma-separated (default $"+EnvCoordinators+", else "+DefaultCoordinator+")")
+	pf.StringVar(&a.etcdEndpoints, "etcd-endpoints", "",
+		"etcd client URLs, comma-separated, resolving --coordinators etcd:///PREFIX (default $"+discovery.EnvEndpoints+")")
 	pf.DurationVar(&a.timeout, "timeout", 30*time.Second, "timeout of each request to the cluster")
 	pf.BoolVarP(&a.verbose, "verbose", "v", false, "log client activity (retries, redirects) to stderr")
 	pf.StringVar(&a.token, "token", "", "API token for clusters started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
@@ -152,6 +157,7 @@ func NewRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		a.testsCommand(),
 		a.tokenCommand(), a.secretCommand(), a.auditCommand(),
 		a.queueCommand(), a.statsCommand(),
+		a.deploymentsCommand(), a.rollbackCommand(),
 	)
 	return root
 }
@@ -233,6 +239,7 @@ func (a *app) logger() *zap.Logger {
 
 // client returns a cluster client; the caller closes it.
 func (a *app) client() (*client.Client, error) {
+	addrs := a.addrs()
 	opts, err := a.clientOptions()
 	if err != nil {
 		return nil, err
@@ -241,7 +248,19 @@ func (a *app) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := client.New(a.addrs(), a.logger(), append(opts, client.WithToken(tok))...)
+	opts = append(opts, client.WithToken(tok))
+	if slices.ContainsFunc(addrs, discovery.IsTarget) {
+		eps := a.etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return nil, usageErrorf("--coordinators etcd:///...: %w (set --etcd-endpoints or $%s)", err, discovery.EnvEndpoints)
+		}
+		opts = append(opts, client.WithEtcd(list))
+	}
+	c, err := client.New(addrs, a.logger(), opts...)
 	if err != nil {
 		return nil, usageErrorf("%w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/kiln-ci/kiln/internal/client"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
+	"github.com/kiln-ci/kiln/internal/pipeline"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -29,6 +30,7 @@ func (a *app) runCommand() *cobra.Command {
 		name, file  string
 		gitURL, ref string
 		upload      string
+		image       string
 		wait        bool
 	)
 	cmd := &cobra.Command{
@@ -42,6 +44,7 @@ func (a *app) runCommand() *cobra.Command {
 			"with --wait the log is streamed and the exit status is 0 only if the\n" +
 			"build passed.",
 		Example: "  kilnctl run --label os=linux -- make test\n" +
+			"  kilnctl run -f buildspec.yml --image golang:1.23 --wait   # CodeBuild, in a container\n" +
 			"  kilnctl run --upload . -- make test\n" +
 			"  kilnctl run -f .kiln.yaml --wait",
 		RunE: action(func(cmd *cobra.Command, args []string) error {
@@ -53,6 +56,12 @@ func (a *app) runCommand() *cobra.Command {
 			var err error
 			if req.Env, err = parsePairs("--env", env); err != nil {
 				return err
+			}
+			if image != "" {
+				if err := pipeline.CheckImage(image); err != nil {
+					return usageErrorf("--image: %v", err)
+				}
+				req.Image = image
 			}
 			if ref != "" && gitURL == "" {
 				return usageErrorf("--ref needs --git URL")
@@ -141,6 +150,7 @@ func (a *app) runCommand() *cobra.Command {
 	f.StringVar(&gitURL, "git", "", "git repository checked out into the job workspace (file://, https://, git://, ssh:// or user@host:path)")
 	f.StringVar(&ref, "ref", "", "branch, tag or full commit id of --git (default: the remote's default branch)")
 	f.StringVar(&upload, "upload", "", "upload `DIR` (honouring .gitignore and .kilnignore) as the build's source, unpacked into the job workspace")
+	f.StringVar(&image, "image", "", "run every command step that names no image in a container of `IMAGE` (on agents with docker=true)")
 	f.BoolVar(&wait, "wait", false, "stream the log and wait for the build; exit 0 only if it passed")
 	return cmd
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/kiln-ci/kiln/coordinator/acl"
+	"github.com/kiln-ci/kiln/coordinator/authn"
 )
 
 // Every method the coordinator's gRPC server serves must have a row in the
@@ -64,6 +65,11 @@ func TestEveryServedMethodIsInTheACLTable(t *testing.T) {
 	}
 	if len(stale) > 0 {
 		t.Errorf("in acl.Methods but not served: %v", stale)
+	}
+	// With TLS the certificate table runs first: every served method
+	// needs a row there too, or TLS alone would refuse it to everyone.
+	if err := authn.Check(c.grpc.GetServiceInfo()); err != nil {
+		t.Errorf("certificate table: %v", err)
 	}
 	if len(served) < 30 {
 		t.Fatalf("only %d methods served; the test does not see the real server", len(served))

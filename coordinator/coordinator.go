@@ -476,6 +476,7 @@ func New(cfg Config, log *zap.Logger) (*Coordinator, error) {
 	kilnv1.RegisterBlobServiceServer(c.grpc, api.NewBlobServer(deps, c.blobs))
 	kilnv1.RegisterIdentityServiceServer(c.grpc, c.identityService(deps))
 	kilnv1.RegisterAccessServiceServer(c.grpc, api.NewAccessServer(deps))
+	kilnv1.RegisterDeployServiceServer(c.grpc, api.NewDeployServer(deps))
 	c.health = health.NewServer()
 	healthpb.RegisterHealthServer(c.grpc, c.health)
 	reflection.Register(c.grpc)

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/kiln-ci/kiln/coordinator/deploy"
 	"github.com/kiln-ci/kiln/coordinator/retention"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 )
@@ -142,6 +143,11 @@ func (c *Coordinator) runLeaderWork(ctx context.Context) {
 		})
 	})
 	run(func() { c.autopilot.Run(ctx) })
+	run(func() {
+		dc := deploy.New(c.store, c.node, c.log.Named("deploy"))
+		dc.AgentGrace = c.cfg.LeaseTTL
+		dc.Run(ctx)
+	})
 	c.sched.Run(ctx)
 	wg.Wait()
 }

@@ -159,6 +159,9 @@ type harness struct {
 
 	mu    sync.Mutex
 	procs []*proc
+
+	// coordArgs are added to every coordinator's command line.
+	coordArgs []string
 }
 
 func newHarness(t *testing.T) *harness {
@@ -252,8 +255,15 @@ type proc struct {
 }
 
 // startProc starts a new process and registers it for cleanup.
+//
+// A coordinator given no --http-addr gets a free loopback port: its
+// default (127.0.0.1:7080) would collide between the test's coordinators
+// and with anything else on the machine.
 func (h *harness) startProc(name, bin string, args ...string) *proc {
 	h.t.Helper()
+	if bin == "kiln-coordinator" && !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--http-addr") }) {
+		args = append(args, "--http-addr", "127.0.0.1:0")
+	}
 	p := &proc{h: h, name: name, path: binPath(bin), args: args}
 	h.mu.Lock()
 	h.procs = append(h.procs, p)
@@ -711,7 +721,7 @@ func (h *harness) startCluster(n int) *cluster {
 		c.nodes = append(c.nodes, nd)
 	}
 	for _, nd := range c.nodes {
-		nd.proc = h.startProc("coordinator-"+nd.id, "kiln-coordinator",
+		nd.proc = h.startProc("coordinator-"+nd.id, "kiln-coordinator", append([]string{
 			"--node-id", nd.id,
 			"--data-dir", nd.dataDir,
 			"--grpc-addr", nd.grpcAddr,
@@ -721,7 +731,7 @@ func (h *harness) startCluster(n int) *cluster {
 			"--lease-ttl", leaseTTL,
 			"--heartbeat-interval", heartbeatInterval,
 			"--log-level", "info",
-		)
+		}, h.coordArgs...)...)
 	}
 	c.waitLeader(30 * time.Second)
 	return c

@@ -397,3 +397,34 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestCoordinatorFetchesOnlyAllowedGitURLs: with the default --git-allow a
+// client cannot make the coordinator read its own disk, a cloud metadata
+// address or a loopback service, and nothing is queued.
+func TestCoordinatorFetchesOnlyAllowedGitURLs(t *testing.T) {
+	h := newHarness(t)
+	c := h.startCluster(1)
+	addrs := c.addrs()
+	for _, u := range []string{
+		"file:///etc",
+		"https://169.254.169.254/latest/meta-data/",
+		"http://169.254.169.254/latest/meta-data/",
+		"https://127.0.0.1:" + fmt.Sprint(freePorts(t, 1)[0]) + "/x.git",
+		"https://user:s3cr3t@localhost/x.git",
+	} {
+		r := h.ctl(addrs, "run", "--git", u, "--", "true")
+		if r.code != 2 || !strings.Contains(r.stderr, "not allowed by --git-allow") {
+			t.Errorf("run --git %s: want exit 2 'not allowed by --git-allow': %s", u, r)
+		}
+		if strings.Contains(r.stderr, "s3cr3t") {
+			t.Errorf("run --git %s: the error shows the password: %s", u, r)
+		}
+	}
+	var builds []buildJSON
+	if err := h.ctlJSON(addrs, &builds, "builds"); err != nil {
+		t.Fatal(err)
+	}
+	if len(builds) != 0 {
+		t.Fatalf("refused sources queued builds: %+v", builds)
+	}
+}

@@ -42,6 +42,16 @@
 // FAILED "artifact upload failed: ...". The uploads do not count against
 // the timeout; Cancel and Kill stop them.
 //
+// Runners (runner.go): the script runs as a host process group (the shell
+// executor), the same under bubblewrap when the Executor has a Sandbox
+// (sandbox.go), or, for a Spec whose Runtime names an image, in a Docker
+// container with the workspace mounted at /workspace (docker.go; its setup
+// — pull, services, container creation — is the last preparation step and
+// counts against the timeout). A Spec with a Buildspec reads that file from
+// the workspace after the source and inputs and runs its script
+// (buildspec.go). Output, timeout, cancel and everything below are the same
+// for every runner.
+//
 // Test reports (junit.go): after the artifacts, the files matching
 // Spec.JUnit (same glob rules) are parsed with internal/junit into
 // Outcome.Tests, one log line each ("kiln: test report FILE: N tests, ...",
@@ -97,6 +107,14 @@ type Executor struct {
 	// Shell overrides the interpreter (argv before the script); nil picks
 	// bash -e -c, or /bin/sh -e -c when bash is not installed.
 	Shell []string
+	// Name is the agent's name: containers carry it in a label so that a
+	// restarted agent finds its orphans (docker.go).
+	Name string
+	// Docker runs steps that name an image; nil means this agent has no
+	// Docker engine and such steps fail to start.
+	Docker *Docker
+	// Sandbox, when set, runs shell steps under bubblewrap (sandbox.go).
+	Sandbox *Sandbox
 }
 
 // Spec describes one attempt to run.
@@ -136,6 +154,13 @@ type Spec struct {
 	JUnit []string
 	// TestLimits bound the parsed reports (defaults when zero).
 	TestLimits TestLimits
+	// Buildspec is the workspace path of a CodeBuild buildspec to run
+	// instead of Commands (buildspec.go).
+	Buildspec string
+	// Runtime is where the commands run: a container image (with limits,
+	// network and services) or, without an image, the shell executor
+	// (network: none needs the Sandbox). Nil means the shell executor.
+	Runtime *kilnv1.StepRuntime
 }
 
 // Outcome is how an attempt ended.
@@ -153,8 +178,7 @@ type Outcome struct {
 
 // Process is a running attempt.
 type Process struct {
-	cmd       *exec.Cmd
-	pid       atomic.Int64 // set once the shell has started
+	rn        runner
 	workspace string
 	grace     time.Duration
 	pipeIdle  time.Duration
@@ -213,18 +237,15 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		return nil, fmt.Errorf("executor: create workspace %s: %w", ws, err)
 	}
 
-	shell := e.Shell
-	if shell == nil {
-		if p, err := exec.LookPath("bash"); err == nil {
-			shell = []string{p, "-e", "-c"}
-		} else {
-			shell = []string{"/bin/sh", "-e", "-c"}
-		}
+	env := e.baseEnv()
+	rt := spec.Runtime
+	if e.Sandbox != nil && rt.GetImage() == "" {
+		// The sandbox has its own HOME and TMPDIR; the agent's allow-listed
+		// variables (and --pass-env ones) follow, the rest of its
+		// environment never enters.
+		env = append(sandboxEnv(), withoutVars(env, "PATH", "HOME", "TMPDIR")...)
 	}
-	args := append(append([]string(nil), shell[1:]...), strings.Join(spec.Commands, "\n"))
-	cmd := exec.Command(shell[0], args...)
-	cmd.Dir = ws
-	env := append([]string(nil), e.baseEnv()...)
+	env = append([]string(nil), env...)
 	for k, v := range spec.Env {
 		env = append(env, k+"="+v)
 	}
@@ -234,8 +255,6 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		"KILN_ATTEMPT="+strconv.FormatUint(uint64(spec.Attempt), 10),
 		"KILN_WORKSPACE="+ws,
 	)
-	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 
 	timeout := spec.Timeout
 	if timeout <= 0 {
@@ -245,7 +264,6 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		timeout = DefaultTimeout
 	}
 	p := &Process{
-		cmd:       cmd,
 		workspace: ws,
 		grace:     orDefault(e.KillGrace, DefaultKillGrace),
 		pipeIdle:  orDefault(e.PipeIdle, DefaultPipeIdle),
@@ -253,6 +271,35 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 		hardKill:  make(chan struct{}),
 		done:      make(chan struct{}),
 		spec:      spec,
+	}
+	script := strings.Join(spec.Commands, "\n")
+	var setup *prepStep
+	switch {
+	case rt.GetImage() != "":
+		if e.Docker == nil {
+			return nil, fmt.Errorf("executor: the step runs in image %q and this agent has no Docker engine", rt.GetImage())
+		}
+		dr := &dockerRunner{d: e.Docker, agent: e.Name, workDir: e.WorkDir, ws: ws, spec: spec, script: script}
+		p.rn = dr
+		setup = &prepStep{"the container setup", func(ctx context.Context) (string, error) {
+			return "container setup failed", dr.create(ctx, out)
+		}}
+	default:
+		shell := e.Shell
+		if shell == nil {
+			if p, err := exec.LookPath("bash"); err == nil {
+				shell = []string{p, "-e", "-c"}
+			} else {
+				shell = []string{"/bin/sh", "-e", "-c"}
+			}
+		}
+		argv := append([]string(nil), shell...)
+		if e.Sandbox != nil {
+			argv = e.Sandbox.wrap(ws, rt.GetNetwork() == "none", argv)
+		} else if rt.GetNetwork() == "none" {
+			return nil, errors.New("executor: network: none needs an image or a sandboxed agent (kiln-agent --sandbox); this agent cannot take the network away from a shell step")
+		}
+		p.rn = &shellRunner{argv: argv, script: script, env: env, dir: ws}
 	}
 	var steps []prepStep
 	if src := spec.Source; src.GetArchiveSha256() != "" {
@@ -269,11 +316,19 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 			return "artifact download failed", downloadInputs(ctx, ws, spec.Inputs, spec.Fetch, out)
 		}})
 	}
+	if spec.Buildspec != "" {
+		steps = append(steps, prepStep{"the buildspec", func(ctx context.Context) (string, error) {
+			return "buildspec failed", p.loadBuildspec(out)
+		}})
+	}
+	if setup != nil {
+		steps = append(steps, *setup)
+	}
 	if len(steps) > 0 {
 		go p.prepareAndRun(steps, out, timeout)
 		return p, nil
 	}
-	r, err := p.startShell()
+	r, err := p.startRunner()
 	if err != nil {
 		return nil, err
 	}
@@ -281,30 +336,19 @@ func (e *Executor) Start(spec Spec, out io.Writer) (*Process, error) {
 	return p, nil
 }
 
-// startShell starts the script with its output pipe and returns the read end.
-func (p *Process) startShell() (*os.File, error) {
-	cmd := p.cmd
+// startRunner starts the script with its output pipe and returns the
+// read end. On failure the runner's resources are released.
+func (p *Process) startRunner() (*os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
+		p.rn.cleanup()
 		return nil, fmt.Errorf("executor: output pipe: %w", err)
 	}
-	cmd.Stdout = w
-	cmd.Stderr = w
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
+	if err := p.rn.start(w); err != nil { // start closes w
 		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("executor: open %s: %w", os.DevNull, err)
+		p.rn.cleanup()
+		return nil, err
 	}
-	cmd.Stdin = devnull
-	startErr := cmd.Start()
-	w.Close()
-	devnull.Close()
-	if startErr != nil {
-		r.Close()
-		return nil, fmt.Errorf("executor: start %s: %w", cmd.Path, startErr)
-	}
-	p.pid.Store(int64(cmd.Process.Pid))
 	return r, nil
 }
 
@@ -349,10 +393,11 @@ func (p *Process) prepareAndRun(steps []prepStep, out io.Writer, timeout time.Du
 			p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: what + ": " + err.Error()}
 			fmt.Fprintf(out, "kiln: %s: %v\n", what, err)
 		}
+		p.rn.cleanup()
 		close(p.done)
 		return
 	}
-	r, err := p.startShell()
+	r, err := p.startRunner()
 	if err != nil {
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: -1, Reason: "agent could not start the job: " + err.Error()}
 		close(p.done)
@@ -409,8 +454,8 @@ func orDefault(d, def time.Duration) time.Duration {
 }
 
 // Pid returns the process id of the script's shell (also its process group
-// id), or 0 while the source is being checked out.
-func (p *Process) Pid() int { return int(p.pid.Load()) }
+// id), or 0 while the source is being checked out and for container steps.
+func (p *Process) Pid() int { return p.rn.pid() }
 
 // WorkspacePath returns the absolute path of the attempt's workspace.
 func (p *Process) WorkspacePath() string { return p.workspace }
@@ -444,12 +489,7 @@ func (p *Process) Wait() Outcome {
 	return p.outcome
 }
 
-func (p *Process) signalGroup(sig syscall.Signal) {
-	// The negative pid addresses the process group. ESRCH (group gone) is fine.
-	if pid := int(p.pid.Load()); pid > 0 {
-		_ = syscall.Kill(-pid, sig)
-	}
-}
+func (p *Process) signalGroup(sig syscall.Signal) { p.rn.signal(sig) }
 
 // run supervises the attempt: timeout, cancellation, reaping, and the
 // output copy. remaining is what is left of the attempt's timeout (less
@@ -465,8 +505,8 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 		copyOutput(r, out, &progress, &inRead)
 	}()
 
-	waitDone := make(chan error, 1)
-	go func() { waitDone <- p.cmd.Wait() }()
+	waitDone := make(chan exitStatus, 1)
+	go func() { waitDone <- p.rn.wait() }()
 
 	timer := time.NewTimer(max(remaining, 0))
 	defer timer.Stop()
@@ -475,7 +515,7 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 		stopResult kilnv1.JobResult // set when we stopped the group
 		stopReason string
 		killTimer  <-chan time.Time
-		waitErr    error
+		st         exitStatus
 	)
 	beginStop := func(res kilnv1.JobResult, reason string) {
 		if stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED {
@@ -489,7 +529,7 @@ func (p *Process) run(r *os.File, out io.Writer, remaining, timeout time.Duratio
 loop:
 	for {
 		select {
-		case waitErr = <-waitDone:
+		case st = <-waitDone:
 			break loop
 		case <-timer.C:
 			beginStop(kilnv1.JobResult_JOB_RESULT_TIMED_OUT, "timed out after "+timeout.String())
@@ -528,24 +568,24 @@ wait:
 	}
 	idle.Stop()
 	r.Close()
+	// The script's output is complete; the workspace (a bind mount for a
+	// container) holds what the artifacts and reports need.
+	p.rn.cleanup()
 
 	switch {
 	case stopResult != kilnv1.JobResult_JOB_RESULT_UNSPECIFIED:
-		p.outcome = Outcome{Result: stopResult, ExitCode: exitCode(waitErr), Reason: stopReason}
-	case waitErr == nil:
+		p.outcome = Outcome{Result: stopResult, ExitCode: st.code, Reason: stopReason}
+	case st.err == nil && st.signal == "" && st.code == 0:
 		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_PASSED}
 	default:
-		code := exitCode(waitErr)
-		reason := "exit code " + strconv.Itoa(int(code))
-		var ee *exec.ExitError
-		if errors.As(waitErr, &ee) {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				reason = "killed by signal " + ws.Signal().String()
-			}
-		} else {
-			reason = waitErr.Error()
+		reason := "exit code " + strconv.Itoa(int(st.code))
+		switch {
+		case st.signal != "":
+			reason = "killed by signal " + st.signal
+		case st.err != nil:
+			reason = st.err.Error()
 		}
-		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: code, Reason: reason}
+		p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: st.code, Reason: reason}
 	}
 	ran := p.outcome.Result
 	p.collectArtifacts(out)
@@ -596,19 +636,6 @@ func (p *Process) collectArtifacts(out io.Writer) {
 		return
 	}
 	p.outcome = Outcome{Result: kilnv1.JobResult_JOB_RESULT_FAILED, ExitCode: p.outcome.ExitCode, Reason: "artifact upload failed: " + err.Error(), Artifacts: files}
-}
-
-// exitCode maps a Wait error to an exit code; -1 when the shell was killed
-// by a signal or could not be waited for, 0 on success.
-func exitCode(err error) int32 {
-	if err == nil {
-		return 0
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return int32(ee.ExitCode())
-	}
-	return -1
 }
 
 // copyOutput copies r to out until EOF (or a read error such as an expired

@@ -219,7 +219,7 @@ func (c *cluster) startAgents(ctx context.Context, n, slots int) error {
 
 // waitAgents waits until n agents are connected.
 func (c *cluster) waitAgents(ctx context.Context, n int) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	for {
 		got := 0

@@ -13,6 +13,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -142,6 +143,7 @@ func run(bins, only string, o options, timeout time.Duration) error {
 		values   []float64
 	}
 	var rows []row
+	var failed []string
 	for _, sc := range scenarios {
 		if len(want) > 0 && !want[sc.name] {
 			continue
@@ -156,7 +158,18 @@ func run(bins, only string, o options, timeout time.Duration) error {
 			t0 := time.Now()
 			ms, err := sc.run(ctx, sd.dir, dir, o)
 			if err != nil {
-				return fmt.Errorf("%s on %s: %w (logs in %s)", sc.name, sd.name, err, dir)
+				// A side that cannot do a scenario is a result too: the
+				// table says so, and the other scenarios still run.
+				fmt.Fprintf(os.Stderr, "e2e: %s on %s failed: %v\n", sc.name, sd.name, err)
+				if tail := logTail(dir); tail != "" {
+					fmt.Fprintf(os.Stderr, "%s\n", tail)
+				}
+				failed = append(failed, fmt.Sprintf("%s on %s: %v", sc.name, sd.name, err))
+				// What was measured before the failure is kept.
+				ms = append(ms, metric{name: "(failed)", value: math.NaN(), unit: "-", better: "-"})
+				if ctx.Err() != nil {
+					return fmt.Errorf("%s on %s: %w", sc.name, sd.name, err)
+				}
 			}
 			fmt.Fprintf(os.Stderr, "e2e: %s on %s took %s\n", sc.name, sd.name, time.Since(t0).Round(time.Second))
 			for _, m := range ms {
@@ -165,7 +178,11 @@ func run(bins, only string, o options, timeout time.Duration) error {
 				if !ok {
 					i = len(rows)
 					byName[m.name] = i
-					rows = append(rows, row{scenario: sc.name, m: m, values: make([]float64, len(sides))})
+					vals := make([]float64, len(sides))
+					for k := range vals {
+						vals[k] = math.NaN() // until measured
+					}
+					rows = append(rows, row{scenario: sc.name, m: m, values: vals})
 				}
 				rows[i].values[si] = m.value
 				if m.note != "" {
@@ -195,7 +212,7 @@ func run(bins, only string, o options, timeout time.Duration) error {
 		}
 		if len(sides) > 1 {
 			first, last := r.values[0], r.values[len(r.values)-1]
-			if first != 0 {
+			if first != 0 && !math.IsNaN(first) && !math.IsNaN(last) {
 				line += fmt.Sprintf(" %.2f× |", last/first)
 			} else {
 				line += " – |"
@@ -203,11 +220,26 @@ func run(bins, only string, o options, timeout time.Duration) error {
 		}
 		fmt.Println(line)
 	}
+	for _, f := range failed {
+		fmt.Printf("\nfailed: %s\n", f)
+	}
 	return nil
+}
+
+// logTail is the end of the first coordinator log of a scenario's
+// directory that has one, for a failed run.
+func logTail(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "coordinator-1.log"))
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	return "  coordinator-1.log ends: " + strings.TrimSpace(string(b[max(0, len(b)-600):]))
 }
 
 func format(v float64) string {
 	switch {
+	case math.IsNaN(v):
+		return "failed"
 	case v >= 100:
 		return fmt.Sprintf("%.0f", v)
 	case v >= 10:

@@ -483,32 +483,37 @@ func runScale(ctx context.Context, bin, dir string, o options) ([]metric, error)
 			followersAfter += p.rssBytes()
 		}
 	}
-	if _, err := bench.Load(ctx, c.cl, events, 200, 16, 0); err != nil {
-		return nil, err
-	}
-	r, err := bench.Load(ctx, c.cl, events, o.scaleJobs, 64, 0)
-	if err != nil {
-		return nil, err
-	}
-	lat, err := latencyLight(ctx, c.cl, events, 100, "scale-lat")
-	if err != nil {
-		return nil, err
-	}
-	// Every agent still connected: heartbeats kept every lease.
-	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
-		return nil, fmt.Errorf("after the load: %w", err)
-	}
 	n := float64(o.scaleAgents)
-	return []metric{
+	out := []metric{
 		{name: fmt.Sprintf("%d agents connected in", o.scaleAgents), value: connect.Seconds(), unit: "s", better: "lower",
 			note: fmt.Sprintf("started at %d/s", o.scaleRamp)},
 		{name: "leader RSS per agent", value: float64(after-before) / n / 1024, unit: "KiB", better: "lower",
 			note: fmt.Sprintf("leader RSS %d → %d MiB", before>>20, after>>20)},
 		{name: "follower RSS per agent", value: float64(followersAfter-followersBefore) / 2 / n / 1024, unit: "KiB", better: "lower"},
-		{name: fmt.Sprintf("jobs/s, %d light agents", o.scaleAgents), value: r.JobsPerSec, unit: "jobs/s", better: "higher"},
-		{name: "submit→assigned p50 under that load", value: ms(r.DispatchP50), unit: "ms", better: "lower"},
-		{name: "submit→finished p50, one at a time", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
-	}, nil
+	}
+	// A cluster that cannot keep up fails the run instead of stalling it.
+	lctx, cancelLoad := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancelLoad()
+	if _, err := bench.Load(lctx, c.cl, events, 200, 16, 0); err != nil {
+		return out, err
+	}
+	r, err := bench.Load(lctx, c.cl, events, o.scaleJobs, 64, 0)
+	if err != nil {
+		return out, err
+	}
+	lat, err := latencyLight(lctx, c.cl, events, 100, "scale-lat")
+	if err != nil {
+		return out, err
+	}
+	// Every agent still connected: heartbeats kept every lease.
+	if err := c.waitAgents(ctx, o.scaleAgents); err != nil {
+		return out, fmt.Errorf("after the load: %w", err)
+	}
+	return append(out,
+		metric{name: fmt.Sprintf("jobs/s, %d light agents", o.scaleAgents), value: r.JobsPerSec, unit: "jobs/s", better: "higher"},
+		metric{name: "submit→assigned p50 under that load", value: ms(r.DispatchP50), unit: "ms", better: "lower"},
+		metric{name: "submit→finished p50, one at a time", value: ms(percentile(lat, 50)), unit: "ms", better: "lower"},
+	), nil
 }
 
 // chachaReader is size pseudo-random bytes (incompressible), the same for

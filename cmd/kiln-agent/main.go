@@ -1,7 +1,8 @@
 // Command kiln-agent runs a Kiln build agent on this host.
 //
 //	kiln-agent --coordinators 127.0.0.1:7001,127.0.0.1:7002 --name a1 \
-//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--http-addr 127.0.0.1:7081] [--log-level info]
+//	    --labels os=linux,pool=x --slots 2 --work-dir DIR [--heartbeat 1s] [--http-addr 127.0.0.1:7081] [--log-level info] \
+//	    [--docker-host unix:///var/run/docker.sock|none] [--sandbox] [--kill-grace 5s]
 //
 // The first SIGTERM or SIGINT drains the agent: it tells the leader at once,
 // takes no new jobs, and exits 0 once every job it holds has finished and
@@ -17,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -24,7 +26,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/internal/authn"
+	"github.com/kiln-ci/kiln/internal/discovery"
 )
 
 func main() {
@@ -33,7 +37,7 @@ func main() {
 
 // run parses args, runs the agent and returns the exit code.
 func run(args []string, stderr io.Writer) int {
-	cfg, level, err := parseFlags(args, stderr)
+	cfg, rt, level, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -51,6 +55,13 @@ func run(args []string, stderr io.Writer) int {
 	}
 	defer func() { _ = log.Sync() }()
 
+	if err := setupExecutors(&cfg, rt, log); err != nil {
+		log.Error("executor setup failed", zap.Error(err))
+		return 2
+	}
+	if cfg.Docker != nil {
+		defer cfg.Docker.Close()
+	}
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		log.Error("invalid configuration", zap.Error(err))
@@ -85,12 +96,57 @@ func run(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// parseFlags turns the command line into an agent.Config and a log level.
-func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, error) {
+// runtimeFlags choose the executors: the Docker engine and the sandbox.
+type runtimeFlags struct {
+	// dockerHost: "" auto-detects (DOCKER_HOST or the default socket, no
+	// Docker when nothing answers); "none" disables; anything else must
+	// answer.
+	dockerHost string
+	sandbox    bool
+	// hide are extra host paths the sandbox masks (--sandbox-hide).
+	hide []string
+}
+
+// setupExecutors connects to the Docker engine and checks bubblewrap as
+// rt asks, filling cfg.Docker and cfg.Sandbox.
+func setupExecutors(cfg *agent.Config, rt runtimeFlags, log *zap.Logger) error {
+	ctx := context.Background()
+	switch rt.dockerHost {
+	case "none":
+	case "":
+		d, err := executor.NewDocker(ctx, "")
+		if err != nil {
+			log.Info("no Docker engine: steps with an image will not run here", zap.Error(err))
+			break
+		}
+		log.Info("Docker engine found", zap.String("docker_host", d.Host()))
+		cfg.Docker = d
+	default:
+		d, err := executor.NewDocker(ctx, rt.dockerHost)
+		if err != nil {
+			return fmt.Errorf("--docker-host: %w", err)
+		}
+		cfg.Docker = d
+	}
+	if rt.sandbox {
+		s, err := executor.NewSandbox(ctx, rt.hide...)
+		if err != nil {
+			return fmt.Errorf("--sandbox: %w", err)
+		}
+		cfg.Sandbox = s
+	}
+	return nil
+}
+
+// parseFlags turns the command line into an agent.Config, the executor
+// choices and a log level.
+func parseFlags(args []string, stderr io.Writer) (agent.Config, runtimeFlags, zapcore.Level, error) {
+	var rt runtimeFlags
 	cfg := agent.NewConfig()
 	fs := flag.NewFlagSet("kiln-agent", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port)")
+	coordinators := fs.String("coordinators", "", "comma-separated coordinator gRPC addresses (host:port), or etcd:///PREFIX (the coordinators registered in etcd)")
+	etcdEndpoints := fs.String("etcd-endpoints", "", "etcd client URLs, comma-separated, resolving etcd:/// coordinators (default $"+discovery.EnvEndpoints+")")
 	fs.StringVar(&cfg.Name, "name", cfg.Name, "unique agent name")
 	labels := fs.String("labels", "", "comma-separated key=value labels; os and arch are added unless given")
 	fs.IntVar(&cfg.Slots, "slots", cfg.Slots, "jobs run at once")
@@ -105,18 +161,22 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 		return nil
 	})
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", "", "listen address of the agent's /metrics (Prometheus), e.g. 127.0.0.1:7081; empty serves none")
+	fs.DurationVar(&cfg.KillGrace, "kill-grace", cfg.KillGrace, "time between SIGTERM and SIGKILL when a job is canceled or timed out")
+	fs.StringVar(&rt.dockerHost, "docker-host", "", `Docker engine for steps with an image ("" detects DOCKER_HOST or the default socket; "none" disables)`)
+	fs.BoolVar(&rt.sandbox, "sandbox", false, "run shell steps under bubblewrap (see README: Sandboxed shell jobs)")
+	hide := fs.String("sandbox-hide", "", "comma-separated absolute host paths hidden from sandboxed jobs (besides /etc/kiln)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&cfg.Token, "token", os.Getenv(authn.EnvToken), "API token of role agent for coordinators started with --acl (default $"+authn.EnvToken+"; prefer the variable: flags show in ps)")
 	if err := fs.Parse(args); err != nil {
-		return cfg, 0, err
+		return cfg, rt, 0, err
 	}
 	if cfg.Token != "" {
 		if err := authn.ValidToken(cfg.Token); err != nil {
-			return cfg, 0, fmt.Errorf("--token: %w", err)
+			return cfg, rt, 0, fmt.Errorf("--token: %w", err)
 		}
 	}
 	if fs.NArg() > 0 {
-		return cfg, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
+		return cfg, rt, 0, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
 	if cfg.JoinToken == "" {
 		cfg.JoinToken = os.Getenv("KILN_JOIN_TOKEN")
@@ -124,11 +184,11 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 	nameSet := false
 	fs.Visit(func(f *flag.Flag) { nameSet = nameSet || f.Name == "name" })
 	if cfg.TLS.Cert != "" && nameSet {
-		return cfg, 0, errors.New("--name: the agent's name comes from its certificate (--tls-cert); drop --name")
+		return cfg, rt, 0, errors.New("--name: the agent's name comes from its certificate (--tls-cert); drop --name")
 	}
 	var level zapcore.Level
 	if err := level.Set(*logLevel); err != nil {
-		return cfg, 0, fmt.Errorf("--log-level: %w", err)
+		return cfg, rt, 0, fmt.Errorf("--log-level: %w", err)
 	}
 	cfg.Coordinators = nil
 	for _, c := range strings.Split(*coordinators, ",") {
@@ -137,19 +197,41 @@ func parseFlags(args []string, stderr io.Writer) (agent.Config, zapcore.Level, e
 		}
 	}
 	if len(cfg.Coordinators) == 0 {
-		return cfg, 0, errors.New("--coordinators is required")
+		return cfg, rt, 0, errors.New("--coordinators is required")
+	}
+	for _, p := range strings.Split(*hide, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if !strings.HasPrefix(p, "/") {
+				return cfg, rt, 0, fmt.Errorf("--sandbox-hide: %q is not an absolute path", p)
+			}
+			rt.hide = append(rt.hide, p)
+		}
+	}
+	if len(rt.hide) > 0 && !rt.sandbox {
+		return cfg, rt, 0, errors.New("--sandbox-hide needs --sandbox")
+	}
+	if slices.ContainsFunc(cfg.Coordinators, discovery.IsTarget) {
+		eps := *etcdEndpoints
+		if strings.TrimSpace(eps) == "" {
+			eps = os.Getenv(discovery.EnvEndpoints)
+		}
+		list, err := discovery.ParseEndpoints(eps)
+		if err != nil {
+			return cfg, rt, 0, fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		cfg.EtcdEndpoints = list
 	}
 	parsed, err := parseLabels(*labels)
 	if err != nil {
-		return cfg, 0, err
+		return cfg, rt, 0, err
 	}
 	for k, v := range parsed {
 		cfg.Labels[k] = v
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, 0, err
+		return cfg, rt, 0, err
 	}
-	return cfg, level, nil
+	return cfg, rt, level, nil
 }
 
 // parseLabels parses "k=v,k2=v2".

@@ -22,7 +22,7 @@ func TestMain(m *testing.M) {
 
 func TestParseFlags(t *testing.T) {
 	var stderr bytes.Buffer
-	cfg, level, err := parseFlags([]string{
+	cfg, _, level, err := parseFlags([]string{
 		"--coordinators", "127.0.0.1:1,127.0.0.1:2", "--name", "a1", "--labels", "os=plan9,pool=x",
 		"--slots", "2", "--work-dir", "/tmp/w", "--heartbeat", "1s", "--log-level", "debug",
 	}, &stderr)
@@ -37,9 +37,15 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("labels = %v", cfg.Labels)
 	}
 
-	cfg, _, err = parseFlags([]string{"--coordinators", "h:1"}, &stderr)
+	cfg, _, _, err = parseFlags([]string{"--coordinators", "h:1"}, &stderr)
 	if err != nil || cfg.Slots != 1 || cfg.WorkDir != "./kiln-work" || cfg.Name == "" || cfg.Labels["os"] != runtime.GOOS {
 		t.Fatalf("defaults: %+v %v", cfg, err)
+	}
+
+	cfg, rt, _, err := parseFlags([]string{"--coordinators", "h:1", "--docker-host", "none", "--sandbox",
+		"--sandbox-hide", "/srv/secrets, /etc/ci", "--kill-grace", "2s"}, &stderr)
+	if err != nil || rt.dockerHost != "none" || !rt.sandbox || len(rt.hide) != 2 || rt.hide[1] != "/etc/ci" || cfg.KillGrace != 2*time.Second {
+		t.Fatalf("executor flags: %+v %+v %v", rt, cfg, err)
 	}
 
 	for _, bad := range [][]string{
@@ -48,8 +54,11 @@ func TestParseFlags(t *testing.T) {
 		{"--coordinators", "h:1", "--labels", "novalue"},
 		{"--coordinators", "h:1", "--log-level", "loud"},
 		{"--coordinators", "nohostport"},
+		{"--coordinators", "h:1", "--sandbox-hide", "/x"},
+		{"--coordinators", "h:1", "--sandbox", "--sandbox-hide", "relative"},
+		{"--coordinators", "h:1", "--kill-grace", "0s"},
 	} {
-		if _, _, err := parseFlags(bad, &stderr); err == nil {
+		if _, _, _, err := parseFlags(bad, &stderr); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}
 	}

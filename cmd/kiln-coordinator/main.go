@@ -20,8 +20,10 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/kiln-ci/kiln/agent"
+	"github.com/kiln-ci/kiln/agent/executor"
 	"github.com/kiln-ci/kiln/coordinator"
 	"github.com/kiln-ci/kiln/coordinator/blobstore/s3store"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/gitsrc"
 	"github.com/kiln-ci/kiln/internal/logging"
 	"github.com/kiln-ci/kiln/internal/pipeline"
@@ -39,6 +41,7 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("kiln-coordinator", flag.ContinueOnError)
 	var (
 		initialCluster, join, logLevel, logFormat string
+		etcdEndpoints, etcdPrefix                 string
 		dev                                       bool
 		devSlots                                  int
 	)
@@ -89,6 +92,8 @@ func run(args []string) error {
 	})
 	fs.BoolVar(&cfg.ACL, "acl", false, "authorize every call by API token and role (needs --secrets-key-file; see kilnctl token bootstrap)")
 	fs.StringVar(&cfg.SecretsKeyFile, "secrets-key-file", "", "32-byte cluster key, the same file on every coordinator (mode 600, never replicated): seals secrets and, with --acl, authenticates coordinators to each other")
+	fs.StringVar(&etcdEndpoints, "etcd-endpoints", "", "etcd client URLs, comma-separated: register this coordinator's gRPC address there (under --etcd-prefix, with a lease kept alive) for clients using --coordinators etcd:///PREFIX")
+	fs.StringVar(&etcdPrefix, "etcd-prefix", discovery.DefaultPrefix, "etcd key prefix of the registration (with --etcd-endpoints)")
 	fs.BoolVar(&dev, "dev", false, "run a single-node cluster with a built-in agent (the embedded default)")
 	fs.IntVar(&devSlots, "dev-agent-slots", runtime.NumCPU(), "slots of the built-in agent in --dev mode")
 	fs.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
@@ -134,6 +139,18 @@ func run(args []string) error {
 			cfg.GitAllow = gitsrc.DevAllow
 		}
 	}
+	var reg *discovery.Registration
+	if etcdEndpoints != "" {
+		eps, err := discovery.ParseEndpoints(etcdEndpoints)
+		if err != nil {
+			return fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+		prefix, err := discovery.CleanPrefix(etcdPrefix)
+		if err != nil {
+			return fmt.Errorf("--etcd-prefix: %w", err)
+		}
+		reg = &discovery.Registration{Endpoints: eps, Prefix: prefix, NodeID: cfg.NodeID}
+	}
 	log, err := logging.New(logLevel, logFormat)
 	if err != nil {
 		return err
@@ -154,6 +171,10 @@ func run(args []string) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return c.Run(gctx) })
+	if reg != nil {
+		reg.Addr = c.GRPCAddr()
+		g.Go(func() error { return discovery.Register(gctx, *reg, log.Named("discovery")) })
+	}
 	if dev {
 		acfg := agent.NewConfig()
 		acfg.Coordinators = []string{c.GRPCAddr()}
@@ -161,6 +182,11 @@ func run(args []string) error {
 		acfg.Slots = devSlots
 		acfg.WorkDir = filepath.Join(cfg.DataDir, "work")
 		acfg.Labels = map[string]string{"dev": "true"}
+		// Steps with an image run here too when a Docker engine answers.
+		if d, err := executor.NewDocker(ctx, ""); err == nil {
+			acfg.Docker = d
+			defer d.Close()
+		}
 		a, err := agent.New(acfg, log.Named("agent"))
 		if err != nil {
 			stop()

@@ -10,6 +10,10 @@
 // closed) and puts the Principal in the context, from which the services
 // take the submitter and approver names, never from the request.
 //
+// With TLS as well, an agent certificate (verified by the handshake and
+// the certificate table of coordinator/authn, which runs first) is an
+// agent's credential: it authenticates as role agent without a token.
+//
 // Refusals are Unauthenticated (no, unknown, revoked or expired
 // credential) or PermissionDenied (the role is too low), and the message
 // names the role the method needs.
@@ -28,9 +32,11 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	certauthn "github.com/kiln-ci/kiln/coordinator/authn"
 	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/authn"
 	"github.com/kiln-ci/kiln/internal/role"
+	"github.com/kiln-ci/kiln/internal/tlsutil"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
 )
 
@@ -111,6 +117,12 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 		return ctx, status.Errorf(codes.PermissionDenied, "%s is not in the access table; nobody may call it", method)
 	}
 	p, err := a.authenticate(ctx, method, rule)
+	if cp, ok := certPrincipal(ctx); ok {
+		// The certificate, verified by the TLS handshake and checked by
+		// the certificate table before this interceptor, is the
+		// credential; a bearer token sent along is not consulted.
+		p, err = cp, nil
+	}
 	if err != nil {
 		if rule.Public {
 			return ctx, nil
@@ -121,6 +133,22 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 		return ctx, status.Errorf(codes.PermissionDenied, "token %q has role %s; %s needs %s", p.Name, p.Role, shortMethod(method), rule.need())
 	}
 	return WithPrincipal(ctx, p), nil
+}
+
+// certPrincipal is the principal of a caller that presented an agent
+// certificate of the cluster (coordinator/authn put its identity in ctx):
+// the agent named by the certificate, with role agent. An agent enrolled
+// with a join token, or given a certificate by kilnctl tls, therefore needs
+// no API token when ACLs are on. This is the one place where a certificate
+// stands for a token; client and coordinator certificates do not (people
+// still need a token of their role, and peer coordinators present the
+// cluster credential, which proves they hold the same key file).
+func certPrincipal(ctx context.Context) (Principal, bool) {
+	id, ok := certauthn.FromContext(ctx)
+	if !ok || id.Role != tlsutil.RoleAgent {
+		return Principal{}, false
+	}
+	return Principal{Name: id.String(), Role: role.Agent}, true
 }
 
 func (a *Authorizer) authenticate(ctx context.Context, method string, rule Rule) (Principal, error) {
@@ -280,6 +308,10 @@ func Describe(req, resp any) string {
 		return fmt.Sprintf("secret=%s repo=%q", r.GetName(), r.GetRepo())
 	case *kilnv1.DeleteSecretRequest:
 		return fmt.Sprintf("secret=%s repo=%q", r.GetName(), r.GetRepo())
+	case *kilnv1.EnrollAgentRequest:
+		// The caller has no credential yet: the record names the agent
+		// the certificate was asked for, never the join token.
+		return fmt.Sprintf("agent=%s", r.GetName())
 	}
 	return ""
 }

@@ -74,6 +74,11 @@ var Methods = map[string]Rule{
 	"/kiln.v1.BlobService/Download":  {Min: role.Viewer, Agent: true, Node: true},
 	"/kiln.v1.BlobService/Replicate": {Node: true},
 
+	// DeployService: deployment history (read) and rollback, which
+	// starts a deployment like a submit does.
+	"/kiln.v1.DeployService/ListDeployments": {Min: role.Viewer},
+	"/kiln.v1.DeployService/Rollback":        {Min: role.Developer, Audit: true},
+
 	// OpsService: the queue and delivery statistics (reads).
 	"/kiln.v1.OpsService/ListQueue": {Min: role.Viewer},
 	"/kiln.v1.OpsService/GetStats":  {Min: role.Viewer},

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/coordinator/acl"
+	"github.com/kiln-ci/kiln/coordinator/state"
 	"github.com/kiln-ci/kiln/internal/lifecycle"
 	fsmv1 "github.com/kiln-ci/kiln/proto/kiln/fsm/v1"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"

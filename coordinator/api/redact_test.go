@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -68,5 +69,30 @@ func TestAnswersCarryNoGitCredentials(t *testing.T) {
 	}
 	if canReach((&kilnv1.StreamLogsResponse{}).ProtoReflect().Descriptor()) {
 		t.Error("log chunks are walked for URLs")
+	}
+}
+
+// BenchmarkRedactListBuilds is the cost the credential walk adds to the
+// largest answer: 1000 builds of 5 jobs, none with credentials (the common
+// case: no copy) or all with them (a copy, then stripped).
+func BenchmarkRedactListBuilds(b *testing.B) {
+	for _, url := range []string{"https://git.example.com/app.git", "https://bot:tok@git.example.com/app.git"} {
+		resp := &kilnv1.ListBuildsResponse{}
+		for i := range 1000 {
+			bl := &kilnv1.Build{Id: fmt.Sprint(i), Source: &kilnv1.Source{GitUrl: url, Commit: "0123456789abcdef0123456789abcdef01234567"}}
+			for j := range 5 {
+				bl.Jobs = append(bl.Jobs, &kilnv1.Job{Id: fmt.Sprint(i, ".", j), Key: "step", Agent: "a1"})
+			}
+			resp.Builds = append(resp.Builds, bl)
+		}
+		name := "clean"
+		if url != "https://git.example.com/app.git" {
+			name = "credentials"
+		}
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				_ = withoutCredentials(resp)
+			}
+		})
 	}
 }

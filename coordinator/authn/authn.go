@@ -52,6 +52,9 @@ var (
 var table = map[string]Rule{
 	"/kiln.v1.ControlService/*": clientFacing,
 	"/kiln.v1.OpsService/*":     clientFacing,
+	"/kiln.v1.DeployService/*":  clientFacing,
+	// Tokens, secrets, audit: API tokens decide (coordinator/acl).
+	"/kiln.v1.AccessService/*": clientFacing,
 
 	// The agent session: an agent certificate, whose name is the agent's.
 	"/kiln.v1.AgentService/Connect": agentOnly,
@@ -64,6 +67,9 @@ var table = map[string]Rule{
 	"/kiln.v1.BlobService/Replicate": coordinatorOnly,
 	// Job log copies between coordinators.
 	"/kiln.v1.LogReplicationService/*": coordinatorOnly,
+
+	// Anyone may ask who its credential makes it.
+	"/kiln.v1.AccessService/WhoAmI": anyone,
 
 	"/kiln.v1.ClusterService/Status": clientFacing,
 	// Raft-adjacent: only members of the cluster.

@@ -33,6 +33,10 @@ func TestEveryServedMethodIsClassified(t *testing.T) {
 	kilnv1.RegisterClusterServiceServer(s, kilnv1.UnimplementedClusterServiceServer{})
 	kilnv1.RegisterBlobServiceServer(s, kilnv1.UnimplementedBlobServiceServer{})
 	kilnv1.RegisterIdentityServiceServer(s, kilnv1.UnimplementedIdentityServiceServer{})
+	kilnv1.RegisterAccessServiceServer(s, kilnv1.UnimplementedAccessServiceServer{})
+	kilnv1.RegisterOpsServiceServer(s, kilnv1.UnimplementedOpsServiceServer{})
+	kilnv1.RegisterLogReplicationServiceServer(s, kilnv1.UnimplementedLogReplicationServiceServer{})
+	kilnv1.RegisterDeployServiceServer(s, kilnv1.UnimplementedDeployServiceServer{})
 	healthpb.RegisterHealthServer(s, health.NewServer())
 	reflection.Register(s)
 	if err := Check(s.GetServiceInfo()); err != nil {

@@ -257,6 +257,9 @@ func (s *Service) command(ctx context.Context, req *kilnv1.SubmitBuildRequest) (
 			Retry:     &kilnv1.RetryPolicy{OnAgentLost: 1},
 		}}
 	}
+	// A step with an image runs only on agents with Docker: the implied
+	// label is part of the job's required labels.
+	pipeline.ApplyImage(cmd.Steps, req.GetImage())
 	if cmd.Name == "" {
 		cmd.Name = firstLine(req.GetCommand(), maxNameFromCommand)
 	}
@@ -295,6 +298,11 @@ func checkBody(req *kilnv1.SubmitBuildRequest) error {
 		return invalid("command: blank (give a shell command line or a build file in spec_yaml)")
 	case !utf8.ValidString(req.GetSpecYaml()):
 		return invalid("spec_yaml: the build file is not valid UTF-8")
+	}
+	if img := req.GetImage(); img != "" {
+		if err := pipeline.CheckImage(img); err != nil {
+			return invalid("image: %v", err)
+		}
 	}
 	return nil
 }

@@ -131,6 +131,29 @@ steps:
 			},
 		},
 		{
+			name: "image: every command step gets it and requires docker=true",
+			req: &kilnv1.SubmitBuildRequest{RequestId: "r", Image: "alpine:3.20", SpecYaml: "version: 0.2\nphases:\n  build:\n    commands: [make]\n",
+				SpecFilename: "buildspec.yml"},
+			check: func(t *testing.T, cmd *fsmv1.SubmitBuild) {
+				s := cmd.GetSteps()[0]
+				if s.GetRuntime().GetImage() != "alpine:3.20" || s.GetAgents()["docker"] != "true" {
+					t.Fatalf("step %v", s)
+				}
+			},
+		},
+		{
+			name: "image: a step's own image wins; the other steps get the request's",
+			req: &kilnv1.SubmitBuildRequest{RequestId: "r", Image: "alpine:3.20",
+				SpecYaml: "steps:\n  - {key: a, command: x, image: 'golang:1.23'}\n  - {key: b, command: y}\n"},
+			check: func(t *testing.T, cmd *fsmv1.SubmitBuild) {
+				a, b := cmd.GetSteps()[0], cmd.GetSteps()[1]
+				if a.GetRuntime().GetImage() != "golang:1.23" || a.GetAgents()["docker"] != "true" ||
+					b.GetRuntime().GetImage() != "alpine:3.20" || b.GetAgents()["docker"] != "true" {
+					t.Fatalf("steps %v", cmd.GetSteps())
+				}
+			},
+		},
+		{
 			name: "single command name is cut at 80 bytes",
 			req:  &kilnv1.SubmitBuildRequest{RequestId: "r", Command: strings.Repeat("x", 100)},
 			check: func(t *testing.T, cmd *fsmv1.SubmitBuild) {
@@ -263,6 +286,11 @@ func TestSubmitRefused(t *testing.T) {
 			name:    "bad if condition",
 			req:     &kilnv1.SubmitBuildRequest{RequestId: "r", SpecYaml: "steps:\n  - {key: a, command: x, if: 'branch =='}\n"},
 			leading: true, kind: KindInvalid, msg: []string{"build.yaml:2:"},
+		},
+		{
+			name:    "invalid image",
+			req:     &kilnv1.SubmitBuildRequest{RequestId: "r", Command: "true", Image: "bad image"},
+			leading: true, kind: KindInvalid, msg: []string{"image: ", `"bad image"`},
 		},
 		{
 			name:    "empty build file and no command",

@@ -48,10 +48,35 @@ func TestTLSClusterEnrollsAgentWithJoinToken(t *testing.T) {
 	cfg.JoinToken = "join-1"
 	c.StartAgentConfig(cfg)
 
-	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 1), Command: "echo enrolled", Labels: map[string]string{"pool": "tls"}})
+	// An artifact passed between steps: the agent uploads with its
+	// certificate, the leader replicates to its peers over mutual TLS.
+	spec := `stages:
+  - steps:
+      - key: produce
+        commands: ["echo enrolled > out.txt"]
+        artifacts: ["out.txt"]
+  - steps:
+      - key: consume
+        commands: ["cat out.txt"]
+`
+	b := submit(t, c, &kilnv1.SubmitBuildRequest{RequestId: reqID(t, 1), SpecYaml: spec, SpecFilename: "tls.yaml"})
 	b = waitBuild(t, c, b.GetId(), 30*time.Second)
 	if b.GetState() != kilnv1.BuildState_BUILD_STATE_PASSED || b.GetJobs()[0].GetAgent() != "enrolled-1" {
 		t.Fatalf("build: %s on %q (%s)", b.GetState(), b.GetJobs()[0].GetAgent(), b.GetReason())
+	}
+	if got := jobLog(c.Leader(), jobsByKey(b)["consume"]); !strings.HasSuffix(got, "enrolled\n") {
+		t.Fatalf("consume log %q", got)
+	}
+	digests := c.Leader().C.Store().ArtifactDigests()
+	if len(digests) != 1 {
+		t.Fatalf("artifact digests %v, want one", digests)
+	}
+	var sha string
+	for d := range digests {
+		sha = d
+	}
+	for _, n := range c.Nodes {
+		Eventually(t, 10*time.Second, func() bool { return n.C.HasBlob(sha) }, n.ID+" holds the artifact")
 	}
 	first, _, err := identity.Load(identity.Path(cfg.WorkDir))
 	if err != nil {

@@ -78,6 +78,8 @@ type Result struct {
 	Expired []string
 	// Token is the token after CreateToken, RevokeToken or RedeemToken.
 	Token *kilnv1.Token
+	// Deployment is the record after StartDeployment or UpdateDeployment.
+	Deployment *kilnv1.Deployment
 }
 
 // FSM applies committed commands to a state.Store. It implements raft.FSM.
@@ -127,6 +129,8 @@ var commandMessages = map[fsmv1.CommandType]func() proto.Message{
 	fsmv1.CommandType_COMMAND_TYPE_SET_SECRET:         func() proto.Message { return &fsmv1.SetSecret{} },
 	fsmv1.CommandType_COMMAND_TYPE_DELETE_SECRET:      func() proto.Message { return &fsmv1.DeleteSecret{} },
 	fsmv1.CommandType_COMMAND_TYPE_APPEND_AUDIT:       func() proto.Message { return &fsmv1.AppendAudit{} },
+	fsmv1.CommandType_COMMAND_TYPE_START_DEPLOYMENT:   func() proto.Message { return &fsmv1.StartDeployment{} },
+	fsmv1.CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT:  func() proto.Message { return &fsmv1.UpdateDeployment{} },
 }
 
 // Encode returns a log entry: the type byte followed by msg's protobuf
@@ -292,6 +296,12 @@ func (f *FSM) apply(idx uint64, msg proto.Message) *Result {
 		return &Result{Err: s.DeleteSecret(idx, c)}
 	case *fsmv1.AppendAudit:
 		return &Result{Err: s.AppendAudit(idx, c)}
+	case *fsmv1.StartDeployment:
+		d, err := s.StartDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
+	case *fsmv1.UpdateDeployment:
+		d, err := s.UpdateDeployment(idx, c)
+		return &Result{Deployment: d, Err: err}
 	}
 	// Unreachable: Decode only returns the message types above.
 	panic(fmt.Sprintf("fsm: no handler for %T", msg))

@@ -96,9 +96,9 @@ func desc(name, help string, labels ...string) *prometheus.Desc {
 
 var (
 	descJobsTotal = desc("kiln_jobs_total",
-		"Jobs that reached a final state, by that state (passed, failed, canceled, timed_out, lost, skipped), from the replicated state. Retrying a finished build takes its retried jobs out of their old result.", "result")
+		"Jobs that reached a final state, by that state (passed, failed, canceled, timed_out, lost, skipped), from the replicated state, expired builds' jobs included. Retrying a finished build takes its retried jobs out of their old result.", "result")
 	descBuildsTotal = desc("kiln_builds_total",
-		"Builds that finished, by result (passed, failed, canceled), from the replicated state.", "result")
+		"Builds that finished, by result (passed, failed, canceled), from the replicated state, expired builds included.", "result")
 	descJobs = desc("kiln_jobs",
 		"Jobs not finished yet, by state (waiting, queued, assigned, running, blocked).", "state")
 	descJobDuration = desc("kiln_job_duration_seconds",
@@ -264,6 +264,12 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, now time.Time) {
 		}
 		return true
 	})
+	// Jobs and builds that build expiry removed still count (replicated
+	// counts kept by the state store).
+	expired := r.Expired()
+	for st, name := range jobResults {
+		results[name] += float64(expired.ExpiredJobs(st))
+	}
 	for name, v := range results {
 		ch <- prometheus.MustNewConstMetric(descJobsTotal, prometheus.CounterValue, v, name)
 	}
@@ -292,6 +298,9 @@ func (c *Collector) collectState(ch chan<- prometheus.Metric, now time.Time) {
 		}
 		return true
 	})
+	for st, name := range buildResults {
+		builds[name] += float64(expired.ExpiredBuilds(st))
+	}
 	for name, v := range builds {
 		ch <- prometheus.MustNewConstMetric(descBuildsTotal, prometheus.CounterValue, v, name)
 	}

@@ -3,6 +3,7 @@ package metrics
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"regexp"
@@ -97,7 +98,7 @@ kiln_queue_depth 1
 # HELP kiln_oldest_queued_job_age_seconds Age of the oldest queued job (0 when the queue is empty).
 # TYPE kiln_oldest_queued_job_age_seconds gauge
 kiln_oldest_queued_job_age_seconds 60
-# HELP kiln_builds_total Builds that finished, by result (passed, failed, canceled), from the replicated state.
+# HELP kiln_builds_total Builds that finished, by result (passed, failed, canceled), from the replicated state, expired builds included.
 # TYPE kiln_builds_total counter
 kiln_builds_total{result="canceled"} 0
 kiln_builds_total{result="failed"} 1
@@ -150,6 +151,63 @@ kiln_raft_leader 1
 	for k, v := range checks {
 		if got, ok := byName[k]; !ok || got != v {
 			t.Errorf("%s = %v (present %v), want %v", k, got, ok, v)
+		}
+	}
+}
+
+// TestCountersSurviveBuildExpiry: build expiry deletes build 1 (failed;
+// jobs passed and failed) from the state, yet the result counters keep
+// it, here and on a node restored from a snapshot taken after.
+func TestCountersSurviveBuildExpiry(t *testing.T) {
+	s := history(t)
+	removed, err := s.ExpireBuilds(s.LastIndex()+1, &fsmv1.ExpireBuilds{TimeUnixMs: ms(time.Hour), RetentionMs: time.Minute.Milliseconds()})
+	if err != nil || len(removed) != 1 || removed[0] != "1" {
+		t.Fatalf("expired %v, %v; want build 1", removed, err)
+	}
+	if _, ok := s.Build("1"); ok {
+		t.Fatal("build 1 still stored")
+	}
+	restored := state.New()
+	var recs []*fsmv1.SnapshotRecord
+	if err := s.Snapshot().Records(func(r *fsmv1.SnapshotRecord) error { recs = append(recs, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	i := 0
+	if err := restored.Restore(func() (*fsmv1.SnapshotRecord, error) {
+		if i == len(recs) {
+			return nil, io.EOF
+		}
+		i++
+		return recs[i-1], nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP kiln_builds_total Builds that finished, by result (passed, failed, canceled), from the replicated state, expired builds included.
+# TYPE kiln_builds_total counter
+kiln_builds_total{result="canceled"} 0
+kiln_builds_total{result="failed"} 1
+kiln_builds_total{result="passed"} 0
+`
+	for name, st := range map[string]*state.Store{"live": s, "restored": restored} {
+		reg := newTestRegistry(t, st)
+		if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "kiln_builds_total"); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "kiln_jobs_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				res := m.GetLabel()[0].GetValue()
+				if (res == "passed" || res == "failed") && m.GetCounter().GetValue() != 1 {
+					t.Errorf("%s: kiln_jobs_total{result=%q} = %v, want 1", name, res, m.GetCounter().GetValue())
+				}
+			}
 		}
 	}
 }

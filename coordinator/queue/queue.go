@@ -125,24 +125,38 @@ func explainQueued(r *state.Reader, agents []*kilnv1.Agent, buildID string) []*k
 	var out []*kilnv1.WaitingJob
 	for i, j := range r.QueuedJobs() {
 		sel := j.GetSpec().GetAgents()
+		pin := j.GetSpec().GetPinAgent()
+		var why *kilnv1.WaitReason
 		var best *slot
 		var matching []*slot
-		for _, s := range slots {
-			if !scheduler.Matches(sel, s.a.GetLabels()) {
-				continue
-			}
-			matching = append(matching, s)
-			if takesJobs(s.a) && s.free > 0 && (best == nil || s.free > best.free) {
-				best = s
+		if d := j.GetSpec().GetDeploy(); d != nil {
+			// The deploy controller, not an agent, runs a deploy step.
+			why = deployReason(r, d.GetEnvironment())
+		} else {
+			for _, s := range slots {
+				if (pin != "" && s.a.GetName() != pin) || !scheduler.Matches(sel, s.a.GetLabels()) {
+					continue
+				}
+				matching = append(matching, s)
+				if takesJobs(s.a) && s.free > 0 && (best == nil || s.free > best.free) {
+					best = s
+				}
 			}
 		}
-		var why *kilnv1.WaitReason
-		if best != nil {
+		switch {
+		case why != nil:
+		case best != nil:
 			best.free--
 			best.ahead++
 			why = &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_DISPATCHING, Agents: []string{best.a.GetName()},
 				Message: fmt.Sprintf("agent %s has a free slot; the next dispatch pass assigns it", best.a.GetName())}
-		} else {
+		case pin != "" && len(matching) == 0:
+			msg := fmt.Sprintf("pinned to agent %s, which has not registered", pin)
+			if len(sel) > 0 {
+				msg += " or does not offer labels " + selector(sel)
+			}
+			why = &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_NO_MATCHING_AGENT, Agents: []string{pin}, Message: msg}
+		default:
 			why = agentReason(sel, agents, matching)
 		}
 		if buildID != "" && j.GetBuildId() != buildID {
@@ -258,6 +272,17 @@ func selector(sel map[string]string) string {
 		parts = append(parts, k+"="+sel[k])
 	}
 	return strings.Join(parts, ",")
+}
+
+// deployReason explains a QUEUED deploy step: the deploy controller starts
+// one deployment per environment at a time.
+func deployReason(r *state.Reader, env string) *kilnv1.WaitReason {
+	if d, ok := r.ActiveDeployment(env); ok {
+		return &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_DEPLOY,
+			Message: fmt.Sprintf("waiting for deployment %s of environment %s (build %s) to finish", d.GetId(), env, d.GetBuildId())}
+	}
+	return &kilnv1.WaitReason{Code: kilnv1.WaitCode_WAIT_CODE_DEPLOY,
+		Message: fmt.Sprintf("the deploy controller starts its deployment to %s on its next pass", env)}
 }
 
 // groupReason explains a build held by its concurrency group.

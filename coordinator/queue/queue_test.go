@@ -267,3 +267,45 @@ func TestManyBusyAgentsAreCountedNotListed(t *testing.T) {
 		t.Fatalf("agents %v", j.GetReason().GetAgents())
 	}
 }
+
+// TestDeployStepsAndPinnedActions: a deploy step waits for the deploy
+// controller (and for the running deployment of its environment); a host
+// action pinned to an agent waits for that agent only.
+func TestDeployStepsAndPinnedActions(t *testing.T) {
+	w := newWorld(t)
+	w.agent("h1", 1, map[string]string{"env": "production"})
+	w.agent("h2", 1, map[string]string{"env": "production"})
+	deploy := func() *fsmv1.SubmitBuild {
+		return &fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{{Key: "ship", Needs: []string{},
+			Deploy: &kilnv1.DeploySpec{Environment: "production", Strategy: "all_at_once", Commands: []string{"true"}}}}}
+	}
+	w.submit(deploy())
+	want(t, w.explain(), "1.ship", kilnv1.WaitCode_WAIT_CODE_DEPLOY, "the deploy controller starts its deployment to production on its next pass")
+
+	// Build 1's deployment starts with one action pinned to h2 (busy), and
+	// build 2's deploy step queues behind it.
+	w.assign(w.pinned(), "h2")
+	if _, err := w.s.StartDeployment(w.next(), &fsmv1.StartDeployment{TimeUnixMs: t0.UnixMilli(),
+		Deployment: &kilnv1.Deployment{Id: "1.ship.1", Environment: "production", BuildId: "1", Step: "ship", JobId: "1.ship"},
+		Actions:    []*fsmv1.DeployAction{{Key: "ship-h2", Agent: "h2", Commands: []string{"true"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	w.submit(deploy())
+	got := w.explain()
+	want(t, got, "1.ship-h2", kilnv1.WaitCode_WAIT_CODE_AGENTS_BUSY, "the matching agent is busy: h2 (1/1 slots)")
+	want(t, got, "3.ship", kilnv1.WaitCode_WAIT_CODE_DEPLOY, "waiting for deployment 1.ship.1 of environment production (build 1) to finish")
+}
+
+// pinned submits a build whose one job is pinned to agent h2 and returns
+// its id (it keeps h2 busy).
+func (w *world) pinned() string {
+	id := w.submit(&fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{{Key: "other", Commands: []string{"true"}, Needs: []string{}, PinAgent: "h2"}}})
+	return id + ".other"
+}
+
+func TestPinnedToAnUnknownAgent(t *testing.T) {
+	w := newWorld(t)
+	w.agent("a1", 4, nil)
+	w.submit(&fsmv1.SubmitBuild{Steps: []*kilnv1.StepSpec{{Key: "x", Commands: []string{"true"}, Needs: []string{}, PinAgent: "gone"}}})
+	want(t, w.explain(), "1.x", kilnv1.WaitCode_WAIT_CODE_NO_MATCHING_AGENT, "pinned to agent gone, which has not registered")
+}

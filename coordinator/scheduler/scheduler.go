@@ -295,8 +295,15 @@ func (s *Scheduler) dispatch(ctx context.Context) error {
 	)
 	now := s.cfg.Now().UnixMilli()
 	for _, job := range queued {
+		if job.GetSpec().GetDeploy() != nil {
+			continue // the deploy controller runs it as pinned jobs
+		}
+		pin := job.GetSpec().GetPinAgent()
 		var best *candidate
 		for _, c := range cands {
+			if pin != "" && c.sess.Agent != pin {
+				continue
+			}
 			// Most free slots; ties go to the first agent by name
 			// (deterministic, which keeps tests and logs readable).
 			if c.free > 0 && Matches(job.GetSpec().GetAgents(), c.sess.Labels) &&
@@ -388,6 +395,9 @@ func (s *Scheduler) assignment(job *kilnv1.Job, attempt uint32) *kilnv1.JobAssig
 		// The step's artifact and JUnit report globs.
 		Artifacts: job.GetSpec().GetArtifacts(),
 		Junit:     job.GetSpec().GetJunit(),
+		// Container image, limits, network and services of the step.
+		Runtime:   job.GetSpec().GetRuntime(),
+		Buildspec: job.GetSpec().GetBuildspec(),
 	}
 	if names := job.GetSpec().GetSecrets(); len(names) > 0 {
 		// Opened here, in the leader's memory, and sent only on this

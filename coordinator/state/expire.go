@@ -133,6 +133,7 @@ func (s *Store) ExpireBuilds(index uint64, cmd *fsmv1.ExpireBuilds) ([]string, e
 		}
 		candidates := map[string]bool{}
 		for _, row := range dueForDeletion(w.tx, cmd.GetTimeUnixMs(), cmd.GetRetentionMs(), MaxExpiredBuildsPerCommand) {
+			w.countExpired(row)
 			w.deleteBuild(row, candidates)
 			removed.BuildIDs = append(removed.BuildIDs, row.ID)
 			removed.JobIDs = append(removed.JobIDs, row.JobIDs...)

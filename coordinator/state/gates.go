@@ -146,6 +146,9 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 			if i < 0 {
 				return nil, fmt.Errorf("retry build %s: no step %q: %w", row.ID, step, ErrNotFound)
 			}
+			if jobs[i].GetSpec().GetPinAgent() != "" {
+				return nil, fmt.Errorf("retry build %s: %s is a host action of a deployment; retry its deploy step: %w", row.ID, step, ErrInvalidState)
+			}
 			if !lifecycle.JobRetryable(jobs[i].GetState()) {
 				return nil, fmt.Errorf("retry build %s: step %s %s; only a failed, timed out, lost or canceled step can be retried: %w",
 					row.ID, step, jobStateWord(jobs[i].GetState()), ErrInvalidState)
@@ -172,13 +175,16 @@ func (s *Store) RetryBuild(index uint64, cmd *fsmv1.RetryBuild) (*kilnv1.Build, 
 				}
 			}
 			for _, j := range jobs {
-				if seen[j.GetKey()] && !retry[j.GetKey()] && j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "" {
+				if seen[j.GetKey()] && !retry[j.GetKey()] && j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "" && j.GetSpec().GetPinAgent() == "" {
 					revive[j.GetKey()] = true
 				}
 			}
 		} else {
 			for _, j := range jobs {
 				switch {
+				case j.GetSpec().GetPinAgent() != "":
+					// A host action belongs to its (finished) deployment;
+					// retrying the deploy step starts a new one.
 				case lifecycle.JobRetryable(j.GetState()):
 					retry[j.GetKey()] = true
 				case j.GetState() == jSkipped && j.GetSpec().GetSkipReason() == "":

@@ -232,7 +232,22 @@ func validateSteps(steps []*kilnv1.StepSpec) error {
 			}
 			continue // a gate runs no commands
 		}
-		if len(sp.GetCommands()) == 0 && sp.GetSkipReason() == "" {
+		if sp.GetDeploy() != nil {
+			if len(sp.GetCommands()) > 0 || len(sp.GetDeploy().GetCommands()) == 0 || sp.GetDeploy().GetEnvironment() == "" {
+				return fmt.Errorf("step %q: a deploy step needs an environment and deploy commands, and has no commands of its own: %w", sp.GetKey(), ErrInvalidCommand)
+			}
+			switch d := sp.GetDeploy(); {
+			case !slices.Contains([]string{"all_at_once", "rolling", "canary", "blue_green"}, d.GetStrategy()):
+				return fmt.Errorf("step %q: unknown deploy strategy %q: %w", sp.GetKey(), d.GetStrategy(), ErrInvalidCommand)
+			case (d.GetStrategy() == "blue_green") != (d.GetBlueGreen() != nil),
+				d.GetBlueGreen() != nil && (len(d.GetBlueGreen().GetBlue()) == 0 || len(d.GetBlueGreen().GetGreen()) == 0):
+				return fmt.Errorf("step %q: blue_green settings (both colors' selectors) go with the blue_green strategy only: %w", sp.GetKey(), ErrInvalidCommand)
+			case d.GetBatch() < 0 || d.GetBatchPercent() < 0 || d.GetBatchPercent() > 100 || d.GetVerifyMs() < 0:
+				return fmt.Errorf("step %q: deploy batch or verify out of range: %w", sp.GetKey(), ErrInvalidCommand)
+			}
+			continue // its commands run as the deployment's jobs
+		}
+		if len(sp.GetCommands()) == 0 && sp.GetBuildspec() == "" && sp.GetSkipReason() == "" { // a buildspec step has its commands in the workspace
 			return fmt.Errorf("step %q: no commands: %w", sp.GetKey(), ErrInvalidCommand)
 		}
 		for _, c := range sp.GetCommands() {

@@ -114,3 +114,15 @@ func (r *Reader) ArtifactBytes() (files int, bytes int64) {
 	}
 	return files, bytes
 }
+
+// ActiveDeployment returns the unfinished deployment of an environment,
+// if any (at most one runs per environment).
+func (r *Reader) ActiveDeployment(env string) (*kilnv1.Deployment, bool) {
+	it := mustGet(r.tx, tableDeployments, "active", true)
+	for raw := it.Next(); raw != nil; raw = it.Next() {
+		if d := raw.(*kilnv1.Deployment); d.GetEnvironment() == env {
+			return d, true
+		}
+	}
+	return nil, false
+}

@@ -37,6 +37,9 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 	tx := sn.tx
 	m := readMeta(tx)
 	meta := &fsmv1.SnapshotMeta{Version: SnapshotVersion, NextBuildNumber: m.NextBuild, LastIndex: m.LastIndex}
+	if m.Expired != (ExpiredCounts{}) {
+		meta.ExpiredJobsByState, meta.ExpiredBuildsByState = m.Expired.Jobs[:], m.Expired.Builds[:]
+	}
 	if err := fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Meta{Meta: meta}}); err != nil {
 		return err
 	}
@@ -102,7 +105,12 @@ func (sn *Snapshot) Records(fn func(*fsmv1.SnapshotRecord) error) error {
 			return err
 		}
 	}
-	return sn.aclRecords(fn)
+	if err := sn.aclRecords(fn); err != nil {
+		return err
+	}
+	return each(tableDeployments, func(raw interface{}) error {
+		return fn(&fsmv1.SnapshotRecord{Record: &fsmv1.SnapshotRecord_Deployment{Deployment: raw.(*kilnv1.Deployment)}})
+	})
 }
 
 // Restore replaces the whole store with the records returned by next, which
@@ -148,7 +156,7 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			if next == 0 {
 				next = 1
 			}
-			if err := insert(tableMeta, &metaRow{ID: metaID, NextBuild: next, LastIndex: idx}); err != nil {
+			if err := insert(tableMeta, &metaRow{ID: metaID, NextBuild: next, LastIndex: idx, Expired: expiredFrom(r.Meta)}); err != nil {
 				return err
 			}
 		case *fsmv1.SnapshotRecord_Node:
@@ -204,6 +212,13 @@ func (s *Store) Restore(next func() (*fsmv1.SnapshotRecord, error)) error {
 			}
 			testSeq++
 			if err := insert(tableTestReports, &testReportRow{Report: proto.Clone(r.TestReport).(*kilnv1.TestReport), BuildID: j.GetBuildId(), Seq: testSeq}); err != nil {
+				return err
+			}
+		case *fsmv1.SnapshotRecord_Deployment:
+			if r.Deployment.GetId() == "" {
+				return fmt.Errorf("restore: deployment without an id")
+			}
+			if err := insert(tableDeployments, proto.Clone(r.Deployment)); err != nil {
 				return err
 			}
 		default:

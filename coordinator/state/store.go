@@ -55,11 +55,15 @@ type buildRow struct {
 	JobIDs []string
 }
 
-// metaRow holds the store-wide counters.
+// metaRow holds the store-wide counters. It is copied by value on every
+// update (arrays, not maps).
 type metaRow struct {
 	ID        string
 	NextBuild uint64
 	LastIndex uint64
+	// Expired counts the jobs and builds that build expiry removed, by
+	// final state (expired.go).
+	Expired ExpiredCounts
 }
 
 // Store is the replicated state store. It is safe for concurrent use: reads
@@ -123,12 +127,14 @@ func schema() *memdb.DBSchema {
 			"queue":   {Name: "queue", AllowMissing: true, Indexer: queueIndexer{}},
 			"active":  {Name: "active", AllowMissing: true, Indexer: activeAgentIndexer{}},
 			"blocked": {Name: "blocked", AllowMissing: true, Indexer: blockedIndexer{}},
+			"deployq": queuedDeployIndex(),
 		}},
 		tableLogs: {Name: tableLogs, Indexes: map[string]*memdb.IndexSchema{
 			"id": {Name: "id", Unique: true, Indexer: logKeyIndexer{}},
 		}},
 		tableArtifacts:   artifactTable(),
 		tableTestReports: testReportTable(),
+		tableDeployments: deploymentTable(),
 	}
 	for name, t := range aclTables() {
 		tables[name] = t

@@ -6,7 +6,9 @@
 //
 // Compute is a pure function of the builds it is given (the replicated
 // history, read by OpsService.GetStats from the state store), so every
-// coordinator gives the same answer and the figures survive failover.
+// coordinator gives the same answer and the figures survive failover. The
+// history is the builds the state still holds: build retention removes
+// old ones.
 //
 // Definitions (all durations in milliseconds, from the timestamps the
 // leader put in the commands):
@@ -21,7 +23,8 @@
 //     (first start to last finish of its jobs) and its offset from the
 //     build's start (the first stage starts at 0).
 //   - Production deployments: runs of steps marked `production: true`
-//     (StepSpec.production; see IsProductionDeploy). A passed one is a
+//     (StepSpec.production) and deploy steps to the environment
+//     "production" (see IsProductionDeploy). A passed one is a
 //     deployment; a failed, timed out or lost one a failed deployment;
 //     canceled and skipped ones are neither.
 //   - Changes: distinct source commits (repository or URL + commit) of the
@@ -44,6 +47,7 @@ import (
 	"math"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/kiln-ci/kiln/internal/lifecycle"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
@@ -79,9 +83,13 @@ func (f Filter) Match(b *kilnv1.Build) bool {
 }
 
 // IsProductionDeploy reports whether a step's runs are production
-// deployments: the step is marked `production: true`. (Deploy steps with
-// an environment will also count when their environment is production.)
-func IsProductionDeploy(spec *kilnv1.StepSpec) bool { return spec.GetProduction() }
+// deployments: the step is marked `production: true`, or it is a deploy
+// step (`deploy:`) to the environment named production (any case). The
+// host action jobs a deploy step creates are not: the step's own job
+// carries the deployment's outcome.
+func IsProductionDeploy(spec *kilnv1.StepSpec) bool {
+	return spec.GetProduction() || strings.EqualFold(spec.GetDeploy().GetEnvironment(), "production")
+}
 
 // Compute returns the delivery statistics of the builds (with their jobs)
 // that match f. The order of builds does not matter.

@@ -229,3 +229,21 @@ func TestNearestRankPercentile(t *testing.T) {
 		}
 	}
 }
+
+func TestDeployStepsToProductionCount(t *testing.T) {
+	for _, tc := range []struct {
+		spec *kilnv1.StepSpec
+		want bool
+	}{
+		{&kilnv1.StepSpec{Production: true}, true},
+		{&kilnv1.StepSpec{Deploy: &kilnv1.DeploySpec{Environment: "production"}}, true},
+		{&kilnv1.StepSpec{Deploy: &kilnv1.DeploySpec{Environment: "Production"}}, true},
+		{&kilnv1.StepSpec{Deploy: &kilnv1.DeploySpec{Environment: "staging"}}, false},
+		{&kilnv1.StepSpec{PinAgent: "h1"}, false}, // a deploy step's host action
+		{&kilnv1.StepSpec{}, false},
+	} {
+		if got := IsProductionDeploy(tc.spec); got != tc.want {
+			t.Errorf("IsProductionDeploy(%v) = %v", tc.spec, got)
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kiln-ci/kiln/internal/authn"
+	"github.com/kiln-ci/kiln/internal/discovery"
 	"github.com/kiln-ci/kiln/internal/leader"
 )
 
@@ -59,6 +60,11 @@ type Client struct {
 	conns   map[string]*grpc.ClientConn
 	current string // the address calls go to first
 	closed  bool
+
+	// etcdEndpoints are the etcd servers of WithEtcd.
+	etcdEndpoints []string
+	// etcd resolves etcd:///PREFIX addresses (WithEtcd); nil without.
+	etcd *discovery.Resolver
 }
 
 // Option configures a Client.
@@ -69,12 +75,23 @@ type Option func(*Client)
 func WithCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *Client) { c.creds = creds }
 }
+
 // WithToken sends token as "authorization: Bearer <token>" with every call
 // (coordinators started with --acl require one).
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
-// New returns a client for the coordinators at addrs (host:port). No
-// connection is made until the first call. log may be nil.
+// WithEtcd lets addrs hold etcd:///PREFIX targets, resolved through the
+// etcd servers at endpoints (the coordinators registered under PREFIX). A
+// call through such a target reaches one registered coordinator; a "not
+// leader" answer moves the client to the leader's own address, and when
+// that fails the client returns to the target.
+func WithEtcd(endpoints []string) Option {
+	return func(c *Client) { c.etcdEndpoints = endpoints }
+}
+
+// New returns a client for the coordinators at addrs (host:port, or
+// etcd:///PREFIX with WithEtcd). No connection is made until the first
+// call. log may be nil.
 func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
 	var clean []string
 	for _, a := range addrs {
@@ -92,6 +109,24 @@ func New(addrs []string, log *zap.Logger, opts ...Option) (*Client, error) {
 	c := &Client{log: log, addrs: clean, conns: map[string]*grpc.ClientConn{}, current: clean[0], creds: insecure.NewCredentials()}
 	for _, o := range opts {
 		o(c)
+	}
+	if slices.ContainsFunc(clean, discovery.IsTarget) {
+		for _, a := range clean {
+			if !discovery.IsTarget(a) {
+				continue
+			}
+			if _, err := discovery.ParseTarget(a); err != nil {
+				return nil, fmt.Errorf("client: %w", err)
+			}
+		}
+		if len(c.etcdEndpoints) == 0 {
+			return nil, fmt.Errorf("client: %s needs etcd endpoints (--etcd-endpoints or $%s)", clean[slices.IndexFunc(clean, discovery.IsTarget)], discovery.EnvEndpoints)
+		}
+		r, err := discovery.NewResolver(c.etcdEndpoints, log)
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		c.etcd = r
 	}
 	return c, nil
 }
@@ -111,6 +146,12 @@ func (c *Client) Close() error {
 		}
 	}
 	clear(c.conns)
+	if c.etcd != nil {
+		if err := c.etcd.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close etcd resolver: %w", err))
+		}
+		c.etcd = nil
+	}
 	return errors.Join(errs...)
 }
 
@@ -275,6 +316,9 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	var extra []grpc.DialOption
 	if c.token != "" {
 		extra = append(extra, grpc.WithPerRPCCredentials(authn.Bearer(c.token)))
+	}
+	if c.etcd != nil {
+		extra = append(extra, c.etcd.DialOption())
 	}
 	conn, err := grpc.NewClient(addr, append(extra,
 		grpc.WithTransportCredentials(c.creds),

@@ -239,7 +239,8 @@ func local(ip net.IP) bool {
 // password and are returned as they are, as is anything that does not
 // parse.
 func StripCredentials(raw string) string {
-	if !strings.Contains(raw, "://") {
+	if !strings.Contains(raw, "://") || !strings.Contains(raw, "@") {
+		// No user info without an '@': the common case, without a parse.
 		return raw
 	}
 	u, err := url.Parse(raw)

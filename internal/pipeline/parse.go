@@ -22,9 +22,10 @@ import (
 // Keys known at each level of the file. Adding a key to the language means
 // adding it here and handling it in the matching function below.
 var (
-	pipelineKeys    = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
-	stageKeys       = []string{"name", "steps"}
-	stepKeys        = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval", "secrets", "production"}
+	pipelineKeys = []string{"name", "env", "agents", "timeout", "retry", "concurrency", "artifact_retention", "stages", "steps"}
+	stageKeys    = []string{"name", "steps"}
+	stepKeys     = []string{"key", "name", "command", "commands", "agents", "env", "timeout", "retry", "needs", "allow_failure", "if", "matrix", "artifacts", "junit", "approval",
+		"secrets", "production", "deploy", "image", "pull", "cpus", "memory", "network", "user", "services", "buildspec"}
 	retryKeys       = []string{"on_agent_lost", "on_failure"}
 	concurrencyKeys = []string{"group", "limit"}
 	approvalKeys    = []string{"approvers", "timeout", "prompt"}
@@ -300,6 +301,13 @@ func (p *parser) step(n *yaml.Node) *Step {
 	if x, ok := f["name"]; ok {
 		st.Name, _ = p.str(x.Val, "step name")
 	}
+	if _, ok := f["deploy"]; ok {
+		if y, ok := f["approval"]; ok {
+			p.errorf(y.Key, "make the gate its own step and list it in the deploy step's needs", "a step cannot have both deploy and approval")
+		}
+		p.deployStep(st, f)
+		return st
+	}
 	if x, ok := f["approval"]; ok {
 		st.Approval = p.approval(x.Val)
 		for _, k := range stepKeys {
@@ -324,7 +332,19 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	cmd, hasCmd := f["command"]
 	cmds, hasCmds := f["commands"]
+	if x, ok := f["buildspec"]; ok {
+		st.Buildspec = p.buildspecPath(x.Val)
+		if st.Buildspec == "" {
+			st.Buildspec = "buildspec.yml" // reported; keeps "has no commands" quiet
+		}
+		if hasCmd || hasCmds {
+			p.errorf(x.Key, "the buildspec's phases are the step's commands", "use either buildspec or commands, not both")
+		}
+		hasCmd, hasCmds = false, false
+	}
 	switch {
+	case st.Buildspec != "":
+		// The agent reads it from the workspace.
 	case hasCmd && hasCmds:
 		second := cmds.Key
 		if second.Line < cmd.Key.Line || (second.Line == cmd.Key.Line && second.Column < cmd.Key.Column) {
@@ -374,6 +394,11 @@ func (p *parser) step(n *yaml.Node) *Step {
 	}
 	if x, ok := f["secrets"]; ok {
 		st.Secrets = p.secretNames(x.Key, x.Val, st.Env)
+	}
+	p.runtime(st, f)
+	if v, ok := st.Agents[DockerLabel]; ok && v != "true" && st.Runtime.GetImage() != "" {
+		p.errorf(f["agents"].Val, "remove the docker label: a step with image: runs on agents labelled docker=true",
+			"agents selects docker=%s, but a step with an image needs docker=true", v)
 	}
 	p.stepCommon(st, f)
 	return st

@@ -25,6 +25,13 @@
 //	        matrix: {go: ["1.22", "1.23"], os: [linux]}
 //	        artifacts: [dist/*]     # or {paths: [...]}
 //	        junit: [reports/*.xml]
+//	        image: golang:1.23      # run in a container (agents with docker=true)
+//	        pull: if-not-present    # or always, never
+//	        cpus: 2                 # memory: 2g, user: "1000", network: none
+//	        services: [{name: db, image: postgres:16, env: {POSTGRES_PASSWORD: x}}]
+//	      - key: codebuild
+//	        buildspec: buildspec.yml  # run the source's CodeBuild buildspec (instead of commands)
+//	        image: aws/codebuild/standard:7.0
 //	      - key: gate
 //	        approval: {approvers: [alice], timeout: 72h, prompt: "Ship?"}
 //	steps: [...]               # shorthand for one stage; exclusive with stages
@@ -162,6 +169,14 @@ type Step struct {
 	ArtifactsFrom *ArtifactsFrom
 	// Approval is set for an approval gate (which has no commands).
 	Approval *Approval
+	// Deploy is set for a deploy step (whose commands are in it).
+	Deploy *Deploy
+	// Runtime holds the container keys (image, pull, cpus, memory,
+	// network, user, services); nil when the step sets none.
+	Runtime *kilnv1.StepRuntime
+	// Buildspec is the path of a CodeBuild buildspec in the workspace that
+	// the agent runs instead of commands; empty when the step has commands.
+	Buildspec string
 	// Line and Column locate the step in the file.
 	Line, Column int
 

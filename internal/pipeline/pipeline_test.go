@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"google.golang.org/protobuf/encoding/protojson"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,6 +44,9 @@ func render(t *testing.T, p *Pipeline) []byte {
 			TimeoutMs int64
 			Prompt    string
 		} `json:",omitempty"`
+		Deploy    *kilnv1.DeploySpec `json:",omitempty"`
+		Runtime   json.RawMessage    `json:",omitempty"`
+		Buildspec string             `json:",omitempty"`
 	}
 	out := struct {
 		Name        string
@@ -62,13 +66,26 @@ func render(t *testing.T, p *Pipeline) []byte {
 		x := step{Key: s.Key, Name: s.Name, Commands: s.Commands, Agents: s.Agents, Env: s.Env,
 			TimeoutMs: s.TimeoutMs, OnAgentLost: s.Retry.GetOnAgentLost(), OnFailure: s.Retry.GetOnFailure(),
 			Stage: s.Stage, Needs: s.Needs, AllowFailure: s.AllowFailure, SkipReason: s.SkipReason,
-			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit}
+			Matrix: s.Matrix, Artifacts: s.Artifacts, Junit: s.Junit, Buildspec: s.Buildspec}
+		x.Deploy = s.GetDeploy()
 		if a := s.Approval; a != nil {
 			x.Approval = &struct {
 				Approvers []string
 				TimeoutMs int64
 				Prompt    string
 			}{a.Approvers, a.TimeoutMs, a.Prompt}
+		}
+		if s.Runtime != nil {
+			b, err := protojson.Marshal(s.Runtime)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// protojson's spacing is deliberately unstable; normalise it.
+			var v any
+			if err := json.Unmarshal(b, &v); err != nil {
+				t.Fatal(err)
+			}
+			x.Runtime, _ = json.Marshal(v)
 		}
 		out.Steps = append(out.Steps, x)
 	}
@@ -264,7 +281,15 @@ func checkSteps(t *testing.T, steps []*kilnv1.StepSpec) {
 			t.Fatalf("bad or duplicate key %q", s.Key)
 		}
 		index[s.Key] = i
-		if s.Retry == nil || (s.Approval == nil) == (len(s.Commands) == 0) {
+		// Exactly one of: commands (or a buildspec), an approval gate, a
+		// deploy block (with its own commands and environment).
+		kinds := 0
+		for _, has := range []bool{len(s.Commands) > 0 || s.Buildspec != "", s.Approval != nil, s.Deploy != nil} {
+			if has {
+				kinds++
+			}
+		}
+		if s.Retry == nil || kinds != 1 || (s.Deploy != nil && (len(s.Deploy.Commands) == 0 || s.Deploy.Environment == "")) {
 			t.Fatalf("invalid step accepted: %v", s)
 		}
 	}

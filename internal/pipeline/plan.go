@@ -8,6 +8,7 @@ import (
 
 	"github.com/kiln-ci/kiln/internal/yamlpos"
 	kilnv1 "github.com/kiln-ci/kiln/proto/kiln/v1"
+	"google.golang.org/protobuf/proto"
 	"gopkg.in/yaml.v3"
 )
 
@@ -388,11 +389,30 @@ func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 		spec.Retry = &kilnv1.RetryPolicy{}
 		return spec
 	}
+	if st.Deploy != nil {
+		spec.Deploy = deploySpec(st.Deploy)
+		// Each host action is its own job: no retry of the step itself.
+		spec.Retry = &kilnv1.RetryPolicy{}
+		if len(st.Env) > 0 {
+			spec.Env = maps.Clone(st.Env)
+		}
+		timeout := st.Timeout
+		if timeout == 0 {
+			timeout = p.Timeout
+		}
+		spec.TimeoutMs = timeout.Milliseconds()
+		return spec
+	}
 	spec.Commands = slices.Clone(st.Commands)
+	spec.Buildspec = st.Buildspec
 	if len(p.Agents) > 0 || len(st.Agents) > 0 {
 		spec.Agents = make(map[string]string, len(p.Agents)+len(st.Agents))
 		maps.Copy(spec.Agents, p.Agents)
 		maps.Copy(spec.Agents, st.Agents)
+	}
+	if st.Runtime != nil {
+		spec.Runtime = proto.Clone(st.Runtime).(*kilnv1.StepRuntime)
+		ImplyLabels([]*kilnv1.StepSpec{spec})
 	}
 	if len(st.Env) > 0 || len(e.env) > 0 {
 		spec.Env = make(map[string]string, len(st.Env)+len(e.env))

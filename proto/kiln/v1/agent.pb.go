@@ -811,8 +811,14 @@ type JobAssignment struct {
 	// since the submit, or sealed under another key): the agent fails the
 	// attempt instead of running without them.
 	MissingSecrets []string `protobuf:"bytes,81,rep,name=missing_secrets,json=missingSecrets,proto3" json:"missing_secrets,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Where the commands run (StepSpec.runtime): a container image, limits,
+	// network and services; nil means the shell executor.
+	Runtime *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// Buildspec file to run from the workspace (StepSpec.buildspec); the
+	// commands are empty then.
+	Buildspec     string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobAssignment) Reset() {
@@ -934,6 +940,20 @@ func (x *JobAssignment) GetMissingSecrets() []string {
 		return x.MissingSecrets
 	}
 	return nil
+}
+
+func (x *JobAssignment) GetRuntime() *StepRuntime {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+func (x *JobAssignment) GetBuildspec() string {
+	if x != nil {
+		return x.Buildspec
+	}
+	return ""
 }
 
 // ArtifactsUploaded registers files of an attempt that the agent uploaded
@@ -1209,7 +1229,7 @@ var File_kiln_v1_agent_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xf2\x02\n" +
+	"\x13kiln/v1/agent.proto\x12\akiln.v1\x1a\x15kiln/v1/runtime.proto\x1a\x13kiln/v1/types.proto\"\xf2\x02\n" +
 	"\x0eConnectRequest\x12/\n" +
 	"\bregister\x18\x01 \x01(\v2\x11.kiln.v1.RegisterH\x00R\bregister\x122\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x12.kiln.v1.HeartbeatH\x00R\theartbeat\x12/\n" +
@@ -1268,7 +1288,7 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x19\n" +
 	"\blast_seq\x18\x06 \x01(\x04R\alastSeq\x12 \n" +
 	"\ftime_unix_ms\x18\a \x01(\x03R\n" +
-	"timeUnixMs\"\xbf\x04\n" +
+	"timeUnixMs\"\x8d\x05\n" +
 	"\rJobAssignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
 	"\bbuild_id\x18\x02 \x01(\tR\abuildId\x12\x10\n" +
@@ -1284,7 +1304,9 @@ const file_kiln_v1_agent_proto_rawDesc = "" +
 	" \x03(\tR\tartifacts\x12\x14\n" +
 	"\x05junit\x18\v \x03(\tR\x05junit\x12=\n" +
 	"\asecrets\x18P \x03(\v2#.kiln.v1.JobAssignment.SecretsEntryR\asecrets\x12'\n" +
-	"\x0fmissing_secrets\x18Q \x03(\tR\x0emissingSecrets\x1a6\n" +
+	"\x0fmissing_secrets\x18Q \x03(\tR\x0emissingSecrets\x12.\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x12\x1c\n" +
+	"\tbuildspec\x18e \x01(\tR\tbuildspec\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a:\n" +
@@ -1353,8 +1375,9 @@ var file_kiln_v1_agent_proto_goTypes = []any{
 	(*LogChunk)(nil),          // 17: kiln.v1.LogChunk
 	(*Source)(nil),            // 18: kiln.v1.Source
 	(*Artifact)(nil),          // 19: kiln.v1.Artifact
-	(*ArtifactFile)(nil),      // 20: kiln.v1.ArtifactFile
-	(*TestReport)(nil),        // 21: kiln.v1.TestReport
+	(*StepRuntime)(nil),       // 20: kiln.v1.StepRuntime
+	(*ArtifactFile)(nil),      // 21: kiln.v1.ArtifactFile
+	(*TestReport)(nil),        // 22: kiln.v1.TestReport
 }
 var file_kiln_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: kiln.v1.ConnectRequest.register:type_name -> kiln.v1.Register
@@ -1375,15 +1398,16 @@ var file_kiln_v1_agent_proto_depIdxs = []int32{
 	18, // 15: kiln.v1.JobAssignment.source:type_name -> kiln.v1.Source
 	19, // 16: kiln.v1.JobAssignment.inputs:type_name -> kiln.v1.Artifact
 	16, // 17: kiln.v1.JobAssignment.secrets:type_name -> kiln.v1.JobAssignment.SecretsEntry
-	20, // 18: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
-	21, // 19: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
-	1,  // 20: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
-	2,  // 21: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
-	21, // [21:22] is the sub-list for method output_type
-	20, // [20:21] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	20, // 18: kiln.v1.JobAssignment.runtime:type_name -> kiln.v1.StepRuntime
+	21, // 19: kiln.v1.ArtifactsUploaded.files:type_name -> kiln.v1.ArtifactFile
+	22, // 20: kiln.v1.TestReports.reports:type_name -> kiln.v1.TestReport
+	1,  // 21: kiln.v1.AgentService.Connect:input_type -> kiln.v1.ConnectRequest
+	2,  // 22: kiln.v1.AgentService.Connect:output_type -> kiln.v1.ConnectResponse
+	22, // [22:23] is the sub-list for method output_type
+	21, // [21:22] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_agent_proto_init() }
@@ -1391,6 +1415,7 @@ func file_kiln_v1_agent_proto_init() {
 	if File_kiln_v1_agent_proto != nil {
 		return
 	}
+	file_kiln_v1_runtime_proto_init()
 	file_kiln_v1_types_proto_init()
 	file_kiln_v1_agent_proto_msgTypes[0].OneofWrappers = []any{
 		(*ConnectRequest_Register)(nil),

@@ -46,9 +46,13 @@ type SubmitBuildRequest struct {
 	Source *Source `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
 	// Context for `if` conditions when there is no git source (or to
 	// override): branch, tag and event ("manual" by default).
-	Branch        string `protobuf:"bytes,11,opt,name=branch,proto3" json:"branch,omitempty"`
-	Tag           string `protobuf:"bytes,12,opt,name=tag,proto3" json:"tag,omitempty"`
-	Event         string `protobuf:"bytes,13,opt,name=event,proto3" json:"event,omitempty"`
+	Branch string `protobuf:"bytes,11,opt,name=branch,proto3" json:"branch,omitempty"`
+	Tag    string `protobuf:"bytes,12,opt,name=tag,proto3" json:"tag,omitempty"`
+	Event  string `protobuf:"bytes,13,opt,name=event,proto3" json:"event,omitempty"`
+	// Container image for every command step that names none (kilnctl run
+	// --image): runs a buildspec or a single command in a container, on an
+	// agent labelled docker=true.
+	Image         string `protobuf:"bytes,100,opt,name=image,proto3" json:"image,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -170,6 +174,13 @@ func (x *SubmitBuildRequest) GetTag() string {
 func (x *SubmitBuildRequest) GetEvent() string {
 	if x != nil {
 		return x.Event
+	}
+	return ""
+}
+
+func (x *SubmitBuildRequest) GetImage() string {
+	if x != nil {
+		return x.Image
 	}
 	return ""
 }
@@ -1893,7 +1904,7 @@ var File_kiln_v1_control_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_control_proto_rawDesc = "" +
 	"\n" +
-	"\x15kiln/v1/control.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xb5\x04\n" +
+	"\x15kiln/v1/control.proto\x12\akiln.v1\x1a\x13kiln/v1/types.proto\"\xcb\x04\n" +
 	"\x12SubmitBuildRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1c\n" +
@@ -1910,7 +1921,8 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	" \x01(\v2\x0f.kiln.v1.SourceR\x06source\x12\x16\n" +
 	"\x06branch\x18\v \x01(\tR\x06branch\x12\x10\n" +
 	"\x03tag\x18\f \x01(\tR\x03tag\x12\x14\n" +
-	"\x05event\x18\r \x01(\tR\x05event\x1a9\n" +
+	"\x05event\x18\r \x01(\tR\x05event\x12\x14\n" +
+	"\x05image\x18d \x01(\tR\x05image\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +

@@ -42,6 +42,9 @@ const (
 	WaitCode_WAIT_CODE_NEEDS WaitCode = 6
 	// An approval gate waits for a decision.
 	WaitCode_WAIT_CODE_APPROVAL WaitCode = 7
+	// A deploy step waits for the deploy controller: another deployment of
+	// its environment runs, or the controller's next pass starts it.
+	WaitCode_WAIT_CODE_DEPLOY WaitCode = 8
 )
 
 // Enum value maps for WaitCode.
@@ -55,6 +58,7 @@ var (
 		5: "WAIT_CODE_CONCURRENCY_GROUP",
 		6: "WAIT_CODE_NEEDS",
 		7: "WAIT_CODE_APPROVAL",
+		8: "WAIT_CODE_DEPLOY",
 	}
 	WaitCode_value = map[string]int32{
 		"WAIT_CODE_UNSPECIFIED":        0,
@@ -65,6 +69,7 @@ var (
 		"WAIT_CODE_CONCURRENCY_GROUP":  5,
 		"WAIT_CODE_NEEDS":              6,
 		"WAIT_CODE_APPROVAL":           7,
+		"WAIT_CODE_DEPLOY":             8,
 	}
 )
 
@@ -935,7 +940,7 @@ const file_kiln_v1_ops_proto_rawDesc = "" +
 	"\x0ftime_to_restore\x18\x10 \x01(\v2\x16.kiln.v1.DurationStatsR\rtimeToRestore\x12\x1e\n" +
 	"\n" +
 	"unrestored\x18\x11 \x01(\x05R\n" +
-	"unrestored*\xec\x01\n" +
+	"unrestored*\x82\x02\n" +
 	"\bWaitCode\x12\x19\n" +
 	"\x15WAIT_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bWAIT_CODE_NO_MATCHING_AGENT\x10\x01\x12 \n" +
@@ -944,7 +949,8 @@ const file_kiln_v1_ops_proto_rawDesc = "" +
 	"\x15WAIT_CODE_DISPATCHING\x10\x04\x12\x1f\n" +
 	"\x1bWAIT_CODE_CONCURRENCY_GROUP\x10\x05\x12\x13\n" +
 	"\x0fWAIT_CODE_NEEDS\x10\x06\x12\x16\n" +
-	"\x12WAIT_CODE_APPROVAL\x10\a2\x91\x01\n" +
+	"\x12WAIT_CODE_APPROVAL\x10\a\x12\x14\n" +
+	"\x10WAIT_CODE_DEPLOY\x10\b2\x91\x01\n" +
 	"\n" +
 	"OpsService\x12B\n" +
 	"\tListQueue\x12\x19.kiln.v1.ListQueueRequest\x1a\x1a.kiln.v1.ListQueueResponse\x12?\n" +

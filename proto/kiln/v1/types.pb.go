@@ -397,6 +397,21 @@ type StepSpec struct {
 	// The step deploys to production (`production: true`): delivery
 	// statistics count its runs as production deployments.
 	Production bool `protobuf:"varint,130,opt,name=production,proto3" json:"production,omitempty"`
+	// Set for a deploy step (deploy.proto): the leader's deploy controller
+	// runs it as jobs pinned to the environment's agents; it never goes to
+	// an agent itself.
+	Deploy *DeploySpec `protobuf:"bytes,120,opt,name=deploy,proto3" json:"deploy,omitempty"`
+	// Only the agent of this name may run the job (deploy actions).
+	PinAgent string `protobuf:"bytes,121,opt,name=pin_agent,json=pinAgent,proto3" json:"pin_agent,omitempty"`
+	// Where the commands run (container image, limits, network, services);
+	// nil means the agent's shell executor. A step with an image requires
+	// the agent label docker=true (added to agents when the build is made).
+	Runtime *StepRuntime `protobuf:"bytes,100,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	// Path (relative to the workspace) of an AWS CodeBuild buildspec.yml
+	// that the agent reads from the checked-out source and runs instead of
+	// commands (which are then empty); its artifacts and JUnit reports are
+	// collected too.
+	Buildspec string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
 	// Name of the stage as written in the pipeline file ("" when it has
 	// none); shown by the web dashboard as the column title.
 	StageName     string `protobuf:"bytes,150,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`
@@ -558,6 +573,34 @@ func (x *StepSpec) GetProduction() bool {
 		return x.Production
 	}
 	return false
+}
+
+func (x *StepSpec) GetDeploy() *DeploySpec {
+	if x != nil {
+		return x.Deploy
+	}
+	return nil
+}
+
+func (x *StepSpec) GetPinAgent() string {
+	if x != nil {
+		return x.PinAgent
+	}
+	return ""
+}
+
+func (x *StepSpec) GetRuntime() *StepRuntime {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+func (x *StepSpec) GetBuildspec() string {
+	if x != nil {
+		return x.Buildspec
+	}
+	return ""
 }
 
 func (x *StepSpec) GetStageName() string {
@@ -2226,11 +2269,11 @@ var File_kiln_v1_types_proto protoreflect.FileDescriptor
 
 const file_kiln_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x13kiln/v1/types.proto\x12\akiln.v1\"P\n" +
+	"\x13kiln/v1/types.proto\x12\akiln.v1\x1a\x18kiln/v1/deployspec.proto\x1a\x15kiln/v1/runtime.proto\"P\n" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xd5\x06\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xed\a\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2254,7 +2297,11 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\asecrets\x18P \x03(\tR\asecrets\x12\x1f\n" +
 	"\n" +
 	"production\x18\x82\x01 \x01(\bR\n" +
-	"production\x12\x1e\n" +
+	"production\x12+\n" +
+	"\x06deploy\x18x \x01(\v2\x13.kiln.v1.DeploySpecR\x06deploy\x12\x1b\n" +
+	"\tpin_agent\x18y \x01(\tR\bpinAgent\x12.\n" +
+	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x12\x1c\n" +
+	"\tbuildspec\x18e \x01(\tR\tbuildspec\x12\x1e\n" +
 	"\n" +
 	"stage_name\x18\x96\x01 \x01(\tR\tstageName\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
@@ -2505,6 +2552,8 @@ var file_kiln_v1_types_proto_goTypes = []any{
 	nil,                    // 24: kiln.v1.StepSpec.MatrixEntry
 	nil,                    // 25: kiln.v1.Build.EnvEntry
 	nil,                    // 26: kiln.v1.Agent.LabelsEntry
+	(*DeploySpec)(nil),     // 27: kiln.v1.DeploySpec
+	(*StepRuntime)(nil),    // 28: kiln.v1.StepRuntime
 }
 var file_kiln_v1_types_proto_depIdxs = []int32{
 	22, // 0: kiln.v1.StepSpec.agents:type_name -> kiln.v1.StepSpec.AgentsEntry
@@ -2513,24 +2562,26 @@ var file_kiln_v1_types_proto_depIdxs = []int32{
 	7,  // 3: kiln.v1.StepSpec.approval:type_name -> kiln.v1.ApprovalSpec
 	24, // 4: kiln.v1.StepSpec.matrix:type_name -> kiln.v1.StepSpec.MatrixEntry
 	6,  // 5: kiln.v1.StepSpec.artifacts_from:type_name -> kiln.v1.ArtifactSource
-	2,  // 6: kiln.v1.Job.state:type_name -> kiln.v1.JobState
-	5,  // 7: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
-	8,  // 8: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
-	1,  // 9: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
-	10, // 10: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
-	25, // 11: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
-	9,  // 12: kiln.v1.Build.source:type_name -> kiln.v1.Source
-	19, // 13: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
-	26, // 14: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
-	3,  // 15: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
-	17, // 16: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
-	19, // 17: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
-	20, // 18: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	27, // 6: kiln.v1.StepSpec.deploy:type_name -> kiln.v1.DeploySpec
+	28, // 7: kiln.v1.StepSpec.runtime:type_name -> kiln.v1.StepRuntime
+	2,  // 8: kiln.v1.Job.state:type_name -> kiln.v1.JobState
+	5,  // 9: kiln.v1.Job.spec:type_name -> kiln.v1.StepSpec
+	8,  // 10: kiln.v1.Job.approval:type_name -> kiln.v1.Approval
+	1,  // 11: kiln.v1.Build.state:type_name -> kiln.v1.BuildState
+	10, // 12: kiln.v1.Build.jobs:type_name -> kiln.v1.Job
+	25, // 13: kiln.v1.Build.env:type_name -> kiln.v1.Build.EnvEntry
+	9,  // 14: kiln.v1.Build.source:type_name -> kiln.v1.Source
+	19, // 15: kiln.v1.Build.tests:type_name -> kiln.v1.TestSummary
+	26, // 16: kiln.v1.Agent.labels:type_name -> kiln.v1.Agent.LabelsEntry
+	3,  // 17: kiln.v1.Agent.state:type_name -> kiln.v1.AgentState
+	17, // 18: kiln.v1.Artifact.file:type_name -> kiln.v1.ArtifactFile
+	19, // 19: kiln.v1.TestReport.summary:type_name -> kiln.v1.TestSummary
+	20, // 20: kiln.v1.TestReport.cases:type_name -> kiln.v1.TestCase
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_types_proto_init() }
@@ -2538,6 +2589,8 @@ func file_kiln_v1_types_proto_init() {
 	if File_kiln_v1_types_proto != nil {
 		return
 	}
+	file_kiln_v1_deployspec_proto_init()
+	file_kiln_v1_runtime_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

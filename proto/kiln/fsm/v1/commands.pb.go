@@ -63,6 +63,9 @@ const (
 	CommandType_COMMAND_TYPE_SET_SECRET    CommandType = 43
 	CommandType_COMMAND_TYPE_DELETE_SECRET CommandType = 44
 	CommandType_COMMAND_TYPE_APPEND_AUDIT  CommandType = 45
+	// Deployments (deploy.proto).
+	CommandType_COMMAND_TYPE_START_DEPLOYMENT  CommandType = 50
+	CommandType_COMMAND_TYPE_UPDATE_DEPLOYMENT CommandType = 51
 )
 
 // Enum value maps for CommandType.
@@ -96,6 +99,8 @@ var (
 		43: "COMMAND_TYPE_SET_SECRET",
 		44: "COMMAND_TYPE_DELETE_SECRET",
 		45: "COMMAND_TYPE_APPEND_AUDIT",
+		50: "COMMAND_TYPE_START_DEPLOYMENT",
+		51: "COMMAND_TYPE_UPDATE_DEPLOYMENT",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNSPECIFIED":        0,
@@ -126,6 +131,8 @@ var (
 		"COMMAND_TYPE_SET_SECRET":         43,
 		"COMMAND_TYPE_DELETE_SECRET":      44,
 		"COMMAND_TYPE_APPEND_AUDIT":       45,
+		"COMMAND_TYPE_START_DEPLOYMENT":   50,
+		"COMMAND_TYPE_UPDATE_DEPLOYMENT":  51,
 	}
 )
 
@@ -1302,6 +1309,7 @@ type SnapshotRecord struct {
 	//	*SnapshotRecord_Token
 	//	*SnapshotRecord_Secret
 	//	*SnapshotRecord_Audit
+	//	*SnapshotRecord_Deployment
 	Record        isSnapshotRecord_Record `protobuf_oneof:"record"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1461,6 +1469,15 @@ func (x *SnapshotRecord) GetAudit() *v1.AuditRecord {
 	return nil
 }
 
+func (x *SnapshotRecord) GetDeployment() *v1.Deployment {
+	if x != nil {
+		if x, ok := x.Record.(*SnapshotRecord_Deployment); ok {
+			return x.Deployment
+		}
+	}
+	return nil
+}
+
 type isSnapshotRecord_Record interface {
 	isSnapshotRecord_Record()
 }
@@ -1517,6 +1534,10 @@ type SnapshotRecord_Audit struct {
 	Audit *v1.AuditRecord `protobuf:"bytes,82,opt,name=audit,proto3,oneof"`
 }
 
+type SnapshotRecord_Deployment struct {
+	Deployment *v1.Deployment `protobuf:"bytes,120,opt,name=deployment,proto3,oneof"`
+}
+
 func (*SnapshotRecord_Meta) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Build) isSnapshotRecord_Record() {}
@@ -1543,15 +1564,22 @@ func (*SnapshotRecord_Secret) isSnapshotRecord_Record() {}
 
 func (*SnapshotRecord_Audit) isSnapshotRecord_Record() {}
 
+func (*SnapshotRecord_Deployment) isSnapshotRecord_Record() {}
+
 // SnapshotMeta starts a snapshot.
 type SnapshotMeta struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint32                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	NextBuildNumber uint64                 `protobuf:"varint,2,opt,name=next_build_number,json=nextBuildNumber,proto3" json:"next_build_number,omitempty"`
 	// Raft index of the last command applied in the snapshot.
-	LastIndex     uint64 `protobuf:"varint,3,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastIndex uint64 `protobuf:"varint,3,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	// Jobs and builds that build expiry removed, counted by their final
+	// state (index = kiln.v1.JobState / kiln.v1.BuildState value), so the
+	// result counters of /metrics never go down when history expires.
+	ExpiredJobsByState   []uint64 `protobuf:"varint,130,rep,packed,name=expired_jobs_by_state,json=expiredJobsByState,proto3" json:"expired_jobs_by_state,omitempty"`
+	ExpiredBuildsByState []uint64 `protobuf:"varint,131,rep,packed,name=expired_builds_by_state,json=expiredBuildsByState,proto3" json:"expired_builds_by_state,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *SnapshotMeta) Reset() {
@@ -1603,6 +1631,20 @@ func (x *SnapshotMeta) GetLastIndex() uint64 {
 		return x.LastIndex
 	}
 	return 0
+}
+
+func (x *SnapshotMeta) GetExpiredJobsByState() []uint64 {
+	if x != nil {
+		return x.ExpiredJobsByState
+	}
+	return nil
+}
+
+func (x *SnapshotMeta) GetExpiredBuildsByState() []uint64 {
+	if x != nil {
+		return x.ExpiredBuildsByState
+	}
+	return nil
 }
 
 // RequestRecord remembers the outcome of a request id.
@@ -1843,7 +1885,7 @@ var File_kiln_fsm_v1_commands_proto protoreflect.FileDescriptor
 
 const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\n" +
-	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
+	"\x1akiln/fsm/v1/commands.proto\x12\vkiln.fsm.v1\x1a\x15kiln/fsm/v1/acl.proto\x1a\x14kiln/v1/access.proto\x1a\x13kiln/v1/agent.proto\x1a\x14kiln/v1/deploy.proto\x1a\x13kiln/v1/types.proto\"\xe3\x03\n" +
 	"\vSubmitBuild\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x12\n" +
@@ -1953,7 +1995,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\traft_addr\x18\x03 \x01(\tR\braftAddr\"\x1c\n" +
 	"\n" +
 	"RemoveNode\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xe4\x04\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x9b\x05\n" +
 	"\x0eSnapshotRecord\x12/\n" +
 	"\x04meta\x18\x01 \x01(\v2\x19.kiln.fsm.v1.SnapshotMetaH\x00R\x04meta\x12&\n" +
 	"\x05build\x18\x02 \x01(\v2\x0e.kiln.v1.BuildH\x00R\x05build\x12 \n" +
@@ -1969,13 +2011,18 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"testReport\x120\n" +
 	"\x05token\x18P \x01(\v2\x18.kiln.fsm.v1.TokenRecordH\x00R\x05token\x123\n" +
 	"\x06secret\x18Q \x01(\v2\x19.kiln.fsm.v1.SecretRecordH\x00R\x06secret\x12,\n" +
-	"\x05audit\x18R \x01(\v2\x14.kiln.v1.AuditRecordH\x00R\x05auditB\b\n" +
-	"\x06record\"s\n" +
+	"\x05audit\x18R \x01(\v2\x14.kiln.v1.AuditRecordH\x00R\x05audit\x125\n" +
+	"\n" +
+	"deployment\x18x \x01(\v2\x13.kiln.v1.DeploymentH\x00R\n" +
+	"deploymentB\b\n" +
+	"\x06record\"\xdf\x01\n" +
 	"\fSnapshotMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12*\n" +
 	"\x11next_build_number\x18\x02 \x01(\x04R\x0fnextBuildNumber\x12\x1d\n" +
 	"\n" +
-	"last_index\x18\x03 \x01(\x04R\tlastIndex\"I\n" +
+	"last_index\x18\x03 \x01(\x04R\tlastIndex\x122\n" +
+	"\x15expired_jobs_by_state\x18\x82\x01 \x03(\x04R\x12expiredJobsByState\x126\n" +
+	"\x17expired_builds_by_state\x18\x83\x01 \x03(\x04R\x14expiredBuildsByState\"I\n" +
 	"\rRequestRecord\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x19\n" +
@@ -1993,7 +2040,7 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x0fExpireArtifacts\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x120\n" +
-	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xf0\x06\n" +
+	"\x14default_retention_ms\x18\x02 \x01(\x03R\x12defaultRetentionMs*\xb7\a\n" +
 	"\vCommandType\x12\x1c\n" +
 	"\x18COMMAND_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19COMMAND_TYPE_SUBMIT_BUILD\x10\x01\x12\x1b\n" +
@@ -2023,7 +2070,9 @@ const file_kiln_fsm_v1_commands_proto_rawDesc = "" +
 	"\x19COMMAND_TYPE_REDEEM_TOKEN\x10*\x12\x1b\n" +
 	"\x17COMMAND_TYPE_SET_SECRET\x10+\x12\x1e\n" +
 	"\x1aCOMMAND_TYPE_DELETE_SECRET\x10,\x12\x1d\n" +
-	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
+	"\x19COMMAND_TYPE_APPEND_AUDIT\x10-\x12!\n" +
+	"\x1dCOMMAND_TYPE_START_DEPLOYMENT\x102\x12\"\n" +
+	"\x1eCOMMAND_TYPE_UPDATE_DEPLOYMENT\x103B1Z/github.com/kiln-ci/kiln/proto/kiln/fsm/v1;fsmv1b\x06proto3"
 
 var (
 	file_kiln_fsm_v1_commands_proto_rawDescOnce sync.Once
@@ -2080,8 +2129,9 @@ var file_kiln_fsm_v1_commands_proto_goTypes = []any{
 	(*TokenRecord)(nil),          // 37: kiln.fsm.v1.TokenRecord
 	(*SecretRecord)(nil),         // 38: kiln.fsm.v1.SecretRecord
 	(*v1.AuditRecord)(nil),       // 39: kiln.v1.AuditRecord
-	(*v1.ArtifactsUploaded)(nil), // 40: kiln.v1.ArtifactsUploaded
-	(*v1.TestReports)(nil),       // 41: kiln.v1.TestReports
+	(*v1.Deployment)(nil),        // 40: kiln.v1.Deployment
+	(*v1.ArtifactsUploaded)(nil), // 41: kiln.v1.ArtifactsUploaded
+	(*v1.TestReports)(nil),       // 42: kiln.v1.TestReports
 }
 var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	23, // 0: kiln.fsm.v1.SubmitBuild.env:type_name -> kiln.fsm.v1.SubmitBuild.EnvEntry
@@ -2105,13 +2155,14 @@ var file_kiln_fsm_v1_commands_proto_depIdxs = []int32{
 	37, // 18: kiln.fsm.v1.SnapshotRecord.token:type_name -> kiln.fsm.v1.TokenRecord
 	38, // 19: kiln.fsm.v1.SnapshotRecord.secret:type_name -> kiln.fsm.v1.SecretRecord
 	39, // 20: kiln.fsm.v1.SnapshotRecord.audit:type_name -> kiln.v1.AuditRecord
-	40, // 21: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
-	41, // 22: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	40, // 21: kiln.fsm.v1.SnapshotRecord.deployment:type_name -> kiln.v1.Deployment
+	41, // 22: kiln.fsm.v1.RegisterArtifacts.uploaded:type_name -> kiln.v1.ArtifactsUploaded
+	42, // 23: kiln.fsm.v1.RecordTests.reports:type_name -> kiln.v1.TestReports
+	24, // [24:24] is the sub-list for method output_type
+	24, // [24:24] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_kiln_fsm_v1_commands_proto_init() }
@@ -2134,6 +2185,7 @@ func file_kiln_fsm_v1_commands_proto_init() {
 		(*SnapshotRecord_Token)(nil),
 		(*SnapshotRecord_Secret)(nil),
 		(*SnapshotRecord_Audit)(nil),
+		(*SnapshotRecord_Deployment)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
