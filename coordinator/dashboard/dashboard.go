@@ -143,14 +143,14 @@ func (d *Dashboard) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /login", d.loginPage)
 	mux.HandleFunc("POST /login", d.login)
 	mux.HandleFunc("POST /logout", d.logout)
-	mux.HandleFunc("GET /{$}", d.page(d.history))
-	mux.HandleFunc("GET /builds/{id}", d.page(d.build))
+	mux.HandleFunc("GET /{$}", d.authed(d.history))
+	mux.HandleFunc("GET /builds/{id}", d.authed(d.build))
 	mux.HandleFunc("GET /builds/{id}/live", d.authed(d.live))
 	mux.HandleFunc("POST /builds/{id}/approval", d.authed(d.decide))
 	mux.HandleFunc("GET /builds/{id}/artifacts/{sha}", d.authed(d.artifact))
-	mux.HandleFunc("GET /agents", d.page(d.agents))
-	mux.HandleFunc("GET /queue", d.page(d.queue))
-	mux.HandleFunc("GET /cluster", d.page(d.cluster))
+	mux.HandleFunc("GET /agents", d.authed(d.agents))
+	mux.HandleFunc("GET /queue", d.authed(d.queue))
+	mux.HandleFunc("GET /cluster", d.authed(d.cluster))
 }
 
 // Close ends the live streams (the HTTP server is shutting down) and the
@@ -232,9 +232,6 @@ func (d *Dashboard) authed(h handler) http.HandlerFunc {
 		h(w, r, s)
 	}
 }
-
-// page is authed for HTML pages.
-func (d *Dashboard) page(h handler) http.HandlerFunc { return d.authed(h) }
 
 func (d *Dashboard) toLogin(w http.ResponseWriter, r *http.Request, msg string) {
 	q := url.Values{"next": {r.URL.RequestURI()}}
