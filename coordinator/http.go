@@ -8,7 +8,7 @@ import (
 )
 
 // DefaultHTTPAddr is the HTTP listen address of kiln-coordinator
-// (--http-addr): /metrics, and later the web dashboard.
+// (--http-addr): /metrics and the web dashboard.
 const DefaultHTTPAddr = "127.0.0.1:7080"
 
 // openHTTP binds the HTTP server when Config.HTTPAddr is set and serves
@@ -29,6 +29,11 @@ func (c *Coordinator) openHTTP() error {
 	})
 	srv.HandleMetrics(c.metrics)
 	c.http = srv
+	if err := c.openDashboard(); err != nil {
+		_ = srv.Close()
+		c.http = nil
+		return err
+	}
 	return nil
 }
 

@@ -50,7 +50,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.GRPCAddr, "grpc-addr", cfg.GRPCAddr, "gRPC API listen address")
 	fs.StringVar(&cfg.AdvertiseGRPCAddr, "advertise-grpc-addr", "", "gRPC address given to clients and peers (default: the listen address)")
 	fs.StringVar(&cfg.RaftAddr, "raft-addr", cfg.RaftAddr, "raft listen and advertise address")
-	fs.StringVar(&cfg.HTTPAddr, "http-addr", coordinator.DefaultHTTPAddr, "HTTP listen address of /metrics (Prometheus); empty disables it")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", coordinator.DefaultHTTPAddr, "HTTP listen address of /metrics (Prometheus) and the web dashboard; empty disables both")
 	fs.StringVar(&initialCluster, "initial-cluster", "", "first-start members: id=raft-host:port,... (every member gets the same list)")
 	fs.StringVar(&join, "join", "", "gRPC addresses of a running cluster to join: host:port,...")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", cfg.LeaseTTL, "how long an agent may be silent before its jobs are declared lost")

@@ -52,6 +52,9 @@ func (s *ControlServer) ListTests(ctx context.Context, req *kilnv1.ListTestsRequ
 	if resp.Reports, resp.NextPageToken, err = page(resp.Reports, req.GetPageToken(), "ListTests"); err != nil {
 		return nil, err
 	}
+	if req.GetPageToken() == "" {
+		resp.Flaky = buildFlaky(s.d.Store, req.GetBuildId())
+	}
 	return resp, nil
 }
 
@@ -122,4 +125,27 @@ func (s *ControlServer) FlakyTests(ctx context.Context, req *kilnv1.FlakyTestsRe
 		}
 	}
 	return resp, nil
+}
+
+// maxBuildFlaky bounds the flaky cases one ListTests answer names.
+const maxBuildFlaky = 1000
+
+// buildFlaky lists the cases that were flaky across a build's attempts,
+// sorted, at most maxBuildFlaky.
+func buildFlaky(store *state.Store, id string) []*kilnv1.FlakyTest {
+	_, flaky := store.TestCases(id)
+	keys := make([]state.TestKey, 0, len(flaky))
+	for k, ok := range flaky {
+		if ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b state.TestKey) int {
+		return cmp.Or(cmp.Compare(a.Classname, b.Classname), cmp.Compare(a.Name, b.Name))
+	})
+	out := make([]*kilnv1.FlakyTest, 0, min(len(keys), maxBuildFlaky))
+	for _, k := range keys[:min(len(keys), maxBuildFlaky)] {
+		out = append(out, &kilnv1.FlakyTest{Classname: k.Classname, Name: k.Name, FlakyBuilds: 1, Builds: 1, LastBuildId: id})
+	}
+	return out
 }

@@ -67,6 +67,9 @@ func TestJUnitResultsAndFlakyAcrossRetry(t *testing.T) {
 	if len(lt.GetReports()) != 1 || lt.GetReports()[0].GetAttempt() != 2 || len(lt.GetReports()[0].GetCases()) != 2 || lt.GetSummary().GetFlaky() != 1 {
 		t.Fatalf("ListTests %v", lt)
 	}
+	if f := lt.GetFlaky(); len(f) != 1 || f[0].GetName() != "shaky" || f[0].GetClassname() != "pkg.T" || f[0].GetLastBuildId() != b.GetId() {
+		t.Fatalf("ListTests flaky %v, want pkg.T shaky", f)
+	}
 	if len(ft.GetTests()) != 1 || ft.GetTests()[0].GetName() != "shaky" || ft.GetTests()[0].GetFlakyBuilds() != 1 || ft.GetTests()[0].GetBuilds() != 1 || ft.GetTests()[0].GetLastBuildId() != b.GetId() {
 		t.Fatalf("FlakyTests %v", ft)
 	}

@@ -1,6 +1,6 @@
 // Package httpserve is the small HTTP server of the coordinator and the
 // agent (--http-addr): one listener, one ServeMux that other parts add
-// routes to (/metrics today; the web dashboard later), and a Run that
+// routes to (/metrics, the web dashboard), and a Run that
 // serves until its context ends and then shuts down gracefully.
 //
 // The listener is bound in New, so a busy port is a startup error and the
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,9 @@ type Server struct {
 	srv  *http.Server
 	log  *zap.Logger
 	addr string
+
+	hookMu sync.Mutex
+	hooks  []func()
 }
 
 // New binds addr (host:port; port 0 picks a free one).
@@ -66,6 +70,26 @@ func (s *Server) Mux() *http.ServeMux { return s.mux }
 // Handle registers a handler for a ServeMux pattern.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
+// OnShutdown registers f to run when Run's context ends, before the
+// server waits for requests in flight: long-lived responses (the
+// dashboard's live streams) end there instead of holding the shutdown for
+// ShutdownGrace. Hooks run in order, synchronously.
+func (s *Server) OnShutdown(f func()) {
+	s.hookMu.Lock()
+	defer s.hookMu.Unlock()
+	s.hooks = append(s.hooks, f)
+}
+
+func (s *Server) runHooks() {
+	s.hookMu.Lock()
+	hooks := s.hooks
+	s.hooks = nil
+	s.hookMu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+}
+
 // HandleMetrics serves reg on /metrics in the Prometheus text or
 // OpenMetrics format (content negotiation), reporting collection errors in
 // the response instead of dropping the scrape.
@@ -86,9 +110,11 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("http server started", zap.String("http_addr", s.addr))
 	select {
 	case err := <-errc:
+		s.runHooks()
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
 	}
+	s.runHooks()
 	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
 	if err := s.srv.Shutdown(sctx); err != nil {
@@ -100,6 +126,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// Close releases the listener of a server that will never Run (a failed
-// startup).
-func (s *Server) Close() error { return s.lis.Close() }
+// Close releases the listener and runs the OnShutdown hooks of a server
+// that will never Run (a failed startup).
+func (s *Server) Close() error {
+	s.runHooks()
+	return s.lis.Close()
+}

@@ -84,3 +84,49 @@ func TestBadAndBusyAddresses(t *testing.T) {
 		t.Fatalf("busy port: %v", err)
 	}
 }
+
+// TestOnShutdownEndsLongResponses: a response that lasts until told to
+// stop (a live stream) is ended by an OnShutdown hook, so the graceful
+// shutdown completes and the client sees a clean end, not a cut.
+func TestOnShutdownEndsLongResponses(t *testing.T) {
+	s, err := New("127.0.0.1:0", zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var order []string
+	s.OnShutdown(func() { order = append(order, "first"); close(stop) })
+	s.OnShutdown(func() { order = append(order, "second") })
+	s.Handle("GET /stream", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "start\n")
+		w.(http.Flusher).Flush()
+		<-stop
+		_, _ = io.WriteString(w, "bye\n")
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("http://" + s.Addr() + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "start\n" {
+		t.Fatalf("stream start: %q %v", buf, err)
+	}
+	cancel()
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil || string(rest) != "bye\n" {
+		t.Fatalf("stream end: %q %v, want a clean end", rest, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if strings.Join(order, ",") != "first,second" {
+		t.Fatalf("hooks ran %v", order)
+	}
+}

@@ -349,12 +349,21 @@ func (p *Pipeline) plan() *planned {
 	return pl
 }
 
+// stageName is the name of the stage at index i, "" when it has none.
+func (p *Pipeline) stageName(i int) string {
+	if i < 0 || i >= len(p.Stages) {
+		return ""
+	}
+	return p.Stages[i].Name
+}
+
 // spec builds the StepSpec of one expansion of st, defaults applied.
 func (p *Pipeline) spec(st *Step, stage int, e expansion) *kilnv1.StepSpec {
 	spec := &kilnv1.StepSpec{
 		Key:          e.key,
 		Name:         st.Name,
 		Stage:        int32(stage),
+		StageName:    p.stageName(stage),
 		AllowFailure: st.AllowFailure,
 		Production:   st.Production,
 		Artifacts:    slices.Clone(st.Artifacts),

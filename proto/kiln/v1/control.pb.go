@@ -1738,6 +1738,11 @@ type ListTestsResponse struct {
 	// Set when more reports remain: pass it as page_token for the next page.
 	// A page holds at most 1000 reports and 3 MiB.
 	NextPageToken string `protobuf:"bytes,40,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// The cases that were flaky in this build across its attempts (failed,
+	// then passed on a retry), sorted by class and name; on the first page
+	// only, at most 1000. flaky_builds and builds are 1, last_build_id is
+	// the build.
+	Flaky         []*FlakyTest `protobuf:"bytes,150,rep,name=flaky,proto3" json:"flaky,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1791,6 +1796,13 @@ func (x *ListTestsResponse) GetNextPageToken() string {
 		return x.NextPageToken
 	}
 	return ""
+}
+
+func (x *ListTestsResponse) GetFlaky() []*FlakyTest {
+	if x != nil {
+		return x.Flaky
+	}
+	return nil
 }
 
 type FlakyTestsRequest struct {
@@ -2119,11 +2131,12 @@ const file_kiln_v1_control_proto_rawDesc = "" +
 	"failedOnly\x126\n" +
 	"\vconsistency\x18\x03 \x01(\x0e2\x14.kiln.v1.ConsistencyR\vconsistency\x12\x1d\n" +
 	"\n" +
-	"page_token\x18( \x01(\tR\tpageToken\"\x9a\x01\n" +
+	"page_token\x18( \x01(\tR\tpageToken\"\xc5\x01\n" +
 	"\x11ListTestsResponse\x12.\n" +
 	"\asummary\x18\x01 \x01(\v2\x14.kiln.v1.TestSummaryR\asummary\x12-\n" +
 	"\areports\x18\x02 \x03(\v2\x13.kiln.v1.TestReportR\areports\x12&\n" +
-	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\"\x8d\x01\n" +
+	"\x0fnext_page_token\x18( \x01(\tR\rnextPageToken\x12)\n" +
+	"\x05flaky\x18\x96\x01 \x03(\v2\x12.kiln.v1.FlakyTestR\x05flaky\"\x8d\x01\n" +
 	"\x11FlakyTestsRequest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06builds\x18\x02 \x01(\x05R\x06builds\x12\x14\n" +
@@ -2245,43 +2258,44 @@ var file_kiln_v1_control_proto_depIdxs = []int32{
 	36, // 23: kiln.v1.ListTestsRequest.consistency:type_name -> kiln.v1.Consistency
 	40, // 24: kiln.v1.ListTestsResponse.summary:type_name -> kiln.v1.TestSummary
 	41, // 25: kiln.v1.ListTestsResponse.reports:type_name -> kiln.v1.TestReport
-	36, // 26: kiln.v1.FlakyTestsRequest.consistency:type_name -> kiln.v1.Consistency
-	30, // 27: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
-	0,  // 28: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
-	2,  // 29: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
-	4,  // 30: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
-	6,  // 31: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
-	8,  // 32: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
-	11, // 33: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
-	13, // 34: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
-	15, // 35: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
-	17, // 36: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
-	19, // 37: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
-	21, // 38: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
-	22, // 39: kiln.v1.ControlService.RemoveRepo:input_type -> kiln.v1.RemoveRepoRequest
-	25, // 40: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
-	27, // 41: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
-	29, // 42: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
-	1,  // 43: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
-	3,  // 44: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
-	5,  // 45: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
-	7,  // 46: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
-	10, // 47: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
-	12, // 48: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
-	14, // 49: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
-	16, // 50: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
-	18, // 51: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
-	20, // 52: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
-	24, // 53: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
-	23, // 54: kiln.v1.ControlService.RemoveRepo:output_type -> kiln.v1.RemoveRepoResponse
-	26, // 55: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
-	28, // 56: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
-	31, // 57: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
-	43, // [43:58] is the sub-list for method output_type
-	28, // [28:43] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	30, // 26: kiln.v1.ListTestsResponse.flaky:type_name -> kiln.v1.FlakyTest
+	36, // 27: kiln.v1.FlakyTestsRequest.consistency:type_name -> kiln.v1.Consistency
+	30, // 28: kiln.v1.FlakyTestsResponse.tests:type_name -> kiln.v1.FlakyTest
+	0,  // 29: kiln.v1.ControlService.SubmitBuild:input_type -> kiln.v1.SubmitBuildRequest
+	2,  // 30: kiln.v1.ControlService.GetBuild:input_type -> kiln.v1.GetBuildRequest
+	4,  // 31: kiln.v1.ControlService.ListBuilds:input_type -> kiln.v1.ListBuildsRequest
+	6,  // 32: kiln.v1.ControlService.WatchBuild:input_type -> kiln.v1.WatchBuildRequest
+	8,  // 33: kiln.v1.ControlService.StreamLogs:input_type -> kiln.v1.StreamLogsRequest
+	11, // 34: kiln.v1.ControlService.CancelBuild:input_type -> kiln.v1.CancelBuildRequest
+	13, // 35: kiln.v1.ControlService.ListAgents:input_type -> kiln.v1.ListAgentsRequest
+	15, // 36: kiln.v1.ControlService.DecideApproval:input_type -> kiln.v1.DecideApprovalRequest
+	17, // 37: kiln.v1.ControlService.RetryBuild:input_type -> kiln.v1.RetryBuildRequest
+	19, // 38: kiln.v1.ControlService.AddRepo:input_type -> kiln.v1.AddRepoRequest
+	21, // 39: kiln.v1.ControlService.ListRepos:input_type -> kiln.v1.ListReposRequest
+	22, // 40: kiln.v1.ControlService.RemoveRepo:input_type -> kiln.v1.RemoveRepoRequest
+	25, // 41: kiln.v1.ControlService.ListArtifacts:input_type -> kiln.v1.ListArtifactsRequest
+	27, // 42: kiln.v1.ControlService.ListTests:input_type -> kiln.v1.ListTestsRequest
+	29, // 43: kiln.v1.ControlService.FlakyTests:input_type -> kiln.v1.FlakyTestsRequest
+	1,  // 44: kiln.v1.ControlService.SubmitBuild:output_type -> kiln.v1.SubmitBuildResponse
+	3,  // 45: kiln.v1.ControlService.GetBuild:output_type -> kiln.v1.GetBuildResponse
+	5,  // 46: kiln.v1.ControlService.ListBuilds:output_type -> kiln.v1.ListBuildsResponse
+	7,  // 47: kiln.v1.ControlService.WatchBuild:output_type -> kiln.v1.WatchBuildResponse
+	10, // 48: kiln.v1.ControlService.StreamLogs:output_type -> kiln.v1.StreamLogsResponse
+	12, // 49: kiln.v1.ControlService.CancelBuild:output_type -> kiln.v1.CancelBuildResponse
+	14, // 50: kiln.v1.ControlService.ListAgents:output_type -> kiln.v1.ListAgentsResponse
+	16, // 51: kiln.v1.ControlService.DecideApproval:output_type -> kiln.v1.DecideApprovalResponse
+	18, // 52: kiln.v1.ControlService.RetryBuild:output_type -> kiln.v1.RetryBuildResponse
+	20, // 53: kiln.v1.ControlService.AddRepo:output_type -> kiln.v1.AddRepoResponse
+	24, // 54: kiln.v1.ControlService.ListRepos:output_type -> kiln.v1.ListReposResponse
+	23, // 55: kiln.v1.ControlService.RemoveRepo:output_type -> kiln.v1.RemoveRepoResponse
+	26, // 56: kiln.v1.ControlService.ListArtifacts:output_type -> kiln.v1.ListArtifactsResponse
+	28, // 57: kiln.v1.ControlService.ListTests:output_type -> kiln.v1.ListTestsResponse
+	31, // 58: kiln.v1.ControlService.FlakyTests:output_type -> kiln.v1.FlakyTestsResponse
+	44, // [44:59] is the sub-list for method output_type
+	29, // [29:44] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_kiln_v1_control_proto_init() }

@@ -411,7 +411,10 @@ type StepSpec struct {
 	// that the agent reads from the checked-out source and runs instead of
 	// commands (which are then empty); its artifacts and JUnit reports are
 	// collected too.
-	Buildspec     string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
+	Buildspec string `protobuf:"bytes,101,opt,name=buildspec,proto3" json:"buildspec,omitempty"`
+	// Name of the stage as written in the pipeline file ("" when it has
+	// none); shown by the web dashboard as the column title.
+	StageName     string `protobuf:"bytes,150,opt,name=stage_name,json=stageName,proto3" json:"stage_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -596,6 +599,13 @@ func (x *StepSpec) GetRuntime() *StepRuntime {
 func (x *StepSpec) GetBuildspec() string {
 	if x != nil {
 		return x.Buildspec
+	}
+	return ""
+}
+
+func (x *StepSpec) GetStageName() string {
+	if x != nil {
+		return x.StageName
 	}
 	return ""
 }
@@ -2290,7 +2300,7 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\vRetryPolicy\x12\"\n" +
 	"\ron_agent_lost\x18\x01 \x01(\x05R\vonAgentLost\x12\x1d\n" +
 	"\n" +
-	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xcd\a\n" +
+	"on_failure\x18\x02 \x01(\x05R\tonFailure\"\xed\a\n" +
 	"\bStepSpec\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -2318,7 +2328,9 @@ const file_kiln_v1_types_proto_rawDesc = "" +
 	"\x06deploy\x18x \x01(\v2\x13.kiln.v1.DeploySpecR\x06deploy\x12\x1b\n" +
 	"\tpin_agent\x18y \x01(\tR\bpinAgent\x12.\n" +
 	"\aruntime\x18d \x01(\v2\x14.kiln.v1.StepRuntimeR\aruntime\x12\x1c\n" +
-	"\tbuildspec\x18e \x01(\tR\tbuildspec\x1a9\n" +
+	"\tbuildspec\x18e \x01(\tR\tbuildspec\x12\x1e\n" +
+	"\n" +
+	"stage_name\x18\x96\x01 \x01(\tR\tstageName\x1a9\n" +
 	"\vAgentsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
