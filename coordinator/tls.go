@@ -94,16 +94,6 @@ func (t *tlsSetup) raft() *raftnode.TLS {
 	return &raftnode.TLS{Pool: t.pool, Cert: t.cert}
 }
 
-// dialPeer opens a connection to a peer coordinator with creds.
-func dialPeer(creds credentials.TransportCredentials) func(addr string) (*grpc.ClientConn, error) {
-	if creds == nil {
-		return nil // blobrepl's plaintext default
-	}
-	return func(addr string) (*grpc.ClientConn, error) {
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
-	}
-}
-
 // identityService issues agent certificates: enrollment with a join token
 // (leader only) and renewal, signed with --tls-ca-key.
 func (c *Coordinator) identityService(deps *api.Deps) *enroll.Server {
