@@ -14,7 +14,9 @@ import (
 const benchAgents = 50
 
 // startLoad runs a 3-node cluster with light agents; stopped at cleanup.
-func startLoad(b *testing.B) (*clustertest.Cluster, chan Event) {
+func startLoad(b *testing.B) (*clustertest.Cluster, chan Event) { return startLoadT(b) }
+
+func startLoadT(b testing.TB) (*clustertest.Cluster, chan Event) {
 	c := clustertest.Start(b, 3, clustertest.Options{LeaseTTL: 5 * time.Second, SnapshotThreshold: 65536})
 	events := make(chan Event, 1<<20)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -134,6 +134,9 @@ func startCluster(ctx context.Context, bin, dir string, extra ...string) (*clust
 		c.grpc = append(c.grpc, fmt.Sprintf("127.0.0.1:%d", gp))
 		raftAddrs = append(raftAddrs, fmt.Sprintf("n%d=127.0.0.1:%d", i+1, rp))
 	}
+	// Coordinators that serve HTTP (--http-addr, default 127.0.0.1:7080)
+	// get a free port each; older binaries have no such flag.
+	httpFlag := hasFlag(filepath.Join(bin, "kiln-coordinator"), "http-addr")
 	for i := 0; i < 3; i++ {
 		raft := strings.SplitN(raftAddrs[i], "=", 2)[1]
 		args := append([]string{
@@ -141,6 +144,9 @@ func startCluster(ctx context.Context, bin, dir string, extra ...string) (*clust
 			"--grpc-addr", c.grpc[i], "--raft-addr", raft, "--initial-cluster", strings.Join(raftAddrs, ","),
 			"--log-level", "warn",
 		}, extra...)
+		if httpFlag {
+			args = append(args, "--http-addr", "127.0.0.1:0")
+		}
 		p, err := startProc(dir, fmt.Sprintf("coordinator-%d", i+1), filepath.Join(bin, "kiln-coordinator"), args...)
 		if err != nil {
 			c.stop()
@@ -259,4 +265,10 @@ func (c *cluster) stop() {
 	for _, p := range c.coords {
 		p.stop(5 * time.Second)
 	}
+}
+
+// hasFlag reports whether the program at path lists -name in its -h output.
+func hasFlag(path, name string) bool {
+	out, _ := exec.Command(path, "-h").CombinedOutput()
+	return strings.Contains(string(out), "-"+name+" ")
 }

@@ -201,17 +201,29 @@ func (r *Replicator) Replicate(ctx context.Context, jobID string, attempt uint32
 		replicas = 1
 	}
 	results := make(chan error, len(others))
+	// done tells copies still waiting for a slot that this call no longer
+	// needs them (it has its quorum, or failed): they give up, and the
+	// catch-up loop brings that peer up to date later.
+	done := make(chan struct{})
+	defer close(done)
 	for _, p := range others {
 		sem := r.copySlots(p.id)
-		select {
-		case sem <- struct{}{}:
-		default:
-			results <- fmt.Errorf("%s: %d earlier copies to it are still running", p.id, maxCopiesPerPeer)
-			continue
-		}
 		r.wg.Add(1)
 		go func(p peer) {
 			defer r.wg.Done()
+			// A busy peer (maxCopiesPerPeer copies running) is waited
+			// for, not failed: under many concurrent jobs the slots free
+			// up quickly. Only the calls in progress wait, so a hung peer
+			// costs at most one waiting goroutine per call.
+			select {
+			case sem <- struct{}{}:
+			case <-done:
+				results <- fmt.Errorf("%s: %d earlier copies to it are still running", p.id, maxCopiesPerPeer)
+				return
+			case <-r.bg.Done():
+				results <- fmt.Errorf("%s: %w", p.id, r.bg.Err())
+				return
+			}
 			defer func() { <-sem }()
 			// Copies outlive the call (they finish in the background once
 			// a quorum answered), bounded by their timeout and Close.
