@@ -59,7 +59,8 @@ const (
 	// rpcTimeout bounds one AppendLog or ReadLog call.
 	rpcTimeout = 10 * time.Second
 	// maxCopiesPerPeer bounds the copies running to one peer: a peer that
-	// hangs costs at most this many goroutines, and the batches it misses
+	// hangs costs at most this many running copies (plus one waiting per
+	// Replicate call in progress), and the batches it misses
 	// meanwhile reach it with the next copy that gets through (which sends
 	// what the peer lacks) or through its catch-up.
 	maxCopiesPerPeer = 8
