@@ -462,7 +462,8 @@ func sourceEnv(b *kilnv1.Build, buildID string) map[string]string {
 	src := b.GetSource()
 	repo := src.GetRepo()
 	if repo == "" {
-		repo = redactURL(src.GetGitUrl())
+		// No credentials of the URL in every job's environment.
+		repo = gitsrc.StripCredentials(src.GetGitUrl())
 	}
 	number := buildID
 	if n := b.GetRepoBuildNumber(); n > 0 {
@@ -495,10 +496,6 @@ func checkoutSource(b *kilnv1.Build) *kilnv1.Source {
 	}
 	return src
 }
-
-// redactURL drops the credentials of a URL's user info, so that a token
-// in the repository URL does not end up in every job's environment.
-func redactURL(raw string) string { return gitsrc.StripCredentials(raw) }
 
 // expireLeases commits the loss of agents whose lease lapsed.
 func (s *Scheduler) expireLeases(ctx context.Context) {
