@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 		// Close; their readers exit when the peer closes its side.
 		goleak.IgnoreAnyFunction("github.com/hashicorp/raft.(*NetworkTransport).handleConn"),
 		// Raft never answers an Apply still queued when it shuts down.
-		goleak.IgnoreAnyFunction("github.com/kiln-ci/kiln/coordinator/raftnode.(*Node).Apply.func1"),
+		goleak.IgnoreAnyFunction("github.com/kiln-ci/kiln/coordinator/raftnode.Pending.WaitCtx.func1"),
 	)
 }
 

@@ -27,9 +27,9 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("github.com/hashicorp/raft.(*NetworkTransport).handleConn"),
 		// hashicorp/raft never answers an Apply still queued in its apply
 		// channel when the node shuts down (log futures have no shutdown
-		// channel), so a waiter whose caller already gave up stays parked
+		// channel), so a WaitCtx waiter whose caller already gave up stays parked
 		// until the process exits. Only crash/stop tests hit it.
-		goleak.IgnoreAnyFunction("github.com/kiln-ci/kiln/coordinator/raftnode.(*Node).Apply.func1"),
+		goleak.IgnoreAnyFunction("github.com/kiln-ci/kiln/coordinator/raftnode.Pending.WaitCtx.func1"),
 	)
 }
 
